@@ -6,7 +6,7 @@ seen and what to do. ``assert`` is used only for internal invariants.
 
 from __future__ import annotations
 
-__all__ = ["DePassError", "UnsupportedModelError"]
+__all__ = ["DePassError", "UnsupportedModelError", "HookNotFoundError"]
 
 
 class DePassError(Exception):
@@ -15,3 +15,10 @@ class DePassError(Exception):
 
 class UnsupportedModelError(DePassError):
     """The model (or one of its config fields) is not supported by the replay engine."""
+
+
+class HookNotFoundError(DePassError, KeyError):
+    """A hook name that a cache does not hold (also a ``KeyError``, so ``in`` and ``.get`` work)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -1,0 +1,33 @@
+"""depass_tl: exact attribution for TransformerLens models by a decomposed forward pass (DePass).
+
+>>> import depass_tl
+>>> sorted(depass_tl.__all__)[:3]
+['ComponentSpec', 'DePassCache', 'DePassError']
+"""
+
+from __future__ import annotations
+
+from depass_tl.api import replay, run_with_depass
+from depass_tl.cache import DePassCache
+from depass_tl.capture import capture
+from depass_tl.coefficients import FrozenRun
+from depass_tl.components import ComponentSpec, custom, tokens
+from depass_tl.errors import DePassError, UnsupportedModelError
+from depass_tl.install import install_methods
+
+__all__ = [
+    "ComponentSpec",
+    "DePassCache",
+    "DePassError",
+    "FrozenRun",
+    "UnsupportedModelError",
+    "capture",
+    "custom",
+    "replay",
+    "run_with_depass",
+    "tokens",
+]
+
+__version__ = "0.1.0"
+
+install_methods()

@@ -1,0 +1,180 @@
+"""Public entry points: ``run_with_depass`` (capture + replay) and ``replay``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from depass_tl.cache import DePassCache
+from depass_tl.capture import capture
+from depass_tl.coefficients import FrozenRun
+from depass_tl.components import ComponentSpec, TokenSpec
+from depass_tl.errors import DePassError
+from depass_tl.replay.engine import FINAL_HOOK, replay_components
+
+__all__ = ["run_with_depass", "replay"]
+
+NamesFilter = Callable[[str], bool] | Sequence[str] | str | None
+
+
+def _keep_fn(names_filter: NamesFilter) -> Callable[[str], bool]:
+    if names_filter is None:
+        return lambda name: True
+    if callable(names_filter):
+        return names_filter
+    if isinstance(names_filter, str):
+        wanted = {names_filter}
+    else:
+        wanted = set(names_filter)
+    return lambda name: name in wanted
+
+
+def _check_names(keep_names: NamesFilter, stored: dict[str, Tensor]) -> None:
+    if names_filter_is_list(keep_names):
+        missing = sorted(set([keep_names] if isinstance(keep_names, str) else keep_names) - set(stored))  # type: ignore[arg-type]
+        if missing:
+            raise DePassError(
+                f"names_filter asked for hooks the replay does not produce: {missing}. Valid names are "
+                "blocks.{l}.hook_resid_pre|resid_mid|attn_out|mlp_out|resid_post and unembed.hook_in, "
+                "at or after the start hook."
+            )
+
+
+def names_filter_is_list(f: NamesFilter) -> bool:
+    return f is not None and not callable(f)
+
+
+def _default_dtype(model_dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if model_dtype == torch.float64 else torch.float32
+
+
+def replay(
+    run: FrozenRun,
+    components: ComponentSpec | None = None,
+    *,
+    mlp_rule: str = "softmax",
+    temperature: float = 0.1,
+    names_filter: NamesFilter = None,
+    dtype: torch.dtype | None = None,
+    to_single_token: Callable[[str], int] | None = None,
+) -> DePassCache:
+    """Replay components through a frozen run (capture once, replay many component sets).
+
+    Args: see :func:`run_with_depass`.
+
+    Returns:
+        A :class:`~depass_tl.cache.DePassCache`.
+    """
+    spec = TokenSpec() if components is None else components
+    if not isinstance(spec, ComponentSpec):
+        raise DePassError(
+            f"components must be a spec such as depass_tl.tokens() or depass_tl.custom(...); got {type(spec).__name__}."
+        )
+    dtype = _default_dtype(run.view.dtype) if dtype is None else dtype
+    if not dtype.is_floating_point:
+        raise DePassError(f"dtype must be a floating-point torch dtype, got {dtype}.")
+    init = spec.init(run, dtype)
+    keep = _keep_fn(names_filter)
+    acts = replay_components(run, init, mlp_rule=mlp_rule, temperature=temperature, dtype=dtype, keep=keep)
+    _check_names(names_filter, acts)
+    clean = {name: run.get(name) for name in acts}
+    if run.view.output_logits_soft_cap is None:
+        last = run.logits[:, -1]
+    else:  # decompose the pre-cap logits: they are what sums exactly
+        final = run.get(FINAL_HOOK)[:, -1]
+        last = final @ run.view.W_U + (0 if run.view.b_U is None else run.view.b_U)
+    return DePassCache(
+        activations=acts,
+        labels=init.labels,
+        clean=clean,
+        clean_last_logits=last,
+        tokens=run.tokens,
+        str_tokens=run.str_tokens,
+        W_U=run.view.W_U,
+        b_U=run.view.b_U,
+        bias_index=init.bias_index,
+        start_hook=init.start_hook,
+        mlp_rule=mlp_rule,
+        logits_soft_capped=run.view.output_logits_soft_cap is not None,
+        to_single_token=to_single_token,
+    )
+
+
+def _single_token_fn(model: Any) -> Callable[[str], int] | None:
+    if getattr(model, "tokenizer", None) is None:
+        return None
+
+    def to_single_token(s: str) -> int:
+        ids = model.to_tokens(s, prepend_bos=False)[0]
+        if ids.numel() != 1:
+            pieces = model.to_str_tokens(s, prepend_bos=False)
+            raise DePassError(f"{s!r} is {ids.numel()} tokens {pieces}, not one; pick a single-token answer.")
+        return int(ids[0])
+
+    return to_single_token
+
+
+def run_with_depass(
+    model: Any,
+    input: Any,
+    *,
+    components: ComponentSpec | None = None,
+    mlp_rule: str = "softmax",
+    temperature: float = 0.1,
+    names_filter: NamesFilter = None,
+    dtype: torch.dtype | None = None,
+    prepend_bos: bool | None = None,
+) -> tuple[Tensor, DePassCache]:
+    """Run the model once, then decompose every residual-stream activation and the logits.
+
+    Like ``model.run_with_cache`` but the cache holds, for each hook, one slice per component:
+    ``[component, batch, pos, d_model]``, summing exactly to the clean activation.
+
+    Args:
+        model: a ``transformer_lens.HookedTransformer``.
+        input: a string, a list of equal-length strings, or ``[batch, pos]`` token ids.
+        components: what to attribute to (default :func:`depass_tl.tokens`: one per input token).
+        mlp_rule: how an MLP's activation is split among components: ``softmax`` (DePass default),
+            ``ratio`` (frozen post/pre slope; linear) or ``max``.
+        temperature: softmax temperature (default 0.1, as in DePass).
+        names_filter: hook names to keep (a name, a list, or a predicate); ``unembed.hook_in`` is
+            always kept for logit attribution. Default: every hook.
+        dtype: accumulation dtype (default float32, float64 for float64 models).
+        prepend_bos: for string input, passed to ``model.to_tokens``.
+
+    Returns:
+        ``(logits, cache)``: the model's clean logits ``[batch, pos, d_vocab]`` and a
+        :class:`~depass_tl.cache.DePassCache`.
+
+    Raises:
+        DePassError: bad input, unknown rule or hook, unsupported model.
+
+    Examples:
+        >>> import torch, depass_tl
+        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
+        >>> cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=16, d_head=4, n_heads=4,
+        ...                               d_mlp=32, d_vocab=50, act_fn="gelu_new", seed=0)
+        >>> model = HookedTransformer(cfg)
+        >>> logits, dc = depass_tl.run_with_depass(model, torch.tensor([[3, 1, 4, 1, 5]]))
+        >>> dc["blocks.1.hook_resid_post"].shape
+        torch.Size([6, 1, 5, 16])
+        >>> dc.labels[-2:]
+        ('tok4', 'bias')
+        >>> attrs = dc.logit_attrs(7)          # [component, batch]
+        >>> bool(torch.allclose(attrs.sum(0), logits[:, -1, 7], atol=1e-4))
+        True
+    """
+    run = capture(model, input, prepend_bos=prepend_bos)
+    cache = replay(
+        run,
+        components,
+        mlp_rule=mlp_rule,
+        temperature=temperature,
+        names_filter=names_filter,
+        dtype=dtype,
+        to_single_token=_single_token_fn(model),
+    )
+    return run.logits, cache

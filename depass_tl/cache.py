@@ -1,0 +1,238 @@
+"""DePassCache: decomposed activations keyed by TransformerLens hook name.
+
+Like ``ActivationCache`` it is a read-only mapping, but every value has a leading component axis:
+``[component, batch, pos, d_model]``, with ``labels`` aligned to it. Keys are full TL hook names
+(``blocks.3.hook_resid_post``, ``blocks.3.hook_attn_out``, ``unembed.hook_in``, ...); TL shorthand such
+as ``("resid_post", 3)`` is accepted on lookup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from depass_tl.errors import DePassError, HookNotFoundError
+
+__all__ = ["DePassCache"]
+
+TokenLike = str | int | Sequence[int] | Sequence[str] | Tensor
+
+
+class DePassCache(Mapping[str, Tensor]):
+    """Read-only mapping hook name -> ``[component, batch, pos, d_model]``, plus labels and analysis.
+
+    Attributes:
+        labels: one label per component (axis 0 of every value), e.g. ``tok0 … tok{P-1}, bias``.
+        clean: hook name -> the clean activation ``[batch, pos, d_model]`` for every stored hook.
+        clean_last_logits: ``[batch, d_vocab]`` clean (pre-soft-cap) logits at the last position.
+        tokens: ``[batch, pos]`` input ids.
+        str_tokens: token strings per prompt (None without a tokenizer).
+        start_hook: where the replay started.
+        mlp_rule: the MLP allocation rule used.
+        logits_soft_capped: True when the model soft-caps its logits; attributions are then of the
+            pre-cap logits (``unembed.hook_out``), which is what sums exactly.
+    """
+
+    def __init__(
+        self,
+        *,
+        activations: dict[str, Tensor],
+        labels: tuple[str, ...],
+        clean: dict[str, Tensor],
+        clean_last_logits: Tensor,
+        tokens: Tensor,
+        str_tokens: tuple[tuple[str, ...], ...] | None,
+        W_U: Tensor,
+        b_U: Tensor | None,
+        bias_index: int,
+        start_hook: str,
+        mlp_rule: str,
+        logits_soft_capped: bool,
+        to_single_token: Callable[[str], int] | None,
+    ) -> None:
+        self._acts = MappingProxyType(activations)
+        self.labels = labels
+        self.clean = MappingProxyType(clean)
+        self.clean_last_logits = clean_last_logits
+        self.tokens = tokens
+        self.str_tokens = str_tokens
+        self._W_U = W_U
+        self._b_U = b_U
+        self.bias_index = bias_index
+        self.start_hook = start_hook
+        self.mlp_rule = mlp_rule
+        self.logits_soft_capped = logits_soft_capped
+        self._to_single_token = to_single_token
+
+    # ----------------------------------------------------------------------------------- mapping
+    def _resolve(self, key: str | tuple[Any, ...]) -> str:
+        if isinstance(key, tuple):
+            from transformer_lens import utils
+
+            key = utils.get_act_name(*key)
+        if key in self._acts:
+            return key
+        raise HookNotFoundError(
+            f"{key!r} is not in this DePassCache. Stored hooks: {', '.join(self._acts)}. "
+            "Hooks before the start hook are never stored; others may have been left out by names_filter."
+        )
+
+    def __getitem__(self, key: str | tuple[Any, ...]) -> Tensor:  # type: ignore[override]
+        return self._acts[self._resolve(key)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._acts)
+
+    def __len__(self) -> int:
+        return len(self._acts)
+
+    def __repr__(self) -> str:
+        shape = tuple(next(iter(self._acts.values())).shape) if self._acts else ()
+        return (
+            f"DePassCache({len(self)} hooks, {len(self.labels)} components, shape {shape}, "
+            f"start={self.start_hook!r}, mlp_rule={self.mlp_rule!r})"
+        )
+
+    @property
+    def n_components(self) -> int:
+        return len(self.labels)
+
+    def component(self, label: str) -> int:
+        """Index of the component with this label."""
+        try:
+            return self.labels.index(label)
+        except ValueError as e:
+            raise DePassError(f"no component labelled {label!r}; labels are {list(self.labels)}.") from e
+
+    # ------------------------------------------------------------------------- completeness
+    def completeness_error(self, hook: str | None = None, *, relative: bool = False) -> dict[str, float] | float:
+        """Max ``|Σ_c component - clean activation|`` per stored hook (captum's convergence delta).
+
+        Args:
+            hook: one hook name (returns a float) or None (returns a dict over every stored hook plus
+                ``"logits"``, checked over the whole vocabulary at the last position).
+            relative: divide by the max absolute clean value at that hook.
+        """
+        if hook is not None:
+            name = self._resolve(hook)
+            return self._error(self._acts[name].sum(0), self.clean[name], relative)
+        errors = {name: self._error(v.sum(0), self.clean[name], relative) for name, v in self._acts.items()}
+        errors["logits"] = self._error(self._logits_last().sum(0), self.clean_last_logits, relative)
+        return errors
+
+    @staticmethod
+    def _error(total: Tensor, clean: Tensor, relative: bool) -> float:
+        err = float((total - clean.to(total.dtype)).abs().max())
+        return err / max(float(clean.abs().max()), 1e-30) if relative else err
+
+    def _logits_last(self) -> Tensor:
+        final = self._acts["unembed.hook_in"][:, :, -1]  # [component, batch, d_model]
+        logits = final @ self._W_U.to(final.dtype)
+        if self._b_U is not None:
+            logits[self.bias_index] += self._b_U.to(final.dtype)
+        return logits
+
+    # ------------------------------------------------------------------------ logit attribution
+    def _token_ids(self, tokens: TokenLike, batch: int) -> Tensor:
+        if isinstance(tokens, Tensor):
+            ids = tokens.to(self.tokens.device).long().flatten()
+        elif isinstance(tokens, (str, int)):
+            ids = torch.tensor([self._one_id(tokens)], device=self.tokens.device)
+        else:
+            ids = torch.tensor([self._one_id(t) for t in tokens], device=self.tokens.device)
+        if ids.numel() == 1:
+            ids = ids.expand(batch)
+        if ids.numel() != batch:
+            raise DePassError(f"give one answer token, or one per prompt ({batch}); got {ids.numel()}.")
+        d_vocab = self._W_U.shape[-1]
+        if int(ids.min()) < 0 or int(ids.max()) >= d_vocab:
+            raise DePassError(f"token ids must lie in [0, {d_vocab}); got {ids.tolist()}.")
+        return ids
+
+    def _one_id(self, token: str | int) -> int:
+        if isinstance(token, int):
+            return token
+        if self._to_single_token is None:
+            raise DePassError(f"the model has no tokenizer, so {token!r} cannot be looked up; pass a token id.")
+        return self._to_single_token(token)
+
+    def logit_attrs(
+        self, tokens: TokenLike, *, incorrect_tokens: TokenLike | None = None, pos: int = -1
+    ) -> Tensor:
+        """Each component's contribution to a logit (or a logit difference) at one position.
+
+        Projects the decomposed final-norm output onto the unembedding columns of the requested tokens
+        only (never the full vocabulary). Sums over components to the clean logit (difference).
+
+        Args:
+            tokens: the answer token: a string (one token), an id, or one per prompt.
+            incorrect_tokens: if given, attribute ``logit[tokens] - logit[incorrect_tokens]``.
+            pos: the position (default: the last).
+
+        Returns:
+            ``[component, batch]``.
+        """
+        final = self._acts["unembed.hook_in"]
+        batch = final.shape[1]
+        P = final.shape[2]
+        if not -P <= pos < P:
+            raise DePassError(f"pos {pos} is out of range for {P} positions.")
+        x = final[:, :, pos]  # [component, batch, d_model]
+        ids = self._token_ids(tokens, batch)
+        direction = self._W_U[:, ids].to(x.dtype)  # [d_model, batch]
+        offset = None if self._b_U is None else self._b_U[ids].to(x.dtype)
+        if incorrect_tokens is not None:
+            bad = self._token_ids(incorrect_tokens, batch)
+            direction = direction - self._W_U[:, bad].to(x.dtype)
+            if self._b_U is not None:
+                offset = offset - self._b_U[bad].to(x.dtype)  # type: ignore[operator]
+        attrs = torch.einsum("cbd,db->cb", x, direction)
+        if offset is not None:
+            attrs[self.bias_index] += offset
+        return attrs
+
+    def logit_diff_attrs(self, tokens: TokenLike, incorrect_tokens: TokenLike, *, pos: int = -1) -> Tensor:
+        """``logit_attrs(tokens, incorrect_tokens=incorrect_tokens, pos=pos)``: ``[component, batch]``."""
+        return self.logit_attrs(tokens, incorrect_tokens=incorrect_tokens, pos=pos)
+
+    # ------------------------------------------------------------------------------- export
+    def to_dataframe(self, tokens: TokenLike, *, incorrect_tokens: TokenLike | None = None, pos: int = -1) -> Any:
+        """A long-format ``pandas.DataFrame``: one row per (prompt, component) with its attribution.
+
+        Columns: ``batch``, ``component``, ``label``, ``token`` (the token string for token components
+        when known), ``attribution``.
+        """
+        import pandas as pd
+
+        attrs = self.logit_attrs(tokens, incorrect_tokens=incorrect_tokens, pos=pos)
+        rows = []
+        for b in range(attrs.shape[1]):
+            for c, label in enumerate(self.labels):
+                token = None
+                if self.str_tokens is not None and label.startswith("tok") and label[3:].isdigit():
+                    token = self.str_tokens[b][int(label[3:])]
+                rows.append({"batch": b, "component": c, "label": label, "token": token,
+                             "attribution": float(attrs[c, b])})
+        return pd.DataFrame(rows)
+
+    def to(self, device: str | torch.device) -> "DePassCache":
+        """A copy with every tensor moved to ``device``."""
+        return DePassCache(
+            activations={k: v.to(device) for k, v in self._acts.items()},
+            labels=self.labels,
+            clean={k: v.to(device) for k, v in self.clean.items()},
+            clean_last_logits=self.clean_last_logits.to(device),
+            tokens=self.tokens.to(device),
+            str_tokens=self.str_tokens,
+            W_U=self._W_U.to(device),
+            b_U=None if self._b_U is None else self._b_U.to(device),
+            bias_index=self.bias_index,
+            start_hook=self.start_hook,
+            mlp_rule=self.mlp_rule,
+            logits_soft_capped=self.logits_soft_capped,
+            to_single_token=self._to_single_token,
+        )
