@@ -48,12 +48,14 @@ class DePassCache(Mapping[str, Tensor]):
         str_tokens: tuple[tuple[str, ...], ...] | None,
         W_U: Tensor,
         b_U: Tensor | None,
-        bias_index: int,
+        group_size: int,
         start_hook: str,
         mlp_rule: str,
         logits_soft_capped: bool,
         to_single_token: Callable[[str], int] | None,
     ) -> None:
+        if len(labels) % group_size:
+            raise ValueError("labels must split into groups of group_size")
         self._acts = MappingProxyType(activations)
         self.labels = labels
         self.clean = MappingProxyType(clean)
@@ -62,7 +64,8 @@ class DePassCache(Mapping[str, Tensor]):
         self.str_tokens = str_tokens
         self._W_U = W_U
         self._b_U = b_U
-        self.bias_index = bias_index
+        self.group_size = group_size
+        self.bias_rows = torch.arange(group_size - 1, len(labels), group_size)
         self.start_hook = start_hook
         self.mlp_rule = mlp_rule
         self.logits_soft_capped = logits_soft_capped
@@ -120,12 +123,14 @@ class DePassCache(Mapping[str, Tensor]):
         if hook is not None:
             name = self._resolve(hook)
             return self._error(self._acts[name].sum(0), self.clean[name], relative)
-        errors = {name: self._error(v.sum(0), self.clean[name], relative) for name, v in self._acts.items()}
-        errors["logits"] = self._error(self._logits_last().sum(0), self.clean_last_logits, relative)
+        errors = {name: self._error(v, self.clean[name], relative) for name, v in self._acts.items()}
+        errors["logits"] = self._error(self._logits_last(), self.clean_last_logits, relative)
         return errors
 
-    @staticmethod
-    def _error(total: Tensor, clean: Tensor, relative: bool) -> float:
+    def _error(self, comps: Tensor, clean: Tensor, relative: bool) -> float:
+        """Max over groups of ``|Σ_(c in group) comps - clean|`` (each group is a full partition)."""
+        K = self.group_size
+        total = comps.reshape(comps.shape[0] // K, K, *comps.shape[1:]).sum(1)
         err = float((total - clean.to(total.dtype)).abs().max())
         return err / max(float(clean.abs().max()), 1e-30) if relative else err
 
@@ -133,7 +138,7 @@ class DePassCache(Mapping[str, Tensor]):
         final = self._acts["unembed.hook_in"][:, :, -1]  # [component, batch, d_model]
         logits = final @ self._W_U.to(final.dtype)
         if self._b_U is not None:
-            logits[self.bias_index] += self._b_U.to(final.dtype)
+            logits[self.bias_rows] += self._b_U.to(final.dtype)
         return logits
 
     # ------------------------------------------------------------------------ logit attribution
@@ -192,7 +197,7 @@ class DePassCache(Mapping[str, Tensor]):
                 offset = offset - self._b_U[bad].to(x.dtype)  # type: ignore[operator]
         attrs = torch.einsum("cbd,db->cb", x, direction)
         if offset is not None:
-            attrs[self.bias_index] += offset
+            attrs[self.bias_rows] += offset
         return attrs
 
     def logit_diff_attrs(self, tokens: TokenLike, incorrect_tokens: TokenLike, *, pos: int = -1) -> Tensor:
@@ -230,7 +235,7 @@ class DePassCache(Mapping[str, Tensor]):
             str_tokens=self.str_tokens,
             W_U=self._W_U.to(device),
             b_U=None if self._b_U is None else self._b_U.to(device),
-            bias_index=self.bias_index,
+            group_size=self.group_size,
             start_hook=self.start_hook,
             mlp_rule=self.mlp_rule,
             logits_soft_capped=self.logits_soft_capped,

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from depass_tl.coefficients import FrozenRun
 from depass_tl.errors import DePassError
-from depass_tl.replay.engine import InitialState, parse_start_hook
+from depass_tl.replay.engine import Group, InitialState, parse_start_hook
 
 __all__ = ["ComponentSpec", "TokenSpec", "CustomSpec", "tokens", "custom", "BIAS"]
 
@@ -33,9 +33,10 @@ class ComponentSpec:
         raise NotImplementedError
 
 
-def _with_bias(x: Tensor, labels: list[str], start_hook: str) -> InitialState:
-    bias = torch.zeros_like(x[:1])
-    return InitialState(start_hook, torch.cat([x, bias], dim=0), tuple(labels) + (BIAS,), x.shape[0])
+def _with_bias(x: Tensor, labels: list[str], start_hook: str, bias: Tensor | None = None) -> InitialState:
+    """One group: ``x`` plus a bias component (zero, or ``bias`` ``[batch, pos, d_model]``)."""
+    b = torch.zeros_like(x[:1]) if bias is None else bias.to(x)[None].expand_as(x[:1])
+    return InitialState((Group(start_hook, torch.cat([x, b], dim=0), tuple(labels) + (BIAS,)),))
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ With the clean pattern ``A [batch, head, q, k]`` frozen, attention is linear in 
 ``v_c = ln1_c W_V`` (GQA: head h reads kv head ``kv_of_head[h]``), ``z_c[q] = Σ_k A[q,k] v_c[k]``,
 ``out_c = Σ_h z_c,h W_O[h]``. Values are mixed in head space (``[component, batch, pos, head, d_head]``)
 before ``W_O``, so no ``[component, pos, head, d_model]`` tensor is ever built. ``b_V`` and ``b_O`` are
-constants of the bias component (``b_V`` is mixed by the pattern like any value, which keeps the replay
-exact also for rows that do not sum to one).
+constants of the bias components (``b_V`` is mixed by the pattern like any value, which keeps the
+replay exact also for rows that do not sum to one).
 """
 
 from __future__ import annotations
@@ -15,23 +15,53 @@ from torch import Tensor
 
 from depass_tl.model_view import AttnView
 
-__all__ = ["attention"]
+__all__ = ["attention", "head_values"]
 
 
-def attention(x_ln: Tensor, pattern: Tensor, attn: AttnView, bias_index: int) -> Tensor:
-    """Attention output per component: ``[component, batch, pos, d_model]``."""
+def head_values(x_ln: Tensor, pattern: Tensor, attn: AttnView, bias_rows: Tensor) -> Tensor:
+    """Mixed values ``z [component, batch, query_pos, head, d_head]`` (``b_V`` in the bias rows)."""
     C, B, P, D = x_ln.shape
     n_kv, _, d_head = attn.W_V.shape
     # v: [component, batch, key_pos, kv_head, d_head]
     v = (x_ln.reshape(C * B * P, D) @ attn.W_V.permute(1, 0, 2).reshape(D, n_kv * d_head)).reshape(C, B, P, n_kv, d_head)
     if attn.b_V is not None:
-        v[bias_index] += attn.b_V
-    n_heads = attn.W_O.shape[0]
-    if n_kv != n_heads:
+        v[bias_rows] += attn.b_V
+    if n_kv != attn.W_O.shape[0]:
         v = v.index_select(3, attn.kv_of_head)  # [component, batch, key_pos, head, d_head]
     # z[c, b, q, h, e] = Σ_k A[b, h, q, k] v[c, b, k, h, e]
-    z = torch.einsum("bhqk,cbkhe->cbqhe", pattern, v)
+    return torch.einsum("bhqk,cbkhe->cbqhe", pattern, v)
+
+
+def attention(
+    x_ln: Tensor,
+    pattern: Tensor,
+    attn: AttnView,
+    bias_rows: Tensor,
+    *,
+    credit: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+) -> Tensor:
+    """Attention output per component: ``[component, batch, pos, d_model]``.
+
+    Args:
+        x_ln: normed components ``[component, batch, pos, d_model]``.
+        pattern: the frozen clean pattern ``[batch, head, query_pos, key_pos]``.
+        attn: weights.
+        bias_rows: the bias components (receive ``b_V`` and ``b_O``).
+        credit: ``(source_rows, head_rows)``: move the source components' output, head by head, to
+            ``head_rows[h]`` (sources mode); ``b_O`` stays with the bias rows.
+    """
+    C, B, P, D = x_ln.shape
+    z = head_values(x_ln, pattern, attn, bias_rows)
+    n_heads, d_head = attn.W_O.shape[0], attn.W_O.shape[1]
+    if credit is not None:
+        sources, head_rows = credit
+        src = torch.tensor(sources, device=z.device)
+        z_src = z.index_select(0, src).sum(0)  # [batch, pos, head, d_head]
+        per_head = torch.einsum("bqhe,hed->hbqd", z_src, attn.W_O)  # [head, batch, pos, d_model]
+        z = z.index_fill(0, src, 0.0)
     out = (z.reshape(C * B * P, n_heads * d_head) @ attn.W_O.reshape(n_heads * d_head, D)).reshape(C, B, P, D)
+    if credit is not None:
+        out[torch.tensor(head_rows, device=out.device)] += per_head
     if attn.b_O is not None:
-        out[bias_index] += attn.b_O
+        out[bias_rows] += attn.b_O
     return out

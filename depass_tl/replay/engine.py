@@ -9,8 +9,20 @@ every later activation is a sum over components, exactly: constant terms (biases
 collected in an explicit ``bias`` component, so nothing is left over.
 
 The engine is pure tensor code. It reads a :class:`~depass_tl.coefficients.FrozenRun` and an
-:class:`InitialState` (components at a start hook) and returns a dict hook name -> ``[component, batch,
-pos, d_model]`` for every hook at or after the start.
+:class:`InitialState` and returns a dict hook name -> ``[component, batch, pos, d_model]``.
+
+**Groups.** An initial state is one or more *groups* of ``K`` components; each group is a complete
+partition of the residual stream (its last component is its own ``bias``) and may start at its own
+hook (e.g. the heads of layer 3 and the heads of layer 7, in one replay). Groups never interact:
+MLP allocation (softmax / max) competes within a group only, and constants go to every group's bias
+component. Hooks are stored from the last group's start onwards, where every group is present.
+
+**Sources.** With a :class:`SourcesPlan`, each module is credited with what it writes from the
+*source* components (embeddings and constants): at every attention layer the source components'
+output is moved, head by head, to that head's component, and at every MLP to the MLP's component,
+while the output of earlier heads/MLPs stays with them (their indirect effect). Each path from the
+input to the logits is thereby credited to the first head or MLP on it (or to its source if it
+passes through none), so the components still sum exactly to the clean activations.
 """
 
 from __future__ import annotations
@@ -29,27 +41,61 @@ from depass_tl.replay.attention import attention
 from depass_tl.replay.mlp import MLP_RULES, mlp
 from depass_tl.replay.norm import apply_norm
 
-__all__ = ["InitialState", "replay_components", "parse_start_hook", "FINAL_HOOK"]
+__all__ = ["Group", "SourcesPlan", "InitialState", "replay_components", "parse_start_hook", "FINAL_HOOK"]
 
 FINAL_HOOK = "unembed.hook_in"
 _START = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|mid|post)$")
 
 
 @dataclass(frozen=True)
-class InitialState:
-    """Components at the start of the replay.
-
-    Attributes:
-        start_hook: ``blocks.{l}.hook_resid_pre|mid|post``.
-        components: ``[component, batch, pos, d_model]``, summing to the clean activation there.
-        labels: one label per component.
-        bias_index: the component that collects constant terms.
-    """
+class Group:
+    """Components ``[K, batch, pos, d_model]`` at ``start_hook``; the last one is the group's bias."""
 
     start_hook: str
     components: Tensor
     labels: tuple[str, ...]
-    bias_index: int
+
+
+@dataclass(frozen=True)
+class SourcesPlan:
+    """Where module outputs of the source components are credited (see the module docstring).
+
+    Attributes:
+        source_rows: components whose module outputs are moved to the module (embeddings, bias).
+        head_rows: ``head_rows[l][h]`` is the component of head h of layer l.
+        mlp_rows: ``mlp_rows[l]`` is the component of the MLP of layer l (None for attn-only).
+    """
+
+    source_rows: tuple[int, ...]
+    head_rows: tuple[tuple[int, ...], ...]
+    mlp_rows: tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class InitialState:
+    """One or more groups of equal size, optionally with a sources plan (single group only)."""
+
+    groups: tuple[Group, ...]
+    sources: SourcesPlan | None = None
+
+    def __post_init__(self) -> None:
+        sizes = {len(g.labels) for g in self.groups}
+        assert len(sizes) == 1, "all groups must have the same number of components"
+        assert all(g.components.shape[0] == len(g.labels) for g in self.groups)
+        assert self.sources is None or len(self.groups) == 1
+
+    @property
+    def group_size(self) -> int:
+        return len(self.groups[0].labels)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(label for g in self.groups for label in g.labels)
+
+    @property
+    def bias_index(self) -> int:
+        """The bias component of the first group (the only one for single-group specs)."""
+        return self.group_size - 1
 
 
 def parse_start_hook(hook: str, view: ModelView) -> tuple[int, str]:
@@ -76,6 +122,10 @@ def parse_start_hook(hook: str, view: ModelView) -> tuple[int, str]:
     return layer + 1, "attn"
 
 
+def _stage_index(layer: int, stage: str) -> int:
+    return 2 * layer + (1 if stage == "mlp" else 0)
+
+
 def replay_components(
     run: FrozenRun,
     init: InitialState,
@@ -85,65 +135,96 @@ def replay_components(
     dtype: torch.dtype = torch.float32,
     keep: Callable[[str], bool] = lambda name: True,
 ) -> dict[str, Tensor]:
-    """Propagate ``init.components`` block by block and return the decomposed activations.
+    """Propagate the initial components block by block and return the decomposed activations.
 
     Args:
         run: the frozen clean run.
-        init: components at the start hook.
+        init: the initial groups of components.
         mlp_rule: ``softmax`` | ``ratio`` | ``max`` (see :mod:`depass_tl.replay.mlp`).
         temperature: softmax temperature.
         dtype: the dtype the components are accumulated in.
         keep: which hook names to store (``unembed.hook_in`` is always stored).
 
     Returns:
-        hook name -> ``[component, batch, pos, d_model]``.
+        hook name -> ``[component, batch, pos, d_model]`` (components of all groups, in order).
     """
     if mlp_rule not in MLP_RULES:
         raise DePassError(f"unknown mlp_rule {mlp_rule!r}; choose one of {', '.join(MLP_RULES)}.")
     if not temperature > 0:
         raise DePassError(f"temperature must be > 0, got {temperature}.")
     view = run.view
-    layer0, stage0 = parse_start_hook(init.start_hook, view)
     acts = run.to(dtype)
-    bias = init.bias_index
     w = _cast_view(view, dtype)
+    K = init.group_size
+    entries = sorted(
+        ((_stage_index(*parse_start_hook(g.start_hook, view)), i) for i, g in enumerate(init.groups)),
+    )
+    if [i for _, i in entries] != list(range(len(init.groups))):
+        raise DePassError("groups must be given in the order of their start hooks.")
+    last_entry = entries[-1][0]
     out: dict[str, Tensor] = {}
+    x: Tensor | None = None
+    pending = list(init.groups)
 
     def store(name: str, value: Tensor) -> None:
         if name == FINAL_HOOK or keep(name):
             out[name] = value
 
-    x = init.components.to(dtype)
-    store(init.start_hook, x)
-    for l in range(layer0, view.n_layers):
+    def enter(stage_idx: int, x: Tensor | None) -> Tensor | None:
+        while pending and _stage_index(*parse_start_hook(pending[0].start_hook, view)) == stage_idx:
+            g = pending.pop(0)
+            comps = g.components.to(dtype)
+            x = comps if x is None else torch.cat([x, comps], dim=0)
+            if not pending:
+                store(g.start_hook, x)
+        return x
+
+    first = entries[0][0]
+    for l in range(first // 2, view.n_layers):
         block, p = w.blocks[l], f"blocks.{l}."
-        if not (l == layer0 and stage0 == "mlp"):
-            if l != layer0 or init.start_hook != p + "hook_resid_pre":
-                store(p + "hook_resid_pre", x)
-            x_ln = apply_norm(x, acts.get(p + "ln1.hook_scale"), block.ln1, bias)
-            attn_out = attention(x_ln, acts[p + "attn.hook_pattern"], block.attn, bias)
-            store(p + "hook_attn_out", attn_out)
-            x = x + attn_out
-            if block.mlp is None:
-                store(p + "hook_resid_post", x)
+        for stage in ("attn", "mlp"):
+            s = _stage_index(l, stage)
+            if s < first or (stage == "mlp" and block.mlp is None):
                 continue
-            store(p + "hook_resid_mid", x)
-        assert block.mlp is not None and block.ln2 is not None
-        x_ln = apply_norm(x, acts.get(p + "ln2.hook_scale"), block.ln2, bias)
-        mlp_out = mlp(
-            x_ln,
-            block.mlp,
-            pre=acts[p + "mlp.hook_pre"],
-            post=acts[p + "mlp.hook_post"],
-            gate_act=acts.get(p + "mlp.gate_act"),
-            rule=mlp_rule,
-            temperature=temperature,
-            bias_index=bias,
-        )
-        store(p + "hook_mlp_out", mlp_out)
-        x = x + mlp_out
-        store(p + "hook_resid_post", x)
-    store(FINAL_HOOK, apply_norm(x, acts.get("ln_final.hook_scale"), w.ln_final, bias))
+            x = enter(s, x)
+            assert x is not None
+            bias_rows = torch.arange(K - 1, x.shape[0], K, device=x.device)
+            plan = init.sources
+            if stage == "attn":
+                if s > last_entry:  # at the entry stage the start hook itself was stored by enter()
+                    store(p + "hook_resid_pre", x)
+                x_ln = apply_norm(x, acts.get(p + "ln1.hook_scale"), block.ln1, bias_rows)
+                credit = None if plan is None else (plan.source_rows, plan.head_rows[l])
+                attn_out = attention(x_ln, acts[p + "attn.hook_pattern"], block.attn, bias_rows, credit=credit)
+                x = x + attn_out
+                if s >= last_entry:
+                    store(p + "hook_attn_out", attn_out)
+                    store(p + ("hook_resid_post" if block.mlp is None else "hook_resid_mid"), x)
+            else:
+                assert block.mlp is not None and block.ln2 is not None
+                x_ln = apply_norm(x, acts.get(p + "ln2.hook_scale"), block.ln2, bias_rows)
+                credit_row = None if plan is None else plan.mlp_rows[l]
+                mlp_out = mlp(
+                    x_ln,
+                    block.mlp,
+                    pre=acts[p + "mlp.hook_pre"],
+                    post=acts[p + "mlp.hook_post"],
+                    gate_act=acts.get(p + "mlp.gate_act"),
+                    rule=mlp_rule,
+                    temperature=temperature,
+                    bias_rows=bias_rows,
+                    group_size=K,
+                    credit=None if credit_row is None else (plan.source_rows, credit_row),  # type: ignore[union-attr]
+                )
+                x = x + mlp_out
+                if s >= last_entry:
+                    store(p + "hook_mlp_out", mlp_out)
+                    store(p + "hook_resid_post", x)
+    if x is None or pending:  # every group starts after the last block: nothing to replay but the final norm
+        x = enter(2 * view.n_layers, x)
+    assert x is not None
+    bias_rows = torch.arange(K - 1, x.shape[0], K, device=x.device)
+    store(FINAL_HOOK, apply_norm(x, acts.get("ln_final.hook_scale"), w.ln_final, bias_rows))
     return out
 
 

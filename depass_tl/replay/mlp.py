@@ -37,25 +37,30 @@ def _linear(x: Tensor, W: Tensor) -> Tensor:
     return (x.reshape(C * B * P, D) @ W).reshape(C, B, P, W.shape[-1])
 
 
-def _split_weights(keys: Tensor, rule: str, temperature: float) -> tuple[Tensor, Tensor]:
-    """Allocation weights ``α [component, batch, pos, d_mlp]`` and the mask where no component is active."""
-    active = keys != 0
-    none_active = ~active.any(0)
+def _split_weights(keys: Tensor, rule: str, temperature: float, group_size: int) -> tuple[Tensor, Tensor]:
+    """Allocation weights ``α`` (same shape as ``keys``) and, per group, where no component is active.
+
+    Components compete only within their group of ``group_size`` consecutive components.
+    """
+    C = keys.shape[0]
+    k = keys.reshape(C // group_size, group_size, *keys.shape[1:])  # [group, component, ...]
+    active = k != 0
+    none_active = ~active.any(1)  # [group, batch, pos, d_mlp]
     if rule == "softmax":
-        scores = torch.where(active, keys / temperature, torch.full_like(keys, float("-inf")))
-        alpha = torch.softmax(scores, dim=0)
+        scores = torch.where(active, k / temperature, torch.full_like(k, float("-inf")))
+        alpha = torch.softmax(scores, dim=1)
     else:  # max
-        scores = torch.where(active, keys, torch.full_like(keys, float("-inf")))
-        winner = scores.argmax(dim=0, keepdim=True)  # first maximal index on ties
-        alpha = torch.zeros_like(keys).scatter_(0, winner, 1.0)
-    alpha = torch.where(none_active, torch.zeros_like(alpha), alpha)  # all -inf → NaN softmax; drop it
-    return alpha, none_active
+        scores = torch.where(active, k, torch.full_like(k, float("-inf")))
+        winner = scores.argmax(dim=1, keepdim=True)  # first maximal index on ties
+        alpha = torch.zeros_like(k).scatter_(1, winner, 1.0)
+    alpha = torch.where(none_active[:, None], torch.zeros_like(alpha), alpha)  # all -inf → NaN softmax; drop it
+    return alpha.reshape(keys.shape), none_active
 
 
-def _allocate(keys: Tensor, post: Tensor, rule: str, temperature: float, bias_index: int) -> Tensor:
-    alpha, none_active = _split_weights(keys, rule, temperature)
+def _allocate(keys: Tensor, post: Tensor, rule: str, temperature: float, bias_rows: Tensor, group_size: int) -> Tensor:
+    alpha, none_active = _split_weights(keys, rule, temperature, group_size)
     post_c = alpha * post
-    post_c[bias_index] += torch.where(none_active, post, torch.zeros_like(post))
+    post_c[bias_rows] += torch.where(none_active, post, torch.zeros_like(post))
     return post_c
 
 
@@ -68,7 +73,9 @@ def mlp(
     gate_act: Tensor | None,
     rule: str,
     temperature: float,
-    bias_index: int,
+    bias_rows: Tensor,
+    group_size: int,
+    credit: tuple[tuple[int, ...], int] | None = None,
 ) -> Tensor:
     """MLP output per component, ``[component, batch, pos, d_model]``.
 
@@ -80,29 +87,38 @@ def mlp(
         gate_act: frozen ``act(hook_pre)`` for gated MLPs, else None.
         rule: ``softmax`` | ``ratio`` | ``max``.
         temperature: softmax temperature.
-        bias_index: index of the bias component.
+        bias_rows: the bias components (one per group of ``group_size`` components).
+        group_size: components compete (softmax, max) only within their group.
+        credit: ``(source_rows, row)``: move the source components' output to component ``row``
+            (sources mode); ``b_out`` stays with the bias rows.
     """
     if mlp_view.kind == "standard":
         gamma = _linear(x_ln, mlp_view.W_in)  # [component, batch, pos, d_mlp]
         if mlp_view.b_in is not None:
-            gamma[bias_index] += mlp_view.b_in
+            gamma[bias_rows] += mlp_view.b_in
         if rule == "ratio":
             nonzero = pre != 0
             slope = torch.where(nonzero, post / torch.where(nonzero, pre, torch.ones_like(pre)), torch.zeros_like(pre))
             post_c = slope * gamma
-            post_c[bias_index] += torch.where(nonzero, torch.zeros_like(post), post)
+            post_c[bias_rows] += torch.where(nonzero, torch.zeros_like(post), post)
         else:
-            post_c = _allocate(gamma, post, rule, temperature, bias_index)
+            post_c = _allocate(gamma, post, rule, temperature, bias_rows, group_size)
     else:
         assert gate_act is not None and mlp_view.W_gate is not None
         if rule == "ratio":
             post_c = gate_act * _linear(x_ln, mlp_view.W_in)
         else:
             gated = post if mlp_view.b_in is None else post - mlp_view.b_in
-            post_c = _allocate(_linear(x_ln, mlp_view.W_gate), gated, rule, temperature, bias_index)
+            post_c = _allocate(_linear(x_ln, mlp_view.W_gate), gated, rule, temperature, bias_rows, group_size)
         if mlp_view.b_in is not None:
-            post_c[bias_index] += mlp_view.b_in
+            post_c[bias_rows] += mlp_view.b_in
     out = _linear(post_c, mlp_view.W_out)
+    if credit is not None:
+        sources, row = credit
+        src = torch.tensor(sources, device=out.device)
+        moved = out.index_select(0, src).sum(0)
+        out = out.index_fill(0, src, 0.0)
+        out[row] += moved
     if mlp_view.b_out is not None:
-        out[bias_index] += mlp_view.b_out
+        out[bias_rows] += mlp_view.b_out
     return out

@@ -15,10 +15,11 @@ from depass_tl.model_view import NormView
 __all__ = ["apply_norm"]
 
 
-def apply_norm(x: Tensor, scale: Tensor | None, norm: NormView, bias_index: int) -> Tensor:
+def apply_norm(x: Tensor, scale: Tensor | None, norm: NormView, bias_rows: Tensor) -> Tensor:
     """Normalise each component of ``x`` ``[component, batch, pos, d]`` with the frozen ``scale``.
 
-    Returns a new tensor; ``x`` is not modified.
+    ``bias_rows`` are the bias components (one per group) that receive the norm's bias ``b``.
+    Returns a new tensor (or ``x`` itself for "no norm"); ``x`` is not modified.
     """
     if norm.kind in ("LN", "LNPre"):
         x = x - x.mean(-1, keepdim=True)
@@ -29,5 +30,5 @@ def apply_norm(x: Tensor, scale: Tensor | None, norm: NormView, bias_index: int)
     if norm.w is not None:
         x = x * norm.w
     if norm.b is not None:
-        x[bias_index] += norm.b
+        x[bias_rows] += norm.b
     return x
