@@ -167,7 +167,12 @@ def run_with_depass(
         >>> bool(torch.allclose(attrs.sum(0), logits[:, -1, 7], atol=1e-4))
         True
     """
-    run = capture(model, input, prepend_bos=prepend_bos)
+    if components is not None and not isinstance(components, ComponentSpec):
+        raise DePassError(
+            f"components must be a spec such as depass_tl.tokens() or depass_tl.custom(...); got {type(components).__name__}."
+        )
+    extra = set() if components is None else components.required_hooks(model.cfg.n_layers)
+    run = capture(model, input, prepend_bos=prepend_bos, extra_hooks=extra)
     cache = replay(
         run,
         components,

@@ -7,6 +7,7 @@ only the hooks the replay needs, and never modifies the model.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -117,13 +118,16 @@ def _check_residual_identity(acts: dict[str, Tensor], view: ModelView) -> None:
             )
 
 
-def capture(model: Any, input: Any, *, prepend_bos: bool | None = None) -> FrozenRun:
+def capture(
+    model: Any, input: Any, *, prepend_bos: bool | None = None, extra_hooks: Iterable[str] = ()
+) -> FrozenRun:
     """Run ``model`` once on ``input`` and freeze the clean activations and coefficients.
 
     Args:
         model: a ``HookedTransformer``.
         input: a string, a list of equal-length strings, or ``[batch, pos]`` token ids.
         prepend_bos: passed to ``model.to_tokens`` for string input (None: the model's default).
+        extra_hooks: further TL hook names to keep (e.g. ``blocks.3.attn.hook_z`` for head components).
 
     Returns:
         A :class:`~depass_tl.coefficients.FrozenRun`. No hook stays attached to the model.
@@ -143,6 +147,11 @@ def capture(model: Any, input: Any, *, prepend_bos: bool | None = None) -> Froze
     view = read_model_view(model)
     tokens = to_tokens(model, input, prepend_bos=prepend_bos)
     names = _needed_hooks(view, model)
+    extra = set(extra_hooks)
+    unknown = sorted(extra - set(model.hook_dict))
+    if unknown:
+        raise DePassError(f"unknown hook name(s) {unknown}; see model.hook_dict for the hooks this model has.")
+    names |= extra
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
     acts: dict[str, Tensor] = {name: cache[name].detach().clone() for name in names}

@@ -29,6 +29,10 @@ BIAS = "bias"
 class ComponentSpec:
     """Base class of component specs (frozen dataclasses with an ``init`` method)."""
 
+    def required_hooks(self, n_layers: int) -> set[str]:
+        """TL hooks beyond the standard capture that ``init`` reads (e.g. ``attn.hook_z``)."""
+        return set()
+
     def init(self, run: FrozenRun, dtype: torch.dtype) -> InitialState:  # pragma: no cover - interface
         raise NotImplementedError
 
