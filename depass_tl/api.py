@@ -171,7 +171,8 @@ def run_with_depass(
         raise DePassError(
             f"components must be a spec such as depass_tl.tokens() or depass_tl.custom(...); got {type(components).__name__}."
         )
-    extra = set() if components is None else components.required_hooks(model.cfg.n_layers)
+    n_layers = int(getattr(getattr(model, "cfg", None), "n_layers", 0))
+    extra = set() if components is None else components.required_hooks(n_layers)
     run = capture(model, input, prepend_bos=prepend_bos, extra_hooks=extra)
     cache = replay(
         run,
