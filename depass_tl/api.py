@@ -117,6 +117,14 @@ def _single_token_fn(model: Any) -> Callable[[str], int] | None:
     return to_single_token
 
 
+def _is_encoder(model: Any) -> bool:
+    try:
+        from transformer_lens import HookedEncoder
+    except ImportError:  # TL 4: no HookedEncoder
+        return False
+    return isinstance(model, HookedEncoder)
+
+
 def run_with_depass(
     model: Any,
     input: Any,
@@ -127,7 +135,11 @@ def run_with_depass(
     names_filter: NamesFilter = None,
     dtype: torch.dtype | None = None,
     prepend_bos: bool | None = None,
-) -> tuple[Tensor, DePassCache]:
+    head: Any = None,
+    token_type_ids: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+    bias_policy: str = "bias",
+) -> tuple[Tensor, Any]:
     """Run the model once, then decompose every residual-stream activation and the logits.
 
     Like ``model.run_with_cache`` but the cache holds, for each hook, one slice per component:
@@ -144,6 +156,9 @@ def run_with_depass(
             always kept for logit attribution. Default: every hook.
         dtype: accumulation dtype (default float32, float64 for float64 models).
         prepend_bos: for string input, passed to ``model.to_tokens``.
+        head, token_type_ids, attention_mask, bias_policy: for a ``HookedEncoder`` (BERT) only:
+            the call is forwarded to :func:`depass_tl.decompx.run_decompx` (DecompX), which needs a
+            classification or MLM ``head``; see that function.
 
     Returns:
         ``(logits, cache)``: the model's clean logits ``[batch, pos, d_vocab]`` and a
@@ -167,6 +182,29 @@ def run_with_depass(
         >>> bool(torch.allclose(attrs.sum(0), logits[:, -1, 7], atol=1e-4))
         True
     """
+    if _is_encoder(model):
+        from depass_tl.decompx import run_decompx
+
+        if components is not None or mlp_rule != "softmax":
+            raise DePassError(
+                "a HookedEncoder is decomposed by DecompX into token components with the GELU ratio rule; "
+                "components= and mlp_rule= do not apply. Drop them, or use depass_tl.decompx.run_decompx."
+            )
+        if head is None:
+            raise DePassError(
+                "a HookedEncoder needs a head: pass head=depass_tl.decompx.SequenceClassificationHead(...) "
+                "or head=depass_tl.decompx.MLMHead.from_encoder(model, token_ids=[...])."
+            )
+        return run_decompx(
+            model, input, head=head, token_type_ids=token_type_ids, attention_mask=attention_mask,
+            bias_policy=bias_policy, dtype=dtype, names_filter=names_filter,  # type: ignore[arg-type]
+        )
+    if head is not None or token_type_ids is not None or bias_policy != "bias":
+        raise DePassError("head=, token_type_ids= and bias_policy= are for HookedEncoder (BERT) models only.")
+    if attention_mask is not None:
+        raise DePassError(
+            "attention_mask= is not supported for decoder models yet; pass prompts of equal token length."
+        )
     if components is not None and not isinstance(components, ComponentSpec):
         raise DePassError(
             f"components must be a spec such as depass_tl.tokens() or depass_tl.custom(...); got {type(components).__name__}."

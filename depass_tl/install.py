@@ -1,4 +1,4 @@
-"""Attach ``run_with_depass`` as a method of TransformerLens model classes on import.
+"""Attach ``run_with_depass`` to ``HookedTransformer`` and ``HookedEncoder`` on import.
 
 The method is a thin forwarder to :func:`depass_tl.run_with_depass`; all logic lives in the free
 function. A class that already defines its own ``run_with_depass`` is left alone, and a missing TL
@@ -24,13 +24,17 @@ _run_with_depass_method.__depass_tl__ = True  # type: ignore[attr-defined]
 
 def install_methods() -> list[str]:
     """Add ``run_with_depass`` to the TL model classes present; returns the class names patched."""
+    import importlib
+
     patched = []
-    try:
-        from transformer_lens import HookedTransformer
-    except ImportError:  # TL 4 removed it; nothing to attach to
-        return patched
-    existing = getattr(HookedTransformer, "run_with_depass", None)
-    if existing is None or getattr(existing, "__depass_tl__", False):
-        HookedTransformer.run_with_depass = _run_with_depass_method  # type: ignore[attr-defined]
-        patched.append("HookedTransformer")
+    tl = importlib.import_module("transformer_lens")
+    for name in ("HookedTransformer", "HookedEncoder"):
+        try:
+            cls = getattr(tl, name)
+        except (ImportError, AttributeError):  # TL 4 removed both (its __getattr__ raises ImportError)
+            continue
+        existing = getattr(cls, "run_with_depass", None)
+        if existing is None or getattr(existing, "__depass_tl__", False):
+            cls.run_with_depass = _run_with_depass_method
+            patched.append(name)
     return patched

@@ -1,0 +1,43 @@
+"""Find ``transformer_lens.HookedEncoder`` lazily; TransformerLens 4.0 removed it."""
+
+from __future__ import annotations
+
+from depass_tl.errors import UnsupportedModelError
+
+__all__ = ["hooked_encoder_class"]
+
+
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("transformer-lens", "transformer_lens"):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return "not installed"
+
+
+def hooked_encoder_class() -> type:
+    """Return ``transformer_lens.HookedEncoder``, or raise a clear error where it does not exist.
+
+    Raises:
+        UnsupportedModelError: TransformerLens is missing, or is 4.x (``HookedEncoder`` removed).
+    """
+    try:
+        import transformer_lens
+
+        cls = transformer_lens.HookedEncoder
+    except (ImportError, AttributeError) as e:
+        raise UnsupportedModelError(
+            "transformer_lens.HookedEncoder is not available (installed TransformerLens: "
+            f"{_installed_version()}); it was removed in TransformerLens 4.0. DecompX on BERT needs it: "
+            "install 'transformer-lens<4' (on TL 4, decoder models go through TransformerBridge with "
+            "depass_tl.run_with_depass)"
+        ) from e
+    if not isinstance(cls, type):
+        raise UnsupportedModelError(
+            f"transformer_lens.HookedEncoder is a {type(cls).__name__}, not a class; "
+            "DecompX needs TransformerLens 2.16-3.x"
+        )
+    return cls

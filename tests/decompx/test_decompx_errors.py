@@ -1,0 +1,165 @@
+"""Bad input raises DePassError; hooks never stay attached; the user's model is never modified."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+import depass_tl.decompx.api as api_module
+from depass_tl.decompx import MLMHead, SequenceClassificationHead, hooked_encoder_from_hf_bert, run_decompx
+from depass_tl.decompx.capture import capture_encoder
+from depass_tl.errors import DePassError, UnsupportedModelError
+
+
+def _attached_hooks(model) -> int:
+    return sum(len(hp._forward_hooks) + len(hp._backward_hooks) for hp in model.hook_dict.values())
+
+
+def _kw(clf, **over):
+    kw = dict(head=clf.head, token_type_ids=clf.token_type_ids, attention_mask=clf.attention_mask)
+    kw.update(over)
+    return kw
+
+
+@pytest.mark.parametrize(
+    "tokens,match",
+    [
+        (torch.tensor([[1.0, 2.0]]), "integer dtype"),
+        (torch.tensor([1, 2, 3]), r"\[batch, pos\]"),
+        (torch.tensor([[1, 99]]), r"values in \[0, 50\)"),
+        (torch.zeros(1, 17, dtype=torch.long), "n_ctx"),
+        ([[1, 2]], "integer tensor"),
+    ],
+)
+def test_bad_tokens(clf32, tokens, match):
+    with pytest.raises(DePassError, match=match):
+        run_decompx(clf32.encoder, tokens, head=clf32.head)
+
+
+def test_bad_masks_and_segments(clf32):
+    tokens = clf32.tokens
+    with pytest.raises(DePassError, match="token_type_ids must hold values in"):
+        run_decompx(clf32.encoder, tokens, **_kw(clf32, token_type_ids=torch.full_like(tokens, 2)))
+    with pytest.raises(DePassError, match="attention_mask has shape"):
+        run_decompx(clf32.encoder, tokens, **_kw(clf32, attention_mask=torch.ones(2, 6, dtype=torch.long)))
+    with pytest.raises(DePassError, match="attention_mask must have an integer dtype"):
+        run_decompx(clf32.encoder, tokens, **_kw(clf32, attention_mask=torch.ones(2, 7)))
+    empty = clf32.attention_mask.clone()
+    empty[1] = 0
+    with pytest.raises(DePassError, match=r"rows \[1\] have no real token"):
+        run_decompx(clf32.encoder, tokens, **_kw(clf32, attention_mask=empty))
+
+
+def test_bad_options(clf32):
+    with pytest.raises(DePassError, match="bias_policy='abssim' is not known"):
+        run_decompx(clf32.encoder, clf32.tokens, **_kw(clf32, bias_policy="abssim"))
+    with pytest.raises(DePassError, match="dtype must be torch.float32 or torch.float64"):
+        run_decompx(clf32.encoder, clf32.tokens, **_kw(clf32, dtype=torch.float16))
+    with pytest.raises(DePassError, match="unknown hook names"):
+        run_decompx(clf32.encoder, clf32.tokens, **_kw(clf32, names_filter=["blocks.9.hook_resid_mid"]))
+
+
+def test_bad_heads(clf32):
+    with pytest.raises(DePassError, match="head must be a SequenceClassificationHead or an MLMHead"):
+        run_decompx(clf32.encoder, clf32.tokens, **_kw(clf32, head=clf32.hf.classifier))
+    small = SequenceClassificationHead(
+        W_pool=torch.eye(4), b_pool=torch.zeros(4), W_cls=torch.ones(4, 2), b_cls=torch.zeros(2)
+    )
+    with pytest.raises(DePassError, match="head reads d_model=4 but the encoder has d_model=16"):
+        run_decompx(clf32.encoder, clf32.tokens, **_kw(clf32, head=small))
+    with pytest.raises(DePassError, match="shapes do not fit"):
+        SequenceClassificationHead(W_pool=torch.eye(4), b_pool=torch.zeros(4), W_cls=torch.ones(2, 4), b_cls=torch.zeros(2))
+    sd = dict(clf32.hf.state_dict())
+    del sd["classifier.bias"]
+    with pytest.raises(DePassError, match="no key 'classifier.bias'"):
+        SequenceClassificationHead.from_hf_state_dict(sd)
+    with pytest.raises(DePassError, match=r"token_ids must be a non-empty list of ids in \[0, 50\)"):
+        MLMHead.from_encoder(clf32.encoder, token_ids=[50])
+
+
+def test_bad_result_queries(clf32):
+    _, result = run_decompx(clf32.encoder, clf32.tokens, **_kw(clf32))
+    with pytest.raises(DePassError, match="out of range"):
+        result.explanation(3)
+    with pytest.raises(DePassError, match="only for the MLM head"):
+        result.explanation(0, position=1)
+    with pytest.raises(DePassError, match="use result.class_logits"):
+        result.token_logits
+    with pytest.raises(KeyError, match="was not decomposed"):
+        result["blocks.0.attn.hook_pattern"]
+    with pytest.raises(TypeError):
+        result["hook_full_embed"] = torch.zeros(1)  # read-only mapping
+    mlm = MLMHead.from_encoder(clf32.encoder, token_ids=[1])
+    _, mres = run_decompx(clf32.encoder, clf32.tokens, **_kw(clf32, head=mlm))
+    with pytest.raises(DePassError, match="needs position="):
+        mres.explanation(0)
+    with pytest.raises(DePassError, match="use result.token_logits"):
+        mres.class_logits
+    with pytest.raises(DePassError, match="no pooler"):
+        mres.pooler
+
+
+def test_converter_errors(clf32):
+    import transformers
+
+    cfg = clf32.hf.config
+    sd = dict(clf32.hf.state_dict())
+    del sd["bert.encoder.layer.1.output.dense.weight"]
+    with pytest.raises(DePassError, match="no key 'bert.encoder.layer.1.output.dense.weight'"):
+        hooked_encoder_from_hf_bert(sd, cfg)
+    bad = transformers.BertConfig(**{**cfg.to_dict(), "type_vocab_size": 3})
+    with pytest.raises(UnsupportedModelError, match="type_vocab_size=3"):
+        hooked_encoder_from_hf_bert(clf32.hf.state_dict(), bad)
+    wide = transformers.BertConfig(**{**cfg.to_dict(), "intermediate_size": 40})
+    with pytest.raises(DePassError, match="does hf_config match the state dict"):
+        hooked_encoder_from_hf_bert(clf32.hf.state_dict(), wide)
+
+
+def test_not_an_encoder(clf32):
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    dec = HookedTransformer(
+        HookedTransformerConfig(d_model=16, d_head=4, n_heads=4, n_layers=1, n_ctx=8, d_vocab=50, act_fn="gelu", device="cpu")
+    )
+    with pytest.raises(UnsupportedModelError, match="needs a transformer_lens.HookedEncoder, got HookedTransformer"):
+        run_decompx(dec, clf32.tokens, head=clf32.head)
+
+
+def test_transformer_lens_4_without_hooked_encoder(clf32, monkeypatch):
+    """On TL 4 ``HookedEncoder`` is gone: importing still works, running says what to do."""
+    import transformer_lens
+
+    def removed(name):  # what TransformerLens 4's module __getattr__ does
+        raise AttributeError(f"{name!r} was removed in TransformerLens 4.0.")
+
+    monkeypatch.delattr(transformer_lens, "HookedEncoder")
+    monkeypatch.setattr(transformer_lens, "__getattr__", removed, raising=False)
+    with pytest.raises(AttributeError):
+        transformer_lens.HookedEncoder  # the simulation is in place
+    importlib.reload(api_module)  # importing the module must not need HookedEncoder
+    with pytest.raises(UnsupportedModelError, match="removed in TransformerLens 4.0.*transformer-lens<4"):
+        api_module.run_decompx(clf32.encoder, clf32.tokens, head=clf32.head)
+    with pytest.raises(UnsupportedModelError, match="removed in TransformerLens 4.0"):
+        hooked_encoder_from_hf_bert(clf32.hf.state_dict(), clf32.hf.config)
+
+
+def test_no_hooks_left_and_model_untouched(clf32):
+    enc = clf32.encoder
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    for policy in ("bias", "absdot"):
+        run_decompx(enc, clf32.tokens, **_kw(clf32, bias_policy=policy))
+        assert _attached_hooks(enc) == 0
+    run_decompx(enc, clf32.tokens, **_kw(clf32, head=MLMHead.from_encoder(enc, token_ids=[2, 3])))
+    assert _attached_hooks(enc) == 0
+    # a forward that raises inside the scoped hooks (token id out of range reaches the embedding)
+    with pytest.raises(IndexError):
+        capture_encoder(
+            enc, torch.tensor([[1, 500]]), token_type_ids=None, attention_mask=None,
+            dtype=torch.float32, with_mlm=False,
+        )
+    assert _attached_hooks(enc) == 0
+    after = enc.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not enc.training
