@@ -11,7 +11,7 @@ from depass_tl.api import replay, run_with_depass
 from depass_tl.cache import DePassCache
 from depass_tl.capture import capture
 from depass_tl.coefficients import FrozenRun
-from depass_tl.components import ComponentSpec, custom, tokens
+from depass_tl.components import ComponentSpec, custom, heads, modules, neurons, sources, subspace, tokens
 from depass_tl.errors import DePassError, UnsupportedModelError
 from depass_tl.install import install_methods
 
@@ -23,6 +23,11 @@ __all__ = [
     "UnsupportedModelError",
     "capture",
     "custom",
+    "heads",
+    "modules",
+    "neurons",
+    "sources",
+    "subspace",
     "replay",
     "run_with_depass",
     "tokens",

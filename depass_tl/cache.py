@@ -204,6 +204,71 @@ class DePassCache(Mapping[str, Tensor]):
         """``logit_attrs(tokens, incorrect_tokens=incorrect_tokens, pos=pos)``: ``[component, batch]``."""
         return self.logit_attrs(tokens, incorrect_tokens=incorrect_tokens, pos=pos)
 
+    # ------------------------------------------------------------------------------- grouping
+    def group(self, groups: Mapping[str, str | Sequence[str]]) -> "DePassCache":
+        """Sum components into named groups; returns a new cache.
+
+        Args:
+            groups: new label -> a regular expression (matched against the whole label) or a list of
+                labels. Each component joins the first group that claims it; unclaimed components keep
+                their own label; ``bias`` always stays last: patterns never claim it and listing it is an error. Group order follows
+                the mapping; unclaimed components come after the groups, in their original order.
+
+        Examples:
+            >>> import torch, depass_tl
+            >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
+            >>> cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+            ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+            >>> _, dc = depass_tl.run_with_depass(HookedTransformer(cfg), torch.tensor([[1, 2, 3, 4]]))
+            >>> dc.group({"early": ["tok0", "tok1"], "late": r"tok[23]"}).labels
+            ('early', 'late', 'bias')
+
+        Note: with the ``softmax`` or ``max`` MLP rules, grouping after the replay (summing shares) is
+        not the same as replaying the grouped components (shares are not additive across groupings).
+        """
+        import re
+
+        if self.group_size != len(self.labels):
+            raise DePassError("group() works on single-group caches (one partition); this cache has several groups.")
+        members: dict[str, list[int]] = {name: [] for name in groups}
+        claimed: set[int] = set()
+        for name, rule in groups.items():
+            for c, label in enumerate(self.labels[:-1]):
+                if c in claimed:
+                    continue
+                hit = re.fullmatch(rule, label) is not None if isinstance(rule, str) else label in rule
+                if hit:
+                    members[name].append(c)
+                    claimed.add(c)
+            if not isinstance(rule, str) and self.labels[-1] in rule:
+                raise DePassError(f"the {self.labels[-1]!r} component cannot be grouped; leave it out of {name!r}.")
+            if not members[name]:
+                raise DePassError(f"group {name!r} matches no component; labels are {list(self.labels)}.")
+        rest = [c for c in range(len(self.labels) - 1) if c not in claimed]
+        new_labels = tuple(members) + tuple(self.labels[c] for c in rest) + (self.labels[-1],)
+        if len(set(new_labels)) != len(new_labels):
+            raise DePassError(f"grouped labels collide: {list(new_labels)}.")
+        index = [members[n] for n in members] + [[c] for c in rest] + [[len(self.labels) - 1]]
+
+        def regroup(v: Tensor) -> Tensor:
+            return torch.stack([v[idx].sum(0) for idx in index])
+
+        return DePassCache(
+            activations={k: regroup(v) for k, v in self._acts.items()},
+            labels=new_labels,
+            clean=dict(self.clean),
+            clean_last_logits=self.clean_last_logits,
+            tokens=self.tokens,
+            str_tokens=self.str_tokens,
+            W_U=self._W_U,
+            b_U=self._b_U,
+            group_size=len(new_labels),
+            start_hook=self.start_hook,
+            mlp_rule=self.mlp_rule,
+            logits_soft_capped=self.logits_soft_capped,
+            to_single_token=self._to_single_token,
+        )
+
     # ------------------------------------------------------------------------------- export
     def to_dataframe(self, tokens: TokenLike, *, incorrect_tokens: TokenLike | None = None, pos: int = -1) -> Any:
         """A long-format ``pandas.DataFrame``: one row per (prompt, component) with its attribution.

@@ -1,0 +1,214 @@
+"""Head, module and neuron components: what one layer writes, split, plus the rest of the stream.
+
+Each spec starts right after the layer it splits, with the clean outputs as components, so the
+components at the start are exactly TransformerLens's per-head results (``hook_result``), module
+outputs or neuron writes; the replay then carries each of them through every later layer, so its
+logit attribution includes its indirect effect. Output biases (``b_O``, ``b_out``) start in the bias
+component. Several layers in one call replay one group per layer in a single pass (see
+:mod:`depass_tl.replay.engine`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from depass_tl.coefficients import FrozenRun
+from depass_tl.components.base import REST, ComponentSpec, group_with_bias, layers_arg, multi_labels
+from depass_tl.components.custom import check_complete
+from depass_tl.errors import DePassError
+from depass_tl.replay.engine import Group, InitialState
+
+__all__ = ["HeadSpec", "ModuleSpec", "NeuronSpec", "heads", "modules", "neurons"]
+
+_RTOL = 1e-4
+
+
+def _zeros_or(t: Tensor | None, like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if t is None else t.to(like)
+
+
+def _bias_label(layer: int, several: bool) -> str:
+    return f"L{layer}.bias" if several else "bias"
+
+
+@dataclass(frozen=True)
+class HeadSpec(ComponentSpec):
+    """Each head of the chosen layer(s) + the rest of the residual stream (+ bias = ``b_O``)."""
+
+    layer: int | tuple[int, ...] | None
+
+    def _layers(self, n_layers: int) -> tuple[int, ...]:
+        return layers_arg(self.layer, n_layers, "heads()")
+
+    def required_hooks(self, n_layers: int) -> set[str]:
+        return {f"blocks.{l}.attn.hook_z" for l in self._layers(n_layers)}
+
+    def init(self, run: FrozenRun, dtype: torch.dtype) -> InitialState:
+        layers = self._layers(run.view.n_layers)
+        several = len(layers) > 1
+        groups = []
+        for l in layers:
+            p = f"blocks.{l}."
+            attn = run.view.blocks[l].attn
+            z = run.get(p + "attn.hook_z").to(dtype)  # [batch, pos, head, d_head]
+            results = torch.einsum("bphe,hed->hbpd", z, attn.W_O.to(dtype))  # [head, batch, pos, d_model]
+            rest = run.get(p + "hook_resid_pre").to(dtype)
+            start = p + ("hook_resid_post" if run.view.blocks[l].mlp is None else "hook_resid_mid")
+            x = torch.cat([results, rest[None]])
+            b_O = _zeros_or(attn.b_O, rest[0, 0])
+            check_complete(torch.cat([x, b_O.expand_as(rest)[None]]), run.get(start).to(dtype), start, _RTOL,
+                           "head outputs + rest")
+            labels = [f"L{l}H{h}" for h in range(results.shape[0])] + multi_labels([REST], l, several)
+            groups.append(group_with_bias(x, labels, start, b_O, bias_label=_bias_label(l, several)))
+        return InitialState(tuple(groups))
+
+
+def heads(layer: int | Iterable[int] | None = None) -> HeadSpec:
+    """One component per attention head of ``layer`` (None: every layer), + ``rest`` + ``bias``.
+
+    ``L{l}H{h}`` starts as the head's output ``z_h W_O[h]`` (TL's ``hook_result``; ``b_V`` rides with
+    the head) at ``blocks.{l}.hook_resid_mid``; ``rest`` is the residual stream before the layer and
+    ``bias`` starts as ``b_O``. Several layers give one group per layer (labels ``L{l}.rest``,
+    ``L{l}.bias``), replayed in one pass; the cache then holds the hooks from the last group's start.
+
+    Examples:
+        >>> import torch, depass_tl
+        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
+        >>> cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+        ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+        >>> _, dc = depass_tl.run_with_depass(HookedTransformer(cfg), torch.tensor([[1, 2, 3]]),
+        ...                                   components=depass_tl.heads(layer=1))
+        >>> dc.labels
+        ('L1H0', 'L1H1', 'rest', 'bias')
+    """
+    return HeadSpec(layer if layer is None or isinstance(layer, int) else tuple(layer))
+
+
+@dataclass(frozen=True)
+class ModuleSpec(ComponentSpec):
+    """Attention output and MLP output of the chosen layer(s) + the rest (+ bias = ``b_O + b_out``)."""
+
+    layer: int | tuple[int, ...] | None
+
+    def init(self, run: FrozenRun, dtype: torch.dtype) -> InitialState:
+        layers = layers_arg(self.layer, run.view.n_layers, "modules()")
+        several = len(layers) > 1
+        groups = []
+        for l in layers:
+            p, block = f"blocks.{l}.", run.view.blocks[l]
+            rest = run.get(p + "hook_resid_pre").to(dtype)
+            bias = _zeros_or(block.attn.b_O, rest[0, 0])
+            comps = [run.get(p + "hook_attn_out").to(dtype) - bias]
+            labels = [f"L{l}.attn"]
+            if block.mlp is not None:
+                b_out = _zeros_or(block.mlp.b_out, rest[0, 0])
+                comps.append(run.get(p + "hook_mlp_out").to(dtype) - b_out)
+                labels.append(f"L{l}.mlp")
+                bias = bias + b_out
+            x = torch.stack(comps + [rest])
+            labels += multi_labels([REST], l, several)
+            groups.append(group_with_bias(x, labels, p + "hook_resid_post", bias, bias_label=_bias_label(l, several)))
+        return InitialState(tuple(groups))
+
+
+def modules(layer: int | Iterable[int] | None = None) -> ModuleSpec:
+    """The attention output ``L{l}.attn`` and MLP output ``L{l}.mlp`` of ``layer``, + ``rest`` + ``bias``.
+
+    Starts at ``blocks.{l}.hook_resid_post``; the output biases start in ``bias``.
+
+    Examples:
+        >>> import torch, depass_tl
+        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
+        >>> cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+        ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+        >>> _, dc = depass_tl.run_with_depass(HookedTransformer(cfg), torch.tensor([[1, 2, 3]]),
+        ...                                   components=depass_tl.modules(layer=0))
+        >>> dc.labels
+        ('L0.attn', 'L0.mlp', 'rest', 'bias')
+    """
+    return ModuleSpec(layer if layer is None or isinstance(layer, int) else tuple(layer))
+
+
+@dataclass(frozen=True)
+class NeuronSpec(ComponentSpec):
+    """Chosen MLP neurons' writes + the rest of the MLP + the rest of the stream (+ bias = ``b_out``)."""
+
+    layer: int | tuple[int, ...] | None
+    idx: tuple[int, ...] | None
+    top_k: int | None
+    pos: int
+
+    def _neurons(self, run: FrozenRun, l: int, d_mlp: int, W_out: Tensor) -> list[int]:
+        if self.idx is not None:
+            bad = [n for n in self.idx if not 0 <= n < d_mlp]
+            if bad:
+                raise DePassError(f"neurons(): indices {bad} are out of range for d_mlp={d_mlp}.")
+            return list(self.idx)
+        assert self.top_k is not None
+        post = run.get(f"blocks.{l}.mlp.hook_post")  # [batch, pos, d_mlp]
+        # size of each neuron's write at `pos`, summed over the batch
+        score = post[:, self.pos].abs().sum(0) * W_out.norm(dim=-1)
+        return sorted(torch.topk(score, min(self.top_k, d_mlp)).indices.tolist())
+
+    def init(self, run: FrozenRun, dtype: torch.dtype) -> InitialState:
+        layers = layers_arg(self.layer, run.view.n_layers, "neurons()")
+        several = len(layers) > 1
+        groups: list[Group] = []
+        for l in layers:
+            p, mlp = f"blocks.{l}.", run.view.blocks[l].mlp
+            if mlp is None:
+                raise DePassError(f"neurons(): layer {l} has no MLP (attention-only model).")
+            if not -run.n_pos <= self.pos < run.n_pos:
+                raise DePassError(f"neurons(): pos {self.pos} is out of range for {run.n_pos} positions.")
+            W_out = mlp.W_out.to(dtype)
+            chosen = self._neurons(run, l, W_out.shape[0], W_out)
+            post = run.get(p + "mlp.hook_post").to(dtype)
+            writes = post[..., chosen].permute(2, 0, 1)[..., None] * W_out[chosen][:, None, None]  # [n, batch, pos, d]
+            b_out = _zeros_or(mlp.b_out, W_out[0])
+            mlp_rest = run.get(p + "hook_mlp_out").to(dtype) - b_out - writes.sum(0)
+            x = torch.cat([writes, mlp_rest[None], run.get(p + "hook_resid_mid").to(dtype)[None]])
+            labels = [f"L{l}N{n}" for n in chosen] + [f"L{l}.mlp_rest"] + multi_labels([REST], l, several)
+            groups.append(group_with_bias(x, labels, p + "hook_resid_post", b_out, bias_label=_bias_label(l, several)))
+        if len({len(g.labels) for g in groups}) > 1:
+            raise DePassError("neurons(): every layer must contribute the same number of neurons in one call.")
+        return InitialState(tuple(groups))
+
+
+def neurons(
+    layer: int | Iterable[int] | None = None,
+    *,
+    idx: Sequence[int] | None = None,
+    top_k: int | None = None,
+    pos: int = -1,
+) -> NeuronSpec:
+    """Chosen MLP neurons of ``layer`` as components: ``L{l}N{n}`` = ``post_n · W_out[n]``.
+
+    Give either ``idx`` (neuron indices) or ``top_k`` (the k neurons with the largest write
+    ``|post_n| · ‖W_out[n]‖`` at position ``pos``, summed over the batch). The rest of the MLP output
+    is ``L{l}.mlp_rest``, the residual before the MLP is ``rest``, and ``b_out`` starts in ``bias``;
+    the replay starts at ``blocks.{l}.hook_resid_post``.
+
+    Examples:
+        >>> import torch, depass_tl
+        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
+        >>> cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+        ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+        >>> _, dc = depass_tl.run_with_depass(HookedTransformer(cfg), torch.tensor([[1, 2, 3]]),
+        ...                                   components=depass_tl.neurons(0, idx=[3, 7]))
+        >>> dc.labels
+        ('L0N3', 'L0N7', 'L0.mlp_rest', 'rest', 'bias')
+    """
+    if (idx is None) == (top_k is None):
+        raise DePassError("neurons(): give exactly one of idx=[...] or top_k=k.")
+    if top_k is not None and top_k < 1:
+        raise DePassError(f"neurons(): top_k must be >= 1, got {top_k}.")
+    if idx is not None:
+        idx = tuple(int(i) for i in idx)
+        if not idx or len(set(idx)) != len(idx):
+            raise DePassError(f"neurons(): idx must be non-empty and distinct, got {list(idx)}.")
+    lay = layer if layer is None or isinstance(layer, int) else tuple(layer)
+    return NeuronSpec(lay, idx, top_k, pos)

@@ -1,0 +1,103 @@
+"""Subspace components: the projection of a residual-stream activation onto a span, and the rest."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from depass_tl.coefficients import FrozenRun
+from depass_tl.components.base import ComponentSpec, check_labels, group_with_bias
+from depass_tl.errors import DePassError
+from depass_tl.replay.engine import InitialState, parse_start_hook
+
+__all__ = ["SubspaceSpec", "subspace", "check_orthonormal"]
+
+ORTHONORMAL_TOL = 1e-4
+
+
+def check_orthonormal(basis: Tensor, *, what: str = "basis", tol: float = ORTHONORMAL_TOL) -> Tensor:
+    """Return ``basis`` as ``[d, k]`` after checking its columns are orthonormal (max |VᵀV - I| ≤ tol)."""
+    if not isinstance(basis, Tensor) or not basis.is_floating_point():
+        raise DePassError(f"{what} must be a floating-point tensor [d_model, k]; got {type(basis).__name__}.")
+    V = basis[:, None] if basis.ndim == 1 else basis
+    if V.ndim != 2 or V.shape[1] == 0 or V.shape[1] > V.shape[0]:
+        raise DePassError(f"{what} must have shape [d_model, k] with 1 <= k <= d_model; got {tuple(basis.shape)}.")
+    if not bool(torch.isfinite(V).all()):
+        raise DePassError(f"{what} contains NaN or inf.")
+    gram = V.T.double() @ V.double()
+    err = float((gram - torch.eye(V.shape[1], dtype=torch.float64)).abs().max())
+    if err > tol:
+        raise DePassError(
+            f"{what} columns are not orthonormal: max |VᵀV - I| = {err:.3g} > {tol}. Orthonormalise it first, "
+            "e.g. V = torch.linalg.qr(V).Q (columns of a [d_model, k] matrix)."
+        )
+    return V
+
+
+@dataclass(frozen=True)
+class SubspaceSpec(ComponentSpec):
+    """Projection onto span(basis) (whole, or one component per basis vector) + orthogonal complement."""
+
+    hook: str
+    basis: Tensor = field(repr=False)
+    split: bool
+    labels: tuple[str, ...] | None
+
+    def init(self, run: FrozenRun, dtype: torch.dtype) -> InitialState:
+        parse_start_hook(self.hook, run.view)
+        h = run.get(self.hook).to(dtype)  # [batch, pos, d_model]
+        V = self.basis.to(device=h.device, dtype=dtype)
+        if V.shape[0] != h.shape[-1]:
+            raise DePassError(f"subspace basis has {V.shape[0]} rows but {self.hook!r} has d_model={h.shape[-1]}.")
+        coeffs = h @ V  # [batch, pos, k]
+        if self.split:
+            parts = coeffs.permute(2, 0, 1)[..., None] * V.T[:, None, None, :]  # [k, batch, pos, d_model]
+            default = [f"subspace.{i}" for i in range(V.shape[1])]
+        else:
+            parts = (coeffs @ V.T)[None]
+            default = ["subspace"]
+        labels = list(self.labels) if self.labels is not None else default + ["complement"]
+        if len(labels) != parts.shape[0] + 1:
+            raise DePassError(f"subspace(): expected {parts.shape[0] + 1} labels (parts + complement), got {len(labels)}.")
+        if V.shape[1] == V.shape[0]:
+            # a full basis spans everything: the complement is exactly zero (not rounding noise, which
+            # the softmax / max rules would otherwise treat as an active component)
+            if not self.split:
+                parts = h[None]
+            complement = torch.zeros_like(h)
+        else:
+            complement = h - parts.sum(0)
+        x = torch.cat([parts, complement[None]])
+        return InitialState((group_with_bias(x, labels, self.hook),))
+
+
+def subspace(
+    hook: str, basis: Tensor, *, split: bool = False, labels: Sequence[str] | None = None
+) -> SubspaceSpec:
+    """Split the activation at ``hook`` into its projection onto span(``basis``) and the complement.
+
+    Args:
+        hook: ``blocks.{l}.hook_resid_pre|mid|post``; the replay starts there.
+        basis: ``[d_model, k]`` with orthonormal columns (a ``[d_model]`` unit vector is k = 1);
+            validated to ``max |VᵀV − I| ≤ 1e-4``.
+        split: one component per basis vector (``subspace.{i}``) instead of one for the span.
+        labels: custom labels (parts, then the complement).
+
+    Examples:
+        >>> import torch, depass_tl
+        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
+        >>> cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+        ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+        >>> basis = torch.linalg.qr(torch.randn(8, 2)).Q
+        >>> _, dc = depass_tl.run_with_depass(HookedTransformer(cfg), torch.tensor([[1, 2, 3]]),
+        ...     components=depass_tl.subspace("blocks.1.hook_resid_pre", basis, split=True))
+        >>> dc.labels
+        ('subspace.0', 'subspace.1', 'complement', 'bias')
+    """
+    V = check_orthonormal(basis).detach()
+    if labels is not None:
+        check_labels(tuple(labels))
+    return SubspaceSpec(hook, V, split, None if labels is None else tuple(labels))

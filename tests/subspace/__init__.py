@@ -1,0 +1,1 @@
+"""Tests of depass_tl.subspace."""
