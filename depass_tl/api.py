@@ -81,16 +81,19 @@ def replay(
     acts = replay_components(run, init, mlp_rule=mlp_rule, temperature=temperature, dtype=dtype, keep=keep)
     _check_names(names_filter, acts)
     clean = {name: run.get(name) for name in acts}
+    last_pos = _last_real_positions(run)
+    rows = torch.arange(run.batch, device=run.tokens.device)
     if run.view.output_logits_soft_cap is None:
-        last = run.logits[:, -1]
+        last = run.logits[rows, last_pos]
     else:  # decompose the pre-cap logits: they are what sums exactly
-        final = run.get(FINAL_HOOK)[:, -1]
+        final = run.get(FINAL_HOOK)[rows, last_pos]
         last = final @ run.view.W_U + (0 if run.view.b_U is None else run.view.b_U)
     return DePassCache(
         activations=acts,
         labels=init.labels,
         clean=clean,
         clean_last_logits=last,
+        last_positions=last_pos,
         tokens=run.tokens,
         str_tokens=run.str_tokens,
         W_U=run.view.W_U,
@@ -101,6 +104,14 @@ def replay(
         logits_soft_capped=run.view.output_logits_soft_cap is not None,
         to_single_token=to_single_token,
     )
+
+
+def _last_real_positions(run: FrozenRun) -> Tensor:
+    """Per prompt, the index of its last real (unpadded) token: ``[batch]``."""
+    if run.attention_mask is None:
+        return torch.full((run.batch,), run.n_pos - 1, dtype=torch.long, device=run.tokens.device)
+    positions = torch.arange(run.n_pos, device=run.tokens.device)
+    return (run.attention_mask.to(run.tokens.device).bool() * (positions + 1)).argmax(-1)
 
 
 def _single_token_fn(model: Any) -> Callable[[str], int] | None:
@@ -139,6 +150,7 @@ def run_with_depass(
     token_type_ids: Tensor | None = None,
     attention_mask: Tensor | None = None,
     bias_policy: str = "bias",
+    padding_side: str | None = None,
 ) -> tuple[Tensor, Any]:
     """Run the model once, then decompose every residual-stream activation and the logits.
 
@@ -156,6 +168,9 @@ def run_with_depass(
             always kept for logit attribution. Default: every hook.
         dtype: accumulation dtype (default float32, float64 for float64 models).
         prepend_bos: for string input, passed to ``model.to_tokens``.
+        attention_mask: ``[batch, pos]``, 1 for real tokens and 0 for padding (token-id input); lists
+            of prompts of different lengths are padded and masked automatically.
+        padding_side: ``"left"`` or ``"right"`` for padded string batches (default: the tokenizer's).
         head, token_type_ids, attention_mask, bias_policy: for a ``HookedEncoder`` (BERT) only:
             the call is forwarded to :func:`depass_tl.decompx.run_decompx` (DecompX), which needs a
             classification or MLM ``head``; see that function.
@@ -201,17 +216,16 @@ def run_with_depass(
         )
     if head is not None or token_type_ids is not None or bias_policy != "bias":
         raise DePassError("head=, token_type_ids= and bias_policy= are for HookedEncoder (BERT) models only.")
-    if attention_mask is not None:
-        raise DePassError(
-            "attention_mask= is not supported for decoder models yet; pass prompts of equal token length."
-        )
     if components is not None and not isinstance(components, ComponentSpec):
         raise DePassError(
             f"components must be a spec such as depass_tl.tokens() or depass_tl.custom(...); got {type(components).__name__}."
         )
     n_layers = int(getattr(getattr(model, "cfg", None), "n_layers", 0))
     extra = set() if components is None else components.required_hooks(n_layers)
-    run = capture(model, input, prepend_bos=prepend_bos, extra_hooks=extra)
+    run = capture(
+        model, input, prepend_bos=prepend_bos, extra_hooks=extra, padding_side=padding_side,
+        attention_mask=attention_mask,
+    )
     cache = replay(
         run,
         components,

@@ -28,7 +28,9 @@ class DePassCache(Mapping[str, Tensor]):
     Attributes:
         labels: one label per component (axis 0 of every value), e.g. ``tok0 … tok{P-1}, bias``.
         clean: hook name -> the clean activation ``[batch, pos, d_model]`` for every stored hook.
-        clean_last_logits: ``[batch, d_vocab]`` clean (pre-soft-cap) logits at the last position.
+        clean_last_logits: ``[batch, d_vocab]`` clean (pre-soft-cap) logits at each prompt's last real
+            position.
+        last_positions: ``[batch]`` each prompt's last real (unpadded) position; ``pos=-1`` means it.
         tokens: ``[batch, pos]`` input ids.
         str_tokens: token strings per prompt (None without a tokenizer).
         start_hook: where the replay started.
@@ -45,6 +47,7 @@ class DePassCache(Mapping[str, Tensor]):
         clean: dict[str, Tensor],
         clean_last_logits: Tensor,
         tokens: Tensor,
+        last_positions: Tensor | None = None,
         str_tokens: tuple[tuple[str, ...], ...] | None,
         W_U: Tensor,
         b_U: Tensor | None,
@@ -60,6 +63,8 @@ class DePassCache(Mapping[str, Tensor]):
         self.labels = labels
         self.clean = MappingProxyType(clean)
         self.clean_last_logits = clean_last_logits
+        B, P = tokens.shape
+        self.last_positions = torch.full((B,), P - 1, dtype=torch.long) if last_positions is None else last_positions
         self.tokens = tokens
         self.str_tokens = str_tokens
         self._W_U = W_U
@@ -134,8 +139,19 @@ class DePassCache(Mapping[str, Tensor]):
         err = float((total - clean.to(total.dtype)).abs().max())
         return err / max(float(clean.abs().max()), 1e-30) if relative else err
 
+    def _final_at(self, pos: int) -> Tensor:
+        """``unembed.hook_in`` at ``pos`` per prompt (``-1``: each prompt's last real token): ``[C, B, d]``."""
+        final = self._acts["unembed.hook_in"]
+        P = final.shape[2]
+        if not -P <= pos < P:
+            raise DePassError(f"pos {pos} is out of range for {P} positions.")
+        if pos != -1:
+            return final[:, :, pos]
+        idx = self.last_positions.to(final.device)
+        return final[:, torch.arange(final.shape[1], device=final.device), idx]
+
     def _logits_last(self) -> Tensor:
-        final = self._acts["unembed.hook_in"][:, :, -1]  # [component, batch, d_model]
+        final = self._final_at(-1)  # [component, batch, d_model]
         logits = final @ self._W_U.to(final.dtype)
         if self._b_U is not None:
             logits[self.bias_rows] += self._b_U.to(final.dtype)
@@ -176,17 +192,13 @@ class DePassCache(Mapping[str, Tensor]):
         Args:
             tokens: the answer token: a string (one token), an id, or one per prompt.
             incorrect_tokens: if given, attribute ``logit[tokens] - logit[incorrect_tokens]``.
-            pos: the position (default: the last).
+            pos: the position; ``-1`` (default) is each prompt's last real token, also in padded batches.
 
         Returns:
             ``[component, batch]``.
         """
-        final = self._acts["unembed.hook_in"]
-        batch = final.shape[1]
-        P = final.shape[2]
-        if not -P <= pos < P:
-            raise DePassError(f"pos {pos} is out of range for {P} positions.")
-        x = final[:, :, pos]  # [component, batch, d_model]
+        x = self._final_at(pos)  # [component, batch, d_model]
+        batch = x.shape[1]
         ids = self._token_ids(tokens, batch)
         direction = self._W_U[:, ids].to(x.dtype)  # [d_model, batch]
         offset = None if self._b_U is None else self._b_U[ids].to(x.dtype)
@@ -258,6 +270,7 @@ class DePassCache(Mapping[str, Tensor]):
             labels=new_labels,
             clean=dict(self.clean),
             clean_last_logits=self.clean_last_logits,
+            last_positions=self.last_positions,
             tokens=self.tokens,
             str_tokens=self.str_tokens,
             W_U=self._W_U,
@@ -296,6 +309,7 @@ class DePassCache(Mapping[str, Tensor]):
             labels=self.labels,
             clean={k: v.to(device) for k, v in self.clean.items()},
             clean_last_logits=self.clean_last_logits.to(device),
+            last_positions=self.last_positions.to(device),
             tokens=self.tokens.to(device),
             str_tokens=self.str_tokens,
             W_U=self._W_U.to(device),

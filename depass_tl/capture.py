@@ -15,59 +15,126 @@ from torch import Tensor
 
 from depass_tl.coefficients import FrozenRun
 from depass_tl.errors import DePassError, UnsupportedModelError
-from depass_tl.model_view import ModelView, NormView, read_model_view
+from depass_tl.model_view import ModelView, MoEView, NormView, read_model_view
 
-__all__ = ["capture", "to_tokens"]
+__all__ = ["capture", "to_tokens", "tokens_and_mask"]
 
 
-def to_tokens(model: Any, input: Any, *, prepend_bos: bool | None = None) -> Tensor:
-    """Turn user input into a ``[batch, pos]`` long tensor on the model's device.
+def _string_tokens(
+    model: Any, prompts: list[str], prepend_bos: bool | None, padding_side: str | None
+) -> tuple[Tensor, Tensor | None]:
+    if getattr(model, "tokenizer", None) is None:
+        raise DePassError(
+            "string input needs a model with a tokenizer (model.tokenizer is None); pass token ids as a "
+            "[batch, pos] integer tensor instead."
+        )
+    if any(len(p) == 0 for p in prompts):
+        raise DePassError("got an empty prompt; pass at least one character of text.")
+    kwargs: dict[str, Any] = {} if prepend_bos is None else {"prepend_bos": prepend_bos}
+    lengths = {int(model.to_tokens(p, **kwargs).shape[-1]) for p in prompts}
+    if len(lengths) == 1:
+        return torch.cat([model.to_tokens(p, **kwargs) for p in prompts], dim=0), None
+    side = padding_side if padding_side is not None else model.tokenizer.padding_side
+    if side not in ("left", "right"):
+        raise DePassError(f"padding_side must be 'left' or 'right'; got {side!r}.")
+    from transformer_lens.utils import get_attention_mask
 
-    Accepts a string, a list of strings (all must tokenise to the same length), or an integer tensor
-    of shape ``[batch, pos]`` or ``[pos]`` (one prompt).
+    tokens = model.to_tokens(prompts, padding_side=side, **kwargs)
+    bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+    mask = get_attention_mask(model.tokenizer, tokens, bos, padding_side=side)
+    return tokens, mask
 
-    Raises:
-        DePassError: empty input, wrong shape or dtype, ids outside the vocabulary, strings without a
-            tokenizer, or prompts of different lengths.
-    """
-    if isinstance(input, str) or (isinstance(input, (list, tuple)) and input and all(isinstance(s, str) for s in input)):
-        if getattr(model, "tokenizer", None) is None:
-            raise DePassError(
-                "string input needs a model with a tokenizer (model.tokenizer is None); pass token ids as a "
-                "[batch, pos] integer tensor instead."
-            )
-        prompts = [input] if isinstance(input, str) else list(input)
-        if any(len(p) == 0 for p in prompts):
-            raise DePassError("got an empty prompt; pass at least one character of text.")
-        kwargs = {} if prepend_bos is None else {"prepend_bos": prepend_bos}
-        rows = [model.to_tokens(p, **kwargs) for p in prompts]
-        lengths = sorted({int(r.shape[-1]) for r in rows})
-        if len(lengths) > 1:
-            raise DePassError(
-                f"the prompts tokenise to different lengths {lengths}; padded batches are not supported yet. "
-                "Pass prompts of equal token length, or run them one at a time."
-            )
-        return torch.cat(rows, dim=0)
+
+def _check_ids(model: Any, input: Any, what: str) -> Tensor:
     if not isinstance(input, Tensor):
         raise DePassError(
-            f"input must be a string, a list of strings, or a [batch, pos] integer tensor; got {type(input).__name__}."
+            f"{what} must be a string, a list of strings, or a [batch, pos] integer tensor; got {type(input).__name__}."
         )
     if input.is_floating_point() or input.is_complex() or input.dtype == torch.bool:
         raise DePassError(f"token ids must be an integer tensor, got dtype {input.dtype}; use tokens.long().")
     if input.ndim == 1:
         input = input[None]
     if input.ndim != 2:
-        raise DePassError(
-            f"tokens must have shape [batch, pos] (or [pos]); got shape {tuple(input.shape)}."
-        )
+        raise DePassError(f"tokens must have shape [batch, pos] (or [pos]); got shape {tuple(input.shape)}.")
     if input.shape[0] == 0 or input.shape[1] == 0:
         raise DePassError(f"tokens must be non-empty; got shape {tuple(input.shape)}.")
-    d_vocab = model.cfg.d_vocab
-    if int(input.min()) < 0 or int(input.max()) >= d_vocab:
+    return input
+
+
+def _check_mask(mask: Any, tokens: Tensor) -> Tensor:
+    if not isinstance(mask, Tensor) or mask.is_floating_point() or mask.is_complex():
         raise DePassError(
-            f"token ids must lie in [0, {d_vocab}); got min {int(input.min())}, max {int(input.max())}."
+            f"attention_mask must be an integer or bool tensor of 0/1 shaped like the tokens {tuple(tokens.shape)}; "
+            f"got {type(mask).__name__}{'' if not isinstance(mask, Tensor) else ' of dtype ' + str(mask.dtype)}."
         )
-    return input.to(model.cfg.device).long()
+    mask = mask[None] if mask.ndim == 1 else mask
+    if tuple(mask.shape) != tuple(tokens.shape):
+        raise DePassError(
+            f"attention_mask has shape {tuple(mask.shape)} but the tokens have shape {tuple(tokens.shape)}; "
+            "give one 0/1 entry per token (1 = real token, 0 = padding)."
+        )
+    mask = mask.long()
+    if bool(((mask != 0) & (mask != 1)).any()):
+        raise DePassError(f"attention_mask must hold only 0 and 1; got values {sorted(set(mask.flatten().tolist()))}.")
+    empty = (mask.sum(-1) == 0).nonzero().flatten().tolist()
+    if empty:
+        raise DePassError(f"attention_mask masks every token of prompt(s) {empty}; each prompt needs a real token.")
+    return mask.to(tokens.device)
+
+
+def tokens_and_mask(
+    model: Any,
+    input: Any,
+    *,
+    prepend_bos: bool | None = None,
+    padding_side: str | None = None,
+    attention_mask: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Turn user input into ``[batch, pos]`` token ids and an attention mask (None: no padding).
+
+    Strings of different token lengths are padded on ``padding_side`` (default: the tokenizer's
+    ``padding_side``) and get TransformerLens's mask (``utils.get_attention_mask``). For token-id
+    input, ``attention_mask`` (1 = real token, 0 = padding) marks the padding explicitly.
+
+    Raises:
+        DePassError: empty input, wrong shape or dtype, ids outside the vocabulary, strings without a
+            tokenizer, or a malformed mask.
+    """
+    is_text = isinstance(input, str) or (
+        isinstance(input, (list, tuple)) and len(input) > 0 and all(isinstance(s, str) for s in input)
+    )
+    if is_text:
+        prompts = [input] if isinstance(input, str) else list(input)
+        tokens, mask = _string_tokens(model, prompts, prepend_bos, padding_side)
+        if attention_mask is not None:
+            mask = _check_mask(attention_mask, tokens)
+    else:
+        tokens = _check_ids(model, input, "input")
+        mask = None if attention_mask is None else _check_mask(attention_mask, tokens)
+    d_vocab = model.cfg.d_vocab
+    if int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab:
+        raise DePassError(
+            f"token ids must lie in [0, {d_vocab}); got min {int(tokens.min())}, max {int(tokens.max())}."
+        )
+    tokens = tokens.to(model.cfg.device).long()
+    if mask is not None and bool((mask == 1).all()):
+        mask = None  # nothing is padded: run exactly as without a mask
+    return tokens, None if mask is None else mask.to(tokens.device)
+
+
+def to_tokens(
+    model: Any, input: Any, *, prepend_bos: bool | None = None, padding_side: str | None = None
+) -> Tensor:
+    """Turn user input into a ``[batch, pos]`` long tensor on the model's device.
+
+    Accepts a string, a list of strings (padded on ``padding_side`` when their lengths differ; see
+    :func:`tokens_and_mask` for the matching attention mask), or an integer tensor of shape
+    ``[batch, pos]`` or ``[pos]`` (one prompt).
+
+    Raises:
+        DePassError: see :func:`tokens_and_mask`.
+    """
+    return tokens_and_mask(model, input, prepend_bos=prepend_bos, padding_side=padding_side)[0]
 
 
 def _needed_hooks(view: ModelView, model: Any) -> set[str]:
@@ -80,11 +147,94 @@ def _needed_hooks(view: ModelView, model: Any) -> set[str]:
         p = f"blocks.{l}."
         names |= {p + "hook_resid_pre", p + "hook_attn_out", p + "hook_resid_post", p + "attn.hook_pattern"}
         names.add(p + "ln1.hook_scale")
-        if block.mlp is not None:
-            names |= {p + "hook_resid_mid", p + "hook_mlp_out", p + "ln2.hook_scale", p + "mlp.hook_pre", p + "mlp.hook_post"}
-            if block.mlp.kind == "gated":
-                names.add(p + "mlp.hook_pre_linear")
+        if block.ln1_post is not None:
+            names.add(p + "ln1_post.hook_scale")
+        if block.attn.clip_qkv is not None:
+            names.add(p + "attn.hook_v")  # TL clamps v after hook_v: this is the pre-clamp value
+        if block.mlp is None:
+            continue
+        names |= {p + "hook_mlp_out", p + "ln2.hook_scale"}
+        if not block.parallel:
+            names.add(p + "hook_resid_mid")
+        if block.ln2_post is not None:
+            names.add(p + "ln2_post.hook_scale")
+        if isinstance(block.mlp, MoEView):
+            names |= {p + "mlp.hook_expert_weights", p + "mlp.hook_expert_indices"}
+            for e in range(len(block.mlp.experts)):
+                names |= {f"{p}mlp.experts.{e}.hook_gate", f"{p}mlp.experts.{e}.hook_post"}
+            continue
+        names |= {p + "mlp.hook_pre", p + "mlp.hook_post"}
+        if block.mlp.kind == "gated":
+            names.add(p + "mlp.hook_pre_linear")
+        if block.mlp.ln is not None:
+            names |= {p + "mlp.hook_mid", p + "mlp.ln.hook_scale"}
     return {n for n in names if n in model.hook_dict}
+
+
+def _per_position_scale(acts: dict[str, Tensor], name: str) -> None:
+    """``use_split_qkv_input`` / ``use_attn_in`` give ``ln1.hook_scale`` a head axis ``[batch, pos, head, 1]``.
+
+    Every head normalises the same residual vector, so the scales agree; keep one ``[batch, pos, 1]``.
+    """
+    scale = acts.get(name)
+    if scale is None or scale.ndim != 4:
+        return
+    if not bool((scale == scale[:, :, :1]).all()):
+        raise UnsupportedModelError(
+            f"{name} differs between heads (shape {tuple(scale.shape)}); per-head norm inputs are not replayed. "
+            "Turn off cfg.use_split_qkv_input / cfg.use_attn_in, or do not edit the per-head inputs."
+        )
+    acts[name] = scale[:, :, 0]
+
+
+def _moe_coefficients(acts: dict[str, Tensor], l: int, moe: MoEView, mlp: Any, batch_pos: int) -> None:
+    """Freeze Mixtral routing exactly as TL's ``MoE.forward`` computes it.
+
+    ``hook_expert_weights`` is the float32 softmax over all experts before top-k; the top-k weights of
+    the chosen experts (``hook_expert_indices``) are renormalised when ``cfg.norm_topk_prob``. TL then
+    visits, for expert e, the (slot, token) pairs of ``torch.where`` on the one-hot routing mask (slot
+    first), which is the row order of ``experts.e.hook_gate`` / ``hook_post``.
+    """
+    p = f"blocks.{l}.mlp."
+    probs = acts[p + "hook_expert_weights"]  # [batch*pos, n_experts]
+    indices = acts[p + "hook_expert_indices"]  # [batch*pos, k]
+    weights = probs.gather(-1, indices)
+    if moe.norm_topk_prob:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    weights = weights.to(mlp.experts[0].W_in.weight.dtype)
+    one_hot = torch.nn.functional.one_hot(indices, num_classes=len(moe.experts)).permute(2, 1, 0)
+    for e in range(len(moe.experts)):
+        slot, token = torch.where(one_hot[e])
+        q = f"{p}experts.{e}."
+        acts[q + "tokens"] = token  # flat index batch * n_pos + pos, in TL's row order
+        acts[q + "route_weight"] = weights[token, slot]
+        gate = acts.get(q + "hook_gate")
+        if gate is None:  # an expert that no token chose: its hooks do not fire
+            d_mlp = moe.experts[e].W_in.shape[1]
+            gate = acts[q + "hook_gate"] = weights.new_zeros((0, d_mlp))
+            acts[q + "hook_post"] = gate.clone()
+        acts[q + "gate_act"] = mlp.experts[e].act_fn(gate).clone()
+        assert gate.shape[0] == token.shape[0] and (token.numel() == 0 or int(token.max()) < batch_pos)
+
+
+def _frozen_coefficients(acts: dict[str, Tensor], view: ModelView, model: Any, tokens: Tensor) -> None:
+    """Add the coefficients the replay needs that are functions of captured hooks (not TL hooks)."""
+    for l, block in enumerate(view.blocks):
+        p = f"blocks.{l}."
+        _per_position_scale(acts, p + "ln1.hook_scale")
+        if block.attn.clip_qkv is not None:
+            v = acts[p + "attn.hook_v"]  # [batch, pos, kv_head, d_head], before the clamp
+            c = block.attn.clip_qkv
+            nonzero = v != 0
+            ratio = v.clamp(-c, c) / torch.where(nonzero, v, torch.ones_like(v))
+            acts[p + "attn.clip_ratio"] = torch.where(nonzero, ratio, torch.ones_like(v))
+        mlp = block.mlp
+        if isinstance(mlp, MoEView):
+            _moe_coefficients(acts, l, mlp, model.blocks[l].mlp, tokens.numel())
+        elif mlp is not None and mlp.kind == "gated":
+            acts[p + "mlp.gate_act"] = model.blocks[l].mlp.act_fn(acts[p + "mlp.hook_pre"]).clone()
+        elif mlp is not None and mlp.solu:  # solu(pre) = pre * softmax(pre): freeze the softmax vector
+            acts[p + "mlp.solu_softmax"] = torch.softmax(acts[p + "mlp.hook_pre"], dim=-1)
 
 
 def _apply_norm_clean(x: Tensor, scale: Tensor | None, norm: NormView) -> Tensor:
@@ -119,15 +269,26 @@ def _check_residual_identity(acts: dict[str, Tensor], view: ModelView) -> None:
 
 
 def capture(
-    model: Any, input: Any, *, prepend_bos: bool | None = None, extra_hooks: Iterable[str] = ()
+    model: Any,
+    input: Any,
+    *,
+    prepend_bos: bool | None = None,
+    extra_hooks: Iterable[str] = (),
+    padding_side: str | None = None,
+    attention_mask: Tensor | None = None,
 ) -> FrozenRun:
     """Run ``model`` once on ``input`` and freeze the clean activations and coefficients.
 
     Args:
         model: a ``HookedTransformer``.
-        input: a string, a list of equal-length strings, or ``[batch, pos]`` token ids.
+        input: a string, a list of strings (padded when their lengths differ), or ``[batch, pos]``
+            token ids.
         prepend_bos: passed to ``model.to_tokens`` for string input (None: the model's default).
         extra_hooks: further TL hook names to keep (e.g. ``blocks.3.attn.hook_z`` for head components).
+        padding_side: ``"left"`` or ``"right"`` for prompts of different lengths (None: the
+            tokenizer's ``padding_side``).
+        attention_mask: ``[batch, pos]`` 0/1 (1 = real token) for padded token-id input; passed to
+            the model's forward. Padded positions carry no attribution (see the replay engine).
 
     Returns:
         A :class:`~depass_tl.coefficients.FrozenRun`. No hook stays attached to the model.
@@ -145,25 +306,28 @@ def capture(
         torch.Size([1, 2, 3, 3])
     """
     view = read_model_view(model)
-    tokens = to_tokens(model, input, prepend_bos=prepend_bos)
+    tokens, mask = tokens_and_mask(
+        model, input, prepend_bos=prepend_bos, padding_side=padding_side, attention_mask=attention_mask
+    )
     names = _needed_hooks(view, model)
     extra = set(extra_hooks)
     unknown = sorted(extra - set(model.hook_dict))
     if unknown:
         raise DePassError(f"unknown hook name(s) {unknown}; see model.hook_dict for the hooks this model has.")
     names |= extra
+    kwargs: dict[str, Any] = {} if mask is None else {"attention_mask": mask}
     with torch.no_grad():
-        logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
-    acts: dict[str, Tensor] = {name: cache[name].detach().clone() for name in names}
+        logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names, **kwargs)
+    acts: dict[str, Tensor] = {name: cache[name].detach().clone() for name in names if name in cache}
     _check_residual_identity(acts, view)
-    for l, block in enumerate(view.blocks):
-        if block.mlp is not None and block.mlp.kind == "gated":
-            with torch.no_grad():
-                acts[f"blocks.{l}.mlp.gate_act"] = model.blocks[l].mlp.act_fn(acts[f"blocks.{l}.mlp.hook_pre"]).clone()
+    with torch.no_grad():
+        _frozen_coefficients(acts, view, model, tokens)
     if "unembed.hook_in" not in acts:  # TL 2.x has no unembed hooks: rebuild from the frozen final scale
         final = acts[f"blocks.{view.n_layers - 1}.hook_resid_post"]
         acts["unembed.hook_in"] = _apply_norm_clean(final, acts.get("ln_final.hook_scale"), view.ln_final)
     str_tokens = None
     if getattr(model, "tokenizer", None) is not None:
         str_tokens = [model.to_str_tokens(row) for row in tokens]
-    return FrozenRun.build(tokens=tokens, logits=logits.detach(), acts=acts, view=view, str_tokens=str_tokens)
+    return FrozenRun.build(
+        tokens=tokens, logits=logits.detach(), acts=acts, view=view, str_tokens=str_tokens, attention_mask=mask
+    )

@@ -12,10 +12,22 @@ Keys held (``l`` a layer):
   ``unembed.hook_in`` (the final-norm output; computed from the frozen scale on TL versions that have
   no unembed hooks);
 * frozen coefficients: ``blocks.l.ln1.hook_scale``, ``blocks.l.ln2.hook_scale``,
-  ``ln_final.hook_scale`` ``[batch, pos, 1]``; ``blocks.l.attn.hook_pattern``
-  ``[batch, head_index, query_pos, key_pos]``; ``blocks.l.mlp.hook_pre`` / ``hook_post``
-  ``[batch, pos, d_mlp]`` and, for gated MLPs, ``blocks.l.mlp.hook_pre_linear`` and the frozen gate
-  activation ``blocks.l.mlp.gate_act`` (= act(hook_pre); not a TL hook).
+  ``ln_final.hook_scale`` ``[batch, pos, 1]`` (with ``use_split_qkv_input`` / ``use_attn_in`` TL
+  reports ``ln1`` per head; every head normalises the same vector, so one ``[batch, pos, 1]`` is kept);
+  Gemma-2/3 post-norms ``blocks.l.ln1_post.hook_scale`` / ``ln2_post.hook_scale``;
+  ``blocks.l.attn.hook_pattern`` ``[batch, head_index, query_pos, key_pos]``;
+  ``blocks.l.mlp.hook_pre`` / ``hook_post`` ``[batch, pos, d_mlp]`` and, for gated MLPs,
+  ``blocks.l.mlp.hook_pre_linear`` and the frozen gate activation ``blocks.l.mlp.gate_act``
+  (= act(hook_pre)); ``solu`` / ``solu_ln``: ``blocks.l.mlp.solu_softmax`` (= softmax(hook_pre) over
+  d_mlp), and for ``solu_ln`` ``blocks.l.mlp.hook_mid`` and the inner norm's ``blocks.l.mlp.ln.hook_scale``;
+* ``clip_qkv``: ``blocks.l.attn.hook_v`` (TL's pre-clamp value) and the frozen ratio
+  ``blocks.l.attn.clip_ratio`` = clamp(v) / v ``[batch, pos, kv_head, d_head]`` (1 where v = 0);
+* MoE (Mixtral): ``blocks.l.mlp.hook_expert_weights`` / ``hook_expert_indices`` and per expert e
+  ``blocks.l.mlp.experts.e.hook_gate`` / ``hook_post`` ``[n_routed, d_mlp]`` plus the frozen
+  ``...experts.e.tokens`` (flat ``batch * n_pos + pos`` index of each routed row, TL's row order),
+  ``...experts.e.route_weight`` ``[n_routed]`` and ``...experts.e.gate_act`` (= act(hook_gate)).
+
+Keys without ``hook_`` in their last part are depass_tl's own frozen coefficients, not TL hooks.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ class FrozenRun:
         acts: read-only mapping hook name -> tensor (see the module docstring for the keys).
         view: the weights (:class:`~depass_tl.model_view.ModelView`).
         str_tokens: per prompt, the token strings (None when the model has no tokenizer).
+        attention_mask: ``[batch, pos]`` 1 for real tokens, 0 for padding; None when nothing is padded.
     """
 
     tokens: Tensor
@@ -49,6 +62,7 @@ class FrozenRun:
     acts: Mapping[str, Tensor]
     view: ModelView
     str_tokens: tuple[tuple[str, ...], ...] | None
+    attention_mask: Tensor | None = None
 
     @staticmethod
     def build(
@@ -58,9 +72,15 @@ class FrozenRun:
         acts: dict[str, Tensor],
         view: ModelView,
         str_tokens: list[list[str]] | None,
+        attention_mask: Tensor | None = None,
     ) -> "FrozenRun":
         frozen_strs = None if str_tokens is None else tuple(tuple(s) for s in str_tokens)
-        return FrozenRun(tokens, logits, MappingProxyType(dict(acts)), view, frozen_strs)
+        return FrozenRun(tokens, logits, MappingProxyType(dict(acts)), view, frozen_strs, attention_mask)
+
+    @property
+    def pad(self) -> Tensor | None:
+        """``[batch, pos]`` bool, True at padded positions (None when nothing is padded)."""
+        return None if self.attention_mask is None else self.attention_mask == 0
 
     @property
     def batch(self) -> int:

@@ -16,7 +16,10 @@ from torch import Tensor
 
 from depass_tl.errors import DePassError, UnsupportedModelError
 
-__all__ = ["NormView", "AttnView", "MLPView", "BlockView", "ModelView", "read_model_view"]
+__all__ = [
+    "NormView", "AttnView", "MLPView", "ExpertView", "MoEView", "BlockView", "ModelView", "read_model_view",
+    "check_supported",
+]
 
 NormKind = Literal["LN", "LNPre", "RMS", "RMSPre", "none"]
 MLPKind = Literal["standard", "gated"]
@@ -44,11 +47,18 @@ class AttnView:
     W_O: Tensor
     b_O: Tensor | None
     kv_of_head: Tensor
+    clip_qkv: float | None = None
 
 
 @dataclass(frozen=True)
 class MLPView:
-    """One MLP: ``W_in [d_model, d_mlp]``, ``W_gate`` (gated only), ``W_out [d_mlp, d_model]``."""
+    """One MLP: ``W_in [d_model, d_mlp]``, ``W_gate`` (gated only), ``W_out [d_mlp, d_model]``.
+
+    ``act_fn`` is ``cfg.act_fn``; ``solu`` / ``solu_ln`` couple the neurons (``post = pre * softmax(pre)``)
+    and ``ln`` is the inner LayerNorm over ``d_mlp`` of ``solu_ln`` (None otherwise). TL's gated MLP with
+    ``solu_ln`` never reads ``W_in`` / ``b_in``; it is viewed as the standard ``solu_ln`` MLP it computes
+    (``W_in`` := ``W_gate``, no ``b_in``).
+    """
 
     kind: MLPKind
     W_in: Tensor
@@ -56,14 +66,45 @@ class MLPView:
     W_gate: Tensor | None
     W_out: Tensor
     b_out: Tensor | None
+    act_fn: str = ""
+    ln: NormView | None = None
+
+    @property
+    def solu(self) -> bool:
+        return self.act_fn in ("solu", "solu_ln")
+
+
+@dataclass(frozen=True)
+class ExpertView:
+    """One MoE expert (a gated MLP without biases): ``W_gate``, ``W_in`` ``[d_model, d_mlp]``, ``W_out [d_mlp, d_model]``."""
+
+    W_gate: Tensor
+    W_in: Tensor
+    W_out: Tensor
+
+
+@dataclass(frozen=True)
+class MoEView:
+    """A Mixtral-style mixture of experts; routing is frozen from the clean run (see capture)."""
+
+    experts: tuple[ExpertView, ...]
+    experts_per_token: int
+    norm_topk_prob: bool
+    kind: Literal["moe"] = "moe"
 
 
 @dataclass(frozen=True)
 class BlockView:
+    """One block. ``ln1_post`` / ``ln2_post``: Gemma-2/3 norms on the sublayer outputs (else None);
+    ``parallel``: the MLP reads ``resid_pre`` like attention (GPT-J, NeoX), no ``hook_resid_mid``."""
+
     ln1: NormView
     attn: AttnView
     ln2: NormView | None
-    mlp: MLPView | None
+    mlp: MLPView | MoEView | None
+    ln1_post: NormView | None = None
+    ln2_post: NormView | None = None
+    parallel: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,18 +130,14 @@ def _get(cfg: Any, name: str, default: Any = None) -> Any:
     return getattr(cfg, name, default)
 
 
-_REFUSED_FLAGS: tuple[tuple[str, str], ...] = (
-    ("parallel_attn_mlp", "the MLP reads resid_pre in parallel with attention"),
-    ("use_normalization_before_and_after", "Gemma-2/3 post-norms are not replayed yet"),
-    ("post_embedding_ln", "a LayerNorm after the embedding is not replayed yet"),
-    ("use_split_qkv_input", "split q/k/v inputs give ln1 a per-head scale"),
-    ("use_attn_in", "per-head attention inputs give ln1 a per-head scale"),
-    ("use_attention_sinks", "attention sinks are not replayed yet"),
-)
-
-
 def check_supported(cfg: Any) -> None:
     """Raise :class:`UnsupportedModelError` naming the first config field the replay cannot handle.
+
+    Supported (see docs/architectures.md): LN / LNPre / RMS / RMSPre / no norm, ``final_rms``,
+    ``post_embedding_ln``, ``parallel_attn_mlp``, ``attn_only``, GQA, ``use_split_qkv_input``,
+    ``use_attn_in``, ``use_attn_result``, ``use_normalization_before_and_after`` (Gemma-2/3),
+    attention sinks, ``clip_qkv``, every activation incl. ``solu`` / ``solu_ln``, gated MLPs,
+    Mixtral-style MoE, output logit soft caps, and every pattern-only feature.
 
     Args:
         cfg: a ``HookedTransformerConfig``.
@@ -108,32 +145,16 @@ def check_supported(cfg: Any) -> None:
     Raises:
         UnsupportedModelError: the field, its value, and what to do.
     """
-    for field, why in _REFUSED_FLAGS:
-        if _get(cfg, field, False):
-            raise UnsupportedModelError(
-                f"cfg.{field}=True is not supported by depass_tl yet ({why}). "
-                f"Use a model without it, or follow the architecture-support issue for progress."
-            )
-    if _get(cfg, "num_experts", None):
-        raise UnsupportedModelError(
-            f"cfg.num_experts={cfg.num_experts}: mixture-of-experts MLPs are not replayed yet. "
-            "Use a dense model for now."
-        )
-    if _get(cfg, "act_fn", None) in ("solu", "solu_ln"):
-        raise UnsupportedModelError(
-            f"cfg.act_fn={cfg.act_fn!r}: SoLU couples neurons through a softmax and is not replayed yet. "
-            "Use an elementwise activation (gelu, gelu_new, relu, silu, ...)."
-        )
-    if _get(cfg, "clip_qkv", None) is not None:
-        raise UnsupportedModelError(
-            f"cfg.clip_qkv={cfg.clip_qkv}: clamping the values is nonlinear on the value path and is not "
-            "replayed yet. Set clip_qkv=None or use another model."
-        )
     n_devices = _get(cfg, "n_devices", 1) or 1
     if n_devices > 1:
         raise UnsupportedModelError(
             f"cfg.n_devices={n_devices}: models split over several devices are not replayed yet. "
-            "Load the model on one device."
+            "Load the model on one device (n_devices=1) and run depass_tl there."
+        )
+    if _get(cfg, "load_in_4bit", False):
+        raise UnsupportedModelError(
+            "cfg.load_in_4bit=True: 4-bit quantised weights cannot be read as plain tensors by the replay. "
+            "Load the model unquantised (load_in_4bit=False), e.g. in bfloat16."
         )
     arch = _get(cfg, "original_architecture", None)
     try:
@@ -142,8 +163,8 @@ def check_supported(cfg: Any) -> None:
         POST_NORM_ARCHITECTURES = ()
     if arch is not None and arch in POST_NORM_ARCHITECTURES:
         raise UnsupportedModelError(
-            f"cfg.original_architecture={arch!r} is a post-norm decoder (norms on the sublayer outputs); "
-            "it is not replayed yet."
+            f"cfg.original_architecture={arch!r} is a post-norm decoder (ln1/ln2 act on the sublayer outputs, "
+            "so ln1.hook_scale is not the input norm); it is not replayed yet. Use a pre-norm model."
         )
 
 
@@ -172,22 +193,44 @@ def _maybe(t: Any) -> Tensor | None:
     return None if bool((t == 0).all()) else t
 
 
-def _attn_view(attn: Any, n_heads: int) -> AttnView:
+def _attn_view(attn: Any, n_heads: int, clip_qkv: float | None) -> AttnView:
     W_V = attn._W_V if hasattr(attn, "_W_V") else attn.W_V
     b_V = attn._b_V if hasattr(attn, "_b_V") else attn.b_V
     n_kv = W_V.shape[0]
     if n_heads % n_kv != 0:
         raise UnsupportedModelError(f"n_heads={n_heads} is not a multiple of the {n_kv} key/value heads.")
     kv_of_head = torch.arange(n_heads, device=W_V.device) // (n_heads // n_kv)
-    return AttnView(W_V.detach(), _maybe(b_V), attn.W_O.detach(), _maybe(attn.b_O), kv_of_head)
+    return AttnView(W_V.detach(), _maybe(b_V), attn.W_O.detach(), _maybe(attn.b_O), kv_of_head, clip_qkv)
 
 
-def _mlp_view(mlp: Any, gated: bool) -> MLPView:
-    if gated:
-        return MLPView(
-            "gated", mlp.W_in.detach(), _maybe(mlp.b_in), mlp.W_gate.detach(), mlp.W_out.detach(), _maybe(mlp.b_out)
+def _mlp_view(mlp: Any, cfg: Any) -> MLPView | MoEView:
+    name = type(mlp).__name__
+    act_fn = str(_get(cfg, "act_fn", "") or "")
+    if name == "MoE":
+        experts = tuple(
+            ExpertView(e.W_gate.weight.detach().T, e.W_in.weight.detach().T, e.W_out.weight.detach().T)
+            for e in mlp.experts
         )
-    return MLPView("standard", mlp.W_in.detach(), _maybe(mlp.b_in), None, mlp.W_out.detach(), _maybe(mlp.b_out))
+        return MoEView(experts, int(cfg.experts_per_token), bool(_get(cfg, "norm_topk_prob", False)))
+    if name not in ("MLP", "GatedMLP"):
+        raise UnsupportedModelError(
+            f"MLP module of type {name!r} (cfg.num_experts={_get(cfg, 'num_experts', None)}, "
+            f"cfg.act_fn={act_fn!r}) is not replayed; supported: MLP, GatedMLP and the Mixtral-style MoE. "
+            "GPT-OSS experts clamp their inputs and add a router bias: use a dense or Mixtral-style model."
+        )
+    ln = None
+    if getattr(mlp, "ln", None) is not None and getattr(mlp, "hook_mid", None) is not None:
+        ln = _norm_view(mlp.ln)
+    if name == "GatedMLP" and ln is None:
+        return MLPView(
+            "gated", mlp.W_in.detach(), _maybe(mlp.b_in), mlp.W_gate.detach(), mlp.W_out.detach(),
+            _maybe(mlp.b_out), act_fn, None,
+        )
+    if name == "GatedMLP":  # TL computes ln(solu(x W_gate)) W_out + b_out: W_in and b_in are unused
+        return MLPView("standard", mlp.W_gate.detach(), None, None, mlp.W_out.detach(), _maybe(mlp.b_out), act_fn, ln)
+    return MLPView(
+        "standard", mlp.W_in.detach(), _maybe(mlp.b_in), None, mlp.W_out.detach(), _maybe(mlp.b_out), act_fn, ln
+    )
 
 
 def _soft_cap(cfg: Any) -> float | None:
@@ -215,12 +258,18 @@ def read_model_view(model: Any) -> ModelView:
             "Load one with HookedTransformer.from_pretrained(...) or build it from a HookedTransformerConfig."
         )
     check_supported(cfg)
-    gated = bool(_get(cfg, "gated_mlp", False))
+    clip = _get(cfg, "clip_qkv", None)
+    clip = None if clip is None else float(clip)
+    parallel = bool(_get(cfg, "parallel_attn_mlp", False))
     blocks = []
     for block in model.blocks:
         ln2 = None if cfg.attn_only else _norm_view(block.ln2)
-        mlp = None if cfg.attn_only else _mlp_view(block.mlp, gated)
-        blocks.append(BlockView(_norm_view(block.ln1), _attn_view(block.attn, cfg.n_heads), ln2, mlp))
+        mlp = None if cfg.attn_only else _mlp_view(block.mlp, cfg)
+        # Gemma-2/3 post-norms: detected by module (a Bridge in 3.9 leaves the config flag False)
+        ln1_post = _norm_view(block.ln1_post) if hasattr(block, "ln1_post") else None
+        ln2_post = _norm_view(block.ln2_post) if hasattr(block, "ln2_post") and mlp is not None else None
+        attn = _attn_view(block.attn, cfg.n_heads, clip)
+        blocks.append(BlockView(_norm_view(block.ln1), attn, ln2, mlp, ln1_post, ln2_post, parallel and mlp is not None))
     ln_final = _norm_view(model.ln_final) if hasattr(model, "ln_final") else NormView("none", None, None)
     pos_type = _get(cfg, "positional_embedding_type", "standard")
     return ModelView(

@@ -121,3 +121,15 @@ def test_float32_model_accumulates_in_float32_by_default() -> None:
     _, dc64 = depass_tl.run_with_depass(model, random_tokens(model), dtype=torch.float64)
     assert dc64["unembed.hook_in"].dtype == torch.float64
     assert max(dc64.completeness_error(relative=True).values()) < 1e-5
+
+
+def test_right_padded_batch_reads_each_prompts_last_real_token(text_model: HookedTransformer) -> None:
+    short, long = "When Mary", "When Mary and John went"
+    logits, dc = depass_tl.run_with_depass(text_model, [short, long], padding_side="right")
+    assert dc.last_positions.tolist() == [2, 5]
+    _, alone = depass_tl.run_with_depass(text_model, short)
+    torch.testing.assert_close(dc.logit_attrs(" John")[:4, 0], alone.logit_attrs(" John")[:4, 0])
+    torch.testing.assert_close(dc.logit_attrs(" John")[-1, 0], alone.logit_attrs(" John")[-1, 0])
+    john = text_model.to_single_token(" John")
+    torch.testing.assert_close(dc.logit_attrs(" John").sum(0), logits[torch.arange(2), dc.last_positions, john])
+    assert max(dc.completeness_error().values()) < 1e-10

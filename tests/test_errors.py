@@ -89,22 +89,3 @@ def test_custom_spec_validation(model: HookedTransformer) -> None:
         depass_tl.run_with_depass(model, toks, components=depass_tl.custom("blocks.0.hook_resid_post", h[None], ["a", "b"]))
     with pytest.raises(DePassError, match="components must be a spec"):
         depass_tl.run_with_depass(model, toks, components="tokens")  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    "overrides, field",
-    [
-        (dict(act_fn="solu_ln"), "act_fn='solu_ln'"),
-        (dict(parallel_attn_mlp=True), "parallel_attn_mlp"),
-        (dict(num_experts=4, experts_per_token=2, gated_mlp=True), "num_experts=4"),
-        (dict(use_split_qkv_input=True), "use_split_qkv_input"),
-    ],
-)
-def test_unsupported_configs_are_refused_by_name(overrides: dict, field: str) -> None:
-    cfg = HookedTransformerConfig(
-        n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2, d_mlp=16, d_vocab=20, seed=0,
-        **{"act_fn": "gelu", **overrides},
-    )
-    model = HookedTransformer(cfg)
-    with pytest.raises(UnsupportedModelError, match=field):
-        depass_tl.run_with_depass(model, torch.tensor([[1, 2, 3]]))

@@ -23,6 +23,16 @@ output is moved, head by head, to that head's component, and at every MLP to the
 while the output of earlier heads/MLPs stays with them (their indirect effect). Each path from the
 input to the logits is thereby credited to the first head or MLP on it (or to its source if it
 passes through none), so the components still sum exactly to the clean activations.
+
+**Padding.** When the run has an attention mask, everything at a padded position is held by each
+group's bias component (:func:`~depass_tl.replay.block.pad_to_bias`, applied to the initial
+components and to every sublayer output): token components, including the pad tokens' own, are
+exactly zero there, and since real positions never attend padded keys, pad tokens carry no
+attribution anywhere. Completeness holds at every position.
+
+Block variants (parallel attention/MLP, Gemma-2/3 post-norms, SoLU, MoE) live in
+:mod:`~depass_tl.replay.block`; pattern-only features (rotary, ALiBi, shortformer, sliding windows,
+soft-capped scores, qk-norm, attention sinks' extra softmax column) need nothing: the pattern is frozen.
 """
 
 from __future__ import annotations
@@ -37,8 +47,8 @@ from torch import Tensor
 from depass_tl.coefficients import FrozenRun
 from depass_tl.errors import DePassError
 from depass_tl.model_view import ModelView
-from depass_tl.replay.attention import attention
-from depass_tl.replay.mlp import MLP_RULES, mlp
+from depass_tl.replay.block import attn_sublayer, mlp_sublayer, pad_to_bias
+from depass_tl.replay.mlp import MLP_RULES
 from depass_tl.replay.norm import apply_norm
 
 __all__ = ["Group", "SourcesPlan", "InitialState", "replay_components", "parse_start_hook", "FINAL_HOOK"]
@@ -113,8 +123,11 @@ def parse_start_hook(hook: str, view: ModelView) -> tuple[int, str]:
     layer, where = int(m.group(1)), m.group(2)
     if layer >= view.n_layers:
         raise DePassError(f"start hook {hook!r}: the model has {view.n_layers} layers (0..{view.n_layers - 1}).")
-    if where == "mid" and view.blocks[layer].mlp is None:
-        raise DePassError(f"start hook {hook!r}: this model has no hook_resid_mid (attention-only blocks).")
+    if where == "mid" and (view.blocks[layer].mlp is None or view.blocks[layer].parallel):
+        raise DePassError(
+            f"start hook {hook!r}: this model has no hook_resid_mid (attention-only blocks, or attention and "
+            "MLP in parallel); start at hook_resid_pre or hook_resid_post."
+        )
     if where == "pre":
         return layer, "attn"
     if where == "mid":
@@ -170,10 +183,12 @@ def replay_components(
         if name == FINAL_HOOK or keep(name):
             out[name] = value
 
+    pad = run.pad
+
     def enter(stage_idx: int, x: Tensor | None) -> Tensor | None:
         while pending and _stage_index(*parse_start_hook(pending[0].start_hook, view)) == stage_idx:
             g = pending.pop(0)
-            comps = g.components.to(dtype)
+            comps = pad_to_bias(g.components.to(dtype), pad, K)
             x = comps if x is None else torch.cat([x, comps], dim=0)
             if not pending:
                 store(g.start_hook, x)
@@ -184,38 +199,35 @@ def replay_components(
         block, p = w.blocks[l], f"blocks.{l}."
         for stage in ("attn", "mlp"):
             s = _stage_index(l, stage)
-            if s < first or (stage == "mlp" and block.mlp is None):
+            if s < first or (stage == "mlp" and (block.mlp is None or block.parallel)):
                 continue
             x = enter(s, x)
             assert x is not None
             bias_rows = torch.arange(K - 1, x.shape[0], K, device=x.device)
             plan = init.sources
+            mlp_credit = None
+            if plan is not None and plan.mlp_rows[l] is not None:
+                mlp_credit = (plan.source_rows, plan.mlp_rows[l])
+            mlp_kwargs = dict(rule=mlp_rule, temperature=temperature, bias_rows=bias_rows, group_size=K, credit=mlp_credit)
             if stage == "attn":
                 if s > last_entry:  # at the entry stage the start hook itself was stored by enter()
                     store(p + "hook_resid_pre", x)
-                x_ln = apply_norm(x, acts.get(p + "ln1.hook_scale"), block.ln1, bias_rows)
                 credit = None if plan is None else (plan.source_rows, plan.head_rows[l])
-                attn_out = attention(x_ln, acts[p + "attn.hook_pattern"], block.attn, bias_rows, credit=credit)
+                attn_out = pad_to_bias(attn_sublayer(x, block, acts, p, bias_rows, credit), pad, K)
+                if block.parallel:  # the MLP reads resid_pre too; no resid_mid
+                    mlp_out = pad_to_bias(mlp_sublayer(x, block, acts, p, **mlp_kwargs), pad, K)  # type: ignore[arg-type]
+                    x = x + attn_out + mlp_out
+                    if s >= last_entry:
+                        store(p + "hook_attn_out", attn_out)
+                        store(p + "hook_mlp_out", mlp_out)
+                        store(p + "hook_resid_post", x)
+                    continue
                 x = x + attn_out
                 if s >= last_entry:
                     store(p + "hook_attn_out", attn_out)
                     store(p + ("hook_resid_post" if block.mlp is None else "hook_resid_mid"), x)
             else:
-                assert block.mlp is not None and block.ln2 is not None
-                x_ln = apply_norm(x, acts.get(p + "ln2.hook_scale"), block.ln2, bias_rows)
-                credit_row = None if plan is None else plan.mlp_rows[l]
-                mlp_out = mlp(
-                    x_ln,
-                    block.mlp,
-                    pre=acts[p + "mlp.hook_pre"],
-                    post=acts[p + "mlp.hook_post"],
-                    gate_act=acts.get(p + "mlp.gate_act"),
-                    rule=mlp_rule,
-                    temperature=temperature,
-                    bias_rows=bias_rows,
-                    group_size=K,
-                    credit=None if credit_row is None else (plan.source_rows, credit_row),  # type: ignore[union-attr]
-                )
+                mlp_out = pad_to_bias(mlp_sublayer(x, block, acts, p, **mlp_kwargs), pad, K)  # type: ignore[arg-type]
                 x = x + mlp_out
                 if s >= last_entry:
                     store(p + "hook_mlp_out", mlp_out)

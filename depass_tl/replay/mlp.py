@@ -15,6 +15,13 @@ Gated MLPs (``post = act(x W_gate) * (x W_in) + b_in`` in TransformerLens): with
 frozen the MLP is linear in ``x W_in``, which is the ``ratio`` rule; ``softmax`` and ``max`` split
 ``post - b_in`` by the gate contributions ``γ_c = ln2_c W_gate`` as the official DePass code does, and
 ``b_in`` goes to the bias component. ``softmax`` is not additive across groupings of components.
+
+SoLU (``solu(pre) = pre * softmax(pre)``, softmax over ``d_mlp``) couples the neurons. Freezing the whole
+vector ``σ = softmax(pre)`` makes it linear and exact: under ``ratio`` ``mid_c = σ ⊙ γ_c``. Under
+``softmax`` / ``max`` the activation's output (``hook_post`` for ``solu``, ``hook_mid`` for ``solu_ln``)
+is allocated by the pre-activation contributions ``γ_c`` like any other MLP. ``solu_ln`` then applies
+its inner LayerNorm over ``d_mlp`` with the frozen ``mlp.ln.hook_scale``; that norm's bias goes to the
+bias component (:func:`~depass_tl.replay.norm.apply_norm`).
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ import torch
 from torch import Tensor
 
 from depass_tl.model_view import MLPView
+from depass_tl.replay.norm import apply_norm
 
-__all__ = ["MLPRule", "MLP_RULES", "mlp"]
+__all__ = ["MLPRule", "MLP_RULES", "mlp", "allocate", "credit_to_row"]
 
 MLPRule = Literal["softmax", "ratio", "max"]
 MLP_RULES: tuple[str, ...] = ("softmax", "ratio", "max")
@@ -57,11 +65,23 @@ def _split_weights(keys: Tensor, rule: str, temperature: float, group_size: int)
     return alpha.reshape(keys.shape), none_active
 
 
-def _allocate(keys: Tensor, post: Tensor, rule: str, temperature: float, bias_rows: Tensor, group_size: int) -> Tensor:
+def allocate(keys: Tensor, post: Tensor, rule: str, temperature: float, bias_rows: Tensor, group_size: int) -> Tensor:
     alpha, none_active = _split_weights(keys, rule, temperature, group_size)
     post_c = alpha * post
     post_c[bias_rows] += torch.where(none_active, post, torch.zeros_like(post))
     return post_c
+
+
+def credit_to_row(out: Tensor, credit: tuple[tuple[int, ...], int] | None) -> Tensor:
+    """Sources mode: move the source components' output to component ``row`` (returns a new tensor)."""
+    if credit is None:
+        return out
+    sources, row = credit
+    src = torch.tensor(sources, device=out.device)
+    moved = out.index_select(0, src).sum(0)
+    out = out.index_fill(0, src, 0.0)
+    out[row] += moved
+    return out
 
 
 def mlp(
@@ -76,6 +96,9 @@ def mlp(
     bias_rows: Tensor,
     group_size: int,
     credit: tuple[tuple[int, ...], int] | None = None,
+    solu_softmax: Tensor | None = None,
+    mid: Tensor | None = None,
+    inner_scale: Tensor | None = None,
 ) -> Tensor:
     """MLP output per component, ``[component, batch, pos, d_model]``.
 
@@ -91,34 +114,38 @@ def mlp(
         group_size: components compete (softmax, max) only within their group.
         credit: ``(source_rows, row)``: move the source components' output to component ``row``
             (sources mode); ``b_out`` stays with the bias rows.
+        solu_softmax: frozen ``softmax(hook_pre)`` for ``solu`` / ``solu_ln``.
+        mid: clean ``hook_mid`` (``solu_ln``: the SoLU output before the inner norm).
+        inner_scale: frozen ``mlp.ln.hook_scale`` (``solu_ln``).
     """
     if mlp_view.kind == "standard":
         gamma = _linear(x_ln, mlp_view.W_in)  # [component, batch, pos, d_mlp]
         if mlp_view.b_in is not None:
             gamma[bias_rows] += mlp_view.b_in
-        if rule == "ratio":
+        act_out = post if mlp_view.ln is None else mid  # the activation's output, before any inner norm
+        assert act_out is not None
+        if rule == "ratio" and mlp_view.solu:
+            assert solu_softmax is not None
+            post_c = solu_softmax * gamma
+        elif rule == "ratio":
             nonzero = pre != 0
-            slope = torch.where(nonzero, post / torch.where(nonzero, pre, torch.ones_like(pre)), torch.zeros_like(pre))
+            slope = torch.where(nonzero, act_out / torch.where(nonzero, pre, torch.ones_like(pre)), torch.zeros_like(pre))
             post_c = slope * gamma
-            post_c[bias_rows] += torch.where(nonzero, torch.zeros_like(post), post)
+            post_c[bias_rows] += torch.where(nonzero, torch.zeros_like(act_out), act_out)
         else:
-            post_c = _allocate(gamma, post, rule, temperature, bias_rows, group_size)
+            post_c = allocate(gamma, act_out, rule, temperature, bias_rows, group_size)
+        if mlp_view.ln is not None:
+            post_c = apply_norm(post_c, inner_scale, mlp_view.ln, bias_rows)
     else:
         assert gate_act is not None and mlp_view.W_gate is not None
         if rule == "ratio":
             post_c = gate_act * _linear(x_ln, mlp_view.W_in)
         else:
             gated = post if mlp_view.b_in is None else post - mlp_view.b_in
-            post_c = _allocate(_linear(x_ln, mlp_view.W_gate), gated, rule, temperature, bias_rows, group_size)
+            post_c = allocate(_linear(x_ln, mlp_view.W_gate), gated, rule, temperature, bias_rows, group_size)
         if mlp_view.b_in is not None:
             post_c[bias_rows] += mlp_view.b_in
-    out = _linear(post_c, mlp_view.W_out)
-    if credit is not None:
-        sources, row = credit
-        src = torch.tensor(sources, device=out.device)
-        moved = out.index_select(0, src).sum(0)
-        out = out.index_fill(0, src, 0.0)
-        out[row] += moved
+    out = credit_to_row(_linear(post_c, mlp_view.W_out), credit)
     if mlp_view.b_out is not None:
         out[bias_rows] += mlp_view.b_out
     return out
