@@ -1,0 +1,401 @@
+"""DePass next to activation patching, on the axes of ``transformer_lens.patching``.
+
+**Activation patching** (TL's ``transformer_lens.patching``) runs the model on a *corrupted* input and
+overwrites one activation (a residual-stream position, a module output at a position, a head's
+``hook_z`` at a position or at every position) with its value from the *clean* run. Here its result
+is the **effect** ``metric(patched logits) − metric(corrupted logits)``, one forward pass per cell,
+from TL's own ``get_act_patch_*`` functions (called, not re-implemented). Divide by
+``metric_clean − metric_corrupted`` to get TL's usual normalised score.
+
+**DePass** (Hong et al., NeurIPS 2025) decomposes a *single* run: the activation at a hook is split
+into additive components, each is replayed through the rest of the model with attention patterns,
+norm scales and MLP activations frozen at that run's values, and the metric is the exact sum of the
+components' contributions. :func:`compare` builds, per patching cell, the component that the patch
+would overwrite (:mod:`depass_tl.compare_layouts`: e.g. position p of ``resid_pre[L]``; head h's
+output ``z_h W_O[h]`` at position p, with ``b_V`` riding with the head and ``b_O`` in ``rest``) and
+reports its contribution to the same metric. Per layer, cells + ``rest`` + ``bias`` = the metric.
+
+**Metric.** A logit difference ``logit[answer] − logit[incorrect]`` (or a single logit) at one
+position, averaged over the batch, with one answer per prompt allowed. It is linear in the logits,
+so DePass attributes it exactly (``DePassCache.logit_attrs``); patching evaluates the same function
+on the patched logits.
+
+**When they agree.** DePass is run on the clean and on the corrupted input; ``depass_diff`` is clean
+minus corrupted. If every nonlinear coefficient downstream of the patched activation is the same in
+the clean, the corrupted and the patched runs (same attention patterns, no norm or a constant scale,
+no MLP in the path), the model is the same affine map in all three, and the patching effect of a
+cell equals its ``depass_diff`` exactly. When patching changes a later attention pattern (a QK
+effect), a norm scale or an MLP activation, the two differ: DePass freezes those coefficients
+(the paper's stated limitation: frozen attention cannot see QK-circuit interactions), patching
+does not. Compare the two by rank (:meth:`Comparison.agreement`), not by value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from depass_tl.capture import capture, to_tokens
+from depass_tl.compare_layouts import LAYOUTS, depass_layout, layout_hooks, layout_shape
+from depass_tl.compare_stats import spearman, top_k_overlap
+from depass_tl.errors import DePassError
+from depass_tl.replay.mlp import MLP_RULES
+
+__all__ = ["LAYOUTS", "Comparison", "LayoutComparison", "compare", "logit_diff_metric"]
+
+
+_DEFAULT_LAYOUTS = ("resid_pre", "attn_out", "mlp_out", "attn_head_out_by_pos", "attn_head_out_all_pos")
+
+
+@dataclass(frozen=True)
+class LayoutComparison:
+    """DePass and activation patching for one layout, on TL's axes.
+
+    Attributes:
+        name: the layout (a key of :data:`LAYOUTS`).
+        tl_function: the ``transformer_lens.patching`` function that produced ``patching``.
+        axis_names: TL's axis names, e.g. ``("layer", "pos", "head")``.
+        depass_clean: each cell's DePass contribution to the metric on the clean run (batch mean).
+        depass_corrupted: the same on the corrupted run.
+        depass_diff: ``depass_clean − depass_corrupted``.
+        patching: TL's patching result as an effect: ``metric(patched) − metric(corrupted)``.
+        rest_clean: ``[n_layers]``: the contribution of ``rest`` + ``bias`` of each layer's replay on
+            the clean run (cells of layer L + ``rest_clean[L]`` = the clean metric).
+        rest_corrupted: the same on the corrupted run.
+
+    All maps are float64 on the CPU, of shape ``[n_layers, pos]``, ``[n_layers, pos, n_heads]`` or
+    ``[n_layers, n_heads]``, exactly the shape of the TL function's output.
+    """
+
+    name: str
+    tl_function: str
+    axis_names: tuple[str, ...]
+    depass_clean: Tensor = field(repr=False)
+    depass_corrupted: Tensor = field(repr=False)
+    depass_diff: Tensor = field(repr=False)
+    patching: Tensor = field(repr=False)
+    rest_clean: Tensor = field(repr=False)
+    rest_corrupted: Tensor = field(repr=False)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.patching.shape)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """DePass (clean, corrupted, difference) and TL activation patching, per layout.
+
+    Attributes:
+        layouts: layout name -> :class:`LayoutComparison`, in the order asked for.
+        metric_clean: the metric on the clean logits.
+        metric_corrupted: the metric on the corrupted logits.
+        answer_tokens: ``[batch]`` answer ids.
+        incorrect_tokens: ``[batch]`` ids subtracted in the logit difference (None: a plain logit).
+        pos: the position the metric reads.
+        pos_labels: one label per position (``"p:token"`` when a tokenizer is known and batch is 1,
+            with ``"clean/corrupted"`` where the two prompts differ; else ``"p"``).
+        mlp_rule: the DePass MLP rule used.
+    """
+
+    layouts: Mapping[str, LayoutComparison]
+    metric_clean: float
+    metric_corrupted: float
+    answer_tokens: Tensor = field(repr=False)
+    incorrect_tokens: Tensor | None = field(repr=False)
+    pos: int
+    pos_labels: tuple[str, ...]
+    mlp_rule: str
+
+    def __getitem__(self, layout: str) -> LayoutComparison:
+        try:
+            return self.layouts[layout]
+        except KeyError:
+            raise DePassError(
+                f"no layout {layout!r} in this comparison; it holds {list(self.layouts)}. "
+                "Pass layouts=[...] to compare() to compute others."
+            ) from None
+
+    def agreement(self, k: int = 5) -> Any:
+        """A ``pandas.DataFrame`` (one row per layout) of how well DePass matches patching.
+
+        Columns: ``n_cells``; ``spearman_diff`` and ``spearman_clean`` (Spearman rank correlation of
+        ``depass_diff`` / ``depass_clean`` with ``patching`` over all cells); ``top_k_overlap_diff``
+        and ``top_k_overlap_clean`` (shared fraction of the k largest-|value| cells); ``k`` (clamped
+        to ``n_cells``); ``max_abs_diff`` (max ``|depass_diff − patching|``, 0 where theory says
+        they agree).
+        """
+        import pandas as pd
+
+        rows = []
+        for name, lay in self.layouts.items():
+            n = lay.patching.numel()
+            rows.append(
+                {
+                    "layout": name,
+                    "n_cells": n,
+                    "spearman_diff": spearman(lay.depass_diff, lay.patching),
+                    "spearman_clean": spearman(lay.depass_clean, lay.patching),
+                    "top_k_overlap_diff": top_k_overlap(lay.depass_diff, lay.patching, k),
+                    "top_k_overlap_clean": top_k_overlap(lay.depass_clean, lay.patching, k),
+                    "k": min(k, n),
+                    "max_abs_diff": float((lay.depass_diff - lay.patching).abs().max()),
+                }
+            )
+        return pd.DataFrame(rows).set_index("layout")
+
+    def to_dataframe(self) -> Any:
+        """Long format ``pandas.DataFrame``: one row per (layout, cell).
+
+        Columns: ``layout``, ``layer``, ``pos``, ``head`` (``-1`` where the layout has no such axis),
+        ``pos_label``, ``depass_clean``, ``depass_corrupted``, ``depass_diff``, ``patching``. The
+        index columns come from TL's ``patching.make_df_from_ranges`` (same order as TL's
+        ``return_index_df``).
+        """
+        import pandas as pd
+        from transformer_lens.patching import make_df_from_ranges
+
+        frames = []
+        for name, lay in self.layouts.items():
+            df = make_df_from_ranges(list(lay.shape), list(lay.axis_names))
+            for col in ("pos", "head"):
+                if col not in df:
+                    df[col] = -1
+            df["pos_label"] = [self.pos_labels[p] if p >= 0 else "" for p in df["pos"]]
+            for arr in ("depass_clean", "depass_corrupted", "depass_diff", "patching"):
+                df[arr] = getattr(lay, arr).flatten().numpy()
+            df.insert(0, "layout", name)
+            frames.append(df[["layout", "layer", "pos", "head", "pos_label", "depass_clean",
+                              "depass_corrupted", "depass_diff", "patching"]])
+        return pd.concat(frames, ignore_index=True)
+
+    def plot(
+        self,
+        layout: str,
+        *,
+        panels: Sequence[str] = ("depass_diff", "patching"),
+        backend: str | None = None,
+    ) -> Any:
+        """Side-by-side heatmaps with one symmetric colour scale; see :func:`~depass_tl.compare_plot.plot_comparison`."""
+        from depass_tl.compare_plot import plot_comparison
+
+        return plot_comparison(self, layout, panels=panels, backend=backend)
+
+
+# ------------------------------------------------------------------------------------ metric
+def logit_diff_metric(
+    answer_tokens: Tensor, incorrect_tokens: Tensor | None = None, *, pos: int = -1
+) -> Callable[[Tensor], Tensor]:
+    """``logits [batch, pos, d_vocab] -> scalar``: batch mean of ``logit[answer] − logit[incorrect]``.
+
+    The metric :func:`compare` uses (a plain logit when ``incorrect_tokens`` is None); usable as a
+    TL ``patching_metric``.
+
+    Args:
+        answer_tokens: ``[batch]`` answer ids (one per prompt).
+        incorrect_tokens: ``[batch]`` ids, or None.
+        pos: the position read.
+    """
+
+    def metric(logits: Tensor) -> Tensor:
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        value = logits[rows, pos, answer_tokens.to(logits.device)]
+        if incorrect_tokens is not None:
+            value = value - logits[rows, pos, incorrect_tokens.to(logits.device)]
+        return value.mean()
+
+    return metric
+
+
+def _ids(model: Any, tokens: Any, batch: int, what: str) -> Tensor:
+    """Answer tokens -> ``[batch]`` long ids (one id for all prompts, or one per prompt)."""
+
+    def one(t: Any) -> int:
+        if isinstance(t, bool):
+            raise DePassError(f"{what}: got a bool {t!r}; pass a token id or a single-token string.")
+        if isinstance(t, int):
+            return t
+        if isinstance(t, str):
+            if getattr(model, "tokenizer", None) is None:
+                raise DePassError(f"{what}: the model has no tokenizer, so {t!r} cannot be looked up; pass token ids.")
+            ids = model.to_tokens(t, prepend_bos=False)[0]
+            if ids.numel() != 1:
+                raise DePassError(f"{what}: {t!r} is {ids.numel()} tokens, not one; pick a single-token answer.")
+            return int(ids[0])
+        raise DePassError(f"{what}: expected a token id or a string, got {type(t).__name__}.")
+
+    if isinstance(tokens, Tensor):
+        if tokens.is_floating_point() or tokens.dtype == torch.bool or tokens.ndim > 1:
+            raise DePassError(f"{what}: expected integer ids of shape [] or [batch], got {tokens.dtype} {tuple(tokens.shape)}.")
+        ids = tokens.flatten().long().cpu()
+    elif isinstance(tokens, (str, int)):
+        ids = torch.tensor([one(tokens)])
+    elif isinstance(tokens, Sequence):
+        ids = torch.tensor([one(t) for t in tokens], dtype=torch.long)
+    else:
+        raise DePassError(f"{what}: expected an id, a string, or one per prompt; got {type(tokens).__name__}.")
+    if ids.numel() == 1:
+        ids = ids.expand(batch).clone()
+    if ids.numel() != batch:
+        raise DePassError(f"{what}: give one token, or one per prompt ({batch}); got {ids.numel()}.")
+    d_vocab = int(getattr(model.cfg, "d_vocab_out", -1))
+    d_vocab = d_vocab if d_vocab > 0 else int(model.cfg.d_vocab)
+    if int(ids.min()) < 0 or int(ids.max()) >= d_vocab:
+        raise DePassError(f"{what}: token ids must lie in [0, {d_vocab}); got {ids.tolist()}.")
+    return ids
+
+
+def _pos_labels(model: Any, clean: Tensor, corrupted: Tensor) -> tuple[str, ...]:
+    P = clean.shape[1]
+    if getattr(model, "tokenizer", None) is None or clean.shape[0] != 1:
+        return tuple(str(p) for p in range(P))
+    a = model.to_str_tokens(clean[0])
+    b = model.to_str_tokens(corrupted[0])
+    return tuple(f"{p}:{x}" if x == y else f"{p}:{x}/{y}" for p, (x, y) in enumerate(zip(a, b)))
+
+
+# ----------------------------------------------------------------------------------- compare
+def compare(
+    model: Any,
+    clean: Any,
+    corrupted: Any,
+    *,
+    answer_tokens: Any,
+    incorrect_tokens: Any = None,
+    layouts: Sequence[str] | None = None,
+    pos: int = -1,
+    mlp_rule: str = "softmax",
+    temperature: float = 0.1,
+    dtype: torch.dtype | None = None,
+    prepend_bos: bool | None = None,
+) -> Comparison:
+    """DePass attributions and TL activation patching for the same metric, on the same axes.
+
+    Runs ``capture`` once on each input, replays one component set per (layout, layer) against it,
+    and calls ``transformer_lens.patching.get_act_patch_*`` for patching (one forward per cell).
+    See the module docstring for what each cell's DePass component is, and when the two agree.
+
+    Args:
+        model: a ``HookedTransformer``.
+        clean: the clean input (string, list of strings, or ``[batch, pos]`` ids).
+        corrupted: the corrupted input; must tokenise to the same shape as ``clean``.
+        answer_tokens: the answer: an id, a single-token string, or one per prompt.
+        incorrect_tokens: the wrong answer(s) for a logit difference; None: the answer logit alone.
+        layouts: which of :data:`LAYOUTS` to compute. Default: ``resid_pre``, ``attn_out``,
+            ``mlp_out`` (models with MLPs), ``attn_head_out_by_pos``, ``attn_head_out_all_pos``.
+        pos: the position whose logits the metric reads (default: the last).
+        mlp_rule: DePass MLP rule (``softmax``, ``ratio``, ``max``); see :func:`depass_tl.run_with_depass`.
+        temperature: softmax temperature.
+        dtype: DePass accumulation dtype (default: float32, float64 for float64 models).
+        prepend_bos: for string input, passed to ``model.to_tokens``.
+
+    Returns:
+        A :class:`Comparison`.
+
+    Raises:
+        DePassError: inputs of different shapes, unknown or unavailable layouts, bad answer tokens,
+            a position out of range, a soft-capped model, or anything ``capture`` rejects.
+
+    Examples:
+        >>> import torch, depass_tl.compare as dc
+        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
+        >>> cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+        ...                               d_vocab=20, attn_only=True, seed=0)
+        >>> model = HookedTransformer(cfg)
+        >>> cmp = dc.compare(model, torch.tensor([[1, 2, 3]]), torch.tensor([[1, 5, 3]]),
+        ...                  answer_tokens=4, incorrect_tokens=7, layouts=["resid_pre", "attn_head_out_by_pos"])
+        >>> cmp["attn_head_out_by_pos"].patching.shape, cmp["attn_head_out_by_pos"].depass_diff.shape
+        (torch.Size([1, 3, 2]), torch.Size([1, 3, 2]))
+        >>> list(cmp.agreement().columns)[:3]
+        ['n_cells', 'spearman_diff', 'spearman_clean']
+    """
+    from transformer_lens import ActivationCache
+    from transformer_lens import patching as tl_patching
+
+    if not hasattr(model, "cfg") or not hasattr(model, "hook_dict"):
+        raise DePassError(f"compare needs a transformer_lens HookedTransformer; got {type(model).__name__}.")
+    clean_toks = to_tokens(model, clean, prepend_bos=prepend_bos)
+    corrupt_toks = to_tokens(model, corrupted, prepend_bos=prepend_bos)
+    if clean_toks.shape != corrupt_toks.shape:
+        raise DePassError(
+            f"clean and corrupted inputs have token shapes {tuple(clean_toks.shape)} and "
+            f"{tuple(corrupt_toks.shape)}; activation patching compares them position by position, so "
+            "give prompts of the same length (and the same batch size)."
+        )
+    batch, P = clean_toks.shape
+    if isinstance(pos, bool) or not isinstance(pos, int) or not -P <= pos < P:
+        raise DePassError(f"pos must be an integer position in [-{P}, {P}); got {pos!r}.")
+    if mlp_rule not in MLP_RULES:
+        raise DePassError(f"unknown mlp_rule {mlp_rule!r}; choose one of {', '.join(MLP_RULES)}.")
+    answer = _ids(model, answer_tokens, batch, "answer_tokens")
+    incorrect = None if incorrect_tokens is None else _ids(model, incorrect_tokens, batch, "incorrect_tokens")
+
+    cfg = model.cfg
+    has_mlp = not bool(getattr(cfg, "attn_only", False))
+    names = list(_DEFAULT_LAYOUTS if layouts is None else layouts)
+    if isinstance(layouts, str) or not names:
+        raise DePassError(f"layouts must be a non-empty list of names from {list(LAYOUTS)}; got {layouts!r}.")
+    for name in names:
+        if name not in LAYOUTS:
+            raise DePassError(f"unknown layout {name!r}; choose from {list(LAYOUTS)}.")
+        if LAYOUTS[name].needs_mlp and not has_mlp and layouts is not None:
+            raise DePassError(f"layout {name!r} needs MLP blocks, but this model is attention-only (cfg.attn_only=True).")
+    if len(set(names)) != len(names):
+        raise DePassError(f"layouts must not repeat; got {names}.")
+    names = [n for n in names if has_mlp or not LAYOUTS[n].needs_mlp]
+
+    # the hooks TL's patching reads from the clean cache (the head layouts also read hook_z)
+    needed = {hook for n in names for hook in layout_hooks(n, cfg.n_layers)}
+    run_clean = capture(model, clean_toks, extra_hooks=needed)
+    run_corrupt = capture(model, corrupt_toks, extra_hooks=needed)
+    if run_clean.view.output_logits_soft_cap is not None:
+        raise DePassError(
+            f"the model soft-caps its logits (output_logits_soft_cap={run_clean.view.output_logits_soft_cap}); "
+            "DePass decomposes the pre-cap logits while patching sees the capped ones, so the metric would not "
+            "be the same. Compare on a model without logit soft-capping."
+        )
+
+    metric = logit_diff_metric(answer, incorrect, pos=pos)
+    metric_clean = float(metric(run_clean.logits.double()))
+    metric_corrupt = metric(run_corrupt.logits)
+    clean_cache = ActivationCache({k: run_clean.acts[k] for k in needed}, model)
+
+    def patching_metric(logits: Tensor) -> Tensor:  # the effect of the patch, in the logits' dtype
+        return metric(logits) - metric_corrupt
+
+    results: dict[str, LayoutComparison] = {}
+    for name in names:
+        lay = LAYOUTS[name]
+        with torch.no_grad():
+            patched = getattr(tl_patching, lay.tl_function)(model, corrupt_toks, clean_cache, patching_metric)
+        patched = patched.detach().double().cpu()
+        assert tuple(patched.shape) == layout_shape(name, run_clean), (name, tuple(patched.shape))
+        kw: dict[str, Any] = dict(pos=pos, mlp_rule=mlp_rule, temperature=temperature, dtype=dtype)
+        d_clean, r_clean = depass_layout(run_clean, name, answer, incorrect, **kw)
+        d_corrupt, r_corrupt = depass_layout(run_corrupt, name, answer, incorrect, **kw)
+        results[name] = LayoutComparison(
+            name=name,
+            tl_function=f"transformer_lens.patching.{lay.tl_function}",
+            axis_names=lay.axis_names,
+            depass_clean=d_clean,
+            depass_corrupted=d_corrupt,
+            depass_diff=d_clean - d_corrupt,
+            patching=patched,
+            rest_clean=r_clean,
+            rest_corrupted=r_corrupt,
+        )
+    return Comparison(
+        layouts=MappingProxyType(results),
+        metric_clean=metric_clean,
+        metric_corrupted=float(metric_corrupt.double()),
+        answer_tokens=answer,
+        incorrect_tokens=incorrect,
+        pos=pos,
+        pos_labels=_pos_labels(model, clean_toks, corrupt_toks),
+        mlp_rule=mlp_rule,
+    )

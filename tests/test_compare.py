@@ -1,0 +1,339 @@
+"""DePass next to TL activation patching (depass_tl.compare): exact agreement where theory says so,
+disagreement (with its cause) where it does not, TL shapes, completeness, statistics and plot data."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import patching as tl_patching
+
+import depass_tl
+from depass_tl import DePassError
+from depass_tl.compare import LAYOUTS, Comparison, compare
+from depass_tl.compare_layouts import depass_layout, layout_hooks
+from depass_tl.compare_plot import heatmap_panels, plot_comparison
+from depass_tl.compare_stats import rank, spearman, top_k_overlap
+from tests.models import make_model, random_tokens, word_tokenizer
+
+ATTN_LAYOUTS = ["resid_pre", "attn_out", "attn_head_out_by_pos", "attn_head_out_all_pos"]
+ALL_LAYOUTS = list(LAYOUTS)
+ANSWER, WRONG = [3, 11], 5  # per-prompt answers, one shared wrong token
+
+
+def _logit_diff(logits: torch.Tensor, answer: list[int], wrong: int, pos: int = -1) -> float:
+    """The metric, written out independently of compare(): batch mean of logit[answer] - logit[wrong]."""
+    logits = logits.detach()
+    vals = [float(logits[b, pos, a] - logits[b, pos, wrong]) for b, a in enumerate(answer)]
+    return sum(vals) / len(vals)
+
+
+def _linear_attn_only(n_layers: int = 2, *, frozen_layers: tuple[int, ...] | None = None) -> HookedTransformer:
+    """Attention-only, no norm; W_Q = W_K = 0 in ``frozen_layers`` (default: all), so those layers'
+    scores are the constant b_Q·b_K and their pattern is uniform causal whatever the input."""
+    model = make_model("attn_only", normalization_type=None, n_layers=n_layers)
+    with torch.no_grad():
+        for l in range(n_layers) if frozen_layers is None else frozen_layers:
+            model.blocks[l].attn.W_Q.zero_()
+            model.blocks[l].attn.W_K.zero_()
+    return model
+
+
+def _clean_corrupted(model: HookedTransformer) -> tuple[torch.Tensor, torch.Tensor]:
+    clean = random_tokens(model, batch=2, pos=5, seed=1)
+    corrupted = clean.clone()
+    corrupted[:, 1] = (corrupted[:, 1] + 7) % model.cfg.d_vocab
+    corrupted[:, 3] = (corrupted[:, 3] + 3) % model.cfg.d_vocab
+    return clean, corrupted
+
+
+def _patterns(model: HookedTransformer, toks: torch.Tensor) -> list[torch.Tensor]:
+    _, cache = model.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_pattern"))
+    return [cache[f"blocks.{l}.attn.hook_pattern"] for l in range(model.cfg.n_layers)]
+
+
+# ------------------------------------------------------------------------------ agree / differ
+def test_agrees_exactly_when_patterns_cannot_change() -> None:
+    # Theory. With no norm, no MLP and input-independent patterns A_l, the map from any activation
+    # we patch (resid_pre[L], attn_out[L], hook_z[L]) to the logits is the same affine map
+    # F(x) = f(x) + const in the clean, the corrupted and the patched runs. Patching cell c sets
+    # x_corr -> x_corr + (x_clean,c - x_corr,c), so its effect is f(x_clean,c) - f(x_corr,c). DePass
+    # on one run replays component c through that run's frozen coefficients, i.e. through f, so
+    # depass_clean[c] - depass_corrupted[c] is the same number (constants go to `bias`/`rest` and
+    # cancel). Equality up to float rounding (TL stores patching results in float32).
+    model = _linear_attn_only(3)
+    clean, corrupted = _clean_corrupted(model)
+    for a, b in zip(_patterns(model, clean), _patterns(model, corrupted)):  # the premise
+        torch.testing.assert_close(a, b)
+    cmp = compare(model, clean, corrupted, answer_tokens=ANSWER, incorrect_tokens=WRONG)
+    assert list(cmp.layouts) == ATTN_LAYOUTS  # mlp_out is skipped by default for attn-only models
+    for name, lay in cmp.layouts.items():
+        assert float(lay.patching.abs().max()) > 1e-2, name  # a real effect, so equality means something
+        torch.testing.assert_close(lay.depass_diff, lay.patching, atol=1e-6, rtol=0, msg=name)
+    table = cmp.agreement(k=4)
+    assert (table["spearman_diff"] > 1 - 1e-9).all()
+    assert (table["top_k_overlap_diff"] == 1.0).all()
+    assert (table["max_abs_diff"] < 1e-6).all()
+
+
+def test_differs_when_patching_moves_a_later_attention_pattern() -> None:
+    # Layer 0 has a uniform pattern, layer 1 real QK weights. Patching resid_pre[0] or [1] (or
+    # attn_out[0], a layer-0 head) changes what layer 1's queries and keys see, so the patched run
+    # has a *different* layer-1 pattern; the patching effect includes that QK effect. DePass freezes
+    # each run's own pattern, so depass_diff only carries the OV (value) path: the two must differ.
+    # Head outputs of layer 1 are written after the last pattern is computed, so there both stay exact.
+    model = _linear_attn_only(2, frozen_layers=(0,))
+    with torch.no_grad():
+        model.blocks[1].attn.W_Q.mul_(30.0)  # sharp, input-dependent layer-1 patterns
+    clean, corrupted = _clean_corrupted(model)
+    p_clean, p_corrupted = _patterns(model, clean), _patterns(model, corrupted)
+    torch.testing.assert_close(p_clean[0], p_corrupted[0])
+    assert float((p_clean[1] - p_corrupted[1]).abs().max()) > 0.05  # the cause: layer 1's pattern moves
+
+    cmp = compare(model, clean, corrupted, answer_tokens=ANSWER, incorrect_tokens=WRONG)
+    for name in ("resid_pre", "attn_out", "attn_head_out_by_pos", "attn_head_out_all_pos"):
+        lay = cmp[name]
+        gap = float((lay.depass_diff[0] - lay.patching[0]).abs().max())
+        assert gap > 0.2 * float(lay.patching[0].abs().max()), (name, gap)  # layer 0 cells disagree
+    gap_resid1 = float((cmp["resid_pre"].depass_diff[1] - cmp["resid_pre"].patching[1]).abs().max())
+    assert gap_resid1 > 0.2 * float(cmp["resid_pre"].patching[1].abs().max())  # resid_pre[1] feeds layer 1's QK
+    for name in ("attn_out", "attn_head_out_by_pos", "attn_head_out_all_pos"):  # after the last pattern
+        torch.testing.assert_close(cmp[name].depass_diff[1], cmp[name].patching[1], atol=1e-6, rtol=0)
+
+    # control: the same model with layer 1's QK removed agrees everywhere, so the QK path was the cause
+    with torch.no_grad():
+        model.blocks[1].attn.W_Q.zero_()
+        model.blocks[1].attn.W_K.zero_()
+    frozen = compare(model, clean, corrupted, answer_tokens=ANSWER, incorrect_tokens=WRONG, layouts=["resid_pre"])
+    torch.testing.assert_close(frozen["resid_pre"].depass_diff, frozen["resid_pre"].patching, atol=1e-6, rtol=0)
+
+
+# -------------------------------------------------------------------------- shapes, plumbing
+@pytest.fixture(scope="module")
+def gpt2_cmp() -> tuple[HookedTransformer, torch.Tensor, torch.Tensor, Comparison]:
+    model = make_model("gpt2", n_layers=2, n_heads=2, d_model=8, d_mlp=16)
+    clean, corrupted = _clean_corrupted(model)
+    cmp = compare(model, clean, corrupted, answer_tokens=ANSWER, incorrect_tokens=WRONG, layouts=ALL_LAYOUTS)
+    return model, clean, corrupted, cmp
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "attn_only"])
+def test_shapes_match_transformer_lens_patching(arch: str) -> None:
+    model = make_model(arch, n_layers=2, n_heads=4, d_model=16)
+    clean, corrupted = _clean_corrupted(model)
+    cmp = compare(model, clean, corrupted, answer_tokens=ANSWER, incorrect_tokens=WRONG)
+    L, P, H = 2, 5, 4
+    expected = {"resid_pre": (L, P), "attn_out": (L, P), "mlp_out": (L, P),
+                "attn_head_out_by_pos": (L, P, H), "attn_head_out_all_pos": (L, H)}
+    if arch == "attn_only":
+        del expected["mlp_out"]
+    assert list(cmp.layouts) == list(expected)
+    for name, shape in expected.items():
+        lay = cmp[name]
+        assert lay.axis_names == LAYOUTS[name].axis_names
+        for arr in (lay.depass_clean, lay.depass_corrupted, lay.depass_diff, lay.patching):
+            assert tuple(arr.shape) == shape, name
+        assert lay.rest_clean.shape == (L,)
+
+
+def test_patching_is_tls_own_result_for_this_metric(gpt2_cmp) -> None:
+    model, clean, corrupted, cmp = gpt2_cmp
+    _, clean_cache = model.run_with_cache(clean)
+    base = _logit_diff(model(corrupted), ANSWER, WRONG)
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(_logit_diff(logits, ANSWER, WRONG) - base)
+
+    for name, fn in [("mlp_out", tl_patching.get_act_patch_mlp_out),
+                     ("attn_head_out_by_pos", tl_patching.get_act_patch_attn_head_out_by_pos)]:
+        expected = fn(model, corrupted, clean_cache, metric).double()
+        torch.testing.assert_close(cmp[name].patching, expected, atol=1e-6, rtol=0)
+    assert cmp.metric_clean == pytest.approx(_logit_diff(model(clean), ANSWER, WRONG), abs=1e-9)
+    assert cmp.metric_corrupted == pytest.approx(base, abs=1e-9)
+
+
+def test_depass_cells_plus_rest_sum_to_the_metric(gpt2_cmp) -> None:
+    model, clean, corrupted, cmp = gpt2_cmp
+    for toks, which in ((clean, "clean"), (corrupted, "corrupted")):
+        target = _logit_diff(model(toks), ANSWER, WRONG)
+        for name, lay in cmp.layouts.items():
+            cells = getattr(lay, f"depass_{which}")
+            total = cells.flatten(1).sum(1) + getattr(lay, f"rest_{which}")  # per layer
+            torch.testing.assert_close(total, torch.full_like(total, target), atol=1e-8, rtol=0, msg=name)
+
+
+def test_resid_pre_layer_0_equals_token_components(gpt2_cmp) -> None:
+    # component "position p of resid_pre[0]" is exactly depass_tl.tokens()'s tok{p}; two code paths
+    model, clean, _, cmp = gpt2_cmp
+    _, dc = depass_tl.run_with_depass(model, clean)
+    per_token = dc.logit_attrs(torch.tensor(ANSWER), incorrect_tokens=WRONG).mean(1)[: clean.shape[1]]
+    torch.testing.assert_close(cmp["resid_pre"].depass_clean[0], per_token.double(), atol=1e-9, rtol=0)
+
+
+def test_head_cells_add_up_to_module_cells_under_the_linear_rule() -> None:
+    # with mlp_rule="ratio" the replay is linear, so per-head cells (separate replays) add up to the
+    # attention-output cell at each position, and positions add up to the all-position head cell
+    model = make_model("gpt2", n_layers=2, n_heads=2, d_model=8, d_mlp=16)
+    clean, corrupted = _clean_corrupted(model)
+    cmp = compare(model, clean, corrupted, answer_tokens=ANSWER, incorrect_tokens=WRONG, mlp_rule="ratio",
+                  layouts=["attn_out", "attn_head_out_by_pos", "attn_head_out_all_pos"])
+    by_pos = cmp["attn_head_out_by_pos"]
+    for arr in ("depass_clean", "depass_corrupted"):
+        torch.testing.assert_close(getattr(by_pos, arr).sum(-1), getattr(cmp["attn_out"], arr), atol=1e-9, rtol=0)
+        torch.testing.assert_close(getattr(by_pos, arr).sum(1), getattr(cmp["attn_head_out_all_pos"], arr),
+                                   atol=1e-9, rtol=0)
+
+
+def test_single_logit_metric_and_no_hooks_left() -> None:
+    model = _linear_attn_only(2)
+    clean, corrupted = _clean_corrupted(model)
+    cmp = compare(model, clean, corrupted, answer_tokens=7, layouts=["resid_pre"], pos=2)
+    assert cmp.incorrect_tokens is None and cmp.answer_tokens.tolist() == [7, 7]
+    expected = (model(clean)[:, 2, 7].mean()).item()
+    assert cmp.metric_clean == pytest.approx(expected, abs=1e-9)
+    torch.testing.assert_close(cmp["resid_pre"].depass_diff, cmp["resid_pre"].patching, atol=1e-6, rtol=0)
+    assert sum(len(hp._forward_hooks) + len(hp._backward_hooks) for hp in model.hook_dict.values()) == 0
+
+
+def test_string_prompts_answers_and_position_labels() -> None:
+    words = ["When", " Mary", " and", " John", " went", ",", " gave", " to"]
+    tok = word_tokenizer(words)
+    cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=16, d_head=4, n_heads=2, d_mlp=16,
+                                  d_vocab=len(tok), act_fn="gelu", seed=0, dtype=torch.float64)
+    model = HookedTransformer(cfg, tokenizer=tok).eval()
+    cmp = compare(model, "When Mary and John went", "When John and John went", answer_tokens=" Mary",
+                  incorrect_tokens=" John", layouts=["resid_pre"])
+    assert cmp.pos_labels == ("0:<bos>", "1:When", "2: Mary/ John", "3: and", "4: John", "5: went")
+    mary = model.to_tokens(" Mary", prepend_bos=False)[0, 0]
+    assert cmp.answer_tokens.tolist() == [int(mary)]
+
+
+# ---------------------------------------------------------------------------- export, stats
+def test_agreement_and_dataframe(gpt2_cmp) -> None:
+    _, _, _, cmp = gpt2_cmp
+    table = cmp.agreement(k=3)
+    assert list(table.index) == ALL_LAYOUTS
+    lay = cmp["attn_head_out_by_pos"]
+    row = table.loc["attn_head_out_by_pos"]
+    assert row["n_cells"] == 2 * 5 * 2 and row["k"] == 3
+    assert row["spearman_diff"] == pytest.approx(spearman(lay.depass_diff, lay.patching))
+    assert row["max_abs_diff"] == pytest.approx(float((lay.depass_diff - lay.patching).abs().max()))
+    df = cmp.to_dataframe()
+    assert len(df) == sum(l.patching.numel() for l in cmp.layouts.values())
+    hit = df[(df.layout == "attn_head_out_by_pos") & (df.layer == 1) & (df.pos == 3) & (df["head"] == 1)]
+    assert len(hit) == 1
+    assert hit["patching"].item() == pytest.approx(float(lay.patching[1, 3, 1]))
+    assert hit["depass_diff"].item() == pytest.approx(float(lay.depass_diff[1, 3, 1]))
+    allpos = df[(df.layout == "attn_head_out_all_pos") & (df.layer == 0) & (df["head"] == 1)]
+    assert allpos["pos"].item() == -1
+    assert allpos["depass_clean"].item() == pytest.approx(float(cmp["attn_head_out_all_pos"].depass_clean[0, 1]))
+
+
+def test_rank_and_spearman_by_hand() -> None:
+    assert rank(torch.tensor([3.0, 1.0, 2.0, 1.0])).tolist() == [4.0, 1.5, 3.0, 1.5]
+    # no ties: 1 - 6 Σd² / (n(n²-1)) = 1 - 6*4/120
+    assert spearman(torch.tensor([1.0, 2, 3, 4, 5]), torch.tensor([2.0, 1, 4, 3, 5])) == pytest.approx(0.8)
+    # ties: ranks [1, 2.5, 2.5, 4] vs [1, 2, 3, 4] -> 4.5 / sqrt(4.5 * 5)
+    assert spearman(torch.tensor([1.0, 2, 2, 3]), torch.tensor([10.0, 20, 30, 40])) == pytest.approx(math.sqrt(0.9))
+    assert spearman(torch.tensor([[1.0, 5.0]]), torch.tensor([[-3.0, -4.0]])) == pytest.approx(-1.0)
+    assert math.isnan(spearman(torch.ones(4), torch.arange(4.0)))
+    with pytest.raises(DePassError, match="same shape"):
+        spearman(torch.ones(3), torch.ones(4))
+
+
+def test_top_k_overlap_by_hand() -> None:
+    a = torch.tensor([0.1, -9.0, 3.0, 0.0])
+    b = torch.tensor([5.0, 8.0, 0.2, -0.1])
+    assert top_k_overlap(a, b, 1) == 1.0  # |-9| and |8| both at index 1
+    assert top_k_overlap(a, b, 2) == 0.5  # {1, 2} vs {1, 0}
+    assert top_k_overlap(a, b, 10) == 1.0  # clamped to all 4 cells
+    with pytest.raises(DePassError, match="k >= 1"):
+        top_k_overlap(a, b, 0)
+
+
+# ------------------------------------------------------------------------------------- plots
+def test_heatmap_panels_share_one_symmetric_scale(gpt2_cmp) -> None:
+    _, _, _, cmp = gpt2_cmp
+    lay = cmp["attn_head_out_by_pos"]
+    data = heatmap_panels(cmp, "attn_head_out_by_pos", panels=["depass_clean", "depass_diff", "patching"])
+    assert data.y_labels == ("L0H0", "L0H1", "L1H0", "L1H1") and data.x_labels == cmp.pos_labels
+    assert all(z.shape == (4, 5) for z in data.z)
+    assert float(data.z[2][3, 4]) == float(lay.patching[1, 4, 1])  # row L1H1, position 4
+    assert float(data.z[0][1, 2]) == float(lay.depass_clean[0, 2, 1])  # row L0H1, position 2
+    biggest = max(float(lay.depass_clean.abs().max()), float(lay.depass_diff.abs().max()),
+                  float(lay.patching.abs().max()))
+    assert data.zmax == biggest
+    heads = heatmap_panels(cmp, "attn_head_out_all_pos")
+    assert heads.x_labels == ("H0", "H1") and heads.y_labels == ("L0", "L1")
+    with pytest.raises(DePassError, match="unknown panel"):
+        heatmap_panels(cmp, "resid_pre", panels=["nope"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("plotly") is not None or importlib.util.find_spec("matplotlib") is not None,
+                    reason="a plotting library is installed")
+def test_plot_without_a_plotting_library_names_the_install(gpt2_cmp) -> None:
+    with pytest.raises(DePassError, match="pip install plotly"):
+        gpt2_cmp[3].plot("resid_pre")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("plotly") is None, reason="plotly is not installed")
+def test_plotly_figure(gpt2_cmp) -> None:
+    _, _, _, cmp = gpt2_cmp
+    fig = plot_comparison(cmp, "resid_pre", backend="plotly")
+    assert len(fig.data) == 2 and {t.coloraxis for t in fig.data} == {"coloraxis"}
+    zmax = heatmap_panels(cmp, "resid_pre").zmax
+    assert fig.layout.coloraxis.cmin == -zmax and fig.layout.coloraxis.cmax == zmax
+    assert list(fig.data[1].z[0]) == cmp["resid_pre"].patching[0].tolist()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib is not installed")
+def test_matplotlib_figure(gpt2_cmp) -> None:
+    _, _, _, cmp = gpt2_cmp
+    fig = plot_comparison(cmp, "attn_head_out_all_pos", backend="matplotlib", panels=["depass_diff", "patching"])
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(images) == 2 and {im.get_clim() for im in images} == {(-heatmap_panels(cmp, "attn_head_out_all_pos").zmax,
+                                                                       heatmap_panels(cmp, "attn_head_out_all_pos").zmax)}
+
+
+# ------------------------------------------------------------------------------------ errors
+def test_errors_say_what_was_seen() -> None:
+    model = _linear_attn_only(1)
+    clean, corrupted = _clean_corrupted(model)
+    kw = dict(answer_tokens=3, incorrect_tokens=5)
+    with pytest.raises(DePassError, match=r"token shapes \(2, 5\) and \(2, 4\)"):
+        compare(model, clean, corrupted[:, :4], **kw)
+    with pytest.raises(DePassError, match="unknown layout 'resid'"):
+        compare(model, clean, corrupted, layouts=["resid"], **kw)
+    with pytest.raises(DePassError, match="attention-only"):
+        compare(model, clean, corrupted, layouts=["mlp_out"], **kw)
+    with pytest.raises(DePassError, match="non-empty list"):
+        compare(model, clean, corrupted, layouts="resid_pre", **kw)  # type: ignore[arg-type]
+    with pytest.raises(DePassError, match=r"answer_tokens: token ids must lie in \[0, 40\)"):
+        compare(model, clean, corrupted, answer_tokens=40)
+    with pytest.raises(DePassError, match=r"one per prompt \(2\); got 3"):
+        compare(model, clean, corrupted, answer_tokens=[1, 2, 3])
+    with pytest.raises(DePassError, match="no tokenizer"):
+        compare(model, clean, corrupted, answer_tokens=" Mary")
+    with pytest.raises(DePassError, match=r"pos must be an integer position in \[-5, 5\); got 5"):
+        compare(model, clean, corrupted, pos=5, **kw)
+    with pytest.raises(DePassError, match="unknown mlp_rule 'taylor'"):
+        compare(model, clean, corrupted, mlp_rule="taylor", **kw)
+    cmp = compare(model, clean, corrupted, layouts=["resid_pre"], **kw)
+    with pytest.raises(DePassError, match="no layout 'attn_out'.*holds \\['resid_pre'\\]"):
+        cmp["attn_out"]
+
+
+def test_depass_layout_alone_says_which_hooks_to_capture() -> None:
+    model = _linear_attn_only(1)
+    clean, _ = _clean_corrupted(model)
+    run = depass_tl.capture(model, clean)
+    cells, rest = depass_layout(run, "resid_pre", torch.tensor(ANSWER), WRONG)
+    assert cells.shape == (1, 5) and rest.shape == (1,)
+    with pytest.raises(DePassError, match=r"blocks\.0\.attn\.hook_z' was not captured.*layout_hooks"):
+        depass_layout(run, "attn_head_out_by_pos", 3)
+    with pytest.raises(DePassError, match="attention-only"):
+        depass_layout(run, "mlp_out", 3)
+    assert layout_hooks("attn_head_out_all_pos", 2) == ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z"]
