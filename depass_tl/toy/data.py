@@ -1,0 +1,262 @@
+"""Task data for the toy models: repeated random sequences, IOI sentences, synthetic facts.
+
+Everything here is deterministic given a seed, and the word lists define each model's vocabulary,
+so the shipped weights, the encoders and the tests all agree.
+
+* **induction**: ``BOS`` + ``half_len`` random tokens + the same tokens again. The second half is
+  predictable only by in-context copying (induction heads).
+* **ioi**: indirect-object identification sentences in the style of Wang et al. (2022),
+  ``"When Mary and John went to the store, John gave a drink to"`` → ``" Mary"``. Generalisation is
+  tested on *held-out templates* (sentence frames never seen in training, built from words that
+  are) and *held-out name pairs* (unordered pairs of names that never appear together in training).
+  Every name is trained (in other pairs), so its embedding and unembedding are learned; what is
+  held out is the combination and the frame, which is what copying-by-attention must generalise
+  over. Names that never occurred in training would have untrained (random) embeddings, so no
+  model could be expected to handle them.
+* **facts**: a fixed table :data:`FACTS` of ``(subject, relation) → attribute``. Subjects are two
+  tokens (first name + surname, e.g. ``" Anna Kowal"``) and every first name and every surname
+  occurs in many subjects with unrelated attributes, so the attribute is a function of the *pair*:
+  no single-token lookup can recall it, and the model has to combine the two tokens nonlinearly
+  (in its MLPs, as in factual recall in real LMs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from depass_tl.errors import DePassError
+from depass_tl.toy.encoder import BOS_TOKEN, split_words
+
+__all__ = [
+    "FACTS",
+    "FACT_FIRST_NAMES",
+    "FACT_RELATIONS",
+    "FACT_SURNAMES",
+    "IOI_HELDOUT_TEMPLATES",
+    "IOI_NAMES",
+    "IOI_OBJECTS",
+    "IOI_PLACES",
+    "IOI_TRAIN_TEMPLATES",
+    "Fact",
+    "IOIPrompt",
+    "facts_vocab",
+    "induction_vocab",
+    "ioi_name_pair_split",
+    "ioi_prompts",
+    "ioi_vocab",
+    "repeated_sequences",
+]
+
+
+def _stable_hash(text: str) -> int:
+    """A hash that is the same on every machine and Python version (unlike ``hash``)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
+def _vocab_from(texts: list[str], extra: list[str]) -> list[str]:
+    words: dict[str, None] = {BOS_TOKEN: None}
+    for text in texts:
+        words.update(dict.fromkeys(split_words(text)))
+    words.update(dict.fromkeys(extra))
+    return list(words)
+
+
+# --------------------------------------------------------------------------------- induction
+def induction_vocab(n_words: int = 200) -> list[str]:
+    """BOS plus ``n_words`` made-up two-syllable words (``" baba"``, ``" bade"``, ...).
+
+    Examples:
+        >>> induction_vocab(3)
+        ['<|BOS|>', ' babe', ' bafi', ' bako']
+    """
+    syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+    words = [" " + a + b for a, b in itertools.product(syllables, syllables)]
+    stride = 11  # coprime with len(words) = 4900, spreads the chosen words over the alphabet
+    return [BOS_TOKEN] + [words[(1 + i * stride) % len(words)] for i in range(n_words)]
+
+
+def repeated_sequences(
+    n: int, *, half_len: int, d_vocab: int, seed: int
+) -> Int[Tensor, "batch pos"]:
+    """``BOS`` + ``half_len`` uniform random non-BOS tokens + the same tokens repeated.
+
+    Args:
+        n: Number of sequences.
+        half_len: Length of each half; the result has ``1 + 2 * half_len`` positions.
+        d_vocab: Vocabulary size (tokens are drawn from ``1 .. d_vocab - 1``).
+        seed: Seed of the torch generator used.
+
+    Examples:
+        >>> t = repeated_sequences(2, half_len=3, d_vocab=10, seed=0)
+        >>> t.shape, bool((t[:, 1:4] == t[:, 4:7]).all()), t[:, 0].tolist()
+        (torch.Size([2, 7]), True, [0, 0])
+    """
+    if n < 1 or half_len < 1 or d_vocab < 2:
+        raise DePassError(
+            f"repeated_sequences needs n >= 1, half_len >= 1, d_vocab >= 2; got {n}, {half_len}, "
+            f"{d_vocab}"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    half = torch.randint(1, d_vocab, (n, half_len), generator=gen)
+    bos = torch.zeros(n, 1, dtype=torch.long)
+    return torch.cat([bos, half, half], dim=1)
+
+
+# --------------------------------------------------------------------------------------- IOI
+IOI_NAMES: list[str] = (
+    "Mary John Tom James Dan Sid Martin Amy Kate Anna Lisa Paul Mark Sarah Emma Jack Rose Alex "
+    "Ben Claire David Eric Grace Henry Ivy Laura Mike Nina Oscar Peter Ruth Sam"
+).split()
+IOI_PLACES: list[str] = (
+    "store garden restaurant school hospital office house station park beach library market"
+).split()
+IOI_OBJECTS: list[str] = "drink ring bone basketball computer necklace snack book letter flower key".split()
+
+# {A} and {B} are the two names in order of appearance, {S} the repeated subject.
+IOI_TRAIN_TEMPLATES: list[str] = [
+    "When {A} and {B} went to the {PLACE}, {S} gave a {OBJECT} to",
+    "Then, {A} and {B} went to the {PLACE}. {S} gave a {OBJECT} to",
+    "After {A} and {B} went to the {PLACE}, {S} gave a {OBJECT} to",
+    "While {A} and {B} were working at the {PLACE}, {S} gave a {OBJECT} to",
+    "Then, {A} and {B} had a lot of fun at the {PLACE}. {S} gave a {OBJECT} to",
+    "When {A} and {B} got a {OBJECT} at the {PLACE}, {S} decided to give it to",
+    "Then, {A} and {B} had a long argument. Afterwards {S} said to",
+    "After the lunch, {A} and {B} went to the {PLACE}. {S} gave a {OBJECT} to",
+    "Friends {A} and {B} found a {OBJECT} at the {PLACE}. {S} gave it to",
+    "The {PLACE} was busy when {A} and {B} arrived, and {S} handed a {OBJECT} to",
+    "Later {A} and {B} were thinking about going to the {PLACE}. {S} wanted to give a {OBJECT} to",
+    "While {A} and {B} were at the {PLACE}, {S} gave it to",
+]
+# New sentence frames made only of words that occur in the training templates.
+IOI_HELDOUT_TEMPLATES: list[str] = [
+    "After {A} and {B} had a lot of fun at the {PLACE}, {S} gave a {OBJECT} to",
+    "While {A} and {B} went to the {PLACE}, {S} decided to give a {OBJECT} to",
+    "Then, {A} and {B} found a {OBJECT} at the {PLACE}. {S} handed it to",
+]
+
+
+@dataclass(frozen=True)
+class IOIPrompt:
+    """One IOI sentence: ``text`` (no answer), the indirect object ``io`` and subject ``s``.
+
+    ``io`` and ``s`` are token strings with their leading space (``" Mary"``), so
+    ``encoder.token_id(prompt.io)`` is the answer token.
+    """
+
+    text: str
+    io: str
+    s: str
+    template: str
+
+
+def ioi_vocab() -> list[str]:
+    """The IOI model's vocabulary: BOS, all template words, names, places and objects."""
+    fill = {"A": IOI_NAMES[0], "B": IOI_NAMES[1], "S": IOI_NAMES[0]}
+    fill |= {"PLACE": IOI_PLACES[0], "OBJECT": IOI_OBJECTS[0]}
+    texts = [t.format(**fill) for t in IOI_TRAIN_TEMPLATES + IOI_HELDOUT_TEMPLATES]
+    extra = [" " + w for w in IOI_NAMES + IOI_PLACES + IOI_OBJECTS]
+    return _vocab_from(texts, extra)
+
+
+def ioi_name_pair_split() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Split the unordered name pairs into (train, held-out); about 1 in 5 pairs is held out.
+
+    Every name occurs in many training pairs.
+    """
+    train, heldout = [], []
+    for pair in itertools.combinations(IOI_NAMES, 2):
+        (heldout if _stable_hash("|".join(pair)) % 5 == 0 else train).append(pair)
+    return train, heldout
+
+
+def ioi_prompts(
+    n: int, *, split: Literal["train", "heldout"], seed: int
+) -> list[IOIPrompt]:
+    """Sample ``n`` IOI prompts from the training or the held-out templates and name pairs.
+
+    ``split="heldout"`` uses held-out templates *and* held-out name pairs (both unseen in
+    training). Half of the prompts have the order IO-then-S in the first clause, half S-then-IO.
+
+    Examples:
+        >>> p = ioi_prompts(1, split="train", seed=0)[0]
+        >>> p.io != p.s and p.io in p.text and p.s in p.text
+        True
+    """
+    if split not in ("train", "heldout"):
+        raise DePassError(f"split must be 'train' or 'heldout'; got {split!r}")
+    train_pairs, heldout_pairs = ioi_name_pair_split()
+    pairs = train_pairs if split == "train" else heldout_pairs
+    templates = IOI_TRAIN_TEMPLATES if split == "train" else IOI_HELDOUT_TEMPLATES
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        io, s = rng.choice(pairs)
+        if rng.random() < 0.5:
+            io, s = s, io
+        a, b = (io, s) if rng.random() < 0.5 else (s, io)
+        template = rng.choice(templates)
+        text = template.format(
+            A=a, B=b, S=s, PLACE=rng.choice(IOI_PLACES), OBJECT=rng.choice(IOI_OBJECTS)
+        )
+        out.append(IOIPrompt(text=text, io=" " + io, s=" " + s, template=template))
+    return out
+
+
+# ------------------------------------------------------------------------------------- facts
+FACT_FIRST_NAMES: list[str] = "Anna Boris Carla Dmitri Elena Felix Greta Hugo Irena Jonas Katya Lev".split()
+FACT_SURNAMES: list[str] = "Kowal Novak Petrov Sorel Varga Lindqvist Moreau Okafor Tanaka Brandt Rossi Keller".split()
+# relation name -> (prompt after the subject, possible attributes)
+FACT_RELATIONS: dict[str, tuple[str, list[str]]] = {
+    "city": (
+        " lives in the city of",
+        " Paris London Tokyo Cairo Lima Oslo Delhi Rome".split(" ")[1:],
+    ),
+    "job": (
+        " works as a",
+        " doctor teacher farmer pilot baker lawyer painter chef".split(" ")[1:],
+    ),
+    "sport": (
+        " likes to play",
+        " tennis chess football golf hockey cricket rugby polo".split(" ")[1:],
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One synthetic fact: ``prompt`` (BOS not included) is completed by the token ``attribute``."""
+
+    subject: str
+    relation: str
+    attribute: str
+    prompt: str
+
+
+def _make_facts() -> list[Fact]:
+    facts = []
+    for first, last in itertools.product(FACT_FIRST_NAMES, FACT_SURNAMES):
+        subject = f" {first} {last}"
+        for relation, (suffix, attributes) in FACT_RELATIONS.items():
+            k = _stable_hash(f"{subject}|{relation}") % len(attributes)
+            facts.append(Fact(subject, relation, " " + attributes[k], subject + suffix))
+    return facts
+
+
+FACTS: list[Fact] = _make_facts()
+"""All 432 facts (144 two-token subjects × 3 relations) the ``facts`` model was trained to recall."""
+
+
+def facts_vocab() -> list[str]:
+    """The facts model's vocabulary: BOS, names, relation words and attributes."""
+    extra = [" " + w for w in FACT_FIRST_NAMES + FACT_SURNAMES]
+    for _, attributes in FACT_RELATIONS.values():
+        extra += [" " + a for a in attributes]
+    return _vocab_from([suffix for suffix, _ in FACT_RELATIONS.values()], extra)

@@ -1,0 +1,132 @@
+"""Quality measures of the toy models, used by the training script and in the tutorials.
+
+Each function runs the model on freshly generated data (no hooks, no gradients) and returns plain
+floats, so the numbers can be stored in a model's JSON config and printed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from depass_tl.toy.data import FACTS, IOI_NAMES, Fact, ioi_prompts, repeated_sequences
+from depass_tl.toy.encoder import ToyEncoder
+
+__all__ = [
+    "evaluate_facts",
+    "evaluate_induction",
+    "evaluate_ioi",
+    "last_token_logits",
+    "pad_right",
+]
+
+
+def pad_right(rows: Sequence[Sequence[int]]) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, " batch"]]:
+    """Right-pad token rows with BOS (id 0); return the tokens and each row's length.
+
+    With a causal model, padding after the last real token does not change any real position.
+    """
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    tokens = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = torch.tensor(list(row), dtype=torch.long)
+    return tokens, lengths
+
+
+def last_token_logits(
+    model: HookedTransformer, rows: Sequence[Sequence[int]]
+) -> Float[Tensor, "batch d_vocab"]:
+    """Logits at the last real token of each (right-padded) row."""
+    tokens, lengths = pad_right(rows)
+    logits = model(tokens, return_type="logits")
+    return logits[torch.arange(len(rows)), lengths - 1]
+
+
+@torch.no_grad()
+def evaluate_induction(
+    model: HookedTransformer, *, n: int = 200, half_len: int = 24, seed: int = 12345
+) -> dict[str, float]:
+    """Mean next-token loss on the first vs the repeated half of random repeated sequences.
+
+    Returns:
+        ``loss_first_half`` (predicting tokens 2..half_len, which are random: about
+        ``log(d_vocab - 1)``) and ``loss_repeated_half`` (predicting the repeat of tokens
+        2..half_len from the tokens at positions half_len+1..2*half_len-1; induction makes it
+        small). The first token of each half is excluded from both (it is not predictable).
+    """
+    tokens = repeated_sequences(n, half_len=half_len, d_vocab=model.cfg.d_vocab, seed=seed)
+    logprobs = model(tokens, return_type="logits").log_softmax(-1)
+    # loss at position p predicts token p + 1
+    nll = -logprobs[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]  # [batch, pos - 1]
+    first = nll[:, 1:half_len]  # predicts tokens 2..half_len
+    repeated = nll[:, half_len + 1 :]  # predicts tokens half_len+2..2*half_len
+    return {
+        "loss_first_half": float(first.mean()),
+        "loss_repeated_half": float(repeated.mean()),
+    }
+
+
+@torch.no_grad()
+def evaluate_ioi(
+    model: HookedTransformer,
+    encoder: ToyEncoder,
+    *,
+    split: str = "heldout",
+    n: int = 500,
+    seed: int = 12345,
+) -> dict[str, float]:
+    """IO accuracy on IOI prompts.
+
+    Returns:
+        ``io_vs_s_accuracy`` (IO logit > S logit), ``io_top_name_accuracy`` (IO is the argmax among
+        all names: the number we report), ``io_top1_accuracy`` (IO is the argmax over the whole
+        vocabulary) and ``mean_logit_diff`` (IO − S).
+    """
+    prompts = ioi_prompts(n, split=split, seed=seed)  # type: ignore[arg-type]
+    rows = [encoder.encode(p.text)[0].tolist() for p in prompts]
+    logits = last_token_logits(model, rows)
+    io = torch.tensor([encoder.token_id(p.io) for p in prompts])
+    s = torch.tensor([encoder.token_id(p.s) for p in prompts])
+    names = torch.tensor([encoder.token_id(" " + name) for name in IOI_NAMES])
+    batch = torch.arange(n)
+    diff = logits[batch, io] - logits[batch, s]
+    top_name = names[logits[:, names].argmax(-1)]
+    return {
+        "io_vs_s_accuracy": float((diff > 0).float().mean()),
+        "io_top_name_accuracy": float((top_name == io).float().mean()),
+        "io_top1_accuracy": float((logits.argmax(-1) == io).float().mean()),
+        "mean_logit_diff": float(diff.mean()),
+    }
+
+
+@torch.no_grad()
+def evaluate_facts(
+    model: HookedTransformer, encoder: ToyEncoder, *, facts: Sequence[Fact] = FACTS
+) -> dict[str, float]:
+    """Recall accuracy on the fact table, and the same with every MLP output zero-ablated.
+
+    Returns:
+        ``recall_accuracy`` (the attribute is the top-1 token), ``recall_accuracy_no_mlp`` (the
+        same with ``hook_mlp_out`` of every layer set to 0; near chance if facts live in the MLPs)
+        and ``chance`` (1 / number of attributes of a relation).
+    """
+    rows = [encoder.encode(f.prompt)[0].tolist() for f in facts]
+    target = torch.tensor([encoder.token_id(f.attribute) for f in facts])
+    acc = float((last_token_logits(model, rows).argmax(-1) == target).float().mean())
+
+    def zero(act: Tensor, hook: object) -> Tensor:
+        return torch.zeros_like(act)
+
+    hooks = [(f"blocks.{layer}.hook_mlp_out", zero) for layer in range(model.cfg.n_layers)]
+    with model.hooks(fwd_hooks=hooks):
+        ablated = last_token_logits(model, rows)
+    acc_no_mlp = float((ablated.argmax(-1) == target).float().mean())
+    n_attr = {f.relation: set() for f in facts}
+    for f in facts:
+        n_attr[f.relation].add(f.attribute)
+    chance = sum(1 / len(a) for a in n_attr.values()) / len(n_attr)
+    return {"recall_accuracy": acc, "recall_accuracy_no_mlp": acc_no_mlp, "chance": chance}

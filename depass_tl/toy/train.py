@@ -1,0 +1,199 @@
+"""Training of the toy models (CPU, fixed seeds, a tqdm progress bar).
+
+``python scripts/train_toy.py induction|ioi|facts|all`` calls :func:`train` and :func:`save`, which
+overwrite the shipped weights in ``depass_tl/toy/weights/``. Each model trains in a few minutes
+on one CPU thread.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from depass_tl.errors import DePassError
+from depass_tl.toy.data import (
+    FACTS,
+    facts_vocab,
+    induction_vocab,
+    ioi_prompts,
+    ioi_vocab,
+    repeated_sequences,
+)
+from depass_tl.toy.encoder import ToyEncoder
+from depass_tl.toy.evaluate import evaluate_facts, evaluate_induction, evaluate_ioi, pad_right
+
+__all__ = ["MODEL_CONFIGS", "TRAINING", "TrainResult", "save", "train"]
+
+FORMAT_VERSION = 1
+
+# HookedTransformerConfig keyword arguments (d_vocab is added from the vocabulary).
+MODEL_CONFIGS: dict[str, dict[str, Any]] = {
+    "induction": dict(
+        n_layers=2, d_model=64, n_heads=4, d_head=16, n_ctx=64, attn_only=True,
+        normalization_type="LN", positional_embedding_type="standard", act_fn=None,
+    ),
+    "ioi": dict(
+        n_layers=3, d_model=64, n_heads=4, d_head=16, d_mlp=256, n_ctx=32, act_fn="gelu",
+        normalization_type="LN", positional_embedding_type="standard",
+    ),
+    "facts": dict(
+        n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=256, n_ctx=16, act_fn="gelu",
+        normalization_type="LN", positional_embedding_type="standard",
+    ),
+}
+
+# Optimisation settings per model.
+TRAINING: dict[str, dict[str, Any]] = {
+    "induction": dict(steps=1500, batch=64, lr=1e-3, weight_decay=0.01, half_len=24),
+    "ioi": dict(steps=2500, batch=64, lr=1e-3, weight_decay=0.01, max_extra_bos=3),
+    "facts": dict(steps=1500, batch=128, lr=2e-3, weight_decay=0.0),
+}
+
+_DESCRIPTIONS = {
+    "induction": "2-layer attention-only model trained on BOS + random tokens + the same tokens again",
+    "ioi": "3-layer model with MLPs trained on IOI sentences (held-out templates and name pairs)",
+    "facts": "2-layer model with MLPs that recalls the synthetic facts in depass_tl.toy.data.FACTS",
+}
+
+
+@dataclass
+class TrainResult:
+    """A trained toy model, its encoder, and its evaluation numbers."""
+
+    model: HookedTransformer
+    encoder: ToyEncoder
+    metrics: dict[str, float]
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+def _vocab(name: str) -> list[str]:
+    return {"induction": induction_vocab, "ioi": ioi_vocab, "facts": facts_vocab}[name]()
+
+
+def build_config(name: str, d_vocab: int, *, seed: int = 0) -> HookedTransformerConfig:
+    """The :class:`HookedTransformerConfig` of toy model ``name`` (float32, CPU)."""
+    if name not in MODEL_CONFIGS:
+        raise DePassError(f"unknown toy model {name!r}; available: {sorted(MODEL_CONFIGS)}")
+    return HookedTransformerConfig(
+        **MODEL_CONFIGS[name], d_vocab=d_vocab, seed=seed, device="cpu", dtype=torch.float32
+    )
+
+
+def _masked_lm_loss(model: HookedTransformer, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Next-token loss over the real (non-padding) positions, and the last token's loss."""
+    logits = model(tokens, return_type="logits")[:, :-1]
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), reduction="none"
+    ).view(tokens.shape[0], -1)
+    pos = torch.arange(nll.shape[1])
+    mask = pos[None, :] < (lengths[:, None] - 1)
+    last = nll[torch.arange(len(lengths)), lengths - 2]
+    return (nll * mask).sum() / mask.sum() + last.mean()
+
+
+def _last_token_loss(model: HookedTransformer, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    logits = model(tokens, return_type="logits")
+    batch = torch.arange(len(lengths))
+    return torch.nn.functional.cross_entropy(logits[batch, lengths - 2], tokens[batch, lengths - 1])
+
+
+def train(name: str, *, seed: int = 0, steps: int | None = None, progress: bool = True) -> TrainResult:
+    """Train toy model ``name`` from scratch with fixed seeds on the CPU.
+
+    Args:
+        name: ``"induction"``, ``"ioi"`` or ``"facts"``.
+        seed: Seed of the weight initialisation and the data.
+        steps: Override the number of optimisation steps (for quick experiments).
+        progress: Show a tqdm progress bar.
+
+    Returns:
+        The trained model (eval mode), its encoder and its evaluation metrics.
+    """
+    if name not in MODEL_CONFIGS:
+        raise DePassError(f"unknown toy model {name!r}; available: {sorted(MODEL_CONFIGS)}")
+    settings = dict(TRAINING[name])
+    if steps is not None:
+        settings["steps"] = steps
+    torch.manual_seed(seed)
+    random.seed(seed)
+    encoder = ToyEncoder(_vocab(name))
+    model = HookedTransformer(build_config(name, len(encoder), seed=seed))
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
+    n_steps = settings["steps"]
+    warmup = max(1, n_steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.05, 1 - s / n_steps)
+    )
+    rng = random.Random(seed)
+    bar = tqdm(range(n_steps), desc=f"train {name}", disable=not progress)
+    for step in bar:
+        if name == "induction":
+            tokens = repeated_sequences(
+                settings["batch"], half_len=settings["half_len"], d_vocab=len(encoder),
+                seed=seed * 1_000_003 + step,
+            )
+            logits = model(tokens, return_type="logits")
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)
+            )
+        elif name == "ioi":
+            prompts = ioi_prompts(settings["batch"], split="train", seed=seed * 1_000_003 + step)
+            # 0-3 extra BOS tokens in front shift the sentence, so the model cannot rely on
+            # absolute positions (without this it fails on held-out templates of other lengths)
+            rows = [
+                [0] * rng.randint(0, settings["max_extra_bos"]) + encoder.encode(p.text + p.io)[0].tolist()
+                for p in prompts
+            ]
+            loss = _masked_lm_loss(model, *pad_right(rows))
+        else:
+            facts = rng.choices(FACTS, k=settings["batch"])
+            rows = [encoder.encode(f.prompt + f.attribute)[0].tolist() for f in facts]
+            loss = _last_token_loss(model, *pad_right(rows))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    if name == "induction":
+        metrics = evaluate_induction(model)
+    elif name == "ioi":
+        metrics = {f"heldout_{k}": v for k, v in evaluate_ioi(model, encoder, split="heldout").items()}
+        metrics |= {f"train_{k}": v for k, v in evaluate_ioi(model, encoder, split="train").items()}
+    else:
+        metrics = evaluate_facts(model, encoder)
+    return TrainResult(model, encoder, metrics, training=dict(settings, seed=seed))
+
+
+def save(result: TrainResult, name: str, directory: str | Path) -> tuple[Path, Path]:
+    """Write ``{name}.safetensors`` (weights) and ``{name}.json`` (config, vocab, metrics)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
+             for k, v in result.model.state_dict().items()}
+    weights = directory / f"{name}.safetensors"
+    save_file(state, str(weights), metadata={"format": "pt", "depass_tl_toy": name})
+    weights.chmod(0o644)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "description": _DESCRIPTIONS[name],
+        "hooked_transformer_config": dict(MODEL_CONFIGS[name], d_vocab=len(result.encoder)),
+        "vocab": result.encoder.vocab,
+        "metrics": result.metrics,
+        "training": result.training,
+    }
+    meta = directory / f"{name}.json"
+    meta.write_text(json.dumps(config, indent=1) + "\n")
+    return weights, meta
