@@ -1,0 +1,321 @@
+"""Run every protocol for every method and summarise over prompts (mean ± 95% CI).
+
+* :func:`token_faithfulness`: for each token attribution method (default :func:`token_methods`),
+  Disrupt/Recover-top-k, deletion/insertion AUC, AOPC and ERASER comprehensiveness/sufficiency.
+* :func:`component_faithfulness`: for each head/neuron ranking (default :func:`component_methods`),
+  top-k / bottom-k ablation (zero and mean) with accuracy and the logit (difference).
+
+Both return a report that keeps per-prompt values (so reports from prompt groups of different
+lengths can be merged with ``+``) and renders a ``pandas.DataFrame`` with :meth:`table`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from depass_tl.errors import DePassError
+from depass_tl.evaluate.baselines import TokenMethod, token_methods
+from depass_tl.evaluate.component_metrics import (
+    Level,
+    ablation_curve,
+    attribution_patching,
+    depass_head_attributions,
+    depass_neuron_attributions,
+)
+from depass_tl.evaluate.masking import Masking, Metric
+from depass_tl.evaluate.stats import bootstrap_ci, mean_ci
+from depass_tl.evaluate.token_metrics import (
+    DEFAULT_TOPK_FRACTIONS,
+    ERASER_FRACTIONS,
+    comprehensiveness_sufficiency,
+    deletion_insertion,
+    disrupt_recover,
+)
+
+__all__ = [
+    "ComponentMethod",
+    "ComponentReport",
+    "TOKEN_MEASURES",
+    "TOKEN_MEASURES_HELP",
+    "TokenReport",
+    "component_faithfulness",
+    "component_methods",
+    "format_table",
+    "token_faithfulness",
+]
+
+CI = Literal["normal", "bootstrap"]
+
+#: measure name -> (what it is, "higher" or "lower" is better)
+TOKEN_MEASURES: dict[str, tuple[str, str]] = {
+    "disrupt": ("mean over k of the Disrupt-top-k change, %", "higher"),
+    "recover": ("mean over k of the Recover-top-k change, %", "lower"),
+    "del_auc": ("deletion-curve AUC", "lower"),
+    "ins_auc": ("insertion-curve AUC", "higher"),
+    "aopc": ("AOPC of the deletion curve", "higher"),
+    "comp": ("ERASER comprehensiveness (AOPC over fractions)", "higher"),
+    "suff": ("ERASER sufficiency (AOPC over fractions)", "lower"),
+}
+
+
+TOKEN_MEASURES_HELP = "Columns: " + "; ".join(
+    f"{k} = {what} ({better} is better)" for k, (what, better) in TOKEN_MEASURES.items()
+) + "."
+
+
+def _summary(v: Tensor, ci: CI, seed: int) -> tuple[float, float, float]:
+    if ci == "normal":
+        m, h = mean_ci(v)
+        return m, m - h, m + h
+    return bootstrap_ci(v, seed=seed)
+
+
+def format_table(df: Any, *, digits: int = 3) -> str:
+    """Render a report table with ``mean ± half-width`` cells (for the README and the benchmark)."""
+    means = [c for c in df.columns if c.endswith(" mean")]
+    lines = []
+    header = [df.index.name or ""] + [c[: -len(" mean")] for c in means]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(["---"] * len(header)) + "|")
+    for name, row in df.iterrows():
+        cells = [str(name)]
+        for c in means:
+            base = c[: -len(" mean")]
+            m, lo, hi = row[c], row[base + " lo"], row[base + " hi"]
+            half = (hi - lo) / 2
+            cells.append(f"{m:.{digits}g} ± {half:.2g}" if not math.isnan(half) else f"{m:.{digits}g}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ tokens
+@dataclass
+class TokenReport:
+    """Per-prompt token-level results for each method.
+
+    Attributes:
+        measures: method -> measure (see :data:`TOKEN_MEASURES`) -> ``[batch]``.
+        disrupt / recover: method -> ``[batch, F]`` percent change at each of ``topk_fractions``.
+        topk_fractions: the Disrupt/Recover fractions.
+    """
+
+    topk_fractions: tuple[float, ...]
+    measures: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    disrupt: dict[str, Tensor] = field(default_factory=dict)
+    recover: dict[str, Tensor] = field(default_factory=dict)
+
+    def __add__(self, other: "TokenReport") -> "TokenReport":
+        if other.topk_fractions != self.topk_fractions or set(other.measures) != set(self.measures):
+            raise DePassError("can only merge token reports with the same methods and fractions.")
+        out = TokenReport(self.topk_fractions)
+        for m in self.measures:
+            out.measures[m] = {k: torch.cat([v, other.measures[m][k]]) for k, v in self.measures[m].items()}
+            out.disrupt[m] = torch.cat([self.disrupt[m], other.disrupt[m]])
+            out.recover[m] = torch.cat([self.recover[m], other.recover[m]])
+        return out
+
+    @property
+    def n_prompts(self) -> int:
+        first = next(iter(self.measures.values()))
+        return int(next(iter(first.values())).shape[0])
+
+    def table(self, *, ci: CI = "normal", seed: int = 0) -> Any:
+        """``DataFrame`` indexed by method with ``<measure> mean/lo/hi`` columns."""
+        import pandas as pd
+
+        rows = {}
+        for method, ms in self.measures.items():
+            row = {}
+            for name, v in ms.items():
+                row[f"{name} mean"], row[f"{name} lo"], row[f"{name} hi"] = _summary(v, ci, seed)
+            rows[method] = row
+        df = pd.DataFrame.from_dict(rows, orient="index")
+        df.index.name = "method"
+        return df
+
+    def curve_table(self, which: Literal["disrupt", "recover"] = "disrupt", *, ci: CI = "normal", seed: int = 0) -> Any:
+        """``DataFrame`` indexed by method with ``<fraction> mean/lo/hi`` columns for one curve."""
+        import pandas as pd
+
+        curves = self.disrupt if which == "disrupt" else self.recover
+        rows = {}
+        for method, c in curves.items():
+            row = {}
+            for j, f in enumerate(self.topk_fractions):
+                row[f"{f:.3g} mean"], row[f"{f:.3g} lo"], row[f"{f:.3g} hi"] = _summary(c[:, j], ci, seed)
+            rows[method] = row
+        df = pd.DataFrame.from_dict(rows, orient="index")
+        df.index.name = "method"
+        return df
+
+
+def token_faithfulness(
+    model: Any,
+    tokens: Tensor,
+    target: int | Sequence[int] | Tensor,
+    *,
+    methods: Mapping[str, TokenMethod] | None = None,
+    topk_fractions: Sequence[float] = DEFAULT_TOPK_FRACTIONS,
+    eraser_fractions: Sequence[float] = ERASER_FRACTIONS,
+    metric: Metric = "prob",
+    masking: Masking = "delete",
+    replace_with: int | None = None,
+    protect_bos: bool = True,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> TokenReport:
+    """Every token-level protocol for every method on one batch of equal-length prompts.
+
+    Args:
+        tokens: ``[batch, pos]``; the target is predicted at the last position.
+        target: target token id, or one per prompt.
+        methods: display name -> ``method(model, tokens, target) -> [batch, pos]``
+            (default :func:`~depass_tl.evaluate.baselines.token_methods`).
+        metric: ``f`` for deletion/insertion/AOPC/ERASER (Disrupt/Recover always use probabilities).
+        masking / replace_with / protect_bos: see :mod:`depass_tl.evaluate.masking`.
+
+    Returns:
+        A :class:`TokenReport`.
+    """
+    methods = token_methods() if methods is None else methods
+    report = TokenReport(tuple(float(f) for f in topk_fractions))
+    kw = dict(masking=masking, replace_with=replace_with, protect_bos=protect_bos, batch_size=batch_size)
+    for name, method in tqdm(list(methods.items()), desc="token methods", disable=not progress, leave=False):
+        attrs = method(model, tokens, target)
+        tk = disrupt_recover(model, tokens, attrs, target, fractions=topk_fractions, **kw)  # type: ignore[arg-type]
+        di = deletion_insertion(model, tokens, attrs, target, metric=metric, **kw)  # type: ignore[arg-type]
+        er = comprehensiveness_sufficiency(model, tokens, attrs, target, fractions=eraser_fractions, metric=metric, **kw)  # type: ignore[arg-type]
+        report.measures[name] = {
+            "disrupt": tk.disrupt.mean(1), "recover": tk.recover.mean(1),
+            "del_auc": di.deletion_auc, "ins_auc": di.insertion_auc, "aopc": di.aopc,
+            "comp": er.aopc_comprehensiveness, "suff": er.aopc_sufficiency,
+        }
+        report.disrupt[name] = tk.disrupt
+        report.recover[name] = tk.recover
+    return report
+
+
+# -------------------------------------------------------------------------------- components
+ComponentMethod = Callable[..., Tensor]
+
+
+def _random_units(model: Any, tokens: Tensor, target: Any, *, level: Level, seed: int = 0, **_: Any) -> Tensor:
+    U = model.cfg.n_heads if level == "heads" else model.cfg.d_mlp
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand((tokens.shape[0], model.cfg.n_layers, U), generator=gen, dtype=torch.float64)
+
+
+def _depass_units(model: Any, tokens: Tensor, target: Any, *, level: Level, incorrect: Any = None,
+                  mlp_rule: str, temperature: float = 0.1, **_: Any) -> Tensor:
+    fn = depass_head_attributions if level == "heads" else depass_neuron_attributions
+    return fn(model, tokens, target, incorrect=incorrect, mlp_rule=mlp_rule, temperature=temperature)
+
+
+def _atp(model: Any, tokens: Tensor, target: Any, *, level: Level, incorrect: Any = None,
+         corrupt_tokens: Tensor | None = None, **_: Any) -> Tensor:
+    return attribution_patching(model, tokens, target, incorrect=incorrect, corrupt_tokens=corrupt_tokens, level=level)
+
+
+def component_methods(*, temperatures: Sequence[float] = (0.1,), seed: int = 0) -> dict[str, ComponentMethod]:
+    """Standard unit rankings: DePass (softmax at each temperature, ratio), attribution patching, random.
+
+    Each is called as ``fn(model, tokens, target, level=..., incorrect=..., corrupt_tokens=...)`` and
+    returns ``[batch, n_layers, n_units]``.
+    """
+    out: dict[str, ComponentMethod] = {}
+    for t in temperatures:
+        out[f"depass softmax T={t:g}"] = partial(_depass_units, mlp_rule="softmax", temperature=t)
+    out["depass ratio"] = partial(_depass_units, mlp_rule="ratio")
+    out["attribution patching"] = _atp
+    out["random"] = partial(_random_units, seed=seed)
+    return out
+
+
+@dataclass
+class ComponentReport:
+    """Per-prompt ablation results: ``(method, direction, ablation) -> (metric [batch, F], correct [batch, F])``."""
+
+    level: str
+    fractions: tuple[float, ...]
+    k: tuple[int, ...]
+    clean_metric: Tensor = field(default_factory=lambda: torch.zeros(0))
+    results: dict[tuple[str, str, str], tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.clean_metric.shape[0])
+
+    def __add__(self, other: "ComponentReport") -> "ComponentReport":
+        if (other.level, other.fractions, set(other.results)) != (self.level, self.fractions, set(self.results)):
+            raise DePassError("can only merge component reports with the same level, fractions and methods.")
+        out = ComponentReport(self.level, self.fractions, self.k, torch.cat([self.clean_metric, other.clean_metric]))
+        for key, (m, c) in self.results.items():
+            om, oc = other.results[key]
+            out.results[key] = (torch.cat([m, om]), torch.cat([c, oc]))
+        return out
+
+    def table(self, *, measure: Literal["accuracy", "metric"] = "accuracy", ci: CI = "normal", seed: int = 0) -> Any:
+        """``DataFrame`` indexed by ``method / direction / ablation``, one ``<fraction>`` column group each."""
+        import pandas as pd
+
+        rows = {}
+        for (method, direction, ablation), (m, c) in self.results.items():
+            v = c.double() if measure == "accuracy" else m
+            row = {}
+            for j, f in enumerate(self.fractions):
+                row[f"{f:.3g} mean"], row[f"{f:.3g} lo"], row[f"{f:.3g} hi"] = _summary(v[:, j], ci, seed)
+            rows[f"{method} / {direction} / {ablation}"] = row
+        df = pd.DataFrame.from_dict(rows, orient="index")
+        df.index.name = f"{self.level}: method / direction / ablation"
+        return df
+
+
+def component_faithfulness(
+    model: Any,
+    tokens: Tensor,
+    target: int | Sequence[int] | Tensor,
+    *,
+    incorrect: int | Sequence[int] | Tensor | None = None,
+    level: Level = "heads",
+    methods: Mapping[str, ComponentMethod] | None = None,
+    fractions: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
+    directions: Sequence[Literal["top", "bottom"]] = ("top", "bottom"),
+    ablations: Sequence[Literal["zero", "mean"]] = ("zero", "mean"),
+    reference_tokens: Tensor | None = None,
+    corrupt_tokens: Tensor | None = None,
+    progress: bool = True,
+) -> ComponentReport:
+    """Rank units with each method, ablate the top/bottom k (zero and mean) and record the answer.
+
+    Args:
+        incorrect: the token the answer must beat (accuracy = logit difference > 0; without it,
+            accuracy = the target is the argmax and the metric is the target logit).
+        corrupt_tokens: for attribution patching (default: zero baseline, see :func:`attribution_patching`).
+        reference_tokens: for mean ablation (default: ``tokens``).
+
+    Returns:
+        A :class:`ComponentReport`.
+    """
+    methods = component_methods() if methods is None else methods
+    report: ComponentReport | None = None
+    for name, method in tqdm(list(methods.items()), desc=f"{level} methods", disable=not progress, leave=False):
+        scores = method(model, tokens, target, level=level, incorrect=incorrect, corrupt_tokens=corrupt_tokens)
+        for direction in directions:
+            for ablation in ablations:
+                curve = ablation_curve(model, tokens, scores, target, incorrect=incorrect, level=level,
+                                       fractions=fractions, direction=direction, ablation=ablation,
+                                       reference_tokens=reference_tokens)
+                if report is None:
+                    report = ComponentReport(level, curve.fractions, curve.k, curve.clean_metric)
+                report.results[(name, direction, ablation)] = (curve.metric, curve.correct)
+    if report is None:
+        raise DePassError("methods is empty; give at least one ranking method.")
+    return report

@@ -1,0 +1,70 @@
+"""The whole suite end to end on a shipped toy model (small settings), and the statistics helpers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from depass_tl import toy
+from depass_tl.errors import DePassError
+from depass_tl.evaluate import (
+    bootstrap_ci,
+    component_faithfulness,
+    component_methods,
+    format_table,
+    mean_ci,
+    token_faithfulness,
+    token_methods,
+)
+from depass_tl.toy.data import ioi_prompts
+
+
+def test_mean_ci_by_hand():
+    m, h = mean_ci([1.0, 2.0, 3.0, 6.0])  # mean 3, sample std sqrt(14/3)
+    assert m == 3.0 and math.isclose(h, 1.96 * math.sqrt(14 / 3) / 2)
+    assert math.isnan(mean_ci([2.0])[1])
+    with pytest.raises(DePassError, match="no values"):
+        mean_ci([])
+    with pytest.raises(DePassError, match="NaN or inf"):
+        mean_ci([1.0, float("nan")])
+
+
+def test_bootstrap_ci_is_seeded_and_brackets_the_mean():
+    v = torch.arange(20, dtype=torch.float64)
+    m, lo, hi = bootstrap_ci(v, seed=3)
+    assert m == 9.5 and lo < m < hi and (m, lo, hi) == bootstrap_ci(v, seed=3)
+    with pytest.raises(DePassError, match="level must lie"):
+        bootstrap_ci(v, level=1.5)
+
+
+@pytest.mark.skipif("ioi" not in toy.available(), reason="the ioi toy model is not shipped")
+def test_suite_end_to_end_on_the_ioi_toy_model():
+    model, enc = toy.load("ioi")
+    prompts = [p for p in ioi_prompts(30, split="heldout", seed=0)]
+    length = len(enc.encode(prompts[0].text)[0])
+    prompts = [p for p in prompts if len(enc.encode(p.text)[0]) == length][:3]
+    tokens = enc.encode([p.text for p in prompts])
+    io = torch.tensor([enc.token_id(p.io) for p in prompts])
+    s = torch.tensor([enc.token_id(p.s) for p in prompts])
+    methods = dict(list(token_methods(temperatures=(0.1,), ig_steps=2).items()))
+    report = token_faithfulness(model, tokens, io, methods=methods, topk_fractions=(0.5, 1.0),
+                                eraser_fractions=(0.2,), progress=False)
+    merged = report + report
+    assert merged.n_prompts == 2 * len(prompts)
+    table = report.table()
+    assert list(table.index) == list(methods) and "disrupt mean" in table.columns
+    text = format_table(table)
+    assert text.count("\n") == len(methods) + 1 and "±" in text
+    # keeping every token changes nothing: Recover-top-100% is 0 for every method
+    for name in methods:
+        assert torch.all(report.recover[name][:, -1] == 0), name
+    comp = component_faithfulness(model, tokens, io, incorrect=s, methods=component_methods(), fractions=(0.25,),
+                                  ablations=("zero",), progress=False)
+    acc = comp.table(measure="accuracy")
+    assert len(acc) == len(component_methods()) * 2
+    # DePass's top heads must hurt the IO-vs-S logit difference more than its bottom heads
+    top, _ = comp.results[("depass softmax T=0.1", "top", "zero")]
+    bottom, _ = comp.results[("depass softmax T=0.1", "bottom", "zero")]
+    assert float(top.mean()) < float(bottom.mean())
