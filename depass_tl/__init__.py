@@ -13,6 +13,7 @@ from depass_tl.capture import capture
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components import ComponentSpec, custom, heads, modules, neurons, sources, subspace, tokens
 from depass_tl.errors import DePassError, UnsupportedModelError
+from depass_tl import subspace_patching
 from depass_tl.install import install_methods
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "neurons",
     "sources",
     "subspace",
+    "subspace_patching",
     "replay",
     "run_with_depass",
     "tokens",

@@ -19,11 +19,11 @@ spec                          components
 """
 
 from depass_tl.components.base import BIAS, REST, ComponentSpec
-from depass_tl.components.custom import CustomSpec, custom
-from depass_tl.components.modules import HeadSpec, ModuleSpec, NeuronSpec, heads, modules, neurons
-from depass_tl.components.sources import SourcesSpec, sources
-from depass_tl.components.subspace import SubspaceSpec, subspace
-from depass_tl.components.tokens import TokenSpec, tokens
+from depass_tl.components.custom_spec import CustomSpec, custom
+from depass_tl.components.module_specs import HeadSpec, ModuleSpec, NeuronSpec, heads, modules, neurons
+from depass_tl.components.sources_spec import SourcesSpec, sources
+from depass_tl.components.subspace_spec import SubspaceSpec, subspace
+from depass_tl.components.token_spec import TokenSpec, tokens
 
 __all__ = [
     "BIAS", "REST", "ComponentSpec", "CustomSpec", "HeadSpec", "ModuleSpec", "NeuronSpec", "SourcesSpec",

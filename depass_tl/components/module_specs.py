@@ -18,7 +18,7 @@ from torch import Tensor
 
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components.base import REST, ComponentSpec, group_with_bias, layers_arg, multi_labels
-from depass_tl.components.custom import check_complete
+from depass_tl.components.custom_spec import check_complete
 from depass_tl.errors import DePassError
 from depass_tl.replay.engine import Group, InitialState
 

@@ -9,12 +9,12 @@
 
 from __future__ import annotations
 
-from depass_tl.subspace.das import DASResult, train_das
-from depass_tl.subspace.dormancy import DormancyStats, dormancy_stats
-from depass_tl.subspace.flow import FlowCheck, subspace_flow
-from depass_tl.subspace.illusion import IllusionReport, Thresholds, illusion_report
-from depass_tl.subspace.linalg import ORTHONORMAL_ATOL, RowNullSplit, as_basis, orthonormalize, row_null_split
-from depass_tl.subspace.setters import subspace_patch, subspace_patch_hook, subspace_patch_setter
+from depass_tl.subspace_patching.das import DASResult, train_das
+from depass_tl.subspace_patching.dormancy import DormancyStats, dormancy_stats
+from depass_tl.subspace_patching.flow import FlowCheck, subspace_flow
+from depass_tl.subspace_patching.illusion import IllusionReport, Thresholds, illusion_report
+from depass_tl.subspace_patching.linalg import ORTHONORMAL_ATOL, RowNullSplit, as_basis, orthonormalize, row_null_split
+from depass_tl.subspace_patching.setters import subspace_patch, subspace_patch_hook, subspace_patch_setter
 
 __all__ = [
     "ORTHONORMAL_ATOL",

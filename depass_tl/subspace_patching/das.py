@@ -6,7 +6,7 @@ source run ``h'``) makes the base run behave like the source run, as judged by t
 ``V`` is parametrised with ``torch.nn.utils.parametrizations.orthogonal`` and trained with Adam;
 the model's weights are frozen (their ``requires_grad`` flags are restored afterwards, and the model
 is otherwise never touched). A learned direction is exactly what the illusion report
-(:func:`depass_tl.subspace.illusion_report`) is meant to audit.
+(:func:`depass_tl.subspace_patching.illusion_report`) is meant to audit.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from depass_tl.errors import DePassError
-from depass_tl.subspace.setters import Positions, subspace_patch
+from depass_tl.subspace_patching.setters import Positions, subspace_patch
 
 __all__ = ["DASResult", "metric_per_example", "train_das"]
 
@@ -103,7 +103,7 @@ def train_das(
         DePassError: On bad shapes, an unknown hook, a bad ``k``/``steps``/``lr`` or objective.
 
     Examples:
-        >>> from depass_tl.subspace.examples import distilled_model, distilled_tokens, logit_diff
+        >>> from depass_tl.subspace_patching.examples import distilled_model, distilled_tokens, logit_diff
         >>> res = train_das(distilled_model(), distilled_tokens(1, 2), distilled_tokens(2, 3),
         ...                 "blocks.0.mlp.hook_post", logit_diff, steps=100, progress=False)
         >>> res.basis.shape, res.losses[-1] < 1e-3 * res.losses[0]

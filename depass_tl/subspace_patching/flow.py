@@ -35,8 +35,8 @@ from jaxtyping import Int
 from torch import Tensor
 
 from depass_tl.errors import DePassError
-from depass_tl.subspace.linalg import as_basis
-from depass_tl.subspace.setters import Positions, position_mask
+from depass_tl.subspace_patching.linalg import as_basis
+from depass_tl.subspace_patching.setters import Positions, position_mask
 
 __all__ = ["DORMANT_UNIT_REL_STD", "FlowCheck", "subspace_flow"]
 
@@ -121,7 +121,7 @@ def subspace_flow(
 
     Examples:
         >>> import torch
-        >>> from depass_tl.subspace.examples import distilled_model, distilled_tokens
+        >>> from depass_tl.subspace_patching.examples import distilled_model, distilled_tokens
         >>> v = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64) / 2**0.5
         >>> flow = subspace_flow(distilled_model(), distilled_tokens(1, 2), "blocks.0.mlp.hook_post",
         ...                      v, logit_tokens=(0, 3))

@@ -12,8 +12,8 @@ dormant pathway). :func:`illusion_report` collects the evidence (reference/illus
   ``k = 1``, Wu et al.'s unnormalised row patch ``h + ((h' − h)·v_row) v_row``. Scalars:
   ``ρ = E(v̂_row)/E(v)``, ``σ = E(v) − E(v̂_row) − E(v̂_null)``, ``ε = E(v) − E(full)`` and the
   null-drive fraction ``φ = Σ_i ⟨V_nullᵀΔh_i, VᵀΔh_i⟩ / Σ_i ‖VᵀΔh_i‖²``.
-* **Dormancy** of ``v̂``, ``v̂_row``, ``v̂_null`` (:mod:`depass_tl.subspace.dormancy`).
-* **DePass flow check** (:mod:`depass_tl.subspace.flow`): phantom fraction Φ and cancellation R.
+* **Dormancy** of ``v̂``, ``v̂_row``, ``v̂_null`` (:mod:`depass_tl.subspace_patching.dormancy`).
+* **DePass flow check** (:mod:`depass_tl.subspace_patching.flow`): phantom fraction Φ and cancellation R.
 
 **Verdict** (thresholds are the module constants below, overridable with :class:`Thresholds`):
 
@@ -44,11 +44,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from depass_tl.errors import DePassError
-from depass_tl.subspace.das import metric_per_example
-from depass_tl.subspace.dormancy import DormancyStats, dormancy_stats
-from depass_tl.subspace.flow import FlowCheck, subspace_flow
-from depass_tl.subspace.linalg import as_basis, row_null_split
-from depass_tl.subspace.setters import Positions, position_mask, subspace_patch
+from depass_tl.subspace_patching.das import metric_per_example
+from depass_tl.subspace_patching.dormancy import DormancyStats, dormancy_stats
+from depass_tl.subspace_patching.flow import FlowCheck, subspace_flow
+from depass_tl.subspace_patching.linalg import as_basis, row_null_split
+from depass_tl.subspace_patching.setters import Positions, position_mask, subspace_patch
 
 __all__ = [
     "CANCELLATION_MIN",
@@ -238,7 +238,7 @@ def illusion_report(
 
     Examples:
         >>> import torch
-        >>> from depass_tl.subspace.examples import distilled_model, distilled_tokens, logit_diff
+        >>> from depass_tl.subspace_patching.examples import distilled_model, distilled_tokens, logit_diff
         >>> model = distilled_model()  # h = (x, 0, x), y = (0, 2, 1)·h
         >>> v = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64) / 2**0.5
         >>> rep = illusion_report(model, distilled_tokens(1), distilled_tokens(2),

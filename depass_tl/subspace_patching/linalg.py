@@ -90,7 +90,7 @@ def as_basis(
         raise DePassError(
             f"basis columns are not orthonormal: max |VᵀV − I| = {err:.3g} > atol = {atol:g}; "
             "normalise a direction with v / v.norm(), or orthonormalise a set of vectors with "
-            "depass_tl.subspace.orthonormalize(vectors)"
+            "depass_tl.subspace_patching.orthonormalize(vectors)"
         )
     return basis
 

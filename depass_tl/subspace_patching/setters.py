@@ -26,7 +26,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from depass_tl.errors import DePassError
-from depass_tl.subspace.linalg import ORTHONORMAL_ATOL, as_basis
+from depass_tl.subspace_patching.linalg import ORTHONORMAL_ATOL, as_basis
 
 __all__ = ["Positions", "position_mask", "subspace_patch", "subspace_patch_hook", "subspace_patch_setter"]
 
@@ -89,7 +89,7 @@ def subspace_patch(
             ``[batch, pos, head, d_head]``.
         source: The activation supplying the subspace coordinates (TL: clean), same shape (checked).
         basis: Orthonormal ``[d, k]`` basis or unit vector ``[d]``, validated with
-            :data:`~depass_tl.subspace.linalg.ORTHONORMAL_ATOL`.
+            :data:`~depass_tl.subspace_patching.linalg.ORTHONORMAL_ATOL`.
         pos: Positions to patch (see :data:`Positions`).
         head: For 4-D activations, the head to patch (``None``: every head).
 
@@ -182,7 +182,7 @@ def subspace_patch_setter(
 
     Examples:
         >>> import transformer_lens.patching as tlp
-        >>> from depass_tl.subspace.examples import distilled_model, distilled_tokens, logit_diff
+        >>> from depass_tl.subspace_patching.examples import distilled_model, distilled_tokens, logit_diff
         >>> model = distilled_model()
         >>> _, clean_cache = model.run_with_cache(distilled_tokens(2))
         >>> v = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64) / 2**0.5

@@ -1,1 +1,1 @@
-"""Tests of depass_tl.subspace."""
+"""Tests of depass_tl.subspace_patching."""

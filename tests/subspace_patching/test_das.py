@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from depass_tl.errors import DePassError
-from depass_tl.subspace import as_basis, subspace_patch_hook, train_das
-from tests.subspace.toy import SITE, build_toy, logit_diff, tokens
+from depass_tl.subspace_patching import as_basis, subspace_patch_hook, train_das
+from tests.subspace_patching.toy import SITE, build_toy, logit_diff, tokens
 
 F64 = torch.float64
 BASE, SOURCE = tokens(1, 1, 2), tokens(2, 3, 3)  # x -> x' with x' > x: gaps 1, 2, 1

@@ -13,8 +13,8 @@ import torch
 import transformer_lens.patching as tlp
 
 from depass_tl.errors import DePassError
-from depass_tl.subspace import illusion_report, subspace_flow
-from tests.subspace.toy import ANSWER, OTHER, SITE, build_toy, logit_diff, tokens
+from depass_tl.subspace_patching import illusion_report, subspace_flow
+from tests.subspace_patching.toy import ANSWER, OTHER, SITE, build_toy, logit_diff, tokens
 
 F64 = torch.float64
 E = torch.eye(3, dtype=F64)

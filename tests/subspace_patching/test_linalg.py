@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from depass_tl.errors import DePassError
-from depass_tl.subspace import as_basis, orthonormalize, row_null_split
+from depass_tl.subspace_patching import as_basis, orthonormalize, row_null_split
 
 F64 = torch.float64
 V_ILL = torch.tensor([1.0, 1.0, 0.0], dtype=F64) / 2**0.5

@@ -10,8 +10,8 @@ import transformer_lens.patching as tlp
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from depass_tl.errors import DePassError
-from depass_tl.subspace import subspace_patch, subspace_patch_hook, subspace_patch_setter
-from tests.subspace.toy import SITE, build_toy, logit_diff, tokens
+from depass_tl.subspace_patching import subspace_patch, subspace_patch_hook, subspace_patch_setter
+from tests.subspace_patching.toy import SITE, build_toy, logit_diff, tokens
 
 F64 = torch.float64
 E = torch.eye(3, dtype=F64)
