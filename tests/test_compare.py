@@ -272,9 +272,11 @@ def test_heatmap_panels_share_one_symmetric_scale(gpt2_cmp) -> None:
         heatmap_panels(cmp, "resid_pre", panels=["nope"])
 
 
-@pytest.mark.skipif(importlib.util.find_spec("plotly") is not None or importlib.util.find_spec("matplotlib") is not None,
-                    reason="a plotting library is installed")
-def test_plot_without_a_plotting_library_names_the_install(gpt2_cmp) -> None:
+def test_plot_without_a_plotting_library_names_the_install(gpt2_cmp, monkeypatch) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(  # pretend neither plotting library is installed
+        importlib.util, "find_spec", lambda name, *a: None if name in ("plotly", "matplotlib") else real_find_spec(name, *a)
+    )
     with pytest.raises(DePassError, match="pip install plotly"):
         gpt2_cmp[3].plot("resid_pre")
 
