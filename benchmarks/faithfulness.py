@@ -1,8 +1,9 @@
 """Faithfulness tables for DePass and baselines on the shipped toy models (mean ± 95% CI over prompts).
 
-Token level (``ioi`` and ``induction``): Disrupt/Recover-top-k (the DePass paper's protocol,
-deletion masking), deletion/insertion AUC and AOPC, ERASER comprehensiveness/sufficiency (AOPC over
-1, 5, 10, 20, 50%); f = p(target). Component level (``ioi``): ablate the top-k / bottom-k heads
+Token level (``ioi`` and ``induction``): Disrupt/Recover-top-k (the DePass paper's protocol),
+deletion/insertion AUC and AOPC, ERASER comprehensiveness/sufficiency (AOPC over 1, 5, 10, 20, 50%);
+f = p(target). Masking deletes tokens for ``ioi`` and replaces them with BOS for ``induction`` (that
+model only inducts at its training length, so deleting tokens would break it). Component level (``ioi``): ablate the top-k / bottom-k heads
 ranked by each method (zero and mean ablation), accuracy = logit(IO) > logit(S).
 CI: mean ± 1.96·SE over prompts (``--ci bootstrap`` for a seeded percentile bootstrap).
 
@@ -90,9 +91,12 @@ def main() -> None:
         half = 24  # the length the model was trained on (it does not induct on shorter sequences)
         seqs = repeated_sequences(args.n, half_len=half, d_vocab=model.cfg.d_vocab, seed=args.seed)
         tokens, target = seqs[:, :-1], seqs[:, -1]  # predict the last repeated token
-        report = token_faithfulness(model, tokens, target, methods=methods, topk_fractions=fr)
+        # Deleting tokens shifts positions, and this model only inducts at its training length, so any
+        # deletion collapses it: mask by replacing with BOS (id 0, never inside a sequence) instead.
+        report = token_faithfulness(model, tokens, target, methods=methods, topk_fractions=fr,
+                                    masking="replace", replace_with=0)
         print(f"\n## induction: token level ({report.n_prompts} repeated sequences, BOS + 2×{half} tokens, "
-              f"target = the last repeated token, {ci_text})\n")
+              f"target = the last repeated token, masking = replace with BOS, {ci_text})\n")
         print(format_table(report.table(ci=args.ci, seed=args.seed)))
     print("\n" + TOKEN_MEASURES_HELP)
 
