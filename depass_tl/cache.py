@@ -212,6 +212,18 @@ class DePassCache(Mapping[str, Tensor]):
             attrs[self.bias_rows] += offset
         return attrs
 
+    def unembed_direction(self, tokens: TokenLike, *, incorrect_tokens: TokenLike | None = None) -> Tensor:
+        """The unembedding direction ``W_U[:, tokens] (− W_U[:, incorrect_tokens])`` per prompt: ``[d_model, batch]``.
+
+        ``logit_attrs`` is the decomposed final-norm output projected onto this direction (plus the
+        ``b_U`` difference in the bias component).
+        """
+        batch = self.tokens.shape[0]
+        direction = self._W_U[:, self._token_ids(tokens, batch)]
+        if incorrect_tokens is not None:
+            direction = direction - self._W_U[:, self._token_ids(incorrect_tokens, batch)]
+        return direction
+
     def logit_diff_attrs(self, tokens: TokenLike, incorrect_tokens: TokenLike, *, pos: int = -1) -> Tensor:
         """``logit_attrs(tokens, incorrect_tokens=incorrect_tokens, pos=pos)``: ``[component, batch]``."""
         return self.logit_attrs(tokens, incorrect_tokens=incorrect_tokens, pos=pos)

@@ -1,0 +1,378 @@
+"""``depass-tl``: the command line, a thin wrapper over the public API.
+
+``depass-tl attribute PROMPT --target T`` runs the model once (``depass_tl.capture``), replays the
+chosen component sets (``depass_tl.replay``), and prints a ranked table of each component's exact
+contribution to the target logit (or, with ``--contrast``, the logit difference) at the prompt's
+last position, with the sum over components next to the clean value and the completeness error.
+``--html`` / ``--png`` write the figures of :mod:`depass_tl.viz`.
+
+By default it uses the shipped ``ioi`` toy model (no download)::
+
+    depass-tl attribute "When Mary and John went to the store, John gave a drink to" --target " Mary"
+
+``--model`` takes a toy model name (``ioi``, ``induction``, ``facts``) or any TransformerLens model
+name (``gpt2``; loaded with ``HookedTransformer.from_pretrained``, which needs the Hugging Face hub).
+Errors on user input print one line, ``depass-tl: error: ...``, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+PROG = "depass-tl"
+COMPONENT_SETS = ("tokens", "heads", "sources")
+MLP_RULES = ("softmax", "ratio", "max")
+
+
+# ------------------------------------------------------------------------------------ parsing
+def _components_arg(text: str) -> tuple[str, ...]:
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    bad = [p for p in parts if p not in COMPONENT_SETS]
+    if not parts or bad:
+        raise argparse.ArgumentTypeError(
+            f"expected one or more of {', '.join(COMPONENT_SETS)} separated by commas, got {text!r}"
+        )
+    return tuple(dict.fromkeys(parts))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``argparse`` parser of ``depass-tl``."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Exact attribution of a logit to tokens and heads by a decomposed forward pass (DePass).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    att = sub.add_parser(
+        "attribute",
+        help="rank tokens and heads by their contribution to a logit (difference)",
+        description="Rank components by their exact contribution to the target logit at the prompt's last position.",
+    )
+    att.add_argument("prompt", help="the prompt (the logits read are those after its last token)")
+    att.add_argument("--target", required=True, help="the answer token, e.g. ' Mary' (mind the leading space)")
+    att.add_argument("--contrast", default=None, help="subtract this token's logit (a logit difference), e.g. ' John'")
+    att.add_argument(
+        "--model", default="ioi",
+        help="a shipped toy model (ioi, induction, facts; default ioi, offline) or a TransformerLens model name "
+             "(e.g. gpt2; downloads from the Hugging Face hub)",
+    )
+    att.add_argument(
+        "--components", type=_components_arg, default=("tokens", "heads"),
+        help="what to attribute to, comma-separated: tokens (depass_tl.tokens()), heads (depass_tl.heads() over "
+             "every layer), sources (depass_tl.sources()); default tokens,heads",
+    )
+    att.add_argument("--mlp-rule", choices=MLP_RULES, default="softmax",
+                     help="how MLP activations are split among components (default softmax)")
+    att.add_argument("--temperature", type=float, default=0.1, help="softmax temperature (default 0.1)")
+    att.add_argument("--top", type=int, default=10, help="rows per table (default 10)")
+    att.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
+    att.add_argument("--html", default=None, metavar="PATH", help="write the interactive figures to one .html file")
+    att.add_argument("--png", default=None, metavar="PATH",
+                     help="write the figures as .png (several figures: PATH-stem-<figure>.png)")
+    return parser
+
+
+# ------------------------------------------------------------------------------------ the run
+@dataclass(frozen=True)
+class _Loaded:
+    model: Any
+    tokens: Any  # [1, pos] ids
+    str_tokens: tuple[str, ...]
+    target: int
+    contrast: int | None
+    description: str  # e.g. "toy model 'ioi'"
+    decode: Callable[[int], str]  # token id -> its string
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    from depass_tl.errors import DePassError
+
+    if not args.prompt.strip():
+        raise DePassError("the prompt is empty; pass the text to attribute, e.g. \"When Mary and John went ...\".")
+    if not args.target:
+        raise DePassError("--target is empty; pass one token, e.g. --target \" Mary\".")
+    if args.contrast is not None and not args.contrast:
+        raise DePassError("--contrast is empty; pass one token, e.g. --contrast \" John\", or leave it out.")
+    if args.top < 1:
+        raise DePassError(f"--top must be at least 1, got {args.top}.")
+    if not args.temperature > 0:
+        raise DePassError(f"--temperature must be > 0, got {args.temperature}.")
+    for flag, path, suffix in (("--html", args.html, ".html"), ("--png", args.png, ".png")):
+        if path is None:
+            continue
+        p = Path(path)
+        if p.suffix.lower() != suffix:
+            raise DePassError(f"{flag} needs a file name ending in {suffix}, got {path!r}.")
+        if not p.parent.is_dir():
+            raise DePassError(f"{flag}: the folder {str(p.parent)!r} does not exist; create it first.")
+    if args.html is not None or args.png is not None:
+        from depass_tl.viz import resolve_backend
+
+        if args.html is not None:
+            resolve_backend("plotly")
+        if args.png is not None:
+            resolve_backend(None)
+
+
+def _load_toy(args: argparse.Namespace) -> _Loaded:
+    from depass_tl.errors import DePassError
+    from depass_tl.toy import load
+    from depass_tl.toy.encoder import split_words
+
+    model, enc = load(args.model, device=args.device)
+
+    def token(flag: str, text: str) -> int:
+        pieces = split_words(text)
+        if len(pieces) != 1:
+            raise DePassError(f"{flag} {text!r} is {len(pieces)} tokens {pieces}, not one; pick a single token.")
+        if text not in enc.vocab and f" {text}" in enc.vocab:
+            raise DePassError(f"{flag} {text!r} is not in the vocabulary of toy model {args.model!r}; did you mean {' ' + text!r}?")
+        return enc.token_id(text)
+
+    tokens = enc.encode(args.prompt)
+    target = token("--target", args.target)
+    contrast = None if args.contrast is None else token("--contrast", args.contrast)
+    return _Loaded(model, tokens, tuple(enc.to_str_tokens(tokens)), target, contrast, f"toy model {args.model!r}",
+                   lambda i: enc.vocab[i])
+
+
+def _load_tl(args: argparse.Namespace) -> _Loaded:
+    from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as loading
+
+    from depass_tl.errors import DePassError
+    from depass_tl.toy import available
+
+    if not (Path(args.model) / "config.json").exists():
+        try:
+            loading.get_official_model_name(args.model)
+        except ValueError:
+            raise DePassError(
+                f"unknown model {args.model!r}: not a toy model ({', '.join(available())}) and not a TransformerLens "
+                "model name (see transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES)."
+            ) from None
+    try:
+        model = HookedTransformer.from_pretrained(args.model, device=args.device)
+    except Exception as e:  # network, hub, or weight-conversion failures: report them on one line
+        first = _one_line((str(e).strip().splitlines() or [""])[0])[:300]
+        raise DePassError(
+            f"could not load {args.model!r} with HookedTransformer.from_pretrained ({type(e).__name__}: {first}). "
+            f"It downloads from the Hugging Face hub; check the connection, or use a toy model offline "
+            f"(--model {' | '.join(available())})."
+        ) from e
+    model.eval()
+
+    def token(flag: str, text: str) -> int:
+        ids = model.to_tokens(text, prepend_bos=False)[0]
+        if ids.numel() != 1:
+            pieces = model.to_str_tokens(text, prepend_bos=False)
+            raise DePassError(f"{flag} {text!r} is {ids.numel()} tokens {pieces}, not one; pick a single token.")
+        return int(ids[0])
+
+    tokens = model.to_tokens(args.prompt)
+    target = token("--target", args.target)
+    contrast = None if args.contrast is None else token("--contrast", args.contrast)
+    strs = tuple(model.to_str_tokens(tokens[0]))
+    return _Loaded(model, tokens, strs, target, contrast, f"TransformerLens model {args.model!r}",
+                   lambda i: str(model.to_single_str_token(i)))
+
+
+def _load(args: argparse.Namespace) -> _Loaded:
+    from depass_tl.errors import DePassError
+    from depass_tl.toy import available
+
+    loaded = _load_toy(args) if args.model in available() else _load_tl(args)
+    n_ctx = int(loaded.model.cfg.n_ctx)
+    if loaded.tokens.shape[1] > n_ctx:
+        raise DePassError(
+            f"the prompt is {loaded.tokens.shape[1]} tokens, longer than the model's context ({n_ctx}); shorten it."
+        )
+    return loaded
+
+
+def _specs(components: Sequence[str]) -> dict[str, Any]:
+    import depass_tl
+
+    make: dict[str, Callable[[], Any]] = {"tokens": depass_tl.tokens, "heads": depass_tl.heads,
+                                           "sources": depass_tl.sources}
+    return {name: make[name]() for name in components}
+
+
+# ------------------------------------------------------------------------------------ tables
+def _fmt(v: float) -> str:
+    return f"{v:+.4f}"
+
+
+def _ranked(rows: list[tuple[str, str, float]], top: int) -> list[str]:
+    """``rank  label  detail  value`` lines for the ``top`` rows by |value|."""
+    order = sorted(rows, key=lambda r: -abs(r[2]))[:top]
+    width = max([len(r[0]) for r in order] + [9])
+    dwidth = max([len(r[1]) for r in order] + [0])
+    lines = [f"  {'rank':>4}  {'component':<{width}}  {'':<{dwidth}}  contribution".rstrip()]
+    for i, (label, detail, v) in enumerate(order, 1):
+        lines.append(f"  {i:>4}  {label:<{width}}  {detail:<{dwidth}}  {_fmt(v):>12}")
+    return lines
+
+
+def _summary(dc: Any, attrs: Any, clean: float, quantity: str) -> list[str]:
+    total = float(attrs.sum())
+    errs = dc.completeness_error()
+    worst = max(errs.values())
+    groups = dc.n_components // dc.group_size
+    sums = attrs.reshape(groups, dc.group_size).sum(1)
+    gap = float((sums - clean).abs().max())
+    label = "sum over components" if groups == 1 else f"sum over each of the {groups} groups (max gap shown)"
+    return [
+        f"  {label}: {_fmt(float(sums[0]) if groups > 1 else total)}   clean {quantity}: {_fmt(clean)}",
+        f"  completeness error: |sum - clean| = {gap:.2e}; max over all stored hooks and logits = {worst:.2e}",
+    ]
+
+
+def _table(name: str, dc: Any, attrs: Any, loaded: _Loaded, top: int, clean: float, quantity: str) -> list[str]:
+    import re
+
+    values = attrs[:, 0].tolist()
+    labels = dc.labels
+    if name == "tokens":
+        rows = []
+        others = []
+        for label, v in zip(labels, values):
+            m = re.fullmatch(r"tok(\d+)", label)
+            if m:
+                p = int(m.group(1))
+                rows.append((f"pos {p}", repr(loaded.str_tokens[p]), v))
+            else:
+                others.append((label, v))
+        head = f"Tokens: top {min(top, len(rows))} of {len(rows)} by |contribution| (depass_tl.tokens())"
+        lines = [head] + _ranked(rows, top)
+        lines += [f"  {label}: {_fmt(v)}" for label, v in others]
+    elif name == "heads":
+        rows = [(label, "", v) for label, v in zip(labels, values) if re.fullmatch(r"L\d+H\d+", label)]
+        head = (f"Heads: top {min(top, len(rows))} of {len(rows)} by |contribution| (depass_tl.heads() over every "
+                "layer; each value = the head's direct + indirect effect)")
+        lines = [head] + _ranked(rows, top)
+        per_layer = []
+        K = dc.group_size
+        for g in range(dc.n_components // K):
+            grp = list(zip(labels[g * K:(g + 1) * K], values[g * K:(g + 1) * K]))
+            heads_sum = sum(v for label, v in grp if re.fullmatch(r"L\d+H\d+", label))
+            extra = ", ".join(f"{label} {_fmt(v)}" for label, v in grp if not re.fullmatch(r"L\d+H\d+", label))
+            per_layer.append(f"  layer {g}: heads {_fmt(heads_sum)}, {extra}")
+        lines += ["  each layer's heads + rest + bias add up to the total:"] + per_layer
+    else:
+        bias = labels[-1]
+        rows = [(label, "", v) for label, v in zip(labels, values) if label != bias]
+        head = (f"Sources: top {min(top, len(rows))} of {len(rows)} by |contribution| (depass_tl.sources(); each path "
+                "is credited to the first head or MLP on it)")
+        lines = [head] + _ranked(rows, top) + [f"  {bias}: {_fmt(values[-1])}"]
+    return lines + _summary(dc, attrs, clean, quantity)
+
+
+# ------------------------------------------------------------------------------------ figures
+def _figures(caches: dict[str, Any], loaded: _Loaded, quantity: str, backend: str) -> dict[str, Any]:
+    from depass_tl import viz
+
+    kw: dict[str, Any] = dict(incorrect_tokens=loaded.contrast, target=quantity, backend=backend)
+    figs: dict[str, Any] = {}
+    if "tokens" in caches:
+        figs["tokens"] = viz.token_heatmap(caches["tokens"], loaded.target, str_tokens=loaded.str_tokens, **kw)
+        figs["token-flow"] = viz.flow(caches["tokens"], loaded.target, str_tokens=loaded.str_tokens, **kw)
+    if "heads" in caches:
+        figs["heads"] = viz.head_grid(caches["heads"], loaded.target, **kw)
+    if "sources" in caches:
+        figs["sources-heads"] = viz.head_grid(caches["sources"], loaded.target, **kw)
+        figs["sources-flow"] = viz.flow(caches["sources"], loaded.target, **kw)
+    return figs
+
+
+def _write_figures(args: argparse.Namespace, caches: dict[str, Any], loaded: _Loaded, quantity: str) -> list[str]:
+    from depass_tl import viz
+
+    written = []
+    if args.html is not None:
+        figs = _figures(caches, loaded, quantity, "plotly")
+        title = f"depass-tl: {quantity} after {args.prompt!r}"
+        written.append(str(viz.save_html_page(figs, args.html, title=title)))
+    if args.png is not None:
+        figs = _figures(caches, loaded, quantity, viz.resolve_backend("matplotlib" if _has("matplotlib") else None))
+        path = Path(args.png)
+        for key, fig in figs.items():
+            out = path if len(figs) == 1 else path.with_name(f"{path.stem}-{key}{path.suffix}")
+            written.append(str(viz.save(fig, out)))
+    return written
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def attribute(args: argparse.Namespace) -> list[str]:
+    """Run ``attribute``; returns the lines to print. Raises DePassError on bad input."""
+    import torch
+
+    import depass_tl
+
+    _check_args(args)
+    loaded = _load(args)
+    specs = _specs(args.components)
+    n_layers = int(loaded.model.cfg.n_layers)
+    extra = set().union(*(spec.required_hooks(n_layers) for spec in specs.values()))
+    with torch.no_grad():
+        run = depass_tl.capture(loaded.model, loaded.tokens, extra_hooks=extra)
+        caches = {
+            name: depass_tl.replay(run, spec, mlp_rule=args.mlp_rule, temperature=args.temperature)
+            for name, spec in specs.items()
+        }
+    last = int(loaded.tokens.shape[1]) - 1
+    target_s = repr(args.target)
+    quantity = f"logit[{target_s}]" if args.contrast is None else f"logit[{target_s}] − logit[{args.contrast!r}]"
+    clean_logits = next(iter(caches.values())).clean_last_logits[0]
+    clean = float(clean_logits[loaded.target])
+    if loaded.contrast is not None:
+        clean -= float(clean_logits[loaded.contrast])
+    lines = [
+        f"{PROG} attribute: {loaded.description}, mlp_rule={args.mlp_rule}"
+        + (f" (temperature {args.temperature})" if args.mlp_rule == "softmax" else ""),
+        f"prompt: {len(loaded.str_tokens)} tokens; attributing {quantity} at position {last} "
+        f"({loaded.str_tokens[last]!r}); the model's top prediction there: {loaded.decode(int(clean_logits.argmax()))!r}",
+        f"clean {quantity} = {_fmt(clean)}",
+    ]
+    if loaded.contrast is None:
+        lines.append("(a single logit includes what all candidates share; --contrast gives a logit difference)")
+    lines.append("")
+    for name, dc in caches.items():
+        attrs = dc.logit_attrs(loaded.target, incorrect_tokens=loaded.contrast).detach().double().cpu()
+        lines += _table(name, dc, attrs, loaded, args.top, clean, quantity) + [""]
+    for path in _write_figures(args, caches, loaded, quantity):
+        lines.append(f"wrote {path}")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``depass-tl`` console script; returns the exit status (2 on bad input)."""
+    from depass_tl.errors import DePassError
+
+    args = build_parser().parse_args(argv)
+    try:
+        lines = attribute(args)
+    except DePassError as e:
+        sys.stderr.write(f"{PROG}: error: {_one_line(str(e))}\n")
+        return 2
+    sys.stdout.write("\n".join(lines).rstrip() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

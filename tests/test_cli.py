@@ -1,0 +1,174 @@
+"""The ``depass-tl`` command line: the printed numbers are the library's, figures are written, and
+bad input ends with one clear line and exit status 2 (in-process through ``main``, and once as a
+real process through ``python -m depass_tl.cli``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import depass_tl
+from depass_tl import toy
+from depass_tl.cli import main
+from depass_tl.viz import _backend
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+HAS_PLOTLY = importlib.util.find_spec("plotly") is not None
+HAS_MPL = importlib.util.find_spec("matplotlib") is not None
+
+
+@pytest.fixture(scope="module")
+def ioi():
+    model, enc = toy.load("ioi")
+    return model, enc, enc.encode(PROMPT)
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(["attribute", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _rows(out: str, section: str) -> list[tuple[str, float]]:
+    """(label, value) of the ranked rows of one table of the output."""
+    block = out.split(section, 1)[1].split("\n\n", 1)[0]
+    rows = []
+    for line in block.splitlines():
+        m = re.match(r"\s+\d+\s+(\S+(?: \d+)?)\s.*?([+-]\d+\.\d{4})$", line)
+        if m:
+            rows.append((m.group(1), float(m.group(2))))
+    return rows
+
+
+def test_attribute_prints_the_librarys_numbers(ioi, capsys) -> None:
+    model, enc, toks = ioi
+    rc, out, err = _run(capsys, PROMPT, "--target", " Mary", "--contrast", " John", "--top", "5")
+    assert rc == 0 and err == ""
+    mary, john = enc.token_id(" Mary"), enc.token_id(" John")
+    _, dc = depass_tl.run_with_depass(model, toks)
+    attrs = dc.logit_attrs(mary, incorrect_tokens=john)[:, 0]
+    tok_order = sorted(range(len(dc.labels) - 1), key=lambda c: -abs(float(attrs[c])))[:5]
+    rows = _rows(out, "Tokens:")
+    assert [label for label, _ in rows] == [f"pos {c}" for c in tok_order]  # tok{p} is component p
+    assert [v for _, v in rows] == pytest.approx([float(attrs[c]) for c in tok_order], abs=1e-4)
+    first = next(line for line in out.splitlines() if re.match(rf"\s+1\s+pos {tok_order[0]}\s", line))
+    assert repr(enc.to_str_tokens(PROMPT)[tok_order[0]]) in first
+
+    _, dh = depass_tl.run_with_depass(model, toks, components=depass_tl.heads())
+    hattrs = dh.logit_attrs(mary, incorrect_tokens=john)[:, 0]
+    heads = [c for c, label in enumerate(dh.labels) if re.fullmatch(r"L\d+H\d+", label)]
+    head_order = sorted(heads, key=lambda c: -abs(float(hattrs[c])))[:5]
+    rows = _rows(out, "Heads:")
+    assert [label for label, _ in rows] == [dh.labels[c] for c in head_order]
+    assert [v for _, v in rows] == pytest.approx([float(hattrs[c]) for c in head_order], abs=1e-4)
+
+    with torch.no_grad():
+        logits = model(toks)[0, -1]
+    clean = float(logits[mary] - logits[john])
+    m = re.search(r"clean logit\[' Mary'\] − logit\[' John'\] = ([+-]\d+\.\d+)", out)
+    assert m is not None and float(m.group(1)) == pytest.approx(clean, abs=1e-4)
+    sums = re.findall(r"sum over components: ([+-]\d+\.\d+)", out)
+    assert sums and float(sums[0]) == pytest.approx(clean, abs=1e-4)
+    errs = [float(e) for e in re.findall(r"\|sum - clean\| = (\S+);", out)]
+    assert len(errs) == 2 and max(errs) < 1e-4
+
+
+def test_options_reach_the_library(ioi, capsys) -> None:
+    model, enc, toks = ioi
+    mary = enc.token_id(" Mary")
+    rc, out, _ = _run(capsys, PROMPT, "--target", " Mary", "--components", "sources", "--mlp-rule", "ratio",
+                      "--top", "3")
+    assert rc == 0 and "Sources:" in out and "Tokens:" not in out and "Heads:" not in out
+    assert "mlp_rule=ratio" in out and "--contrast gives a logit difference" in out
+    _, ds = depass_tl.run_with_depass(model, toks, components=depass_tl.sources(), mlp_rule="ratio")
+    attrs = ds.logit_attrs(mary)[:, 0]
+    order = sorted(range(len(ds.labels) - 1), key=lambda c: -abs(float(attrs[c])))[:3]
+    rows = _rows(out, "Sources:")
+    assert [label for label, _ in rows] == [ds.labels[c] for c in order]
+    assert [v for _, v in rows] == pytest.approx([float(attrs[c]) for c in order], abs=1e-4)
+
+    rc, out, _ = _run(capsys, PROMPT, "--target", " Mary", "--components", "tokens", "--temperature", "1.0")
+    _, dt = depass_tl.run_with_depass(model, toks, temperature=1.0)
+    attrs = dt.logit_attrs(mary)[:, 0]
+    top = max(range(len(dt.labels) - 1), key=lambda c: abs(float(attrs[c])))
+    assert rc == 0 and "(temperature 1.0)" in out and "Heads:" not in out
+    assert _rows(out, "Tokens:")[0][1] == pytest.approx(float(attrs[top]), abs=1e-4)
+
+
+@pytest.mark.skipif(not (HAS_PLOTLY and HAS_MPL), reason="needs plotly and matplotlib (the viz extra)")
+def test_html_and_png_are_written(capsys, tmp_path) -> None:
+    html, png = tmp_path / "fig.html", tmp_path / "fig.png"
+    rc, out, _ = _run(capsys, PROMPT, "--target", " Mary", "--contrast", " John", "--html", str(html), "--png", str(png))
+    assert rc == 0
+    text = html.read_text()
+    assert text.count("<h2>") == 3 and "Token contributions to" in text and "Head contributions to" in text
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == ["fig-heads.png", "fig-token-flow.png", "fig-tokens.png"]
+    assert all((tmp_path / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    assert f"wrote {html}" in out and f"wrote {tmp_path / 'fig-tokens.png'}" in out
+    one = tmp_path / "heads.png"  # a single figure keeps the exact name
+    rc, _, _ = _run(capsys, PROMPT, "--target", " Mary", "--components", "heads", "--png", str(one))
+    assert rc == 0 and one.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["", "--target", " Mary"], "the prompt is empty"),
+        (["   ", "--target", " Mary"], "the prompt is empty"),
+        ([PROMPT, "--target", " Mary and"], r"--target ' Mary and' is 2 tokens \[' Mary', ' and'\], not one"),
+        ([PROMPT, "--target", "Mary"], r"did you mean ' Mary'\?"),
+        ([PROMPT, "--target", " Zebra"], "not in the toy vocabulary"),
+        ([PROMPT, "--target", " Mary", "--contrast", ""], "--contrast is empty"),
+        (["When Mary met a zebra", "--target", " Mary"], "word ' met' in 'When Mary met a zebra' is not in the toy"),
+        ([PROMPT, "--target", " Mary", "--model", "not-a-model"],
+         r"unknown model 'not-a-model': not a toy model \(facts, induction, ioi\)"),
+        ([PROMPT, "--target", " Mary", "--top", "0"], "--top must be at least 1"),
+        ([PROMPT, "--target", " Mary", "--temperature", "0"], "--temperature must be > 0"),
+        ([PROMPT, "--target", " Mary", "--html", "out.png"], "--html needs a file name ending in .html"),
+        ([PROMPT, "--target", " Mary", "--png", "/no/such/folder/x.png"], "does not exist"),
+        ([PROMPT + ", John" * 10, "--target", " Mary"], r"the prompt is 35 tokens, longer than the model.s context \(32\)"),
+    ],
+)
+def test_bad_input_is_one_line_and_status_2(capsys, argv: list[str], message: str) -> None:
+    rc, out, err = _run(capsys, *argv)
+    assert rc == 2 and out == ""
+    assert err.startswith("depass-tl: error: ") and err.count("\n") == 1
+    assert re.search(message, err), err
+
+
+def test_missing_viz_extra_is_reported_before_any_work(capsys, monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(_backend, "_installed", lambda name: False)
+    rc, out, err = _run(capsys, PROMPT, "--target", " Mary", "--html", str(tmp_path / "f.html"))
+    assert rc == 2 and out == "" and 'pip install "depass_tl[viz]"' in err
+    assert not (tmp_path / "f.html").exists()
+
+
+def test_argparse_errors_exit_2(capsys) -> None:
+    for argv in (["attribute", PROMPT], ["attribute", PROMPT, "--target", " Mary", "--components", "neurons"],
+                 ["attribute", PROMPT, "--target", " Mary", "--mlp-rule", "taylor"], []):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--target" in err and "neurons" in err and "taylor" in err
+
+
+def test_runs_as_a_module_in_a_fresh_process() -> None:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "depass_tl.cli", "attribute", PROMPT, "--target", " Mary", "--contrast", " John",
+         "--top", "3"],
+        capture_output=True, text=True, cwd=root, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Tokens: top 3 of 15" in proc.stdout and "Heads: top 3 of 12" in proc.stdout
+    assert "Traceback" not in proc.stderr
