@@ -2,7 +2,10 @@
 
 This is the only module that registers hooks. It uses ``model.run_with_cache`` (whose hooks live in a
 ``model.hooks(...)`` context and are removed in a ``finally``, also when the forward raises), keeps
-only the hooks the replay needs, and never modifies the model.
+only the hooks the replay needs, and never modifies the model. ``HookedTransformer`` and
+``TransformerBridge`` are captured by the same code: the Bridge registers the HookedTransformer hook
+names in both of its modes, and :func:`depass_tl.model_view.read_model_view` absorbs the weight
+differences. TL 2.x has no ``unembed.hook_in``; it is rebuilt from the frozen final norm scale.
 """
 
 from __future__ import annotations
@@ -18,6 +21,31 @@ from depass_tl.errors import DePassError, UnsupportedModelError
 from depass_tl.model_view import ModelView, MoEView, NormView, read_model_view
 
 __all__ = ["capture", "to_tokens", "tokens_and_mask"]
+
+
+def _get_attention_mask_fn() -> Any:
+    """TL's ``get_attention_mask(tokenizer, tokens, prepend_bos, padding_side=...)``.
+
+    It lives in ``transformer_lens.utils`` up to 3.x and ``utilities.tokenize_utils`` in 4.x. TL 2.x's
+    has no ``padding_side`` argument (it reads ``tokenizer.padding_side``); it is then called on a
+    shallow copy of the tokenizer with the requested side, so the model's tokenizer is never changed.
+    """
+    import copy
+    import inspect
+
+    try:
+        from transformer_lens.utils import get_attention_mask
+    except ImportError:
+        from transformer_lens.utilities.tokenize_utils import get_attention_mask
+    if "padding_side" in inspect.signature(get_attention_mask).parameters:
+        return get_attention_mask
+
+    def with_side(tokenizer: Any, tokens: Tensor, prepend_bos: bool, *, padding_side: str) -> Tensor:
+        sided = copy.copy(tokenizer)
+        sided.padding_side = padding_side
+        return get_attention_mask(sided, tokens, prepend_bos)
+
+    return with_side
 
 
 def _string_tokens(
@@ -37,8 +65,7 @@ def _string_tokens(
     side = padding_side if padding_side is not None else model.tokenizer.padding_side
     if side not in ("left", "right"):
         raise DePassError(f"padding_side must be 'left' or 'right'; got {side!r}.")
-    from transformer_lens.utils import get_attention_mask
-
+    get_attention_mask = _get_attention_mask_fn()
     tokens = model.to_tokens(prompts, padding_side=side, **kwargs)
     bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
     mask = get_attention_mask(model.tokenizer, tokens, bos, padding_side=side)
@@ -217,6 +244,24 @@ def _moe_coefficients(acts: dict[str, Tensor], l: int, moe: MoEView, mlp: Any, b
         assert gate.shape[0] == token.shape[0] and (token.numel() == 0 or int(token.max()) < batch_pos)
 
 
+def _act_fn(mlp: Any, name: str, layer: int) -> Any:
+    """The MLP's activation function: the module's own (HookedTransformer, gated MLP bridges), else TL's
+    function named by ``cfg.act_fn`` (a non-gated ``MLPBridge`` has no ``act_fn``)."""
+    fn = getattr(mlp, "act_fn", None)
+    if callable(fn):
+        return fn
+    try:
+        from transformer_lens.utilities.activation_functions import SUPPORTED_ACTIVATIONS
+    except ImportError:  # TL 2.x keeps no table; its MLPs always carry act_fn
+        SUPPORTED_ACTIVATIONS = {}
+    if name in SUPPORTED_ACTIVATIONS:
+        return SUPPORTED_ACTIVATIONS[name]
+    raise UnsupportedModelError(
+        f"blocks.{layer}.mlp has no act_fn and cfg.act_fn={name!r} is not a TransformerLens activation; "
+        "cannot freeze the gate activation."
+    )
+
+
 def _frozen_coefficients(acts: dict[str, Tensor], view: ModelView, model: Any, tokens: Tensor) -> None:
     """Add the coefficients the replay needs that are functions of captured hooks (not TL hooks)."""
     for l, block in enumerate(view.blocks):
@@ -232,7 +277,7 @@ def _frozen_coefficients(acts: dict[str, Tensor], view: ModelView, model: Any, t
         if isinstance(mlp, MoEView):
             _moe_coefficients(acts, l, mlp, model.blocks[l].mlp, tokens.numel())
         elif mlp is not None and mlp.kind == "gated":
-            acts[p + "mlp.gate_act"] = model.blocks[l].mlp.act_fn(acts[p + "mlp.hook_pre"]).clone()
+            acts[p + "mlp.gate_act"] = _act_fn(model.blocks[l].mlp, mlp.act_fn, l)(acts[p + "mlp.hook_pre"]).clone()
         elif mlp is not None and mlp.solu:  # solu(pre) = pre * softmax(pre): freeze the softmax vector
             acts[p + "mlp.solu_softmax"] = torch.softmax(acts[p + "mlp.hook_pre"], dim=-1)
 
@@ -280,7 +325,7 @@ def capture(
     """Run ``model`` once on ``input`` and freeze the clean activations and coefficients.
 
     Args:
-        model: a ``HookedTransformer``.
+        model: a ``HookedTransformer`` or a ``TransformerBridge``.
         input: a string, a list of strings (padded when their lengths differ), or ``[batch, pos]``
             token ids.
         prepend_bos: passed to ``model.to_tokens`` for string input (None: the model's default).

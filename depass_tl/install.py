@@ -1,15 +1,25 @@
-"""Attach ``run_with_depass`` to ``HookedTransformer`` and ``HookedEncoder`` on import.
+"""Attach ``run_with_depass`` to the TransformerLens model classes on import.
 
-The method is a thin forwarder to :func:`depass_tl.run_with_depass`; all logic lives in the free
-function. A class that already defines its own ``run_with_depass`` is left alone, and a missing TL
-class (e.g. ``HookedTransformer`` on TL 4) is skipped, so importing depass_tl never fails.
+Classes: ``HookedTransformer`` and ``HookedEncoder`` (TL 2.x / 3.x) and ``TransformerBridge``
+(TL 3.x / 4.x). The method is a thin forwarder to :func:`depass_tl.run_with_depass`; all logic lives
+in the free function. A class that already defines its own ``run_with_depass`` is left alone, and a
+class missing from the installed TL (``HookedTransformer`` on TL 4, the Bridge on TL 2) is skipped,
+so importing depass_tl never fails.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __all__ = ["install_methods"]
+
+#: (module, attribute) of each class that gets the method, in this order.
+_TARGETS: tuple[tuple[str, str], ...] = (
+    ("transformer_lens", "HookedTransformer"),
+    ("transformer_lens", "HookedEncoder"),
+    ("transformer_lens.model_bridge", "TransformerBridge"),
+)
 
 
 def _run_with_depass_method(self: Any, input: Any, **kwargs: Any) -> Any:
@@ -22,19 +32,23 @@ def _run_with_depass_method(self: Any, input: Any, **kwargs: Any) -> Any:
 _run_with_depass_method.__depass_tl__ = True  # type: ignore[attr-defined]
 
 
+def _find_class(module: str, name: str) -> type | None:
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):  # TL 4 removed HT/HookedEncoder (__getattr__ raises ImportError)
+        return None
+    return cls if isinstance(cls, type) else None
+
+
 def install_methods() -> list[str]:
     """Add ``run_with_depass`` to the TL model classes present; returns the class names patched."""
-    import importlib
-
     patched = []
-    tl = importlib.import_module("transformer_lens")
-    for name in ("HookedTransformer", "HookedEncoder"):
-        try:
-            cls = getattr(tl, name)
-        except (ImportError, AttributeError):  # TL 4 removed both (its __getattr__ raises ImportError)
+    for module, name in _TARGETS:
+        cls = _find_class(module, name)
+        if cls is None:
             continue
-        existing = getattr(cls, "run_with_depass", None)
+        existing = cls.__dict__.get("run_with_depass", getattr(cls, "run_with_depass", None))
         if existing is None or getattr(existing, "__depass_tl__", False):
-            cls.run_with_depass = _run_with_depass_method
+            cls.run_with_depass = _run_with_depass_method  # type: ignore[attr-defined]
             patched.append(name)
     return patched

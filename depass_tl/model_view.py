@@ -1,9 +1,11 @@
 """A backend-neutral, read-only view of the weights the replay needs.
 
 The replay engine never touches a model object: :func:`read_model_view` reads the config and the
-weights of a ``HookedTransformer`` once and returns plain tensors (no copies; they share storage with
-the model's parameters). Features the replay does not handle are refused here with an
-:class:`~depass_tl.errors.UnsupportedModelError` that names the config field.
+weights of a ``HookedTransformer`` (TL 2.x / 3.x) or a ``TransformerBridge`` (TL 3.x / 4.x, raw or in
+compatibility mode) once and returns plain tensors (no copies of unchanged weights; they share
+storage with the model's parameters). The two readers live in :mod:`depass_tl.backends`; this module
+holds the backend-neutral dataclasses they fill. Features the replay does not handle are refused with
+an :class:`~depass_tl.errors.UnsupportedModelError` that names the config field.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from depass_tl.errors import DePassError, UnsupportedModelError
 
 __all__ = [
     "NormView", "AttnView", "MLPView", "ExpertView", "MoEView", "BlockView", "ModelView", "read_model_view",
-    "check_supported",
+    "check_supported", "maybe_bias", "soft_cap",
 ]
 
 NormKind = Literal["LN", "LNPre", "RMS", "RMSPre", "none"]
@@ -109,7 +111,10 @@ class BlockView:
 
 @dataclass(frozen=True)
 class ModelView:
-    """Everything the replay reads from a model, as tensors and plain values."""
+    """Everything the replay reads from a model, as tensors and plain values.
+
+    ``backend`` names the TL class the view was read from (metadata only; the replay ignores it).
+    """
 
     blocks: tuple[BlockView, ...]
     ln_final: NormView
@@ -124,6 +129,7 @@ class ModelView:
     output_logits_soft_cap: float | None
     dtype: torch.dtype
     device: torch.device
+    backend: Literal["HookedTransformer", "TransformerBridge"] = "HookedTransformer"
 
 
 def _get(cfg: Any, name: str, default: Any = None) -> Any:
@@ -140,7 +146,7 @@ def check_supported(cfg: Any) -> None:
     Mixtral-style MoE, output logit soft caps, and every pattern-only feature.
 
     Args:
-        cfg: a ``HookedTransformerConfig``.
+        cfg: a ``HookedTransformerConfig`` or a TransformerBridge's config.
 
     Raises:
         UnsupportedModelError: the field, its value, and what to do.
@@ -156,7 +162,7 @@ def check_supported(cfg: Any) -> None:
             "cfg.load_in_4bit=True: 4-bit quantised weights cannot be read as plain tensors by the replay. "
             "Load the model unquantised (load_in_4bit=False), e.g. in bfloat16."
         )
-    arch = _get(cfg, "original_architecture", None)
+    arch = _get(cfg, "original_architecture", None) or _get(cfg, "architecture", None)  # Bridge: architecture
     try:
         from transformer_lens.loading_from_pretrained import POST_NORM_ARCHITECTURES  # type: ignore
     except ImportError:  # older TL: no post-norm decoder architectures at all
@@ -168,122 +174,48 @@ def check_supported(cfg: Any) -> None:
         )
 
 
-def _norm_view(module: Any) -> NormView:
-    name = type(module).__name__
-    if name == "LayerNorm":
-        return NormView("LN", module.w.detach(), module.b.detach())
-    if name == "LayerNormPre":
-        return NormView("LNPre", None, None)
-    if name == "RMSNorm":
-        return NormView("RMS", module.w.detach(), None)
-    if name == "RMSNormPre":
-        return NormView("RMSPre", None, None)
-    if name == "Identity":
-        return NormView("none", None, None)
-    raise UnsupportedModelError(
-        f"norm module of type {name!r} is not supported; expected LayerNorm, LayerNormPre, RMSNorm, "
-        "RMSNormPre or no norm."
-    )
-
-
-def _maybe(t: Any) -> Tensor | None:
+def maybe_bias(t: Any) -> Tensor | None:
+    """A detached bias, or None when it is absent or all zeros (then the replay skips it)."""
     if t is None:
         return None
     t = t.detach()
     return None if bool((t == 0).all()) else t
 
 
-def _attn_view(attn: Any, n_heads: int, clip_qkv: float | None) -> AttnView:
-    W_V = attn._W_V if hasattr(attn, "_W_V") else attn.W_V
-    b_V = attn._b_V if hasattr(attn, "_b_V") else attn.b_V
-    n_kv = W_V.shape[0]
-    if n_heads % n_kv != 0:
-        raise UnsupportedModelError(f"n_heads={n_heads} is not a multiple of the {n_kv} key/value heads.")
-    kv_of_head = torch.arange(n_heads, device=W_V.device) // (n_heads // n_kv)
-    return AttnView(W_V.detach(), _maybe(b_V), attn.W_O.detach(), _maybe(attn.b_O), kv_of_head, clip_qkv)
-
-
-def _mlp_view(mlp: Any, cfg: Any) -> MLPView | MoEView:
-    name = type(mlp).__name__
-    act_fn = str(_get(cfg, "act_fn", "") or "")
-    if name == "MoE":
-        experts = tuple(
-            ExpertView(e.W_gate.weight.detach().T, e.W_in.weight.detach().T, e.W_out.weight.detach().T)
-            for e in mlp.experts
-        )
-        return MoEView(experts, int(cfg.experts_per_token), bool(_get(cfg, "norm_topk_prob", False)))
-    if name not in ("MLP", "GatedMLP"):
-        raise UnsupportedModelError(
-            f"MLP module of type {name!r} (cfg.num_experts={_get(cfg, 'num_experts', None)}, "
-            f"cfg.act_fn={act_fn!r}) is not replayed; supported: MLP, GatedMLP and the Mixtral-style MoE. "
-            "GPT-OSS experts clamp their inputs and add a router bias: use a dense or Mixtral-style model."
-        )
-    ln = None
-    if getattr(mlp, "ln", None) is not None and getattr(mlp, "hook_mid", None) is not None:
-        ln = _norm_view(mlp.ln)
-    if name == "GatedMLP" and ln is None:
-        return MLPView(
-            "gated", mlp.W_in.detach(), _maybe(mlp.b_in), mlp.W_gate.detach(), mlp.W_out.detach(),
-            _maybe(mlp.b_out), act_fn, None,
-        )
-    if name == "GatedMLP":  # TL computes ln(solu(x W_gate)) W_out + b_out: W_in and b_in are unused
-        return MLPView("standard", mlp.W_gate.detach(), None, None, mlp.W_out.detach(), _maybe(mlp.b_out), act_fn, ln)
-    return MLPView(
-        "standard", mlp.W_in.detach(), _maybe(mlp.b_in), None, mlp.W_out.detach(), _maybe(mlp.b_out), act_fn, ln
-    )
-
-
-def _soft_cap(cfg: Any) -> float | None:
+def soft_cap(cfg: Any) -> float | None:
+    """``cfg.output_logits_soft_cap`` as a float, None when off (TL uses -1 or 0 for "off")."""
     cap = _get(cfg, "output_logits_soft_cap", None)
     return float(cap) if cap is not None and cap > 0 else None
 
 
 def read_model_view(model: Any) -> ModelView:
-    """Read a ``HookedTransformer``'s config and weights into a :class:`ModelView`.
+    """Read a TL model's config and weights into a :class:`ModelView`.
 
     Args:
-        model: a ``transformer_lens.HookedTransformer`` (or subclass).
+        model: a ``transformer_lens.HookedTransformer`` (TL 2.x / 3.x) or a
+            ``transformer_lens.model_bridge.TransformerBridge`` (TL 3.x / 4.x, with or without
+            ``enable_compatibility_mode()``).
 
     Returns:
-        The view; its tensors share storage with the model (nothing is copied or modified).
+        The view; its tensors share storage with the model (nothing is modified).
 
     Raises:
-        DePassError: the object is not a HookedTransformer.
+        DePassError: the object is neither of those model classes.
         UnsupportedModelError: a config feature the replay does not handle.
     """
+    from depass_tl.backends import is_bridge
+
+    if is_bridge(model):
+        from depass_tl.backends.bridge import read_bridge_view
+
+        return read_bridge_view(model)
     cfg = getattr(model, "cfg", None)
     if cfg is None or not hasattr(model, "blocks") or not hasattr(model, "unembed"):
         raise DePassError(
-            f"expected a transformer_lens.HookedTransformer, got {type(model).__name__}. "
-            "Load one with HookedTransformer.from_pretrained(...) or build it from a HookedTransformerConfig."
+            f"expected a transformer_lens.HookedTransformer, got {type(model).__name__} (a TransformerBridge "
+            "works too). Load one with HookedTransformer.from_pretrained(...) (TL < 4) or "
+            "TransformerBridge.boot_transformers(...) (TL >= 3), or build it from a HookedTransformerConfig."
         )
-    check_supported(cfg)
-    clip = _get(cfg, "clip_qkv", None)
-    clip = None if clip is None else float(clip)
-    parallel = bool(_get(cfg, "parallel_attn_mlp", False))
-    blocks = []
-    for block in model.blocks:
-        ln2 = None if cfg.attn_only else _norm_view(block.ln2)
-        mlp = None if cfg.attn_only else _mlp_view(block.mlp, cfg)
-        # Gemma-2/3 post-norms: detected by module (a Bridge in 3.9 leaves the config flag False)
-        ln1_post = _norm_view(block.ln1_post) if hasattr(block, "ln1_post") else None
-        ln2_post = _norm_view(block.ln2_post) if hasattr(block, "ln2_post") and mlp is not None else None
-        attn = _attn_view(block.attn, cfg.n_heads, clip)
-        blocks.append(BlockView(_norm_view(block.ln1), attn, ln2, mlp, ln1_post, ln2_post, parallel and mlp is not None))
-    ln_final = _norm_view(model.ln_final) if hasattr(model, "ln_final") else NormView("none", None, None)
-    pos_type = _get(cfg, "positional_embedding_type", "standard")
-    return ModelView(
-        blocks=tuple(blocks),
-        ln_final=ln_final,
-        W_U=model.unembed.W_U.detach(),
-        b_U=_maybe(model.unembed.b_U),
-        n_layers=cfg.n_layers,
-        n_heads=cfg.n_heads,
-        d_model=cfg.d_model,
-        d_vocab=cfg.d_vocab_out if _get(cfg, "d_vocab_out", -1) > 0 else cfg.d_vocab,
-        attn_only=bool(cfg.attn_only),
-        has_pos_embed_in_resid=pos_type == "standard",
-        output_logits_soft_cap=_soft_cap(cfg),
-        dtype=model.W_U.dtype,
-        device=model.W_U.device,
-    )
+    from depass_tl.backends.hooked import read_hooked_view
+
+    return read_hooked_view(model)

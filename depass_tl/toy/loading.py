@@ -73,6 +73,13 @@ def load(name: str, *, device: str | torch.device = "cpu") -> tuple[HookedTransf
     cfg = HookedTransformerConfig(**config["hooked_transformer_config"], device=str(device), dtype=torch.float32)
     model = HookedTransformer(cfg)
     state = load_file(str(WEIGHTS_DIR / f"{name}.safetensors"), device=str(device))
+    # The causal-mask buffers are not weights: TL 3 saves them empty ([0, 0]) where TL 2 builds them
+    # [n_ctx, n_ctx], so keep the model's own buffer whenever the shapes differ.
+    own = model.state_dict()
+    state = {
+        k: own[k] if k.endswith((".attn.mask", ".attn.IGNORE")) and k in own and v.shape != own[k].shape else v
+        for k, v in state.items()
+    }
     model.load_state_dict(state, strict=True)
     model.eval()
     return model, ToyEncoder(config["vocab"])

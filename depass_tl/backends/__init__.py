@@ -1,0 +1,37 @@
+"""Backend adapters: read a TransformerLens model's config and weights into a ModelView.
+
+Two backends, one output. :mod:`depass_tl.backends.hooked` reads a ``HookedTransformer``
+(TL 2.x / 3.x) and :mod:`depass_tl.backends.bridge` a ``TransformerBridge`` (TL 3.x / 4.x, with
+or without compatibility mode). Everything downstream (capture's hook names, the replay) is the same
+for both: the Bridge registers the HookedTransformer hook names in both of its modes.
+
+Neither module imports a TL model class at import time, so importing depass_tl never fails because
+a class is missing from the installed TL version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["is_bridge", "tl_version"]
+
+
+def tl_version() -> str:
+    """The installed TransformerLens version string (``"not installed"`` if it is missing)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("transformer-lens", "transformer_lens"):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return "not installed"
+
+
+def is_bridge(model: Any) -> bool:
+    """True for a ``transformer_lens.model_bridge.TransformerBridge`` (or subclass).
+
+    Matched by class name along the MRO, so the check needs no TL import and works on every TL
+    version (TL 2.x has no Bridge at all).
+    """
+    return any(cls.__name__ == "TransformerBridge" for cls in type(model).__mro__)
