@@ -13,6 +13,7 @@ from depass_tl.capture import capture
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components import ComponentSpec, custom, heads, modules, neurons, sources, subspace, tokens
 from depass_tl.errors import DePassError, UnsupportedModelError
+from depass_tl.reverse import ScalarAttribution, attribute, attribute_run, direction_target, logit_target
 from depass_tl import subspace_patching
 from depass_tl.install import install_methods
 
@@ -21,10 +22,15 @@ __all__ = [
     "DePassCache",
     "DePassError",
     "FrozenRun",
+    "ScalarAttribution",
     "UnsupportedModelError",
+    "attribute",
+    "attribute_run",
     "capture",
     "custom",
+    "direction_target",
     "heads",
+    "logit_target",
     "modules",
     "neurons",
     "sources",

@@ -13,6 +13,7 @@ from depass_tl.capture import capture
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components import ComponentSpec, TokenSpec
 from depass_tl.errors import DePassError
+from depass_tl.memory import parse_memory
 from depass_tl.replay.engine import FINAL_HOOK, replay_components
 
 __all__ = ["run_with_depass", "replay"]
@@ -60,6 +61,8 @@ def replay(
     names_filter: NamesFilter = None,
     dtype: torch.dtype | None = None,
     to_single_token: Callable[[str], int] | None = None,
+    chunk_size: int | None = None,
+    max_memory: int | float | str | None = None,
 ) -> DePassCache:
     """Replay components through a frozen run (capture once, replay many component sets).
 
@@ -78,7 +81,11 @@ def replay(
         raise DePassError(f"dtype must be a floating-point torch dtype, got {dtype}.")
     init = spec.init(run, dtype)
     keep = _keep_fn(names_filter)
-    acts = replay_components(run, init, mlp_rule=mlp_rule, temperature=temperature, dtype=dtype, keep=keep)
+    budget = None if max_memory is None else parse_memory(max_memory)
+    acts = replay_components(
+        run, init, mlp_rule=mlp_rule, temperature=temperature, dtype=dtype, keep=keep, chunk_size=chunk_size,
+        max_memory=budget,
+    )
     _check_names(names_filter, acts)
     clean = {name: run.get(name) for name in acts}
     last_pos = _last_real_positions(run)
@@ -151,6 +158,8 @@ def run_with_depass(
     attention_mask: Tensor | None = None,
     bias_policy: str = "bias",
     padding_side: str | None = None,
+    chunk_size: int | None = None,
+    max_memory: int | float | str | None = None,
 ) -> tuple[Tensor, Any]:
     """Run the model once, then decompose every residual-stream activation and the logits.
 
@@ -171,6 +180,11 @@ def run_with_depass(
         attention_mask: ``[batch, pos]``, 1 for real tokens and 0 for padding (token-id input); lists
             of prompts of different lengths are padded and masked automatically.
         padding_side: ``"left"`` or ``"right"`` for padded string batches (default: the tokenizer's).
+        chunk_size: replay at most this many components at a time (same result up to float rounding,
+            for every rule; ``softmax`` / ``max`` take two passes per MLP layer).
+        max_memory: a budget for the replay's own tensors (component states, stored hooks, working
+            tensors; not the model or the captured run), e.g. ``"4GB"``: chunks are sized to fit, or a
+            ``DePassError`` says what to drop (usually ``names_filter=[]``). See :mod:`depass_tl.memory`.
         head, token_type_ids, attention_mask, bias_policy: for a ``HookedEncoder`` (BERT) only:
             the call is forwarded to :func:`depass_tl.decompx.run_decompx` (DecompX), which needs a
             classification or MLM ``head``; see that function.
@@ -205,6 +219,8 @@ def run_with_depass(
                 "a HookedEncoder is decomposed by DecompX into token components with the GELU ratio rule; "
                 "components= and mlp_rule= do not apply. Drop them, or use depass_tl.decompx.run_decompx."
             )
+        if chunk_size is not None or max_memory is not None:
+            raise DePassError("chunk_size= and max_memory= apply to the decoder replay; DecompX runs unchunked.")
         if head is None:
             raise DePassError(
                 "a HookedEncoder needs a head: pass head=depass_tl.decompx.SequenceClassificationHead(...) "
@@ -234,5 +250,7 @@ def run_with_depass(
         names_filter=names_filter,
         dtype=dtype,
         to_single_token=_single_token_fn(model),
+        chunk_size=chunk_size,
+        max_memory=max_memory,
     )
     return run.logits, cache

@@ -34,7 +34,7 @@ from torch import Tensor
 from depass_tl.model_view import MLPView
 from depass_tl.replay.norm import apply_norm
 
-__all__ = ["MLPRule", "MLP_RULES", "mlp", "allocate", "credit_to_row"]
+__all__ = ["MLPRule", "MLP_RULES", "mlp", "allocate", "credit_to_row", "Allocator", "mlp_keys", "mlp_chunk"]
 
 MLPRule = Literal["softmax", "ratio", "max"]
 MLP_RULES: tuple[str, ...] = ("softmax", "ratio", "max")
@@ -147,5 +147,151 @@ def mlp(
             post_c[bias_rows] += mlp_view.b_in
     out = credit_to_row(_linear(post_c, mlp_view.W_out), credit)
     if mlp_view.b_out is not None:
+        out[bias_rows] += mlp_view.b_out
+    return out
+
+
+class Allocator:
+    """Streaming ``softmax`` / ``max`` allocation over the components of one group, chunk by chunk.
+
+    The softmax of a neuron spans every component of the group, so a chunked replay makes two passes
+    per MLP layer: :meth:`update` sees every chunk's keys ``γ`` and keeps, per ``(batch, pos, neuron)``,
+    the running max ``m`` and ``s = Σ exp(γ/T - m)`` over the active components (``max``: the best key
+    and its component index, the first on ties); :meth:`allocate` then splits the clean ``post`` of a
+    chunk with ``α_c = exp(γ_c/T - m) / s`` (``max``: one-hot). The result equals the unchunked rule up
+    to float rounding. Chunks hold consecutive components and are visited in order; ``row0`` is the
+    chunk's first component within the group and ``lo`` its first position.
+    """
+
+    def __init__(self, rule: str, temperature: float, shape: tuple[int, ...], dtype: torch.dtype,
+                 device: torch.device) -> None:
+        self.rule, self.temperature = rule, temperature
+        if rule == "softmax":
+            self.m = torch.full(shape, float("-inf"), dtype=dtype, device=device)  # [batch, pos, d_mlp]
+            self.s = torch.zeros(shape, dtype=dtype, device=device)
+        else:
+            self.best = torch.full(shape, float("-inf"), dtype=dtype, device=device)
+            self.index = torch.full(shape, -1, dtype=torch.long, device=device)
+
+    def update(self, keys: Tensor, row0: int, lo: int, *, keep: bool = False) -> tuple[Tensor, Tensor] | None:
+        """Fold a chunk's keys ``[chunk, batch, n, d_mlp]`` (positions ``lo:``) into the statistics.
+
+        With ``keep`` (``softmax`` only) returns ``(e, m_t)`` for :meth:`allocate`: the chunk's
+        ``exp(γ/T - m_t)`` (0 where inactive) and the running max ``m_t`` it is relative to, so the
+        second pass is one multiplication instead of recomputing the exponentials.
+        """
+        inactive = keys == 0
+        if self.rule == "softmax":
+            scores = (keys / self.temperature).masked_fill_(inactive, float("-inf"))
+            del inactive
+            m_old = self.m[:, lo:]
+            m_new = torch.maximum(m_old, scores.amax(0))
+            safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)  # -inf: nothing active yet
+            e = scores.sub_(safe).exp_()
+            self.s[:, lo:] = self.s[:, lo:] * torch.exp(m_old - safe) + e.sum(0)
+            self.m[:, lo:] = m_new
+            return (e, m_new) if keep else None
+        scores = keys.masked_fill(inactive, float("-inf"))
+        idx = scores.argmax(0)  # first maximal component on ties
+        val = scores.gather(0, idx[None])[0]
+        better = val > self.best[:, lo:]  # strict: an earlier chunk wins ties
+        self.best[:, lo:] = torch.where(better, val, self.best[:, lo:])
+        self.index[:, lo:] = torch.where(better, idx + row0, self.index[:, lo:])
+        return None
+
+    def none_active(self, lo: int) -> Tensor:
+        return self.s[:, lo:] == 0 if self.rule == "softmax" else self.index[:, lo:] < 0
+
+    def allocate(
+        self, keys: Tensor | tuple[Tensor, Tensor] | None, post: Tensor, bias_rows: Tensor, row0: int, n_rows: int,
+        lo: int,
+    ) -> Tensor:
+        """``post_c`` for a chunk: ``α_c ⊙ post`` (``post`` ``[batch, n, d_mlp]``); ``keys`` is consumed.
+
+        ``keys``: the chunk's keys, or what :meth:`update` returned with ``keep=True``; not read by
+        the ``max`` rule (pass None). Where no component of the group is active, the bias rows of the
+        chunk get the whole ``post``.
+        """
+        none = self.none_active(lo)
+        if self.rule == "softmax":
+            assert keys is not None
+            m = self.m[:, lo:]
+            safe_m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
+            safe_s = torch.where(none, torch.ones_like(self.s[:, lo:]), self.s[:, lo:])
+            if isinstance(keys, tuple):  # exp(γ/T - m_t) from the first pass: rescale to the final max
+                e, m_t = keys
+                factor = torch.where(torch.isinf(m_t), torch.zeros_like(m_t), torch.exp(m_t - safe_m))
+                post_c = e.mul_((factor / safe_s * post)[None])
+            else:
+                inactive = keys == 0
+                post_c = keys.div_(self.temperature).masked_fill_(inactive, float("-inf")).sub_(safe_m).exp_()
+                post_c = post_c.mul_((post / safe_s)[None])
+        else:
+            rows = torch.arange(row0, row0 + n_rows, device=post.device).view(-1, 1, 1, 1)
+            post_c = (self.index[:, lo:][None] == rows).to(post.dtype).mul_(post)
+        if len(bias_rows):
+            post_c[bias_rows] += torch.where(none, post, torch.zeros_like(post))
+        return post_c
+
+
+def mlp_keys(x_ln: Tensor, mlp_view: MLPView, bias_rows: Tensor) -> Tensor:
+    """The allocation keys ``γ`` of a chunk: ``ln2_c W_in`` (+ ``b_in`` in the bias rows), gated: ``ln2_c W_gate``."""
+    if mlp_view.kind == "standard":
+        gamma = _linear(x_ln, mlp_view.W_in)
+        if mlp_view.b_in is not None and len(bias_rows):
+            gamma[bias_rows] += mlp_view.b_in
+        return gamma
+    assert mlp_view.W_gate is not None
+    return _linear(x_ln, mlp_view.W_gate)
+
+
+def mlp_chunk(
+    x_ln: Tensor | None,
+    mlp_view: MLPView,
+    *,
+    n_rows: int,
+    pre: Tensor,
+    post: Tensor,
+    gate_act: Tensor | None,
+    rule: str,
+    bias_rows: Tensor,
+    allocator: Allocator | None,
+    keys: Tensor | tuple[Tensor, Tensor] | None,
+    row0: int,
+    lo: int,
+    credit: tuple[tuple[int, ...], int] | None = None,
+    solu_softmax: Tensor | None = None,
+    mid: Tensor | None = None,
+    inner_scale: Tensor | None = None,
+) -> Tensor:
+    """:func:`mlp` for one chunk, with ``softmax`` / ``max`` shares from a filled :class:`Allocator`.
+
+    The clean tensors (``pre``, ``post`` ...) are restricted to the chunk's positions; ``keys`` are the
+    chunk's cached keys (None: recomputed when needed; consumed). ``x_ln`` (the chunk's normed input,
+    ``n_rows`` components) is only read by ``ratio`` and to recompute ``softmax`` keys.
+    """
+    if rule == "ratio":
+        assert x_ln is not None
+        return mlp(
+            x_ln, mlp_view, pre=pre, post=post, gate_act=gate_act, rule=rule, temperature=1.0, bias_rows=bias_rows,
+            group_size=n_rows, credit=credit, solu_softmax=solu_softmax, mid=mid, inner_scale=inner_scale,
+        )
+    assert allocator is not None
+    if keys is None and rule == "softmax":
+        assert x_ln is not None
+        keys = mlp_keys(x_ln, mlp_view, bias_rows)
+    if mlp_view.kind == "standard":
+        act_out = post if mlp_view.ln is None else mid
+        assert act_out is not None
+        post_c = allocator.allocate(keys, act_out, bias_rows, row0, n_rows, lo)
+        if mlp_view.ln is not None:
+            post_c = apply_norm(post_c, inner_scale, mlp_view.ln, bias_rows)
+    else:
+        gated = post if mlp_view.b_in is None else post - mlp_view.b_in
+        post_c = allocator.allocate(keys, gated, bias_rows, row0, n_rows, lo)
+        if mlp_view.b_in is not None and len(bias_rows):
+            post_c[bias_rows] += mlp_view.b_in
+    out = credit_to_row(_linear(post_c, mlp_view.W_out), credit)
+    if mlp_view.b_out is not None and len(bias_rows):
         out[bias_rows] += mlp_view.b_out
     return out

@@ -1,0 +1,145 @@
+"""The fast paths give the same numbers as the plain ones: causal skipping, prepared weights,
+streaming softmax/max allocation, per-block device placement."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import depass_tl
+from depass_tl.capture import capture
+from depass_tl.coefficients import FrozenRun
+from depass_tl.replay import device as device_mod
+from depass_tl.replay import engine as engine_mod
+from depass_tl.replay.attention import PreparedAttn, attention, attention_prepared
+from depass_tl.replay.engine import replay_components
+from depass_tl.replay.mlp import Allocator, allocate
+from depass_tl.replay.plan import row_starts
+from tests.models import ARCHS, make_model, random_tokens
+
+RULES = ["softmax", "ratio", "max"]
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("rule", RULES)
+def test_causal_skipping_is_exact(arch: str, rule: str) -> None:
+    model = make_model(arch, n_layers=2, n_ctx=32)
+    run = capture(model, random_tokens(model, pos=20))
+    init = depass_tl.tokens().init(run, torch.float64)
+    assert row_starts(init.groups[0].components, True) == list(range(20)) + [0]
+    fast = replay_components(run, init, mlp_rule=rule, dtype=torch.float64)
+    slow = replay_components(run, init, mlp_rule=rule, dtype=torch.float64, causal_skip=False, chunk_size=10**9)
+    for name in slow:
+        torch.testing.assert_close(fast[name], slow[name], rtol=0, atol=1e-12)
+        for p in range(20):  # exact zeros where a token cannot reach
+            assert fast[name][p, :, :p].abs().max() == 0 if p else True
+
+
+def test_non_causal_pattern_falls_back_exactly() -> None:
+    """A pattern with weight above the diagonal: chunks are widened to every position, still exact."""
+    model = make_model("gpt2", n_layers=2)
+    run = capture(model, random_tokens(model, pos=8))
+    acts = dict(run.acts)
+    pat = acts["blocks.1.attn.hook_pattern"]
+    acts["blocks.1.attn.hook_pattern"] = 0.5 * pat + 0.5 / pat.shape[-1]  # every query sees every key
+    odd = FrozenRun.build(tokens=run.tokens, logits=run.logits, acts=acts, view=run.view, str_tokens=None)
+    init = depass_tl.tokens().init(odd, torch.float64)
+    for rule in RULES:
+        fast = replay_components(odd, init, mlp_rule=rule, dtype=torch.float64, chunk_size=3)
+        slow = replay_components(odd, init, mlp_rule=rule, dtype=torch.float64, causal_skip=False, chunk_size=10**9)
+        for name in slow:
+            torch.testing.assert_close(fast[name], slow[name], rtol=0, atol=1e-12)
+        assert fast["unembed.hook_in"][5, :, :5].abs().max() > 0  # tok5 now reaches earlier positions
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_prepared_attention_equals_plain(arch: str) -> None:
+    model = make_model(arch)
+    run = capture(model, random_tokens(model))
+    view = run.view.blocks[0].attn
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 2, 6, model.cfg.d_model, generator=gen, dtype=torch.float64)
+    bias = torch.tensor([4])
+    pattern = run.get("blocks.0.attn.hook_pattern")
+    ref = attention(x, pattern, view, bias)
+    got = attention_prepared(x, pattern, PreparedAttn.build(view), bias)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-13)
+    assert PreparedAttn.build(view).W_V.is_contiguous()
+
+
+@pytest.mark.parametrize("rule", ["softmax", "max"])
+@pytest.mark.parametrize("chunk", [1, 2, 5, 7])
+def test_streaming_allocation_equals_one_shot(rule: str, chunk: int) -> None:
+    gen = torch.Generator().manual_seed(1)
+    K, B, P, F = 7, 2, 5, 9
+    keys = torch.randn(K, B, P, F, generator=gen, dtype=torch.float64)
+    keys[torch.rand(keys.shape, generator=gen) < 0.3] = 0.0  # inactive components
+    keys[:, 0, 0, 0] = 0.0  # a place where nothing is active
+    keys[2, 1, 1, 1] = keys[4, 1, 1, 1] = 5.0  # a tie for max: the lower index wins
+    post = torch.randn(B, P, F, generator=gen, dtype=torch.float64)
+    bias = torch.tensor([K - 1])
+    ref = allocate(keys.clone(), post, rule, 0.1, bias, K)
+    alloc = Allocator(rule, 0.1, (B, P, F), torch.float64, torch.device("cpu"))
+    for a in range(0, K, chunk):
+        alloc.update(keys[a : a + chunk], a, 0)
+    parts = []
+    for a in range(0, K, chunk):
+        b = min(a + chunk, K)
+        local_bias = torch.tensor([K - 1 - a]) if b == K else torch.tensor([], dtype=torch.long)
+        parts.append(alloc.allocate(keys[a:b].clone(), post, local_bias, a, b - a, 0))
+    torch.testing.assert_close(torch.cat(parts), ref, rtol=0, atol=1e-14)
+    assert torch.cat(parts)[4, 1, 1, 1] == 0 if rule == "max" else True
+
+
+def test_block_tensors_moves_and_casts() -> None:
+    acts = {
+        "blocks.1.attn.hook_pattern": torch.rand(1, 2, 3, 3),
+        "blocks.1.mlp.experts.0.tokens": torch.arange(3),
+        "blocks.10.ln1.hook_scale": torch.rand(1, 3, 1),
+        "blocks.0.ln1.hook_scale": torch.rand(1, 3, 1),
+    }
+    got = device_mod.block_tensors(acts, "blocks.1.", torch.float64, torch.device("cpu"))
+    assert set(got) == {"blocks.1.attn.hook_pattern", "blocks.1.mlp.experts.0.tokens"}
+    assert got["blocks.1.attn.hook_pattern"].dtype == torch.float64
+    assert got["blocks.1.mlp.experts.0.tokens"].dtype == torch.long
+    meta = device_mod.block_tensors(acts, "blocks.1.", torch.float32, torch.device("meta"))
+    assert all(t.device.type == "meta" for t in meta.values())
+
+
+def test_reverse_under_no_grad() -> None:
+    from depass_tl.reverse import attribute_run
+
+    model = make_model("gpt2")
+    run = capture(model, random_tokens(model))
+    with torch.no_grad():
+        att = attribute_run(run, 3, mode="reverse")
+    assert att.completeness_error() < 1e-10
+
+
+def test_each_block_runs_on_its_weights_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine asks every block for its device and moves the chunks there (all 'cpu' here)."""
+    model = make_model("llama", n_layers=3)
+    run = capture(model, random_tokens(model))
+    seen = []
+
+    def spy(block):  # type: ignore[no-untyped-def]
+        seen.append(block)
+        return block.attn.W_O.device
+
+    monkeypatch.setattr(engine_mod, "block_device", spy)
+    init = depass_tl.tokens().init(run, torch.float64)
+    out = replay_components(run, init, dtype=torch.float64, chunk_size=2)
+    index = [next(i for i, b in enumerate(run.view.blocks) if b is s) for s in seen]
+    assert index == [0, 0, 1, 1, 2, 2]  # attn and mlp of each block
+    assert device_mod.block_device(run.view.blocks[0]) == torch.device("cpu")
+    assert out["unembed.hook_in"].device.type == "cpu"
+
+
+def test_weights_are_not_copied_for_same_dtype() -> None:
+    model = make_model("gpt2")
+    view = depass_tl.capture(model, random_tokens(model)).view
+    cast = engine_mod._cast_view(view.blocks[0], torch.float64)
+    assert cast.mlp.W_in.data_ptr() == view.blocks[0].mlp.W_in.data_ptr()
+    assert dataclasses.is_dataclass(cast)

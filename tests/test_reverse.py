@@ -1,0 +1,168 @@
+"""Reverse mode (one backward pass through the frozen-linearised model) equals the forward replay.
+
+Every architecture the engine supports, float64, to 1e-10: logits, logit differences, directions at
+intermediate hooks, padded batches, several groups, every component spec that is linear.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import depass_tl
+from depass_tl import DePassError
+from depass_tl.capture import capture
+from depass_tl.reverse import ScalarAttribution, attribute, attribute_run, direction_target, logit_target
+from tests.families import FAMILIES, HT_CONFIG_FEATURES, build_family, build_ht, family_tokens
+from tests.models import ARCHS, make_model, random_tokens
+
+ATOL = 1e-10
+
+
+def _both(run, target, spec=None) -> tuple[ScalarAttribution, ScalarAttribution]:
+    rev = attribute_run(run, target, spec, mode="reverse")
+    fwd = attribute_run(run, target, spec, mode="forward")
+    assert (rev.mode, fwd.mode) == ("reverse", "forward")
+    assert rev.labels == fwd.labels
+    return rev, fwd
+
+
+def _check(rev: ScalarAttribution, fwd: ScalarAttribution) -> None:
+    scale = max(1.0, float(fwd.values.abs().max()))
+    torch.testing.assert_close(rev.values, fwd.values, rtol=0, atol=ATOL * scale)
+    assert rev.completeness_error() < ATOL * scale
+    assert fwd.completeness_error() < ATOL * scale
+    torch.testing.assert_close(rev.target, fwd.target, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_reverse_equals_forward_and_cache(arch: str) -> None:
+    model = make_model(arch, n_layers=3)
+    toks = random_tokens(model, pos=7)
+    run = capture(model, toks)
+    rev, fwd = _both(run, 5)
+    _check(rev, fwd)
+    logits, dc = depass_tl.run_with_depass(model, toks, mlp_rule="ratio")  # the public forward path too
+    torch.testing.assert_close(rev.values, dc.logit_attrs(5), rtol=0, atol=ATOL)
+    torch.testing.assert_close(rev.target, logits[:, -1, 5], rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reverse_families(family: str) -> None:
+    model, _ = build_family(family, dtype=torch.float64)
+    run = capture(model, family_tokens())
+    _check(*_both(run, logit_target(3, incorrect_tokens=[7, 9])))
+
+
+@pytest.mark.parametrize("name", sorted(HT_CONFIG_FEATURES))
+def test_reverse_config_features(name: str) -> None:
+    model = build_ht(name)
+    run = capture(model, random_tokens(model, pos=6))
+    _check(*_both(run, logit_target(2)))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_reverse_direction_targets(arch: str) -> None:
+    model = make_model(arch, n_layers=3)
+    run = capture(model, random_tokens(model))
+    gen = torch.Generator().manual_seed(0)
+    d = torch.randn(model.cfg.d_model, generator=gen, dtype=torch.float64)
+    per_prompt = torch.randn(2, model.cfg.d_model, generator=gen, dtype=torch.float64)
+    for hook in ("blocks.0.hook_attn_out", "blocks.1.hook_resid_mid", "blocks.2.hook_mlp_out", "blocks.2.hook_resid_post"):
+        for direction, pos in ((d, -1), (per_prompt, 2)):
+            rev, fwd = _both(run, direction_target(hook, direction, pos=pos))
+            _check(rev, fwd)
+            clean = run.get(hook)[:, pos] if pos != -1 else run.get(hook)[:, -1]
+            torch.testing.assert_close(rev.target, (clean * direction).sum(-1), rtol=0, atol=ATOL)
+
+
+def test_reverse_padded_batch() -> None:
+    model = make_model("gpt2", n_layers=2)
+    toks = random_tokens(model, batch=3, pos=7)
+    mask = torch.ones_like(toks)
+    mask[0, :3] = 0
+    mask[2, 5:] = 0
+    run = capture(model, toks, attention_mask=mask)
+    for pos in (-1, 1, 6):  # the last real token, a padded position for prompt 0, one for prompt 2
+        _check(*_both(run, logit_target(4, pos=pos)))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [depass_tl.heads(layer=[0, 1]), depass_tl.modules(), depass_tl.tokens(separate_pos_embed=True),
+     depass_tl.neurons(1, idx=[1, 4])],
+    ids=["heads", "modules", "separate_pos", "neurons"],
+)
+def test_reverse_other_specs(spec) -> None:
+    model = make_model("gpt2", n_layers=3)
+    run = capture(model, random_tokens(model), extra_hooks=spec.required_hooks(3))
+    _check(*_both(run, 6, spec))
+
+
+def test_auto_mode() -> None:
+    model = make_model("gpt2", n_layers=2)
+    toks = random_tokens(model, pos=12)
+    assert attribute(model, toks, target=3).mode == "reverse"  # 13 components, causal: reverse is cheaper
+    assert attribute(model, toks, target=3, mlp_rule="softmax").mode == "forward"  # not linear
+    assert attribute(model, toks, target=3, components=depass_tl.sources()).mode == "forward"
+    assert attribute(model, random_tokens(model, pos=2), target=3).mode == "forward"  # 3 components
+
+
+def test_softmax_forward_matches_cache() -> None:
+    model = make_model("llama")
+    toks = random_tokens(model)
+    att = attribute(model, toks, target=logit_target(3, incorrect_tokens=4), mlp_rule="softmax")
+    _, dc = depass_tl.run_with_depass(model, toks)
+    torch.testing.assert_close(att.values, dc.logit_diff_attrs(3, 4), rtol=0, atol=1e-12)
+    assert att["bias"].shape == (2,)
+
+
+def test_reverse_refused_when_not_linear() -> None:
+    model = make_model("gpt2")
+    toks = random_tokens(model)
+    with pytest.raises(DePassError, match="ratio"):
+        attribute(model, toks, target=3, mlp_rule="softmax", mode="reverse")
+    with pytest.raises(DePassError, match="sources"):
+        attribute(model, toks, target=3, components=depass_tl.sources(), mode="reverse")
+    with pytest.raises(DePassError, match="mode"):
+        attribute(model, toks, target=3, mode="backward")  # type: ignore[arg-type]
+
+
+def test_bad_targets() -> None:
+    model = make_model("gpt2")
+    toks = random_tokens(model)
+    with pytest.raises(DePassError, match="not produced"):
+        attribute(model, toks, target=direction_target("blocks.0.hook_resid_pre", torch.ones(16)),
+                  components=depass_tl.modules(1))
+    with pytest.raises(DePassError, match="direction has shape"):
+        attribute(model, toks, target=direction_target("blocks.1.hook_resid_post", torch.ones(5)))
+    with pytest.raises(DePassError, match="token ids"):
+        attribute(model, toks, target=10**6)
+
+
+def test_dataframe() -> None:
+    model = make_model("gpt2")
+    att = attribute(model, random_tokens(model), target=3)
+    df = att.to_dataframe()
+    assert len(df) == att.values.numel() and set(df.columns) == {"batch", "component", "label", "attribution"}
+
+
+@pytest.mark.parametrize("start", ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_mid"])
+def test_token_fast_path_equals_generic_reverse(start: str) -> None:
+    """tokens() in reverse mode skips the dense start tensor; same numbers as the generic reverse path."""
+    from depass_tl.reverse import _resolve, _reverse
+
+    model = make_model("llama", n_layers=2)
+    toks = random_tokens(model, batch=3, pos=7)
+    mask = torch.ones_like(toks)
+    mask[0, :2] = 0
+    run = capture(model, toks, attention_mask=mask)
+    spec = depass_tl.tokens(start=start)
+    fast = attribute_run(run, logit_target(3, incorrect_tokens=1), spec, mode="reverse")
+    init = spec.init(run, torch.float64)
+    pos, direction, offset = _resolve(run, logit_target(3, incorrect_tokens=1), torch.float64, None)
+    generic = _reverse(run, init, "unembed.hook_in", pos, direction, torch.float64)
+    generic[-1] += offset
+    torch.testing.assert_close(fast.values, generic, rtol=0, atol=ATOL)
+    assert fast.labels == init.labels
+    assert fast.completeness_error() < ATOL
