@@ -50,8 +50,11 @@ def test_completeness_float64(c: dict) -> None:
     assert max(errors.values()) < 1e-10, errors
 
 
-@given(configs())
+@given(configs().filter(lambda c: c["d_model"] >= 8))
 def test_completeness_float32(c: dict) -> None:
+    # d_model >= 8: a LayerNorm over 2 or 4 dims whose inputs are nearly equal has a scale near
+    # sqrt(eps) and amplifies float32 rounding by ~1/scale (seen: 1.7e-5 relative at d_model 2, the
+    # same before and after every engine change); float64 covers the tiny widths above.
     _, dc = _run(c, torch.float32)
     errors = dc.completeness_error(relative=True)
     assert max(errors.values()) < 1e-5, errors

@@ -226,3 +226,48 @@ def test_spec_argument_errors() -> None:
     with pytest.raises(DePassError, match="no MLP"):
         attn = make_model("attn_only")
         depass_tl.run_with_depass(attn, random_tokens(attn), components=depass_tl.neurons(0, idx=[1]))
+
+
+@pytest.mark.parametrize("family", ["gptj", "neox", "mixtral", "qwen2", "bloom", "opt"])
+def test_specs_on_real_families(family: str) -> None:
+    """Head, module and (dense) neuron specs on converted families, parallel blocks and MoE included."""
+    from tests.families import build_family, family_tokens
+
+    model, _ = build_family(family, dtype=torch.float64)
+    toks = family_tokens()
+    _, cache = model.run_with_cache(toks)
+    cache.compute_head_results()
+    specs = [depass_tl.heads(layer=1), depass_tl.heads(), depass_tl.modules(0), depass_tl.sources()]
+    if not model.cfg.num_experts:
+        specs.append(depass_tl.neurons(0, top_k=3))
+    for spec in specs:
+        for rule in RULES:
+            _, dc = depass_tl.run_with_depass(model, toks, components=spec, mlp_rule=rule)
+            assert max(dc.completeness_error(relative=True).values()) < 1e-9, (family, spec, rule)
+    _, dc = depass_tl.run_with_depass(model, toks, components=depass_tl.heads(layer=1))
+    start = dc[dc.start_hook]
+    torch.testing.assert_close(start[0], cache["blocks.1.attn.hook_result"][:, :, 0], rtol=0, atol=1e-10)
+    if model.cfg.parallel_attn_mlp:
+        assert dc.start_hook == "blocks.1.hook_resid_post"
+
+
+def test_specs_on_post_norm_blocks_and_moe_neurons() -> None:
+    from tests.families import build_family, family_tokens
+
+    gemma, _ = build_family("gemma2", dtype=torch.float64)
+    toks = family_tokens()
+    specs = (depass_tl.heads(0), depass_tl.heads(), depass_tl.modules(0), depass_tl.sources(),
+             depass_tl.neurons(0, idx=[1, 4]))
+    for spec in specs:
+        _, dc = depass_tl.run_with_depass(gemma, toks, components=spec)
+        assert max(dc.completeness_error(relative=True).values()) < 1e-9, spec
+    # post-normed head results: TL's hook_result passed through ln1_post with its frozen scale
+    _, cache = gemma.run_with_cache(toks)
+    cache.compute_head_results()
+    _, dc = depass_tl.run_with_depass(gemma, toks, components=depass_tl.heads(0))
+    w = gemma.blocks[0].ln1_post.w  # HookedTransformer stores the effective gain (TL folds Gemma's 1 + w)
+    expected = cache["blocks.0.attn.hook_result"][:, :, 1] / cache["blocks.0.ln1_post.hook_scale"] * w
+    torch.testing.assert_close(dc[dc.start_hook][1], expected, rtol=0, atol=1e-10)
+    moe, _ = build_family("mixtral", dtype=torch.float64)
+    with pytest.raises(DePassError, match="mixture of experts"):
+        depass_tl.run_with_depass(moe, family_tokens(), components=depass_tl.neurons(0, idx=[1]))

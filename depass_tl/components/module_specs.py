@@ -20,7 +20,9 @@ from depass_tl.coefficients import FrozenRun
 from depass_tl.components.base import REST, ComponentSpec, group_with_bias, layers_arg, multi_labels
 from depass_tl.components.custom_spec import check_complete
 from depass_tl.errors import DePassError
+from depass_tl.model_view import NormView
 from depass_tl.replay.engine import Group, InitialState
+from depass_tl.replay.norm import apply_norm
 
 __all__ = ["HeadSpec", "ModuleSpec", "NeuronSpec", "heads", "modules", "neurons"]
 
@@ -29,6 +31,20 @@ _RTOL = 1e-4
 
 def _zeros_or(t: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if t is None else t.to(like)
+
+
+def _cast_norm(norm: NormView, dtype: torch.dtype) -> NormView:
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    return NormView(norm.kind, cast(norm.w), cast(norm.b))
+
+
+def _refuse_post_norm_bias(norm: NormView | None, bias: Tensor | None, layer: int, what: str) -> None:
+    """A post-norm over a sublayer with a bias would mix the bias into every component's share."""
+    if norm is not None and (bias is not None or norm.b is not None):
+        raise DePassError(
+            f"{what}: layer {layer} normalises a sublayer output that includes a bias (post-norm), so the "
+            "bias cannot be kept apart from the outputs it splits. Use tokens(), sources() or custom()."
+        )
 
 
 def _bias_label(layer: int, several: bool) -> str:
@@ -52,14 +68,24 @@ class HeadSpec(ComponentSpec):
         several = len(layers) > 1
         groups = []
         for l in layers:
-            p = f"blocks.{l}."
-            attn = run.view.blocks[l].attn
+            p, block = f"blocks.{l}.", run.view.blocks[l]
+            attn = block.attn
             z = run.get(p + "attn.hook_z").to(dtype)  # [batch, pos, head, d_head]
             results = torch.einsum("bphe,hed->hbpd", z, attn.W_O.to(dtype))  # [head, batch, pos, d_model]
             rest = run.get(p + "hook_resid_pre").to(dtype)
-            start = p + ("hook_resid_post" if run.view.blocks[l].mlp is None else "hook_resid_mid")
-            x = torch.cat([results, rest[None]])
             b_O = _zeros_or(attn.b_O, rest[0, 0])
+            if block.ln1_post is not None:  # Gemma-2/3: what is added is ln1_post(Σ_h result_h + b_O)
+                _refuse_post_norm_bias(block.ln1_post, attn.b_O, l, "heads()")
+                scale = run.get(p + "ln1_post.hook_scale").to(dtype)
+                results = apply_norm(results, scale, _cast_norm(block.ln1_post, dtype), torch.tensor([], dtype=torch.long))
+            if block.mlp is None:
+                start = p + "hook_resid_post"
+            elif block.parallel:  # the MLP reads resid_pre, not the heads: its output joins the rest
+                start = p + "hook_resid_post"
+                rest = rest + run.get(p + "hook_mlp_out").to(dtype)
+            else:
+                start = p + "hook_resid_mid"
+            x = torch.cat([results, rest[None]])
             check_complete(torch.cat([x, b_O.expand_as(rest)[None]]), run.get(start).to(dtype), start, _RTOL,
                            "head outputs + rest")
             labels = [f"L{l}H{h}" for h in range(results.shape[0])] + multi_labels([REST], l, several)
@@ -72,7 +98,8 @@ def heads(layer: int | Iterable[int] | None = None) -> HeadSpec:
 
     ``L{l}H{h}`` starts as the head's output ``z_h W_O[h]`` (TL's ``hook_result``; ``b_V`` rides with
     the head) at ``blocks.{l}.hook_resid_mid``; ``rest`` is the residual stream before the layer and
-    ``bias`` starts as ``b_O``. Several layers give one group per layer (labels ``L{l}.rest``,
+    ``bias`` starts as ``b_O``. In parallel blocks (GPT-J, NeoX) the start is ``hook_resid_post`` and
+    ``rest`` also holds the MLP output, which does not read the heads. Several layers give one group per layer (labels ``L{l}.rest``,
     ``L{l}.bias``), replayed in one pass; the cache then holds the hooks from the last group's start.
 
     Examples:
@@ -100,12 +127,14 @@ class ModuleSpec(ComponentSpec):
         groups = []
         for l in layers:
             p, block = f"blocks.{l}.", run.view.blocks[l]
+            _refuse_post_norm_bias(block.ln1_post, block.attn.b_O, l, "modules()")
+            _refuse_post_norm_bias(block.ln2_post, getattr(block.mlp, "b_out", None), l, "modules()")
             rest = run.get(p + "hook_resid_pre").to(dtype)
             bias = _zeros_or(block.attn.b_O, rest[0, 0])
             comps = [run.get(p + "hook_attn_out").to(dtype) - bias]
             labels = [f"L{l}.attn"]
             if block.mlp is not None:
-                b_out = _zeros_or(block.mlp.b_out, rest[0, 0])
+                b_out = _zeros_or(getattr(block.mlp, "b_out", None), rest[0, 0])
                 comps.append(run.get(p + "hook_mlp_out").to(dtype) - b_out)
                 labels.append(f"L{l}.mlp")
                 bias = bias + b_out
@@ -162,6 +191,9 @@ class NeuronSpec(ComponentSpec):
             p, mlp = f"blocks.{l}.", run.view.blocks[l].mlp
             if mlp is None:
                 raise DePassError(f"neurons(): layer {l} has no MLP (attention-only model).")
+            if not hasattr(mlp, "W_out"):
+                raise DePassError(f"neurons(): layer {l} is a mixture of experts; its neurons belong to experts. "
+                                  "Use modules() or tokens() on this model.")
             if not -run.n_pos <= self.pos < run.n_pos:
                 raise DePassError(f"neurons(): pos {self.pos} is out of range for {run.n_pos} positions.")
             W_out = mlp.W_out.to(dtype)
@@ -169,8 +201,14 @@ class NeuronSpec(ComponentSpec):
             post = run.get(p + "mlp.hook_post").to(dtype)
             writes = post[..., chosen].permute(2, 0, 1)[..., None] * W_out[chosen][:, None, None]  # [n, batch, pos, d]
             b_out = _zeros_or(mlp.b_out, W_out[0])
+            post_norm = run.view.blocks[l].ln2_post
+            if post_norm is not None:  # Gemma-2/3: what is added is ln2_post(Σ_n write_n + b_out)
+                _refuse_post_norm_bias(post_norm, mlp.b_out, l, "neurons()")
+                scale = run.get(p + "ln2_post.hook_scale").to(dtype)
+                writes = apply_norm(writes, scale, _cast_norm(post_norm, dtype), torch.tensor([], dtype=torch.long))
             mlp_rest = run.get(p + "hook_mlp_out").to(dtype) - b_out - writes.sum(0)
-            x = torch.cat([writes, mlp_rest[None], run.get(p + "hook_resid_mid").to(dtype)[None]])
+            before_mlp = run.get(p + "hook_resid_post").to(dtype) - run.get(p + "hook_mlp_out").to(dtype)
+            x = torch.cat([writes, mlp_rest[None], before_mlp[None]])  # rest: resid_mid (parallel: pre + attn)
             labels = [f"L{l}N{n}" for n in chosen] + [f"L{l}.mlp_rest"] + multi_labels([REST], l, several)
             groups.append(group_with_bias(x, labels, p + "hook_resid_post", b_out, bias_label=_bias_label(l, several)))
         if len({len(g.labels) for g in groups}) > 1:
