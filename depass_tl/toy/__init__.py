@@ -1,6 +1,7 @@
 """Toy model zoo: small trained HookedTransformers with a word-level encoder, loaded by name.
 
-* ``induction``: 2-layer attention-only model that does induction on repeated random sequences.
+* ``induction``: 2-layer attention-only model with a previous-token head (L0H0) and induction heads
+  (layer 1) that copy repeated random sequences of any length that fits its 64 positions.
 * ``ioi``: 3-layer model with MLPs that solves indirect-object identification
   (``"When Mary and John went to the store, John gave a drink to"`` → ``" Mary"``).
 * ``facts``: 2-layer model with MLPs that recalls the synthetic facts in

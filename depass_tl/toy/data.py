@@ -3,8 +3,11 @@
 Everything here is deterministic given a seed, and the word lists define each model's vocabulary,
 so the shipped weights, the encoders and the tests all agree.
 
-* **induction**: ``BOS`` + ``half_len`` random tokens + the same tokens again. The second half is
-  predictable only by in-context copying (induction heads).
+* **induction**: the model is trained on :func:`copy_sequences` (random tokens in which segments of
+  the earlier text recur at random distances, so only *content*, not position, says where to copy
+  from) and evaluated on :func:`repeated_sequences` (``BOS`` + ``half_len`` random tokens + the same
+  tokens again, the classic induction test). The repeats are predictable only by in-context copying
+  (induction heads).
 * **ioi**: indirect-object identification sentences in the style of Wang et al. (2022),
   ``"When Mary and John went to the store, John gave a drink to"`` → ``" Mary"``. Generalisation is
   tested on *held-out templates* (sentence frames never seen in training, built from words that
@@ -47,6 +50,7 @@ __all__ = [
     "IOI_TRAIN_TEMPLATES",
     "Fact",
     "IOIPrompt",
+    "copy_sequences",
     "facts_vocab",
     "induction_vocab",
     "ioi_name_pair_split",
@@ -108,6 +112,72 @@ def repeated_sequences(
     half = torch.randint(1, d_vocab, (n, half_len), generator=gen)
     bos = torch.zeros(n, 1, dtype=torch.long)
     return torch.cat([bos, half, half], dim=1)
+
+
+def copy_sequences(
+    n: int,
+    *,
+    seq_len: int,
+    d_vocab: int,
+    seed: int,
+    repeat_fraction: float = 0.3,
+    copy_len: tuple[int, int] = (3, 12),
+) -> Int[Tensor, "batch pos"]:
+    """Training data for induction: random tokens in which earlier segments recur at random distances.
+
+    Each row starts with ``BOS`` (id 0) and has ``seq_len`` positions. A fraction
+    ``repeat_fraction`` of the rows are ``BOS`` + a random prefix + a random block + the same block
+    again (+ random filler), with the block length drawn from ``4 .. (seq_len - 1) // 2``. The other
+    rows are built left to right: with probability 1/2 (once there are a few tokens) copy a segment
+    of ``copy_len`` tokens starting at a random earlier position, otherwise append 2-10 fresh
+    uniform tokens. Because the distance to the earlier copy varies from row to row and within a
+    row, no fixed-offset (positional) rule predicts the repeats: a model has to find the earlier
+    occurrence of the current token by content and copy what followed it, i.e. learn a
+    previous-token head and an induction head. (Trained on :func:`repeated_sequences` with one
+    ``half_len`` only, a 2-layer model learns "copy from ``half_len - 1`` positions back" instead.)
+
+    Args:
+        n: Number of sequences.
+        seq_len: Positions per sequence, including BOS (at least 9).
+        d_vocab: Vocabulary size (tokens are drawn from ``1 .. d_vocab - 1``).
+        seed: Seed of the Python :class:`random.Random` used.
+        repeat_fraction: Fraction of rows in the "block repeated" format.
+        copy_len: Inclusive range of the length of a copied segment.
+
+    Examples:
+        >>> t = copy_sequences(3, seq_len=20, d_vocab=50, seed=0)
+        >>> t.shape, t[:, 0].tolist(), bool((t[:, 1:] > 0).all())
+        (torch.Size([3, 20]), [0, 0, 0], True)
+    """
+    if n < 1 or seq_len < 9 or d_vocab < 2 or not 0 <= repeat_fraction <= 1:
+        raise DePassError(
+            f"copy_sequences needs n >= 1, seq_len >= 9, d_vocab >= 2, 0 <= repeat_fraction <= 1; "
+            f"got n={n}, seq_len={seq_len}, d_vocab={d_vocab}, repeat_fraction={repeat_fraction}"
+        )
+    if not 1 <= copy_len[0] <= copy_len[1]:
+        raise DePassError(f"copy_len must be (low, high) with 1 <= low <= high; got {copy_len}")
+    rng = random.Random(seed)
+
+    def fresh(k: int) -> list[int]:
+        return [rng.randrange(1, d_vocab) for _ in range(k)]
+
+    rows = []
+    for _ in range(n):
+        if rng.random() < repeat_fraction:
+            block_len = rng.randint(4, (seq_len - 1) // 2)
+            block = fresh(block_len)
+            row = [0] + fresh(rng.randint(0, seq_len - 1 - 2 * block_len)) + block + block
+        else:
+            row = [0]
+            while len(row) < seq_len:
+                if len(row) > 4 and rng.random() < 0.5:
+                    start = rng.randint(1, len(row) - 2)
+                    row += row[start : start + rng.randint(*copy_len)]
+                else:
+                    row += fresh(rng.randint(2, 10))
+        row = row[:seq_len]
+        rows.append(row + fresh(seq_len - len(row)))
+    return torch.tensor(rows, dtype=torch.long)
 
 
 # --------------------------------------------------------------------------------------- IOI

@@ -20,6 +20,7 @@ __all__ = [
     "evaluate_facts",
     "evaluate_induction",
     "evaluate_ioi",
+    "induction_head_scores",
     "last_token_logits",
     "pad_right",
 ]
@@ -47,27 +48,66 @@ def last_token_logits(
 
 
 @torch.no_grad()
+def induction_head_scores(
+    model: HookedTransformer, *, n: int = 100, half_len: int = 24, seed: int = 4321
+) -> dict[str, Float[Tensor, "layer head"]]:
+    """Previous-token and induction scores of every head, from its attention pattern.
+
+    On ``n`` :func:`repeated_sequences` of ``half_len``:
+
+    * ``prev_token``: mean attention from each position ``q >= 2`` to ``q - 1``;
+    * ``induction``: mean attention from each position ``q`` of the repeated half to ``q - half_len + 1``
+      (the token after the earlier occurrence of the current token).
+
+    Returns:
+        ``{"prev_token": [layer, head], "induction": [layer, head]}``, each in ``[0, 1]``.
+    """
+    tokens = repeated_sequences(n, half_len=half_len, d_vocab=model.cfg.d_vocab, seed=seed)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_pattern"))
+    prev_q = torch.arange(2, tokens.shape[1])
+    ind_q = torch.arange(half_len + 1, 2 * half_len + 1)
+    prev, ind = [], []
+    for layer in range(model.cfg.n_layers):
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"]  # [batch, head, query, key]
+        prev.append(pattern[:, :, prev_q, prev_q - 1].mean((0, 2)))
+        ind.append(pattern[:, :, ind_q, ind_q - half_len + 1].mean((0, 2)))
+    return {"prev_token": torch.stack(prev), "induction": torch.stack(ind)}
+
+
+@torch.no_grad()
 def evaluate_induction(
-    model: HookedTransformer, *, n: int = 200, half_len: int = 24, seed: int = 12345
-) -> dict[str, float]:
-    """Mean next-token loss on the first vs the repeated half of random repeated sequences.
+    model: HookedTransformer, *, n: int = 200, half_len: int = 24, seed: int = 12345,
+    other_lengths: Sequence[int] = (8, 16, 31),
+) -> dict[str, float | str]:
+    """Loss on the first vs the repeated half of random repeated sequences, and the circuit's heads.
 
     Returns:
         ``loss_first_half`` (predicting tokens 2..half_len, which are random: about
         ``log(d_vocab - 1)``) and ``loss_repeated_half`` (predicting the repeat of tokens
         2..half_len from the tokens at positions half_len+1..2*half_len-1; induction makes it
         small). The first token of each half is excluded from both (it is not predictable).
+        ``loss_repeated_half_len{L}`` is the same loss for each repeat length in ``other_lengths``
+        (an induction circuit does not care about the length). ``prev_token_head`` /
+        ``induction_head`` name the head (``"L{l}H{h}"``) with the highest score from
+        :func:`induction_head_scores`, and ``prev_token_score`` / ``induction_score`` give it.
     """
-    tokens = repeated_sequences(n, half_len=half_len, d_vocab=model.cfg.d_vocab, seed=seed)
-    logprobs = model(tokens, return_type="logits").log_softmax(-1)
-    # loss at position p predicts token p + 1
-    nll = -logprobs[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]  # [batch, pos - 1]
-    first = nll[:, 1:half_len]  # predicts tokens 2..half_len
-    repeated = nll[:, half_len + 1 :]  # predicts tokens half_len+2..2*half_len
-    return {
-        "loss_first_half": float(first.mean()),
-        "loss_repeated_half": float(repeated.mean()),
-    }
+    metrics: dict[str, float | str] = {}
+    for length in (half_len, *other_lengths):
+        tokens = repeated_sequences(n, half_len=length, d_vocab=model.cfg.d_vocab, seed=seed + length)
+        logprobs = model(tokens, return_type="logits").log_softmax(-1)
+        # loss at position p predicts token p + 1
+        nll = -logprobs[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]  # [batch, pos - 1]
+        repeated = float(nll[:, length + 1 :].mean())  # predicts tokens length+2..2*length
+        if length == half_len:
+            metrics["loss_first_half"] = float(nll[:, 1:length].mean())  # predicts tokens 2..length
+            metrics["loss_repeated_half"] = repeated
+        else:
+            metrics[f"loss_repeated_half_len{length}"] = repeated
+    for kind, scores in induction_head_scores(model, half_len=half_len).items():
+        layer, head = divmod(int(scores.argmax()), scores.shape[1])
+        metrics[f"{kind}_head"] = f"L{layer}H{head}"
+        metrics[f"{kind}_score"] = float(scores[layer, head])
+    return metrics
 
 
 @torch.no_grad()

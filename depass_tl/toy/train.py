@@ -24,8 +24,8 @@ from depass_tl.toy.data import (
     facts_vocab,
     induction_vocab,
     ioi_prompts,
+    copy_sequences,
     ioi_vocab,
-    repeated_sequences,
 )
 from depass_tl.toy.encoder import ToyEncoder
 from depass_tl.toy.evaluate import evaluate_facts, evaluate_induction, evaluate_ioi, pad_right
@@ -52,13 +52,16 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
 
 # Optimisation settings per model.
 TRAINING: dict[str, dict[str, Any]] = {
-    "induction": dict(steps=1500, batch=64, lr=1e-3, weight_decay=0.01, half_len=24),
+    "induction": dict(steps=3000, batch=64, lr=2e-3, weight_decay=0.01, seq_len=64),
     "ioi": dict(steps=2500, batch=64, lr=1e-3, weight_decay=0.01, max_extra_bos=3),
     "facts": dict(steps=1500, batch=128, lr=2e-3, weight_decay=0.0),
 }
 
 _DESCRIPTIONS = {
-    "induction": "2-layer attention-only model trained on BOS + random tokens + the same tokens again",
+    "induction": (
+        "2-layer attention-only model trained on random tokens in which earlier segments recur at random "
+        "distances (depass_tl.toy.data.copy_sequences)"
+    ),
     "ioi": "3-layer model with MLPs trained on IOI sentences (held-out templates and name pairs)",
     "facts": "2-layer model with MLPs that recalls the synthetic facts in depass_tl.toy.data.FACTS",
 }
@@ -137,8 +140,8 @@ def train(name: str, *, seed: int = 0, steps: int | None = None, progress: bool 
     bar = tqdm(range(n_steps), desc=f"train {name}", disable=not progress)
     for step in bar:
         if name == "induction":
-            tokens = repeated_sequences(
-                settings["batch"], half_len=settings["half_len"], d_vocab=len(encoder),
+            tokens = copy_sequences(
+                settings["batch"], seq_len=settings["seq_len"], d_vocab=len(encoder),
                 seed=seed * 1_000_003 + step,
             )
             logits = model(tokens, return_type="logits")

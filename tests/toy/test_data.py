@@ -16,6 +16,7 @@ from depass_tl.toy.data import (
     IOI_HELDOUT_TEMPLATES,
     IOI_NAMES,
     IOI_TRAIN_TEMPLATES,
+    copy_sequences,
     facts_vocab,
     ioi_name_pair_split,
     ioi_prompts,
@@ -34,6 +35,29 @@ def test_repeated_sequences_repeat_and_are_seeded() -> None:
     assert not torch.equal(t, repeated_sequences(5, half_len=7, d_vocab=13, seed=2))
     with pytest.raises(DePassError, match="half_len >= 1"):
         repeated_sequences(5, half_len=0, d_vocab=13, seed=1)
+
+
+def test_copy_sequences_repeat_earlier_segments_at_many_distances() -> None:
+    t = copy_sequences(200, seq_len=64, d_vocab=5000, seed=3)
+    assert t.shape == (200, 64)
+    assert (t[:, 0] == 0).all() and ((t[:, 1:] >= 1) & (t[:, 1:] < 5000)).all()
+    assert torch.equal(t, copy_sequences(200, seq_len=64, d_vocab=5000, seed=3))
+    assert not torch.equal(t, copy_sequences(200, seq_len=64, d_vocab=5000, seed=4))
+    # With 4999 words, a bigram seen earlier in the row is (almost surely) a copy. Count the
+    # positions whose next token an induction rule predicts, and the distances back to the copy.
+    copyable, distances = 0, set()
+    for row in t.tolist():
+        for p in range(2, 64):
+            earlier = [q for q in range(1, p - 1) if row[q - 1] == row[p - 1] and row[q] == row[p]]
+            if earlier:
+                copyable += 1
+                distances.add(p - earlier[-1])
+    assert copyable / (200 * 62) > 0.25  # a large share of the loss is in copyable positions
+    assert len(distances) > 30  # no fixed offset predicts them: the copy must be found by content
+    with pytest.raises(DePassError, match="seq_len >= 9"):
+        copy_sequences(2, seq_len=4, d_vocab=13, seed=1)
+    with pytest.raises(DePassError, match="copy_len"):
+        copy_sequences(2, seq_len=20, d_vocab=13, seed=1, copy_len=(5, 2))
 
 
 def test_ioi_name_pairs_are_disjoint_and_every_name_is_trained() -> None:
