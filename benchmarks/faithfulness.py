@@ -2,12 +2,13 @@
 
 Token level (``ioi`` and ``induction``): Disrupt/Recover-top-k (the DePass paper's protocol),
 deletion/insertion AUC and AOPC, ERASER comprehensiveness/sufficiency (AOPC over 1, 5, 10, 20, 50%);
-f = p(target). Masking deletes tokens for ``ioi`` and replaces them with BOS for ``induction`` (that
-model only inducts at its training length, so deleting tokens would break it). Component level (``ioi``): ablate the top-k / bottom-k heads
+f = p(target). Masking deletes tokens (``--masking replace`` replaces them with BOS instead). Component
+level (``ioi``): ablate the top-k / bottom-k heads
 ranked by each method (zero and mean ablation), accuracy = logit(IO) > logit(S).
 CI: mean ± 1.96·SE over prompts (``--ci bootstrap`` for a seeded percentile bootstrap).
 
     python benchmarks/faithfulness.py [--n 40] [--ig-steps 16] [--ci normal|bootstrap] [--threads 1]
+        [--models ioi induction] [--masking delete|replace]
 """
 
 from __future__ import annotations
@@ -53,20 +54,25 @@ def main() -> None:
     ap.add_argument("--ci", choices=["normal", "bootstrap"], default="normal")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--models", nargs="+", choices=["ioi", "induction"], default=["ioi", "induction"])
+    ap.add_argument("--masking", choices=["delete", "replace"], default="delete",
+                    help="token-level masking: delete tokens, or replace them with BOS")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ci_text = "mean ± 1.96·SE" if args.ci == "normal" else "mean, half-width of the 95% percentile bootstrap"
     fr = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
     methods = token_methods(temperatures=(0.01, 0.1, 1.0), ig_steps=args.ig_steps, seed=args.seed)
-    names = toy.available()
+    names = [name for name in args.models if name in toy.available()]
+    mask_kw = dict(masking="replace", replace_with=0) if args.masking == "replace" else dict(masking="delete")
 
     if "ioi" in names:
         model, enc = toy.load("ioi")
         report = None
         for tokens, io, s in ioi_groups(enc, args.n, args.seed):
-            r = token_faithfulness(model, tokens, io, methods=methods, topk_fractions=fr)
+            r = token_faithfulness(model, tokens, io, methods=methods, topk_fractions=fr, **mask_kw)
             report = r if report is None else report + r
-        print(f"\n## ioi: token level ({report.n_prompts} held-out prompts, target = IO, {ci_text})\n")
+        print(f"\n## ioi: token level ({report.n_prompts} held-out prompts, target = IO, masking = {args.masking}, "
+              f"{ci_text})\n")
         print(format_table(report.table(ci=args.ci, seed=args.seed)))
         print("\nDisrupt-top-k (% change of p(IO) after deleting the top k% tokens; higher is better)\n")
         print(format_table(report.curve_table("disrupt", ci=args.ci, seed=args.seed), digits=3))
@@ -88,15 +94,12 @@ def main() -> None:
 
     if "induction" in names:
         model, enc = toy.load("induction")
-        half = 24  # the length the model was trained on (it does not induct on shorter sequences)
+        half = 24
         seqs = repeated_sequences(args.n, half_len=half, d_vocab=model.cfg.d_vocab, seed=args.seed)
         tokens, target = seqs[:, :-1], seqs[:, -1]  # predict the last repeated token
-        # Deleting tokens shifts positions, and this model only inducts at its training length, so any
-        # deletion collapses it: mask by replacing with BOS (id 0, never inside a sequence) instead.
-        report = token_faithfulness(model, tokens, target, methods=methods, topk_fractions=fr,
-                                    masking="replace", replace_with=0)
+        report = token_faithfulness(model, tokens, target, methods=methods, topk_fractions=fr, **mask_kw)
         print(f"\n## induction: token level ({report.n_prompts} repeated sequences, BOS + 2×{half} tokens, "
-              f"target = the last repeated token, masking = replace with BOS, {ci_text})\n")
+              f"target = the last repeated token, masking = {args.masking}, {ci_text})\n")
         print(format_table(report.table(ci=args.ci, seed=args.seed)))
     print("\n" + TOKEN_MEASURES_HELP)
 

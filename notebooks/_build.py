@@ -193,44 +193,55 @@ Notebook 02 uses these head components to find the heads that do a task.
 # --------------------------------------------------------------------------------------- 02
 NB02 = [
     ("md", """\
-# 02 · Which heads copy the answer? Head-level DePass on the "induction" toy, checked by patching
+# 02 · The induction circuit: head-level DePass, checked by activation patching
 
 **What you will learn**
 
 * how to attribute a prediction to every attention head with `components=depass_tl.heads()`;
 * how to check the ranking with TransformerLens activation patching, through `depass_tl.compare`;
-* how to ask *what* a head found this way actually does (its attention pattern), and how a toy model
-  can solve a task with a shortcut instead of the circuit you expect.
+* how to tell *what* a head does from its attention pattern (previous-token and induction scores);
+* why DePass gives the **previous-token head** almost no credit while patching can make it the most
+  important head, and how DePass still finds it one level down, in the induction head's *keys*.
 
-The toy model `toy.load("induction")` is a 2-layer attention-only transformer trained on
-`BOS + 24 random tokens + the same 24 tokens again`. The textbook solution is an **induction
-circuit**: a *previous-token head* in layer 0 writes "the token before me was A" at every position,
-and an *induction head* in layer 1 uses it (through its keys) to attend from the second A to the
-token after the first A, and copies it. We look for those two heads."""),
+The toy model `toy.load("induction")` is a 2-layer attention-only transformer trained on random
+tokens in which earlier segments recur at random distances (`depass_tl.toy.data.copy_sequences`),
+so the only way to predict a repeat is by content. The textbook solution is an **induction
+circuit** (Elhage et al., 2021; Olsson et al., 2022): a *previous-token head* in layer 0 writes "the
+token before me was A" at every position, and an *induction head* in layer 1 uses that (in its
+keys: *K-composition*) to attend from the second A to the token right after the first A, and copies
+it. We look for those two kinds of head."""),
     ("code", INFERENCE + """
 from depass_tl import toy
 from depass_tl.compare import compare
 from depass_tl.toy.data import repeated_sequences
 
 model, enc = toy.load("induction")
-n_vocab = model.cfg.d_vocab  # ids 1 .. n_vocab - 1 are words, 0 is BOS"""),
+n_vocab = model.cfg.d_vocab  # ids 1 .. n_vocab - 1 are words, 0 is BOS
+print(toy.info("induction")["description"])"""),
     ("md", """\
-## Data: a clean and a corrupted batch
+## Data: a clean batch and two corruptions
 
-Each clean prompt is `BOS, A1 … A24, A1 … A12`; the next token is `A13`, predictable only by copying
-from the first half. The corrupted prompt replaces the first `A13` with another token `X`, so the
-copy now points at `X`. Our metric is the logit difference `logit(A13) − logit(X)` at the last
-position."""),
+Each clean prompt is `BOS, A1 … A20, A1 … A12` (20 is not a length the model was trained on: the
+distances in its training data were random). The next token is `A13`, predictable only by copying
+from the first half. Our metric is the logit difference `logit(A13) − logit(X)` at the last position,
+for a random other token `X`. Two corrupted prompts break the circuit in two different places:
+
+* **copy**: the first `A13` is replaced by `X`, so the induction heads still find the right place
+  but copy `X` from it;
+* **match**: the first `A12` is replaced by `X`, so the current token `A12` has no earlier copy and
+  the induction heads do not know where to look."""),
     ("code", """\
 gen = torch.Generator().manual_seed(0)
-batch, half_len, k = 8, 24, 12
+batch, half_len, k = 8, 20, 12
 first_half = torch.stack([torch.randperm(n_vocab - 1, generator=gen)[:half_len] + 1 for _ in range(batch)])
 clean = torch.cat([torch.zeros(batch, 1, dtype=torch.long), first_half, first_half[:, :k]], dim=1)
-answer = first_half[:, k]                              # A13, at position k + 1 of the first half
+answer = first_half[:, k]                              # A13, at position k + 1
 other = (answer + torch.randint(1, n_vocab - 1, (batch,), generator=gen) - 1) % (n_vocab - 1) + 1
-corrupted = clean.clone()
-corrupted[:, k + 1] = other
 assert bool((other != answer).all())
+corrupted_copy = clean.clone()
+corrupted_copy[:, k + 1] = other                       # the first A13 -> X
+corrupted_match = clean.clone()
+corrupted_match[:, k] = other                          # the first A12 -> X
 
 logits = model(clean)
 accuracy = float((logits[:, -1].argmax(-1) == answer).float().mean())
@@ -260,7 +271,41 @@ depass_rank = sorted(head_labels, key=lambda lab: -float(mean_attrs[dc.component
 print("heads ranked by DePass share:", depass_rank)
 viz.head_grid(dc, attrs=mean_attrs.expand(-1, batch), target="mean logit(A13) − logit(X)")  # same mean in every column"""),
     ("md", """\
-## Activation patching on the same axes
+## What do the heads attend to?
+
+On repeated random sequences, a **previous-token head** puts its attention on the position just
+before the query; an **induction head** puts it on the position right after the earlier copy of the
+query's token. We score every head on both (the fraction of attention on that one position, out of
+up to 40), straight from TransformerLens's attention patterns."""),
+    ("code", """\
+import pandas as pd
+
+probe = repeated_sequences(32, half_len=half_len, d_vocab=n_vocab, seed=1)
+_, cache = model.run_with_cache(probe)
+q_prev = torch.arange(2, probe.shape[1])
+q_ind = torch.arange(half_len + 1, 2 * half_len + 1)
+rows = []
+for layer in range(model.cfg.n_layers):
+    pattern = cache["pattern", layer]                # [batch, head, query, key]
+    for h in range(model.cfg.n_heads):
+        rows.append({"head": f"L{layer}H{h}",
+                     "previous-token score": float(pattern[:, h, q_prev, q_prev - 1].mean()),
+                     "induction score": float(pattern[:, h, q_ind, q_ind - half_len + 1].mean()),
+                     "DePass share": float(mean_attrs[dc.component(f"L{layer}H{h}")])})
+table = pd.DataFrame(rows).set_index("head")
+prev_head = table["previous-token score"].idxmax()
+induction_heads = list(table.index[table["induction score"] > 0.5])
+print("previous-token head:", prev_head, " induction heads:", induction_heads)
+assert prev_head.startswith("L0") and table.loc[prev_head, "previous-token score"] > 0.5
+assert induction_heads and all(h.startswith("L1") for h in induction_heads)
+assert depass_rank[0] in induction_heads            # DePass's top head is an induction head
+table.round(3)"""),
+    ("md", """\
+DePass's largest shares go to the layer-1 induction heads: they move `A13` to the last position. The
+previous-token head gets almost nothing, although the circuit cannot work without it. Keep that in
+mind for the next two sections.
+
+## Activation patching, corruption 1: copy
 
 `depass_tl.compare.compare(model, clean, corrupted, ...)` runs TransformerLens's own
 `get_act_patch_attn_head_out_all_pos`: for each head, copy its clean output (`hook_z`, every position)
@@ -268,102 +313,105 @@ into the corrupted run and measure how much of the metric comes back. Next to it
 head's DePass share on the clean run and on the corrupted run, and their difference
 (`depass_diff`): the number on the same footing as the patching effect."""),
     ("code", """\
-cmp = compare(model, clean, corrupted, answer_tokens=answer, incorrect_tokens=other,
-              layouts=["attn_head_out_all_pos"])
-lay = cmp["attn_head_out_all_pos"]
-print(f"metric: clean {cmp.metric_clean:.2f}, corrupted {cmp.metric_corrupted:.2f}")
-print(cmp.agreement(k=3).to_string())
-viz.side_by_side(cmp, "attn_head_out_all_pos")"""),
-    ("code", """\
 def top_head(values):  # [layer, head] -> "L{l}H{h}" of the largest value
     l, h = divmod(int(values.argmax()), values.shape[1])
     return f"L{l}H{h}"
 
-top_patching = top_head(lay.patching)
-print("top head by patching:           ", top_patching)
-print("top head by DePass (clean run): ", depass_rank[0])
-print("top head by DePass (difference):", top_head(lay.depass_diff))
-assert depass_rank[0] == top_patching == top_head(lay.depass_diff)
-assert top_patching.startswith("L0")  # the first layer"""),
+cmp_copy = compare(model, clean, corrupted_copy, answer_tokens=answer, incorrect_tokens=other,
+                   layouts=["attn_head_out_all_pos"])
+lay = cmp_copy["attn_head_out_all_pos"]
+print(f"metric: clean {cmp_copy.metric_clean:.2f}, corrupted {cmp_copy.metric_corrupted:.2f}")
+print(cmp_copy.agreement(k=3).to_string())
+print("top head by patching:", top_head(lay.patching), " by DePass (difference):", top_head(lay.depass_diff))
+assert top_head(lay.patching) in induction_heads and top_head(lay.depass_diff) in induction_heads
+viz.side_by_side(cmp_copy, "attn_head_out_all_pos")"""),
     ("md", """\
-Both methods single out the same head. But look at *which layer* it is in: the copying is done in
-layer 0, where an induction head cannot be (it needs a previous-token head *before* it). So what is it
-doing?
+When the corruption changes *what* is copied, the two methods agree: the induction heads carry the
+answer, and patching any one of them back brings a large part of the metric back.
 
-## What does the head attend to?
+## Activation patching, corruption 2: match
 
-An induction head at the last position attends to the position right after the earlier copy of the
-current token; a previous-token head attends to the position just before itself. We measure both for
-every head, and also the head's favourite offset from the last position."""),
+Now the corruption changes *where* the induction heads look. Patching the previous-token head's clean
+output back restores "the token before position 13 was `A12`" in the keys, the induction heads find
+`A13` again, and the metric comes back. DePass, which takes every attention pattern from the clean
+run as given, cannot see this: in the clean run and in the corrupted run alike, the previous-token
+head's *output* is not what ends up in the logits."""),
     ("code", """\
-_, cache = model.run_with_cache(clean)
-last = clean.shape[1] - 1
-target = k + 1                                      # where A13 sits in the first half
-rows = []
-for layer in range(model.cfg.n_layers):
-    pattern = cache["pattern", layer]                # [batch, head, query, key]
-    prev_token = pattern.diagonal(offset=-1, dim1=-2, dim2=-1).mean((0, 2))
-    for h in range(model.cfg.n_heads):
-        rows.append({"head": f"L{layer}H{h}",
-                     "prev-token score": float(prev_token[h]),
-                     "attention from last pos to A13": float(pattern[:, h, last, target].mean()),
-                     "favourite offset": int(pattern[:, h, last].mean(0).argmax()) - last})
-import pandas as pd
-table = pd.DataFrame(rows).set_index("head")
-table.round(3)"""),
+cmp_match = compare(model, clean, corrupted_match, answer_tokens=answer, incorrect_tokens=other,
+                    layouts=["attn_head_out_all_pos"])
+lay_m = cmp_match["attn_head_out_all_pos"]
+print(f"metric: clean {cmp_match.metric_clean:.2f}, corrupted {cmp_match.metric_corrupted:.2f}")
+print(cmp_match.agreement(k=3).to_string())
+l, h = int(prev_head[1]), int(prev_head[3])
+recovered = float(lay_m.patching[l, h])
+print(f"patching {prev_head} alone recovers {recovered:.2f} of the {cmp_match.metric_clean - cmp_match.metric_corrupted:.2f} lost")
+print(f"its DePass share on the clean run: {table.loc[prev_head, 'DePass share']:.2f}")
+assert top_head(lay_m.patching) == prev_head
+assert recovered > 0.5 * (cmp_match.metric_clean - cmp_match.metric_corrupted)
+assert table.loc[prev_head, "DePass share"] < 0.2 * recovered
+viz.side_by_side(cmp_match, "attn_head_out_all_pos")"""),
+    ("md", """\
+## Finding the previous-token head with DePass anyway: decompose the keys
+
+DePass decomposes every residual stream, so it can also say which components *build an induction
+head's attention score*. With `components=depass_tl.heads(0)`, `dc0["blocks.0.hook_resid_post"]` is
+layer 1's input split into the four layer-0 heads, `rest` (embeddings) and `bias`. Through layer 1's
+LayerNorm with its scale frozen at the clean value, the key at position 13 is a sum over those
+components, and so is the score `q · k / sqrt(d_head)` of the last position's query against it
+(the query is kept whole). The LayerNorm's bias and `b_K` are constants: they go to the `bias` row."""),
     ("code", """\
-offset = int(table.loc[top_patching, "favourite offset"])
-print(f"{top_patching} looks {-offset} positions back from the last token; "
-      f"max previous-token score of any head: {table['prev-token score'].max():.2f}")
+_, dc0 = depass_tl.run_with_depass(model, clean, components=depass_tl.heads(0))
+_, clean_cache = model.run_with_cache(clean)
+last, key_pos = clean.shape[1] - 1, k + 1                  # query: the second A12; key: the first A13
 
-# Position or content? Feed random tokens with no repeat: an induction head has nothing to find.
-random_tokens = torch.cat([torch.zeros(batch, 1, dtype=torch.long),
-                           torch.randint(1, n_vocab, (batch, half_len + k), generator=gen)], dim=1)
-_, rcache = model.run_with_cache(random_tokens)
-l, h = int(top_patching[1]), int(top_patching[3])
-same_offset = float(rcache["pattern", l][:, h, last, last + offset].mean())
-print(f"on random tokens {top_patching} still puts {same_offset:.2f} of its attention {-offset} positions back")
+x = dc0["blocks.0.hook_resid_post"][:, :, key_pos]         # [component, batch, d_model]
+ln = model.blocks[1].ln1
+scale = clean_cache["blocks.1.ln1.hook_scale"][:, key_pos]  # [batch, 1], frozen
+normed = (x - x.mean(-1, keepdim=True)) / scale * ln.w      # LayerNorm is linear once the scale is fixed
+keys = torch.einsum("cbd,hde->cbhe", normed, model.W_K[1])
+keys[dc0.component("bias")] += ln.b @ model.W_K[1] + model.b_K[1]
+query = clean_cache["q", 1][:, last]                        # [batch, head, d_head]
+score_parts = (keys * query).sum(-1) / model.cfg.d_head ** 0.5   # [component, batch, head]
 
-# And a repeat of another length: the same copy circuit should still work if it were induction.
-def repeat_accuracy(n_half):
-    seqs = repeated_sequences(16, half_len=n_half, d_vocab=n_vocab, seed=1)
-    pred = model(seqs)[:, n_half + 1:-1].argmax(-1)
-    return float((pred == seqs[:, n_half + 2:]).float().mean())
+true_scores = clean_cache["attn_scores", 1][:, :, last, key_pos]
+err = float((score_parts.sum(0) - true_scores).abs().max())
+print(f"components sum to the real attention scores: max error {err:.1e}")
+assert err < 1e-4
 
-acc = {n: repeat_accuracy(n) for n in (16, 20, 24)}
-print("accuracy on the repeated half, by repeat length:", acc)
-
-assert offset == -(half_len - 1) and same_offset > 0.5
-assert float(table["prev-token score"].max()) < 0.3
-assert acc[24] > 0.9 and acc[16] < 0.5 and acc[20] < 0.5"""),
+key_table = pd.DataFrame(score_parts.mean(1).numpy(), index=dc0.labels,
+                         columns=[f"L1H{h} score" for h in range(model.cfg.n_heads)])
+top_builder = {col: key_table[col].idxmax() for col in key_table.columns}
+print("largest contribution to each layer-1 head's score on A13:", top_builder)
+assert all(top_builder[f"L1H{h} score"] == prev_head for h in range(model.cfg.n_heads)
+           if f"L1H{h}" in induction_heads)
+key_table.round(2)"""),
     ("md", """\
 ## What we found, and what it teaches
 
-* **Attribution agrees.** Head-level DePass and activation patching pick the same head, and the
-  agreement table shows how closely their rankings of all heads match.
-* **The mechanism is not induction.** The top head sits in layer 0 and attends a *fixed* number of
-  positions back (one less than the repeat length), also on random tokens; no head has a strong
-  previous-token score; and the model fails on repeats of the other lengths we tried. The toy was trained only
-  on repeats of length 24, so a fixed-offset positional copy solves the task, and gradient descent
-  found that shortcut instead of an induction circuit.
-* **Neither method tells you the mechanism by itself.** DePass and patching say *which* components
-  carry the answer; the attention patterns and a test on shifted data say *how*. DePass takes the
-  attention patterns as given (they are frozen), so a head whose job is to *decide where another head
-  looks* (a previous-token head, working through the induction head's keys: K-composition) gets
-  little DePass credit even when it is essential; patching does see it. Notebook 03 shows this
+* **Attribution agrees with patching on what is copied.** With the *copy* corruption, head-level
+  DePass and activation patching rank the heads the same way: the layer-1 induction heads carry
+  `A13` to the last position.
+* **Frozen patterns hide the heads that decide where to look.** With the *match* corruption,
+  patching makes the previous-token head the most important head, while its DePass share on the
+  logits is near zero. Both are right: DePass answers "whose *output* ends up in this logit, with
+  attention as it was", patching answers "whose output, if changed, changes the result", and the
+  previous-token head works by changing attention (K-composition). Notebook 03 shows the same
   limitation on IOI.
+* **DePass still finds it, one level down.** Decomposing the induction heads' attention scores over
+  the layer-0 heads points straight at the previous-token head: it supplies most of the key that
+  matches the query. The score components add up to TransformerLens's own `attn_scores` exactly.
+* **Which corruption you pick decides what patching sees.** Neither method tells you the mechanism
+  by itself; the attention patterns and a second corruption did.
 
 ## Exercises
 
-1. Retrain the toy with repeats of random length (change the induction data in
-   `depass_tl/toy/train.py` to draw `half_len` per batch, then `python scripts/train_toy.py induction`)
-   and rerun this notebook. Where do the previous-token and induction heads show up in DePass, and
-   where in patching?
-2. With `components=depass_tl.sources()` every path is credited to the *first* head on it, so what a
-   layer-1 head moves from a layer-0 head's output counts for the layer-0 head. Compare the layer-1
-   heads' shares with the `heads()` numbers above.
-3. Use `layouts=["attn_head_out_by_pos"]` in `compare` to see *at which position* each head's output
-   matters.
+1. Change `half_len` (try 6 or 30) and rerun: the same heads are found, because the model copies by
+   content, not by a fixed offset.
+2. With `components=depass_tl.sources()` every path is credited to the *first* head on it. Which
+   layer-0 heads get credit for what the induction heads move, and is the previous-token head
+   among them?
+3. Use `layouts=["attn_head_out_by_pos"]` in `compare` with the *match* corruption: at which position
+   does the previous-token head's output matter?
 
 **Next:** 03 (DePass vs patching on IOI, and where they differ)."""),
 ]
