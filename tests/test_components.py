@@ -149,7 +149,7 @@ def test_subspace_split_parts_are_projections() -> None:
 def test_subspace_basis_is_validated() -> None:
     with pytest.raises(DePassError, match="not orthonormal"):
         depass_tl.subspace("blocks.0.hook_resid_pre", torch.ones(16, 2))
-    with pytest.raises(DePassError, match=r"shape \[d_model, k\]"):
+    with pytest.raises(DePassError, match=r"vector \[d\] or a matrix \[d, k\]"):
         depass_tl.subspace("blocks.0.hook_resid_pre", torch.zeros(2, 3, 4))
     with pytest.raises(DePassError, match="NaN or inf"):
         depass_tl.subspace("blocks.0.hook_resid_pre", torch.full((4, 1), float("nan")))

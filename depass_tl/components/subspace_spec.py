@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from depass_tl._basis import as_basis
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components.base import ComponentSpec, check_labels, group_with_bias
 from depass_tl.errors import DePassError
@@ -20,21 +21,7 @@ ORTHONORMAL_TOL = 1e-4
 
 def check_orthonormal(basis: Tensor, *, what: str = "basis", tol: float = ORTHONORMAL_TOL) -> Tensor:
     """Return ``basis`` as ``[d, k]`` after checking its columns are orthonormal (max |VᵀV - I| ≤ tol)."""
-    if not isinstance(basis, Tensor) or not basis.is_floating_point():
-        raise DePassError(f"{what} must be a floating-point tensor [d_model, k]; got {type(basis).__name__}.")
-    V = basis[:, None] if basis.ndim == 1 else basis
-    if V.ndim != 2 or V.shape[1] == 0 or V.shape[1] > V.shape[0]:
-        raise DePassError(f"{what} must have shape [d_model, k] with 1 <= k <= d_model; got {tuple(basis.shape)}.")
-    if not bool(torch.isfinite(V).all()):
-        raise DePassError(f"{what} contains NaN or inf.")
-    gram = V.T.double() @ V.double()
-    err = float((gram - torch.eye(V.shape[1], dtype=torch.float64)).abs().max())
-    if err > tol:
-        raise DePassError(
-            f"{what} columns are not orthonormal: max |VᵀV - I| = {err:.3g} > {tol}. Orthonormalise it first, "
-            "e.g. V = torch.linalg.qr(V).Q (columns of a [d_model, k] matrix)."
-        )
-    return V
+    return as_basis(basis, atol=tol, what=what)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from depass_tl._basis import as_basis as _as_basis
 from depass_tl.errors import DePassError
 
 __all__ = [
@@ -38,61 +39,19 @@ def as_basis(
     d: int | None = None,
     atol: float = ORTHONORMAL_ATOL,
 ) -> Float[Tensor, "d k"]:
-    """Validate a direction or an orthonormal basis and return it as a ``[d, k]`` matrix.
+    """Validate a direction ``[d]`` or an orthonormal basis ``[d, k]``; return it as ``[d, k]``.
 
-    Args:
-        basis: A unit vector ``[d]`` (taken as ``k = 1``) or a matrix ``[d, k]`` with orthonormal
-            columns. Typed ``Any`` on purpose: checking it is this function's job.
-        d: The dimension the basis must live in (the last dimension of the hooked activation).
-        atol: Tolerance on ``max |VᵀV − I|``.
-
-    Returns:
-        The basis as a ``[d, k]`` tensor (a view of the input, not a copy).
-
-    Raises:
-        DePassError: If the input is not a tensor, not 1-D/2-D, empty, not finite, of the wrong
-            dimension, or not orthonormal within ``atol``.
+    ``d`` is the dimension it must live in (the hooked activation's last dimension) and ``atol`` the
+    tolerance on ``max |VᵀV − I|``. Raises a :class:`DePassError` naming the problem (not a tensor,
+    wrong shape or dimension, empty, not finite, not orthonormal); the same check guards
+    :func:`depass_tl.subspace` components, with their own tolerance.
 
     Examples:
         >>> import torch
         >>> as_basis(torch.tensor([0.6, 0.8])).shape
         torch.Size([2, 1])
     """
-    if not isinstance(basis, Tensor):
-        raise DePassError(
-            f"basis must be a torch.Tensor of shape [d, k] or [d], got {type(basis).__name__}; "
-            "wrap it with torch.tensor(...)"
-        )
-    if not torch.is_floating_point(basis):
-        raise DePassError(f"basis must be a floating-point tensor, got dtype {basis.dtype}")
-    if basis.ndim == 1:
-        basis = basis[:, None]
-    if basis.ndim != 2:
-        raise DePassError(
-            f"basis must be a vector [d] or a matrix [d, k], got shape {tuple(basis.shape)}"
-        )
-    if basis.shape[0] == 0 or basis.shape[1] == 0:
-        raise DePassError(f"basis must be non-empty, got shape {tuple(basis.shape)}")
-    if d is not None and basis.shape[0] != d:
-        raise DePassError(
-            f"basis has dimension {basis.shape[0]} but the activation's last dimension is {d}; "
-            "pass a basis of shape [d, k] living in the hooked activation's space"
-        )
-    if basis.shape[1] > basis.shape[0]:
-        raise DePassError(
-            f"basis has k={basis.shape[1]} columns in dimension d={basis.shape[0]}; need k <= d"
-        )
-    if not bool(torch.isfinite(basis).all()):
-        raise DePassError("basis contains NaN or inf values")
-    gram = basis.detach().double().T @ basis.detach().double()
-    err = float((gram - torch.eye(basis.shape[1], dtype=torch.float64, device=gram.device)).abs().max())
-    if err > atol:
-        raise DePassError(
-            f"basis columns are not orthonormal: max |VᵀV − I| = {err:.3g} > atol = {atol:g}; "
-            "normalise a direction with v / v.norm(), or orthonormalise a set of vectors with "
-            "depass_tl.subspace_patching.orthonormalize(vectors)"
-        )
-    return basis
+    return _as_basis(basis, d=d, atol=atol)
 
 
 def rank_tolerance(singular_values: Tensor, shape: tuple[int, int], rtol: float | None) -> float:
