@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from depass_tl.api import replay, run_with_depass
+from depass_tl.attention_scores import ScoreAttribution, attention_score_attrs
 from depass_tl.cache import DePassCache
 from depass_tl.capture import capture
 from depass_tl.coefficients import FrozenRun
@@ -23,7 +24,9 @@ __all__ = [
     "DePassError",
     "FrozenRun",
     "ScalarAttribution",
+    "ScoreAttribution",
     "UnsupportedModelError",
+    "attention_score_attrs",
     "attribute",
     "attribute_run",
     "capture",

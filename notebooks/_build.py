@@ -386,6 +386,19 @@ assert all(top_builder[f"L1H{h} score"] == prev_head for h in range(model.cfg.n_
            if f"L1H{h}" in induction_heads)
 key_table.round(2)"""),
     ("md", """\
+`depass_tl.attention_score_attrs` does the same for any supported `HookedTransformer` (every norm
+kind, rotary embeddings, GQA), on the key side or, with `side="query"`, the query side, and checks
+that the parts add up to `hook_attn_scores`. The query of an induction head is built from the
+*current* token itself (`rest`: the embeddings), its key by the previous-token head."""),
+    ("code", """\
+keys_split = depass_tl.attention_score_attrs(model, dc0, clean_cache, layer=1, key_pos=key_pos)
+assert torch.allclose(keys_split.values, score_parts, atol=1e-5)
+queries_split = depass_tl.attention_score_attrs(model, dc0, clean_cache, layer=1, key_pos=key_pos, side="query")
+print("completeness error (keys, queries):", keys_split.completeness_error(), queries_split.completeness_error())
+query_builder = [dc0.labels[int(c)] for c in queries_split.values.mean(1).argmax(0)]
+print("largest contribution to each layer-1 head's query:", query_builder)
+assert set(query_builder) == {"rest"}"""),
+    ("md", """\
 ## What we found, and what it teaches
 
 * **Attribution agrees with patching on what is copied.** With the *copy* corruption, head-level
@@ -398,8 +411,9 @@ key_table.round(2)"""),
   previous-token head works by changing attention (K-composition). Notebook 03 shows the same
   limitation on IOI.
 * **DePass still finds it, one level down.** Decomposing the induction heads' attention scores over
-  the layer-0 heads points straight at the previous-token head: it supplies most of the key that
-  matches the query. The score components add up to TransformerLens's own `attn_scores` exactly.
+  the layer-0 heads (`depass_tl.attention_score_attrs`) points straight at the previous-token head: it
+  supplies most of the key that matches the query, while the query comes from the current token.
+  The score components add up to TransformerLens's own `attn_scores` exactly.
 * **Which corruption you pick decides what patching sees.** Neither method tells you the mechanism
   by itself; the attention patterns and a second corruption did.
 

@@ -1,0 +1,156 @@
+"""Attention-score attributions: exact on every supported architecture, checked against TL's own modules.
+
+The oracle runs the real TransformerLens layer once per component: the layer's input is replaced by that
+component alone, the norm scale is frozen at its clean value (``ln1.hook_scale``), and the other side of
+the score (the query, or the key) is patched back to its clean value. The score that comes out minus the
+score of an all-zero input is the component's share; the all-zero score is the constant (bias) share.
+Nothing of depass_tl's arithmetic is reused.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import depass_tl
+from depass_tl.attention_scores import attention_score_attrs
+from depass_tl.errors import DePassError, HookNotFoundError
+from tests.families import FAMILIES, HT_CONFIG_FEATURES, build_family, build_ht, family_tokens, from_pretrained_flags
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+REFUSED_FEATURES = {
+    "alibi": "alibi", "post_embedding_ln": "alibi", "gemma2_like": "soft_cap", "split_qkv_attn_result": "split_qkv",
+    "clip_qkv": "clip_qkv", "qk_norm": "qk_norm", "shortformer": "shortformer",
+}
+REFUSED_FAMILIES = {"bloom": "alibi", "gemma2": "soft_cap"}
+LAYER = 1
+
+
+@pytest.fixture(autouse=True)
+def _threads() -> None:
+    torch.set_num_threads(1)
+
+
+def _oracle(model, tokens, dc, layer: int, side: str, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+    """[component, batch, head] shares from TL's own layer, one forward per component (see module docstring)."""
+    _, clean = model.run_with_cache(tokens)
+    rotary = model.cfg.positional_embedding_type == "rotary"
+    keep = "k" if side == "query" else "q"  # the side that stays whole is patched back to clean
+    keep_hooks = [f"blocks.{layer}.attn.hook_{keep}"] + ([f"blocks.{layer}.attn.hook_rot_{keep}"] if rotary else [])
+    name = f"blocks.{layer}.hook_resid_pre"
+    x = dc[name] if name in dc else dc[f"blocks.{layer - 1}.hook_resid_post"]
+
+    def scores_for(resid: torch.Tensor) -> torch.Tensor:
+        hooks = [(name, lambda act, hook: resid.to(act.dtype))]
+        if f"blocks.{layer}.ln1.hook_scale" in clean.cache_dict:
+            hooks.append((f"blocks.{layer}.ln1.hook_scale", lambda act, hook: clean[hook.name]))
+        hooks += [(h, lambda act, hook: clean[hook.name]) for h in keep_hooks]
+        with model.hooks(fwd_hooks=hooks):
+            _, cache = model.run_with_cache(tokens, names_filter=f"blocks.{layer}.attn.hook_attn_scores")
+        s = cache[f"blocks.{layer}.attn.hook_attn_scores"]
+        b = torch.arange(tokens.shape[0])
+        return s[b, :, q_pos, k_pos]  # [batch, head]
+
+    zero = scores_for(torch.zeros_like(x[0]))
+    shares = torch.stack([scores_for(x[c]) - zero for c in range(x.shape[0])])
+    shares[dc.bias_rows] += zero
+    return shares
+
+
+def _check(model, tokens, components) -> None:
+    _, dc = depass_tl.run_with_depass(model, tokens, components=components)
+    _, cache = model.run_with_cache(tokens)
+    q_pos = dc.last_positions
+    k_pos = torch.stack([q_pos[0] - 1, q_pos[1] - 2])  # inside every sliding window used here
+    for side in ("key", "query"):
+        att = attention_score_attrs(model, dc, cache, LAYER, key_pos=k_pos, side=side)
+        assert att.values.shape == (len(dc.labels), tokens.shape[0], model.cfg.n_heads)
+        assert att.completeness_error() < 1e-9 * max(1.0, float(att.clean.abs().max())), side
+        expected = _oracle(model, tokens, dc, LAYER, side, q_pos, k_pos)
+        assert torch.allclose(att.values, expected.to(att.values.dtype), atol=1e-9, rtol=1e-7), side
+
+
+def _check_or_refused(model, tokens, *, refused: bool) -> None:
+    if not refused:
+        _check(model, tokens, depass_tl.heads(0))
+        return
+    _, dc = depass_tl.run_with_depass(model, tokens, components=depass_tl.tokens())
+    _, cache = model.run_with_cache(tokens)
+    with pytest.raises(DePassError, match="cannot split the scores"):
+        attention_score_attrs(model, dc, cache, LAYER, key_pos=1)
+
+
+@pytest.mark.parametrize("name", sorted(HT_CONFIG_FEATURES))
+def test_every_config_feature_is_exact_or_refused(name: str) -> None:
+    model = build_ht(name)
+    tokens = torch.randint(1, model.cfg.d_vocab, (2, 7), generator=torch.Generator().manual_seed(0))
+    _check_or_refused(model, tokens, refused=name in REFUSED_FEATURES)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_is_exact_or_refused(family: str) -> None:
+    model, _ = build_family(family, dtype=torch.float64, **from_pretrained_flags(family))
+    tokens = family_tokens()
+    _check_or_refused(model, tokens, refused=family in REFUSED_FAMILIES)
+
+
+def test_token_components_and_several_groups() -> None:
+    model = build_ht("llama_like")  # rotary + GQA
+    tokens = torch.randint(1, model.cfg.d_vocab, (2, 7), generator=torch.Generator().manual_seed(1))
+    _check(model, tokens, depass_tl.tokens())
+    _, dc = depass_tl.run_with_depass(model, tokens, components=depass_tl.heads())  # groups L0 and L1
+    _, cache = model.run_with_cache(tokens)
+    with pytest.raises(HookNotFoundError, match="layer 1's input"):
+        attention_score_attrs(model, dc, cache, 1, key_pos=1)  # layer 1's input is not stored: heads(0) is needed
+
+
+def test_induction_toy_keys_are_built_by_the_previous_token_head() -> None:
+    """Known answer: on a repeated sequence the induction heads' key match comes from L0H0 (prev-token head)."""
+    from depass_tl import toy
+    from depass_tl.toy.data import repeated_sequences
+
+    model, _ = toy.load("induction")
+    half = 16
+    tokens = repeated_sequences(4, half_len=half, d_vocab=model.cfg.d_vocab, seed=3)[:, : half + 8]
+    _, dc = depass_tl.run_with_depass(model, tokens, components=depass_tl.heads(0))
+    _, cache = model.run_with_cache(tokens)
+    key = 8  # the query (position half + 7) holds token 7's copy; the induction target is position 8
+    att = attention_score_attrs(model, dc, cache, 1, key_pos=key)
+    assert att.completeness_error() < 1e-4
+    top = att.values.mean(1).argmax(0)  # [head] -> component
+    assert [att.labels[int(c)] for c in top] == ["L0H0"] * model.cfg.n_heads
+    query_side = attention_score_attrs(model, dc, cache, 1, key_pos=key, side="query")
+    assert {att.labels[int(c)] for c in query_side.values.mean(1).argmax(0)} == {"rest"}  # the current token
+    assert len(att.to_dataframe()) == len(att.labels) * 4 * model.cfg.n_heads
+
+
+def test_bad_arguments_are_refused() -> None:
+    model = build_ht("gpt2_like")
+    tokens = torch.randint(1, model.cfg.d_vocab, (2, 6), generator=torch.Generator().manual_seed(2))
+    _, dc = depass_tl.run_with_depass(model, tokens, components=depass_tl.heads(0))
+    _, cache = model.run_with_cache(tokens)
+    with pytest.raises(DePassError, match="HookedTransformer"):
+        attention_score_attrs(torch.nn.Linear(2, 2), dc, cache, 1, key_pos=0)
+    with pytest.raises(DePassError, match="after query_pos"):
+        attention_score_attrs(model, dc, cache, 1, key_pos=4, query_pos=2)
+    with pytest.raises(DePassError, match="0..5"):
+        attention_score_attrs(model, dc, cache, 1, key_pos=9)
+    with pytest.raises(DePassError, match="heads must be"):
+        attention_score_attrs(model, dc, cache, 1, key_pos=0, heads=[7])
+    with pytest.raises(DePassError, match="side must be"):
+        attention_score_attrs(model, dc, cache, 1, key_pos=0, side="value")  # type: ignore[arg-type]
+    _, other_cache = model.run_with_cache(tokens.flip(1))
+    with pytest.raises(DePassError, match="same model and input"):
+        attention_score_attrs(model, dc, other_cache, 1, key_pos=0)
+    one_head = attention_score_attrs(model, dc, cache, 1, key_pos=0, heads=2)
+    all_heads = attention_score_attrs(model, dc, cache, 1, key_pos=0)
+    assert one_head.heads == (2,)
+    assert torch.allclose(one_head.values[..., 0], all_heads.values[..., 2], atol=1e-12)
+    local = build_ht("local_attn")  # window 3
+    _, dc = depass_tl.run_with_depass(local, tokens, components=depass_tl.heads(0))
+    _, cache = local.run_with_cache(tokens)
+    with pytest.raises(DePassError, match="window 3"):
+        attention_score_attrs(local, dc, cache, 1, key_pos=1)  # 4 positions back from the last
