@@ -12,8 +12,10 @@ TransformerLens's own ``hook_attn_scores`` exactly; the function checks that and
 Rotary embeddings are linear per position and are applied per component with the model's own
 ``apply_rotary``; GQA heads read their shared key/query head. Score features that are not linear in
 the input are refused: QK norms, ``clip_qkv``, score soft caps, ALiBi / relative position biases,
-log-n query scaling, split q/k/v inputs, shortformer positions. Only ``HookedTransformer`` is supported (the function calls
-its attention modules).
+log-n query scaling, split q/k/v inputs, shortformer positions. Only ``HookedTransformer`` is
+supported (the function calls its attention modules). Padded batches work with right padding; with
+left padding on a rotary model TL shifts the positions by the mask, which the DePassCache does not
+record, so the final check raises.
 
 Examples:
     >>> import torch, depass_tl
@@ -46,8 +48,9 @@ from depass_tl.replay.norm import apply_norm
 
 __all__ = ["ScoreAttribution", "attention_score_attrs"]
 
-# Relative tolerance of the final check against TL's hook_attn_scores (float32 rounding ≈ 1e-6).
-_CHECK_RTOL = 1e-3
+# The final check against TL's hook_attn_scores allows this many units of rounding (eps of the model's
+# dtype) times the magnitude of the parts: a cache from another input misses by O(1) relative.
+_CHECK_ULPS = 256
 
 
 @dataclass(frozen=True)
@@ -113,18 +116,51 @@ def _refuse_nonlinear(cfg: Any) -> None:
             )
 
 
-def _positions(pos: int | Tensor, n_pos: int, batch: int, default: Tensor, what: str) -> Tensor:
-    if isinstance(pos, Tensor):
-        out = pos.to(torch.long).reshape(-1).expand(batch) if pos.numel() == 1 else pos.to(torch.long)
+def _positions(pos: int | Tensor, n_pos: int, last: Tensor, what: str) -> Tensor:
+    """One position per prompt (on the CPU); negative values count back from each prompt's last real token."""
+    batch = last.shape[0]
+    if isinstance(pos, Tensor) and not pos.is_floating_point():
+        out = pos.detach().cpu().to(torch.long).reshape(-1)
+        out = out.expand(batch).clone() if out.numel() == 1 else out
     elif isinstance(pos, int) and not isinstance(pos, bool):
-        if pos == -1 and what == "query_pos":
-            return default.clone()
-        out = torch.full((batch,), pos % n_pos if -n_pos <= pos < 0 else pos, dtype=torch.long)
+        out = torch.full((batch,), pos, dtype=torch.long)
     else:
-        raise DePassError(f"{what} must be an int or a [batch] tensor of positions; got {type(pos).__name__}")
-    if out.shape != (batch,) or bool((out < 0).any()) or bool((out >= n_pos).any()):
-        raise DePassError(f"{what} must give one position in 0..{n_pos - 1} per prompt (batch {batch}); got {out.tolist()}")
+        raise DePassError(f"{what} must be an int or a [batch] integer tensor of positions; got {pos!r}")
+    if out.shape != (batch,):
+        raise DePassError(f"{what} must give one position per prompt (batch {batch}); got shape {tuple(out.shape)}")
+    out = torch.where(out < 0, last + 1 + out, out)  # -1 = each prompt's last real token
+    if bool((out < 0).any()) or bool((out > last).any()):
+        raise DePassError(
+            f"{what} must point at real tokens: positions 0..last real token {last.tolist()} (negative values count "
+            f"back from it); got {out.tolist()}"
+        )
     return out
+
+
+def _rotary_matrix(attn: Any, pos: int, n_pos: int, dtype: torch.dtype) -> Tensor:
+    """``R [d_head, d_head]`` with ``rotary(v) = v @ R`` at ``pos``, from the model's own ``apply_rotary``.
+
+    With dynamic NTK scaling the table depends on the sequence length, so the call covers positions
+    ``pos .. n_pos - 1`` like the clean run's rescale to ``n_pos``; otherwise one position is enough.
+    """
+    d_head = attn.cfg.d_head
+    length = n_pos - pos if getattr(attn.cfg, "use_dynamic_ntk_rope", False) else 1
+    eye = torch.eye(d_head, dtype=dtype, device=attn.rotary_sin.device)
+    out = attn.apply_rotary(eye[:, None, None, :].expand(d_head, length, 1, d_head), past_kv_pos_offset=pos)
+    return out[:, 0, 0, :].to(dtype)
+
+
+def _check_complete(result: ScoreAttribution, eps: float) -> None:
+    v = result.values
+    groups = v.reshape(-1, result.group_size, *v.shape[1:])
+    miss = (groups.sum(1) - result.clean).abs()  # [group, batch, head]
+    allowed = _CHECK_ULPS * eps * (groups.abs().sum(1) + result.clean.abs())
+    if bool((miss > allowed).any()):
+        raise DePassError(
+            f"the split scores miss TransformerLens's hook_attn_scores by up to {float(miss.max()):.3g} (allowed "
+            f"{float(allowed.max()):.3g}): the DePassCache and the ActivationCache must come from the same model and "
+            "input (rotary models: without left padding, whose shifted positions the DePassCache does not record)."
+        )
 
 
 def _layer_input(dc: DePassCache, layer: int) -> Tensor:
@@ -134,8 +170,9 @@ def _layer_input(dc: DePassCache, layer: int) -> Tensor:
             return dc[name]
     raise HookNotFoundError(
         f"the DePassCache has no decomposition of layer {layer}'s input ({' or '.join(names)}). Start the "
-        f"components before layer {layer} (e.g. depass_tl.heads({max(layer - 1, 0)}) or token components) and do "
-        "not filter that hook out with names_filter."
+        "components before that layer ("
+        + (f"e.g. depass_tl.heads({layer - 1}) or " if layer > 0 else "")
+        + "token components, depass_tl.tokens()) and do not filter that hook out with names_filter."
     )
 
 
@@ -161,8 +198,9 @@ def attention_score_attrs(
         cache: ``model.run_with_cache(tokens)``'s ``ActivationCache`` for the same input (gives the
             frozen norm scale, the whole query or key, and the scores to check against).
         layer: The attention layer whose scores are split.
-        key_pos: Key position(s): an int (negative counts from the end) or a ``[batch]`` tensor.
-        query_pos: Query position(s); ``-1`` (default) is each prompt's last real token.
+        key_pos: Key position(s): an int or a ``[batch]`` integer tensor; negative values count back
+            from each prompt's last real token (``-1`` is that token).
+        query_pos: Query position(s), the same way; ``-1`` (default) is each prompt's last real token.
         heads: Head index, list of heads, or None for all heads.
         side: ``"key"`` splits the key and keeps the query whole; ``"query"`` the other way round.
 
@@ -172,7 +210,8 @@ def attention_score_attrs(
 
     Raises:
         DePassError: On a model other than ``HookedTransformer``, a score that is not linear in the layer
-            input (see the module docstring), bad positions (a key after the query), or a missing hook.
+            input (see the module docstring), bad positions (padding, a key after the query in causal
+            attention, outside a local window, a masked score), or a missing hook.
     """
     try:
         from transformer_lens import HookedTransformer
@@ -196,9 +235,10 @@ def attention_score_attrs(
 
     x_all = _layer_input(dc, layer)  # [component, batch, pos, d_model]
     n_comp, batch, n_pos, _ = x_all.shape
-    q_pos = _positions(query_pos, n_pos, batch, dc.last_positions.to(torch.long), "query_pos")
-    k_pos = _positions(key_pos, n_pos, batch, dc.last_positions.to(torch.long), "key_pos")
-    if bool((k_pos > q_pos).any()):
+    last = dc.last_positions.detach().cpu().to(torch.long)
+    q_pos = _positions(query_pos, n_pos, last, "query_pos")
+    k_pos = _positions(key_pos, n_pos, last, "key_pos")
+    if cfg.attention_dir == "causal" and bool((k_pos > q_pos).any()):
         raise DePassError(f"key_pos {k_pos.tolist()} is after query_pos {q_pos.tolist()}: causal attention never "
                           "looks ahead, so that score is masked.")
 
@@ -224,19 +264,18 @@ def attention_score_attrs(
     split_pos = k_pos if side == "key" else q_pos
     dtype = x_all.dtype
     x = x_all[:, rows, split_pos]  # [component, batch, d_model]
+    if scale is not None and scale.ndim == 4:  # use_attn_in: one copy of the input per head, same scale
+        scale = scale[:, :, 0]
     scale_at = None if scale is None else scale[rows, split_pos].to(dtype)[:, None, :]  # [batch, 1, 1]
     normed = apply_norm(x[:, :, None], scale_at, norm, dc.bias_rows.to(x.device))[:, :, 0]  # [comp, batch, d]
     W = (attn.W_K if side == "key" else attn.W_Q)[head_list].to(dtype)  # [head, d_model, d_head]
     b = (attn.b_K if side == "key" else attn.b_Q)[head_list].to(dtype)  # [head, d_head]
     parts = torch.einsum("cbd,hde->cbhe", normed, W)
     parts[dc.bias_rows] += b
-    if rotary:  # rotate each prompt's parts at its own position (linear, so exact per component)
+    if rotary:  # rotation at a position is a linear map R_p of d_head: exact per component
         rotated = torch.empty_like(parts)
-        all_heads = torch.zeros(n_comp, 1, cfg.n_heads, parts.shape[-1], dtype=dtype, device=parts.device)
         for i in range(batch):
-            all_heads[:, 0, head_list] = parts[:, i]
-            out = attn.apply_rotary(all_heads.to(attn.W_Q.dtype), past_kv_pos_offset=int(split_pos[i]))
-            rotated[:, i] = out[:, 0, head_list].to(dtype)
+            rotated[:, i] = parts[:, i] @ _rotary_matrix(attn, int(split_pos[i]), n_pos, dtype).to(parts.device)
         parts = rotated
     other_pos = q_pos if side == "key" else k_pos
     other = whole[rows, other_pos][:, head_list].to(dtype)  # [batch, head, d_head]
@@ -246,10 +285,10 @@ def attention_score_attrs(
         values=values, labels=tuple(dc.labels), layer=layer, heads=tuple(head_list), side=side,
         query_pos=q_pos, key_pos=k_pos, clean=clean.to(dtype), group_size=dc.group_size,
     )
-    err = result.completeness_error()
-    if err > _CHECK_RTOL * max(1.0, float(clean.abs().max())):
+    if not bool(torch.isfinite(clean).all()):
         raise DePassError(
-            f"the split scores miss TransformerLens's hook_attn_scores by {err:.3g}: the DePassCache and the "
-            "ActivationCache must come from the same model and input (for rotary models, without left padding)."
+            f"the clean score from query {q_pos.tolist()} to key {k_pos.tolist()} is masked (-inf) for some prompt: "
+            "the key is padding or outside the attention window."
         )
+    _check_complete(result, torch.finfo(cfg.dtype).eps)
     return result

@@ -324,18 +324,24 @@ print(f"metric: clean {cmp_copy.metric_clean:.2f}, corrupted {cmp_copy.metric_co
 print(cmp_copy.agreement(k=3).to_string())
 print("top head by patching:", top_head(lay.patching), " by DePass (difference):", top_head(lay.depass_diff))
 assert top_head(lay.patching) in induction_heads and top_head(lay.depass_diff) in induction_heads
+lost = cmp_copy.metric_clean - cmp_copy.metric_corrupted
+shares = [float(lay.patching[int(h[1]), int(h[3])]) / lost for h in induction_heads]
+print("fraction of the lost metric each induction head brings back:", [round(x, 2) for x in shares])
+assert all(0.1 < x < 0.5 for x in shares)
 viz.side_by_side(cmp_copy, "attn_head_out_all_pos")"""),
     ("md", """\
 When the corruption changes *what* is copied, the two methods agree: the induction heads carry the
-answer, and patching any one of them back brings a large part of the metric back.
+answer. The four of them share the work, so patching any one back brings only part of the metric
+back (20-30% of it each, here), and DePass splits the credit among them in the same order.
 
 ## Activation patching, corruption 2: match
 
 Now the corruption changes *where* the induction heads look. Patching the previous-token head's clean
 output back restores "the token before position 13 was `A12`" in the keys, the induction heads find
-`A13` again, and the metric comes back. DePass, which takes every attention pattern from the clean
-run as given, cannot see this: in the clean run and in the corrupted run alike, the previous-token
-head's *output* is not what ends up in the logits."""),
+`A13` again, and the metric comes back. DePass cannot see this: it decomposes each run with that
+run's own attention patterns frozen, and in the clean run and in the corrupted run alike the
+previous-token head's *output* is not what ends up in the logits, so its share, and the difference
+of its shares (`depass_diff`), stay small."""),
     ("code", """\
 cmp_match = compare(model, clean, corrupted_match, answer_tokens=answer, incorrect_tokens=other,
                     layouts=["attn_head_out_all_pos"])
@@ -386,9 +392,10 @@ assert all(top_builder[f"L1H{h} score"] == prev_head for h in range(model.cfg.n_
            if f"L1H{h}" in induction_heads)
 key_table.round(2)"""),
     ("md", """\
-`depass_tl.attention_score_attrs` does the same for any supported `HookedTransformer` (every norm
-kind, rotary embeddings, GQA), on the key side or, with `side="query"`, the query side, and checks
-that the parts add up to `hook_attn_scores`. The query of an induction head is built from the
+`depass_tl.attention_score_attrs` does the same for a `HookedTransformer` (every norm kind, rotary
+embeddings, GQA; it refuses score features that are not linear, such as QK norms or soft caps), on
+the key side or, with `side="query"`, the query side, and checks that the parts add up to
+`hook_attn_scores`. The query of an induction head is built from the
 *current* token itself (`rest`: the embeddings), its key by the previous-token head."""),
     ("code", """\
 keys_split = depass_tl.attention_score_attrs(model, dc0, clean_cache, layer=1, key_pos=key_pos)
@@ -419,8 +426,8 @@ assert set(query_builder) == {"rest"}"""),
 
 ## Exercises
 
-1. Change `half_len` (try 6 or 30) and rerun: the same heads are found, because the model copies by
-   content, not by a fixed offset.
+1. Change `half_len` (try 16 or 30; it must stay above `k = 12`) and rerun: the same heads are found,
+   because the model copies by content, not by a fixed offset.
 2. With `components=depass_tl.sources()` every path is credited to the *first* head on it. Which
    layer-0 heads get credit for what the induction heads move, and is the previous-token head
    among them?

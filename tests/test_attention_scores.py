@@ -21,11 +21,13 @@ from tests.families import FAMILIES, HT_CONFIG_FEATURES, build_family, build_ht,
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
+# config -> the field the refusal must name
 REFUSED_FEATURES = {
-    "alibi": "alibi", "post_embedding_ln": "alibi", "gemma2_like": "soft_cap", "split_qkv_attn_result": "split_qkv",
-    "clip_qkv": "clip_qkv", "qk_norm": "qk_norm", "shortformer": "shortformer",
+    "alibi": "'alibi'", "post_embedding_ln": "'alibi'", "gemma2_like": "attn_scores_soft_cap",
+    "split_qkv_attn_result": "use_split_qkv_input", "clip_qkv": "clip_qkv", "qk_norm": "use_qk_norm",
+    "shortformer": "'shortformer'",
 }
-REFUSED_FAMILIES = {"bloom": "alibi", "gemma2": "soft_cap"}
+REFUSED_FAMILIES = {"bloom": "'alibi'", "gemma2": "attn_scores_soft_cap"}
 LAYER = 1
 
 
@@ -34,9 +36,10 @@ def _threads() -> None:
     torch.set_num_threads(1)
 
 
-def _oracle(model, tokens, dc, layer: int, side: str, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+def _oracle(model, tokens, dc, layer: int, side: str, q_pos: torch.Tensor, k_pos: torch.Tensor,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
     """[component, batch, head] shares from TL's own layer, one forward per component (see module docstring)."""
-    _, clean = model.run_with_cache(tokens)
+    _, clean = model.run_with_cache(tokens, attention_mask=mask)
     rotary = model.cfg.positional_embedding_type == "rotary"
     keep = "k" if side == "query" else "q"  # the side that stays whole is patched back to clean
     keep_hooks = [f"blocks.{layer}.attn.hook_{keep}"] + ([f"blocks.{layer}.attn.hook_rot_{keep}"] if rotary else [])
@@ -49,7 +52,8 @@ def _oracle(model, tokens, dc, layer: int, side: str, q_pos: torch.Tensor, k_pos
             hooks.append((f"blocks.{layer}.ln1.hook_scale", lambda act, hook: clean[hook.name]))
         hooks += [(h, lambda act, hook: clean[hook.name]) for h in keep_hooks]
         with model.hooks(fwd_hooks=hooks):
-            _, cache = model.run_with_cache(tokens, names_filter=f"blocks.{layer}.attn.hook_attn_scores")
+            _, cache = model.run_with_cache(tokens, attention_mask=mask,
+                                            names_filter=f"blocks.{layer}.attn.hook_attn_scores")
         s = cache[f"blocks.{layer}.attn.hook_attn_scores"]
         b = torch.arange(tokens.shape[0])
         return s[b, :, q_pos, k_pos]  # [batch, head]
@@ -60,26 +64,27 @@ def _oracle(model, tokens, dc, layer: int, side: str, q_pos: torch.Tensor, k_pos
     return shares
 
 
-def _check(model, tokens, components) -> None:
-    _, dc = depass_tl.run_with_depass(model, tokens, components=components)
-    _, cache = model.run_with_cache(tokens)
+def _check(model, tokens, components, *, layer: int = LAYER, mask: torch.Tensor | None = None) -> None:
+    _, dc = depass_tl.run_with_depass(model, tokens, components=components, attention_mask=mask)
+    _, cache = model.run_with_cache(tokens, attention_mask=mask)
     q_pos = dc.last_positions
     k_pos = torch.stack([q_pos[0] - 1, q_pos[1] - 2])  # inside every sliding window used here
     for side in ("key", "query"):
-        att = attention_score_attrs(model, dc, cache, LAYER, key_pos=k_pos, side=side)
+        att = attention_score_attrs(model, dc, cache, layer, key_pos=k_pos, side=side)
         assert att.values.shape == (len(dc.labels), tokens.shape[0], model.cfg.n_heads)
+        assert torch.equal(att.query_pos, q_pos) and torch.equal(att.key_pos, k_pos)
         assert att.completeness_error() < 1e-9 * max(1.0, float(att.clean.abs().max())), side
-        expected = _oracle(model, tokens, dc, LAYER, side, q_pos, k_pos)
+        expected = _oracle(model, tokens, dc, layer, side, q_pos, k_pos, mask)
         assert torch.allclose(att.values, expected.to(att.values.dtype), atol=1e-9, rtol=1e-7), side
 
 
-def _check_or_refused(model, tokens, *, refused: bool) -> None:
+def _check_or_refused(model, tokens, *, refused: str | None) -> None:
     if not refused:
         _check(model, tokens, depass_tl.heads(0))
         return
     _, dc = depass_tl.run_with_depass(model, tokens, components=depass_tl.tokens())
     _, cache = model.run_with_cache(tokens)
-    with pytest.raises(DePassError, match="cannot split the scores"):
+    with pytest.raises(DePassError, match=f"cannot split the scores of a model with [^:]*{refused}"):
         attention_score_attrs(model, dc, cache, LAYER, key_pos=1)
 
 
@@ -87,14 +92,14 @@ def _check_or_refused(model, tokens, *, refused: bool) -> None:
 def test_every_config_feature_is_exact_or_refused(name: str) -> None:
     model = build_ht(name)
     tokens = torch.randint(1, model.cfg.d_vocab, (2, 7), generator=torch.Generator().manual_seed(0))
-    _check_or_refused(model, tokens, refused=name in REFUSED_FEATURES)
+    _check_or_refused(model, tokens, refused=REFUSED_FEATURES.get(name))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_is_exact_or_refused(family: str) -> None:
     model, _ = build_family(family, dtype=torch.float64, **from_pretrained_flags(family))
     tokens = family_tokens()
-    _check_or_refused(model, tokens, refused=family in REFUSED_FAMILIES)
+    _check_or_refused(model, tokens, refused=REFUSED_FAMILIES.get(family))
 
 
 def test_token_components_and_several_groups() -> None:
@@ -136,8 +141,11 @@ def test_bad_arguments_are_refused() -> None:
         attention_score_attrs(torch.nn.Linear(2, 2), dc, cache, 1, key_pos=0)
     with pytest.raises(DePassError, match="after query_pos"):
         attention_score_attrs(model, dc, cache, 1, key_pos=4, query_pos=2)
-    with pytest.raises(DePassError, match="0..5"):
+    with pytest.raises(DePassError, match=r"real tokens.*got \[9, 9\]"):
         attention_score_attrs(model, dc, cache, 1, key_pos=9)
+    with pytest.raises(DePassError, match=r"real tokens.*got \[-1, -1\]"):
+        attention_score_attrs(model, dc, cache, 1, key_pos=-7)  # 7 back from the last of 6 tokens
+    assert attention_score_attrs(model, dc, cache, 1, key_pos=-2).key_pos.tolist() == [4, 4]
     with pytest.raises(DePassError, match="heads must be"):
         attention_score_attrs(model, dc, cache, 1, key_pos=0, heads=[7])
     with pytest.raises(DePassError, match="side must be"):
@@ -154,3 +162,65 @@ def test_bad_arguments_are_refused() -> None:
     _, cache = local.run_with_cache(tokens)
     with pytest.raises(DePassError, match="window 3"):
         attention_score_attrs(local, dc, cache, 1, key_pos=1)  # 4 positions back from the last
+
+
+def test_padded_batches_use_each_prompts_own_positions() -> None:
+    """Right padding: query -1 is each prompt's last real token; negative keys count back from it."""
+    for name in ("gpt2_like", "llama_like"):  # learned positions; rotary + GQA
+        model = build_ht(name)
+        tokens = torch.randint(1, model.cfg.d_vocab, (2, 7), generator=torch.Generator().manual_seed(4))
+        mask = torch.ones(2, 7, dtype=torch.long)
+        mask[1, 4:] = 0  # prompt 1 has 4 real tokens
+        _check(model, tokens, depass_tl.heads(0), mask=mask)
+        _, dc = depass_tl.run_with_depass(model, tokens, components=depass_tl.heads(0), attention_mask=mask)
+        _, cache = model.run_with_cache(tokens, attention_mask=mask)
+        assert attention_score_attrs(model, dc, cache, 1, key_pos=-2).key_pos.tolist() == [5, 2]
+
+
+def test_a_masked_key_is_refused() -> None:
+    model = build_ht("gpt2_like")
+    tokens = torch.randint(1, model.cfg.d_vocab, (2, 6), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, :2] = 0  # left padding on prompt 1
+    _, dc = depass_tl.run_with_depass(model, tokens, components=depass_tl.tokens(), attention_mask=mask)
+    _, cache = model.run_with_cache(tokens, attention_mask=mask)
+    with pytest.raises(DePassError, match="masked"):
+        attention_score_attrs(model, dc, cache, 1, key_pos=0)
+
+
+def test_layer_zero_from_token_components_and_attn_in() -> None:
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    model = build_ht("llama_like")
+    tokens = torch.randint(1, model.cfg.d_vocab, (2, 7), generator=torch.Generator().manual_seed(6))
+    _check(model, tokens, depass_tl.tokens(), layer=0)
+    with pytest.raises(HookNotFoundError, match=r"depass_tl.tokens\(\)"):
+        _, dc = depass_tl.run_with_depass(model, tokens, components=depass_tl.heads(0))
+        attention_score_attrs(model, dc, model.run_with_cache(tokens)[1], 0, key_pos=1)
+    cfg = HookedTransformerConfig(**HT_CONFIG_FEATURES["gpt2_like"], use_attn_in=True, dtype=torch.float64, seed=0)
+    _check(HookedTransformer(cfg), tokens, depass_tl.heads(0))  # per-head copies of ln1's input and scale
+
+
+def test_dynamic_ntk_rotary_tables_match_the_clean_run() -> None:
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(**{**HT_CONFIG_FEATURES["llama_like"], "use_dynamic_ntk_rope": True,
+                                     "train_seq_length": 8}, dtype=torch.float64, seed=0)
+    model = HookedTransformer(cfg)
+    tokens = torch.randint(1, cfg.d_vocab, (2, 20), generator=torch.Generator().manual_seed(7))  # past 8: rescaled
+    _check(model, tokens, depass_tl.heads(0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models_pass_the_check(dtype: torch.dtype) -> None:
+    """Rounding of half-precision q/k is allowed for; the float32 split agrees with the float64 model's."""
+    model64 = build_ht("llama_like")
+    model = build_ht("llama_like").to(dtype)
+    tokens = torch.randint(1, model.cfg.d_vocab, (2, 7), generator=torch.Generator().manual_seed(8))
+    results = []
+    for m in (model, model64):
+        _, dc = depass_tl.run_with_depass(m, tokens, components=depass_tl.tokens())
+        results.append(attention_score_attrs(m, dc, m.run_with_cache(tokens)[1], 1, key_pos=2))
+    half, full = results
+    scale = float(full.values.abs().max())
+    assert float((half.values.double() - full.values).abs().max()) < 0.1 * scale

@@ -84,6 +84,13 @@ def test_decompx_says_what_to_install_on_tl4() -> None:
             hooked_encoder_class()
 
 
+def test_attention_score_attrs_needs_a_hooked_transformer() -> None:
+    """TL 4 has no HookedTransformer: a DePassError saying so; elsewhere a non-HT model is refused by type."""
+    match = "HookedTransformer" if HAS_HOOKED else r"needs transformer_lens.HookedTransformer \(TL 2.x / 3.x\)"
+    with pytest.raises(depass_tl.DePassError, match=match):
+        depass_tl.attention_score_attrs(torch.nn.Linear(2, 2), None, None, 0, key_pos=0)  # type: ignore[arg-type]
+
+
 def test_wrong_object_names_both_model_classes() -> None:
     with pytest.raises(depass_tl.DePassError, match="TransformerBridge"):
         depass_tl.run_with_depass(torch.nn.Linear(2, 2), torch.tensor([[1, 2]]))
