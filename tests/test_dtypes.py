@@ -61,3 +61,42 @@ def test_frozen_norm_scales_stay_float32() -> None:
     run = depass_tl.capture(*_model("gpt2", torch.bfloat16))
     assert run.acts["blocks.0.ln1.hook_scale"].dtype == torch.float32
     assert run.acts["blocks.0.attn.hook_pattern"].dtype == torch.bfloat16
+
+
+SPECS = {
+    "heads(0)": lambda: depass_tl.heads(0),
+    "heads()": lambda: depass_tl.heads(),
+    "modules()": lambda: depass_tl.modules(),
+    "neurons(0)": lambda: depass_tl.neurons(0, top_k=4),
+    "sources()": lambda: depass_tl.sources(),
+    "tokens()": lambda: depass_tl.tokens(),
+}
+
+
+@pytest.mark.parametrize("spec", sorted(SPECS))
+@pytest.mark.parametrize("dtype", list(HALF), ids=["bf16", "fp16"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_every_component_spec_runs_on_half_models(arch: str, dtype: torch.dtype, spec: str) -> None:
+    """The specs' own completeness checks (components vs the clean activation they start from) allow
+    for the model's half-precision rounding; before, heads() on a bf16 model failed its check by 4e-3."""
+    model, toks = _model(arch, dtype)
+    _, dc = depass_tl.run_with_depass(model, toks, components=SPECS[spec]())
+    assert max(dc.completeness_error(relative=True).values()) <= HALF[dtype]
+
+
+def test_custom_components_on_a_half_model_allow_its_rounding() -> None:
+    """Off by 5e-4 relative (under bf16's rounding, over the float tolerance 1e-4): accepted; 10% off: refused."""
+    model, toks = _model("llama", torch.bfloat16)
+    _, cache = model.run_with_cache(toks)
+    resid = cache["blocks.1.hook_resid_pre"].float()
+    parts = torch.stack([resid * 0.5, resid * 0.5 * (1 + 1e-3)])
+    spec = depass_tl.custom("blocks.1.hook_resid_pre", parts, ["a", "b"])
+    depass_tl.run_with_depass(model, toks, components=spec)
+    with pytest.raises(depass_tl.DePassError, match="do not sum to the clean activation"):
+        depass_tl.run_with_depass(model, toks, components=depass_tl.custom("blocks.1.hook_resid_pre", parts * 1.1, ["a", "b"]))
+    float_model, float_toks = _model("llama", torch.float32)
+    _, cache = float_model.run_with_cache(float_toks)
+    resid = cache["blocks.1.hook_resid_pre"]
+    with pytest.raises(depass_tl.DePassError, match="do not sum to the clean activation"):  # float32 stays strict
+        depass_tl.run_with_depass(float_model, float_toks, components=depass_tl.custom(
+            "blocks.1.hook_resid_pre", torch.stack([resid * 0.5, resid * 0.5 * (1 + 1e-3)]), ["a", "b"]))

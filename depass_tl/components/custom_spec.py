@@ -15,10 +15,19 @@ from depass_tl.replay.engine import InitialState, parse_start_hook
 __all__ = ["CustomSpec", "custom", "check_complete"]
 
 
-def check_complete(x: Tensor, clean: Tensor, hook: str, rtol: float, what: str = "custom components") -> None:
-    """Raise if ``x.sum(0)`` differs from ``clean``; the message shows where and by how much."""
+def check_complete(
+    x: Tensor, clean: Tensor, hook: str, rtol: float, what: str = "custom components",
+    model_dtype: torch.dtype | None = None,
+) -> None:
+    """Raise if ``x.sum(0)`` differs from ``clean``; the message shows where and by how much.
+
+    ``model_dtype``: the dtype the clean run was computed in; for half precision the tolerance grows to
+    ``8 * eps`` of that dtype (the clean activation was rounded there, the components were not).
+    """
     residual = x.sum(0) - clean
     err = float(residual.abs().max())
+    if model_dtype is not None and model_dtype.is_floating_point:
+        rtol = max(rtol, 8 * torch.finfo(model_dtype).eps)
     tol = rtol * max(1.0, float(clean.abs().max()))
     if not err <= tol:
         b, p, d = (int(i) for i in torch.unravel_index(residual.abs().argmax(), residual.shape))
@@ -51,7 +60,7 @@ class CustomSpec(ComponentSpec):
             )
         if len(self.labels) != x.shape[0]:
             raise DePassError(f"got {len(self.labels)} labels for {x.shape[0]} components; give one label each.")
-        check_complete(x, clean, self.hook, self.rtol)
+        check_complete(x, clean, self.hook, self.rtol, model_dtype=run.view.dtype)
         return InitialState((group_with_bias(x, list(self.labels), self.hook),))
 
 

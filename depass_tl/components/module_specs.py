@@ -87,7 +87,7 @@ class HeadSpec(ComponentSpec):
                 start = p + "hook_resid_mid"
             x = torch.cat([results, rest[None]])
             check_complete(torch.cat([x, b_O.expand_as(rest)[None]]), run.get(start).to(dtype), start, _RTOL,
-                           "head outputs + rest")
+                           "head outputs + rest", model_dtype=run.view.dtype)
             labels = [f"L{l}H{h}" for h in range(results.shape[0])] + multi_labels([REST], l, several)
             groups.append(group_with_bias(x, labels, start, b_O, bias_label=_bias_label(l, several)))
         return InitialState(tuple(groups))
