@@ -9,6 +9,7 @@ Nothing of depass_tl's arithmetic is reused.
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -214,8 +215,8 @@ def test_dynamic_ntk_rotary_tables_match_the_clean_run() -> None:
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_models_pass_the_check(dtype: torch.dtype) -> None:
     """Rounding of half-precision q/k is allowed for; the float32 split agrees with the float64 model's."""
-    model64 = build_ht("llama_like")
-    model = build_ht("llama_like").to(dtype)
+    model64 = build_ht("llama_like")  # cached and shared: convert a copy, never the cached model
+    model = copy.deepcopy(model64).to(dtype)
     tokens = torch.randint(1, model.cfg.d_vocab, (2, 7), generator=torch.Generator().manual_seed(8))
     results = []
     for m in (model, model64):
