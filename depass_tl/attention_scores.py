@@ -280,7 +280,7 @@ def attention_score_attrs(
     other_pos = q_pos if side == "key" else k_pos
     other = whole[rows, other_pos][:, head_list].to(dtype)  # [batch, head, d_head]
     values = (parts * other).sum(-1) / attn.attn_scale  # [component, batch, head]
-    clean = scores[rows][:, head_list][torch.arange(batch)[:, None], torch.arange(len(head_list)), q_pos[:, None], k_pos[:, None]]
+    clean = scores[rows[:, None], torch.tensor(head_list)[None], q_pos[:, None], k_pos[:, None]]  # [batch, head]
     result = ScoreAttribution(
         values=values, labels=tuple(dc.labels), layer=layer, heads=tuple(head_list), side=side,
         query_pos=q_pos, key_pos=k_pos, clean=clean.to(dtype), group_size=dc.group_size,

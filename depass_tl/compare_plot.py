@@ -8,7 +8,6 @@ depass_tl: ``pip install plotly``.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,18 +105,13 @@ def heatmap_panels(
 
 
 def _backend(backend: str | None) -> str:
-    if backend is not None and backend not in ("plotly", "matplotlib"):
-        raise DePassError(f"backend must be 'plotly', 'matplotlib' or None (auto); got {backend!r}.")
-    wanted = ["plotly", "matplotlib"] if backend is None else [backend]
-    for name in wanted:
-        if importlib.util.find_spec(name) is not None:
-            return name
-    if backend is None:
-        raise DePassError(
-            "plotting needs plotly (or matplotlib), and neither is installed; run `pip install plotly`. "
-            "The numbers are in heatmap_panels(...) and Comparison.to_dataframe() without either."
-        )
-    raise DePassError(f"backend={backend!r} is not installed; run `pip install {backend}`.")
+    from depass_tl.viz._backend import resolve_backend  # lazy: depass_tl.viz imports this module
+
+    return resolve_backend(
+        backend,
+        fallback_hint="For interactive plots `pip install plotly` is enough. The numbers are in heatmap_panels(...) and "
+        "Comparison.to_dataframe() without either.",
+    )
 
 
 def plot_comparison(

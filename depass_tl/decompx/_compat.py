@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
+from depass_tl.backends import tl_version
 from depass_tl.errors import UnsupportedModelError
 
 __all__ = ["hooked_encoder_class"]
-
-
-def _installed_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    for name in ("transformer-lens", "transformer_lens"):
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            continue
-    return "not installed"
 
 
 def hooked_encoder_class() -> type:
@@ -31,7 +21,7 @@ def hooked_encoder_class() -> type:
     except (ImportError, AttributeError) as e:
         raise UnsupportedModelError(
             "transformer_lens.HookedEncoder is not available (installed TransformerLens: "
-            f"{_installed_version()}); it was removed in TransformerLens 4.0. DecompX on BERT needs it: "
+            f"{tl_version()}); it was removed in TransformerLens 4.0. DecompX on BERT needs it: "
             "install 'transformer-lens<4' (on TL 4, decoder models go through TransformerBridge with "
             "depass_tl.run_with_depass)"
         ) from e

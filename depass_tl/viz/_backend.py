@@ -32,8 +32,10 @@ def _installed(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def resolve_backend(backend: str | None) -> str:
+def resolve_backend(backend: str | None, *, fallback_hint: str = "") -> str:
     """``"plotly"`` or ``"matplotlib"``: the one asked for, or (None) plotly if installed, else matplotlib.
+
+    ``fallback_hint`` is appended when neither library is installed (where the numbers are without one).
 
     Raises:
         DePassError: an unknown backend, or the library is not installed (names the install).
@@ -46,6 +48,7 @@ def resolve_backend(backend: str | None) -> str:
     if backend is None:
         raise DePassError(
             f"plots need plotly (interactive) or matplotlib (static), and neither is installed; run `{INSTALL_HINT}`."
+            + (f" {fallback_hint}" if fallback_hint else "")
         )
     raise DePassError(f"backend={backend!r} is not installed; run `{INSTALL_HINT}` (or `pip install {backend}`).")
 
