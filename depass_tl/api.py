@@ -9,12 +9,14 @@ import torch
 from torch import Tensor
 
 from depass_tl.cache import DePassCache
-from depass_tl.capture import capture
+from depass_tl.capture import capture, single_token_fn
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components import ComponentSpec, TokenSpec
 from depass_tl.errors import DePassError
 from depass_tl.memory import parse_memory
-from depass_tl.replay.engine import FINAL_HOOK, replay_components
+from depass_tl.replay.engine import replay_components
+from depass_tl.replay.rules import DEFAULT_RULE, DEFAULT_TEMPERATURE, RuleLike, get_rule
+from depass_tl.replay.state import FINAL_HOOK
 
 __all__ = ["run_with_depass", "replay"]
 
@@ -56,8 +58,8 @@ def replay(
     run: FrozenRun,
     components: ComponentSpec | None = None,
     *,
-    mlp_rule: str = "softmax",
-    temperature: float = 0.1,
+    mlp_rule: RuleLike = "softmax",
+    temperature: float = DEFAULT_TEMPERATURE,
     names_filter: NamesFilter = None,
     dtype: torch.dtype | None = None,
     to_single_token: Callable[[str], int] | None = None,
@@ -76,19 +78,17 @@ def replay(
         raise DePassError(
             f"components must be a spec such as depass_tl.tokens() or depass_tl.custom(...); got {type(spec).__name__}."
         )
+    rule = get_rule(mlp_rule, temperature=temperature)
     dtype = _default_dtype(run.view.dtype) if dtype is None else dtype
     if not dtype.is_floating_point:
         raise DePassError(f"dtype must be a floating-point torch dtype, got {dtype}.")
     init = spec.init(run, dtype)
     keep = _keep_fn(names_filter)
     budget = None if max_memory is None else parse_memory(max_memory)
-    acts = replay_components(
-        run, init, mlp_rule=mlp_rule, temperature=temperature, dtype=dtype, keep=keep, chunk_size=chunk_size,
-        max_memory=budget,
-    )
+    acts = replay_components(run, init, mlp_rule=rule, dtype=dtype, keep=keep, chunk_size=chunk_size, max_memory=budget)
     _check_names(names_filter, acts)
     clean = {name: run.get(name) for name in acts}
-    last_pos = _last_real_positions(run)
+    last_pos = run.last_real_positions
     rows = torch.arange(run.batch, device=run.tokens.device)
     if run.view.output_logits_soft_cap is None:
         last = run.logits[rows, last_pos]
@@ -107,32 +107,10 @@ def replay(
         b_U=run.view.b_U,
         group_size=init.group_size,
         start_hook=init.groups[-1].start_hook,
-        mlp_rule=mlp_rule,
+        mlp_rule=rule.name,
         logits_soft_capped=run.view.output_logits_soft_cap is not None,
         to_single_token=to_single_token,
     )
-
-
-def _last_real_positions(run: FrozenRun) -> Tensor:
-    """Per prompt, the index of its last real (unpadded) token: ``[batch]``."""
-    if run.attention_mask is None:
-        return torch.full((run.batch,), run.n_pos - 1, dtype=torch.long, device=run.tokens.device)
-    positions = torch.arange(run.n_pos, device=run.tokens.device)
-    return (run.attention_mask.to(run.tokens.device).bool() * (positions + 1)).argmax(-1)
-
-
-def _single_token_fn(model: Any) -> Callable[[str], int] | None:
-    if getattr(model, "tokenizer", None) is None:
-        return None
-
-    def to_single_token(s: str) -> int:
-        ids = model.to_tokens(s, prepend_bos=False)[0]
-        if ids.numel() != 1:
-            pieces = model.to_str_tokens(s, prepend_bos=False)
-            raise DePassError(f"{s!r} is {ids.numel()} tokens {pieces}, not one; pick a single-token answer.")
-        return int(ids[0])
-
-    return to_single_token
 
 
 def _is_encoder(model: Any) -> bool:
@@ -148,8 +126,8 @@ def run_with_depass(
     input: Any,
     *,
     components: ComponentSpec | None = None,
-    mlp_rule: str = "softmax",
-    temperature: float = 0.1,
+    mlp_rule: RuleLike = "softmax",
+    temperature: float = DEFAULT_TEMPERATURE,
     names_filter: NamesFilter = None,
     dtype: torch.dtype | None = None,
     prepend_bos: bool | None = None,
@@ -171,8 +149,9 @@ def run_with_depass(
         input: a string, a list of equal-length strings, or ``[batch, pos]`` token ids.
         components: what to attribute to (default :func:`depass_tl.tokens`: one per input token).
         mlp_rule: how an MLP's activation is split among components: ``softmax`` (DePass default),
-            ``ratio`` (frozen post/pre slope; linear) or ``max``.
-        temperature: softmax temperature (default 0.1, as in DePass).
+            ``ratio`` (frozen post/pre slope; linear), ``max``, the name of a registered rule, or a rule
+            object (:mod:`depass_tl.replay.rules`, e.g. ``Softmax(temperature=0.5)``).
+        temperature: softmax temperature for a rule given by name (default 0.1, as in DePass).
         names_filter: hook names to keep (a name, a list, or a predicate); ``unembed.hook_in`` is
             always kept for logit attribution. Default: every hook.
         dtype: accumulation dtype (default float32, float64 for float64 models).
@@ -214,7 +193,7 @@ def run_with_depass(
     if _is_encoder(model):
         from depass_tl.decompx import run_decompx
 
-        if components is not None or mlp_rule != "softmax":
+        if components is not None or get_rule(mlp_rule) != DEFAULT_RULE:
             raise DePassError(
                 "a HookedEncoder is decomposed by DecompX into token components with the GELU ratio rule; "
                 "components= and mlp_rule= do not apply. Drop them, or use depass_tl.decompx.run_decompx."
@@ -236,6 +215,7 @@ def run_with_depass(
         raise DePassError(
             f"components must be a spec such as depass_tl.tokens() or depass_tl.custom(...); got {type(components).__name__}."
         )
+    rule = get_rule(mlp_rule, temperature=temperature)
     n_layers = int(getattr(getattr(model, "cfg", None), "n_layers", 0))
     extra = set() if components is None else components.required_hooks(n_layers)
     run = capture(
@@ -245,11 +225,10 @@ def run_with_depass(
     cache = replay(
         run,
         components,
-        mlp_rule=mlp_rule,
-        temperature=temperature,
+        mlp_rule=rule,
         names_filter=names_filter,
         dtype=dtype,
-        to_single_token=_single_token_fn(model),
+        to_single_token=single_token_fn(model),
         chunk_size=chunk_size,
         max_memory=max_memory,
     )

@@ -10,7 +10,7 @@ differences. TL 2.x has no ``unembed.hook_in``; it is rebuilt from the frozen fi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -20,7 +20,7 @@ from depass_tl.coefficients import FrozenRun
 from depass_tl.errors import DePassError, UnsupportedModelError
 from depass_tl.model_view import ModelView, MoEView, NormView, read_model_view
 
-__all__ = ["capture", "to_tokens", "tokens_and_mask"]
+__all__ = ["capture", "to_tokens", "tokens_and_mask", "single_token_fn"]
 
 
 def _get_attention_mask_fn() -> Any:
@@ -70,6 +70,24 @@ def _string_tokens(
     bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
     mask = get_attention_mask(model.tokenizer, tokens, bos, padding_side=side)
     return tokens, mask
+
+
+def single_token_fn(model: Any) -> Callable[[str], int] | None:
+    """A function that turns a single-token string into its id with the model's tokenizer (None without one).
+
+    The function raises a :class:`DePassError` for a string of several tokens.
+    """
+    if getattr(model, "tokenizer", None) is None:
+        return None
+
+    def to_single_token(s: str) -> int:
+        ids = model.to_tokens(s, prepend_bos=False)[0]
+        if ids.numel() != 1:
+            pieces = model.to_str_tokens(s, prepend_bos=False)
+            raise DePassError(f"{s!r} is {ids.numel()} tokens {pieces}, not one; pick a single-token answer.")
+        return int(ids[0])
+
+    return to_single_token
 
 
 def _check_ids(model: Any, input: Any, what: str) -> Tensor:

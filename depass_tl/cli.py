@@ -28,10 +28,17 @@ __all__ = ["main", "build_parser"]
 
 PROG = "depass-tl"
 COMPONENT_SETS = ("tokens", "heads", "sources")
-MLP_RULES = ("softmax", "ratio", "max")
 
 
 # ------------------------------------------------------------------------------------ parsing
+def _rule_arg(text: str) -> str:
+    from depass_tl.replay.rules import rule_names  # the rule registry (imports torch: only when the flag is given)
+
+    if text not in rule_names():
+        raise argparse.ArgumentTypeError(f"unknown MLP rule {text!r}; choose one of {', '.join(rule_names())}")
+    return text
+
+
 def _components_arg(text: str) -> tuple[str, ...]:
     parts = tuple(p.strip() for p in text.split(",") if p.strip())
     bad = [p for p in parts if p not in COMPONENT_SETS]
@@ -67,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to attribute to, comma-separated: tokens (depass_tl.tokens()), heads (depass_tl.heads() over "
              "every layer), sources (depass_tl.sources()); default tokens,heads",
     )
-    att.add_argument("--mlp-rule", choices=MLP_RULES, default="softmax",
-                     help="how MLP activations are split among components (default softmax)")
+    att.add_argument("--mlp-rule", type=_rule_arg, default="softmax",
+                     help="how MLP activations are split among components: softmax (default), ratio, max, or "
+                          "another registered rule (depass_tl.replay.rules)")
     att.add_argument("--temperature", type=float, default=0.1, help="softmax temperature (default 0.1)")
     att.add_argument("--top", type=int, default=10, help="rows per table (default 10)")
     att.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
@@ -323,6 +331,7 @@ def attribute(args: argparse.Namespace) -> list[str]:
     import torch
 
     import depass_tl
+    from depass_tl.replay.rules import get_rule
 
     _check_args(args)
     loaded = _load(args)
@@ -342,9 +351,10 @@ def attribute(args: argparse.Namespace) -> list[str]:
     clean = float(clean_logits[loaded.target])
     if loaded.contrast is not None:
         clean -= float(clean_logits[loaded.contrast])
+    temperature = getattr(get_rule(args.mlp_rule, temperature=args.temperature), "temperature", None)
     lines = [
         f"{PROG} attribute: {loaded.description}, mlp_rule={args.mlp_rule}"
-        + (f" (temperature {args.temperature})" if args.mlp_rule == "softmax" else ""),
+        + (f" (temperature {temperature})" if temperature is not None else ""),
         f"prompt: {len(loaded.str_tokens)} tokens; attributing {quantity} at position {last} "
         f"({loaded.str_tokens[last]!r}); the model's top prediction there: {loaded.decode(int(clean_logits.argmax()))!r}",
         f"clean {quantity} = {_fmt(clean)}",

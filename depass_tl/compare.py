@@ -44,7 +44,7 @@ from depass_tl.capture import capture, to_tokens
 from depass_tl.compare_layouts import LAYOUTS, depass_layout, layout_hooks, layout_shape
 from depass_tl.compare_stats import spearman, top_k_overlap
 from depass_tl.errors import DePassError
-from depass_tl.replay.mlp import MLP_RULES
+from depass_tl.replay.rules import DEFAULT_TEMPERATURE, RuleLike, get_rule
 
 __all__ = ["LAYOUTS", "Comparison", "LayoutComparison", "compare", "logit_diff_metric"]
 
@@ -269,8 +269,8 @@ def compare(
     incorrect_tokens: Any = None,
     layouts: Sequence[str] | None = None,
     pos: int = -1,
-    mlp_rule: str = "softmax",
-    temperature: float = 0.1,
+    mlp_rule: RuleLike = "softmax",
+    temperature: float = DEFAULT_TEMPERATURE,
     dtype: torch.dtype | None = None,
     prepend_bos: bool | None = None,
 ) -> Comparison:
@@ -289,8 +289,9 @@ def compare(
         layouts: which of :data:`LAYOUTS` to compute. Default: ``resid_pre``, ``attn_out``,
             ``mlp_out`` (models with MLPs), ``attn_head_out_by_pos``, ``attn_head_out_all_pos``.
         pos: the position whose logits the metric reads (default: the last).
-        mlp_rule: DePass MLP rule (``softmax``, ``ratio``, ``max``); see :func:`depass_tl.run_with_depass`.
-        temperature: softmax temperature.
+        mlp_rule: DePass MLP rule (``softmax``, ``ratio``, ``max``, or a rule object); see
+            :func:`depass_tl.run_with_depass`.
+        temperature: softmax temperature (for a rule given by name).
         dtype: DePass accumulation dtype (default: float32, float64 for float64 models).
         prepend_bos: for string input, passed to ``model.to_tokens``.
 
@@ -330,8 +331,7 @@ def compare(
     batch, P = clean_toks.shape
     if isinstance(pos, bool) or not isinstance(pos, int) or not -P <= pos < P:
         raise DePassError(f"pos must be an integer position in [-{P}, {P}); got {pos!r}.")
-    if mlp_rule not in MLP_RULES:
-        raise DePassError(f"unknown mlp_rule {mlp_rule!r}; choose one of {', '.join(MLP_RULES)}.")
+    rule = get_rule(mlp_rule, temperature=temperature)
     answer = _ids(model, answer_tokens, batch, "answer_tokens")
     incorrect = None if incorrect_tokens is None else _ids(model, incorrect_tokens, batch, "incorrect_tokens")
 
@@ -375,7 +375,7 @@ def compare(
             patched = getattr(tl_patching, lay.tl_function)(model, corrupt_toks, clean_cache, patching_metric)
         patched = patched.detach().double().cpu()
         assert tuple(patched.shape) == layout_shape(name, run_clean), (name, tuple(patched.shape))
-        kw: dict[str, Any] = dict(pos=pos, mlp_rule=mlp_rule, temperature=temperature, dtype=dtype)
+        kw: dict[str, Any] = dict(pos=pos, mlp_rule=rule, dtype=dtype)
         d_clean, r_clean = depass_layout(run_clean, name, answer, incorrect, **kw)
         d_corrupt, r_corrupt = depass_layout(run_corrupt, name, answer, incorrect, **kw)
         results[name] = LayoutComparison(
@@ -397,5 +397,5 @@ def compare(
         incorrect_tokens=incorrect,
         pos=pos,
         pos_labels=_pos_labels(model, clean_toks, corrupt_toks),
-        mlp_rule=mlp_rule,
+        mlp_rule=rule.name,
     )

@@ -34,6 +34,7 @@ from depass_tl.api import replay
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components import custom
 from depass_tl.errors import DePassError
+from depass_tl.replay.rules import DEFAULT_TEMPERATURE, RuleLike
 
 __all__ = ["LAYOUTS", "depass_layout", "layout_hooks", "layout_shape"]
 
@@ -154,8 +155,8 @@ def depass_layout(
     incorrect_tokens: Any = None,
     *,
     pos: int = -1,
-    mlp_rule: str = "softmax",
-    temperature: float = 0.1,
+    mlp_rule: RuleLike = "softmax",
+    temperature: float = DEFAULT_TEMPERATURE,
     dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
     """DePass contributions to a logit (difference) on a patching layout's axes, for one run.
