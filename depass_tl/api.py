@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from depass_tl.backends import backend_for
 from depass_tl.cache import DePassCache
 from depass_tl.capture import capture, single_token_fn
 from depass_tl.coefficients import FrozenRun
@@ -113,14 +114,6 @@ def replay(
     )
 
 
-def _is_encoder(model: Any) -> bool:
-    try:
-        from transformer_lens import HookedEncoder
-    except ImportError:  # TL 4: no HookedEncoder
-        return False
-    return isinstance(model, HookedEncoder)
-
-
 def run_with_depass(
     model: Any,
     input: Any,
@@ -190,7 +183,7 @@ def run_with_depass(
         >>> bool(torch.allclose(attrs.sum(0), logits[:, -1, 7], atol=1e-4))
         True
     """
-    if _is_encoder(model):
+    if backend_for(model).method == "decompx":
         from depass_tl.decompx import run_decompx
 
         if components is not None or get_rule(mlp_rule) != DEFAULT_RULE:

@@ -4,7 +4,7 @@ This is the only module that registers hooks. It uses ``model.run_with_cache`` (
 ``model.hooks(...)`` context and are removed in a ``finally``, also when the forward raises), keeps
 only the hooks the replay needs, and never modifies the model. ``HookedTransformer`` and
 ``TransformerBridge`` are captured by the same code: the Bridge registers the HookedTransformer hook
-names in both of its modes, and :func:`depass_tl.model_view.read_model_view` absorbs the weight
+names in both of its modes, and :func:`depass_tl.backends.read_model_view` absorbs the weight
 differences. TL 2.x has no ``unembed.hook_in``; it is rebuilt from the frozen final norm scale.
 """
 
@@ -18,7 +18,8 @@ from torch import Tensor
 
 from depass_tl.coefficients import FrozenRun
 from depass_tl.errors import DePassError, UnsupportedModelError
-from depass_tl.model_view import ModelView, MoEView, NormView, read_model_view
+from depass_tl.backends import read_model_view
+from depass_tl.model_view import ModelView, MoEView, NormView
 
 __all__ = ["capture", "to_tokens", "tokens_and_mask", "single_token_fn"]
 
