@@ -24,7 +24,7 @@ __all__ = ["BACKENDS", "INSTALL_HINT", "resolve_backend", "save", "save_html_pag
 
 BACKENDS = ("plotly", "matplotlib")
 INSTALL_HINT = 'pip install "depass_tl[viz]"'
-COLORSCALE = "RdBu"  # red < 0 < blue, as in TransformerLens's tutorials and compare_plot
+COLORSCALE = "RdBu"  # red < 0 < blue, as in TransformerLens's tutorials
 STATIC_SUFFIXES = (".png", ".svg", ".pdf")
 
 

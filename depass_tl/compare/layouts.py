@@ -103,7 +103,7 @@ def _act(run: FrozenRun, name: str) -> Tensor:
     if name not in run.acts:
         raise DePassError(
             f"{name!r} was not captured; capture with depass_tl.capture(model, tokens, "
-            "extra_hooks=depass_tl.compare_layouts.layout_hooks(layout, model.cfg.n_layers))."
+            "extra_hooks=depass_tl.compare.layout_hooks(layout, model.cfg.n_layers))."
         )
     return run.acts[name]
 
@@ -179,7 +179,7 @@ def depass_layout(
 
     Examples:
         >>> import torch, depass_tl
-        >>> from depass_tl.compare_layouts import depass_layout, layout_hooks
+        >>> from depass_tl.compare import depass_layout, layout_hooks
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
         ...                               d_vocab=20, attn_only=True, seed=0)
