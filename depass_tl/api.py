@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Literal
 
 import torch
 from torch import Tensor
 
+from depass_tl._checks import checked
+from depass_tl._types import COMPONENTS_HINT, TOKENS_HINT, ClassLogits, Logits, Model, TextOrTokens
 from depass_tl.backends import backend_for
 from depass_tl.cache import DePassCache
 from depass_tl.capture import capture, single_token_fn
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components import ComponentSpec, TokenSpec
+from depass_tl.decompx.heads import MLMHead, SequenceClassificationHead
+from depass_tl.decompx.result import DecompXResult
 from depass_tl.errors import DePassError
 from depass_tl.memory import parse_memory
 from depass_tl.replay.engine import replay_components
@@ -55,6 +59,7 @@ def _default_dtype(model_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if model_dtype == torch.float64 else torch.float32
 
 
+@checked(hints={"components": COMPONENTS_HINT})
 def replay(
     run: FrozenRun,
     components: ComponentSpec | None = None,
@@ -75,10 +80,6 @@ def replay(
         A :class:`~depass_tl.cache.DePassCache`.
     """
     spec = TokenSpec() if components is None else components
-    if not isinstance(spec, ComponentSpec):
-        raise DePassError(
-            f"components must be a spec such as depass_tl.tokens() or depass_tl.custom(...); got {type(spec).__name__}."
-        )
     rule = get_rule(mlp_rule, temperature=temperature)
     dtype = _default_dtype(run.view.dtype) if dtype is None else dtype
     if not dtype.is_floating_point:
@@ -114,9 +115,13 @@ def replay(
     )
 
 
+@checked(hints={
+    "input": TOKENS_HINT, "components": COMPONENTS_HINT, "head": "head must be a SequenceClassificationHead or an MLMHead",
+    "padding_side": "padding_side must be 'left' or 'right'",
+})
 def run_with_depass(
-    model: Any,
-    input: Any,
+    model: Model,
+    input: TextOrTokens,
     *,
     components: ComponentSpec | None = None,
     mlp_rule: RuleLike = "softmax",
@@ -124,14 +129,14 @@ def run_with_depass(
     names_filter: NamesFilter = None,
     dtype: torch.dtype | None = None,
     prepend_bos: bool | None = None,
-    head: Any = None,
+    head: SequenceClassificationHead | MLMHead | None = None,
     token_type_ids: Tensor | None = None,
     attention_mask: Tensor | None = None,
     bias_policy: str = "bias",
-    padding_side: str | None = None,
+    padding_side: Literal["left", "right"] | None = None,
     chunk_size: int | None = None,
     max_memory: int | float | str | None = None,
-) -> tuple[Tensor, Any]:
+) -> tuple[Logits, DePassCache] | tuple[ClassLogits | Logits, DecompXResult]:
     """Run the model once, then decompose every residual-stream activation and the logits.
 
     Like ``model.run_with_cache`` but the cache holds, for each hook, one slice per component:
@@ -163,10 +168,12 @@ def run_with_depass(
 
     Returns:
         ``(logits, cache)``: the model's clean logits ``[batch, pos, d_vocab]`` and a
-        :class:`~depass_tl.cache.DePassCache`.
+        :class:`~depass_tl.cache.DePassCache`; for a ``HookedEncoder``, the head's logits and a
+        :class:`~depass_tl.decompx.DecompXResult` (see :func:`depass_tl.decompx.run_decompx`).
 
     Raises:
-        DePassError: bad input, unknown rule or hook, unsupported model.
+        DePassError: bad input, unknown rule or hook, unsupported model (a wrong argument type:
+            :class:`~depass_tl.errors.DePassTypeError`).
 
     Examples:
         >>> import torch, depass_tl
@@ -204,10 +211,6 @@ def run_with_depass(
         )
     if head is not None or token_type_ids is not None or bias_policy != "bias":
         raise DePassError("head=, token_type_ids= and bias_policy= are for HookedEncoder (BERT) models only.")
-    if components is not None and not isinstance(components, ComponentSpec):
-        raise DePassError(
-            f"components must be a spec such as depass_tl.tokens() or depass_tl.custom(...); got {type(components).__name__}."
-        )
     rule = get_rule(mlp_rule, temperature=temperature)
     n_layers = int(getattr(getattr(model, "cfg", None), "n_layers", 0))
     extra = set() if components is None else components.required_hooks(n_layers)

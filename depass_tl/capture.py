@@ -11,14 +11,16 @@ differences. TL 2.x has no ``unembed.hook_in``; it is rebuilt from the frozen fi
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from depass_tl._checks import checked
+from depass_tl._types import TOKENS_HINT, Model, TextOrTokens
+from depass_tl.backends import read_model_view
 from depass_tl.coefficients import FrozenRun
 from depass_tl.errors import DePassError, UnsupportedModelError
-from depass_tl.backends import read_model_view
 from depass_tl.model_view import ModelView, MoEView, NormView
 
 __all__ = ["capture", "to_tokens", "tokens_and_mask", "single_token_fn"]
@@ -332,13 +334,17 @@ def _check_residual_identity(acts: dict[str, Tensor], view: ModelView) -> None:
             )
 
 
+@checked(hints={
+    "input": TOKENS_HINT, "padding_side": "padding_side must be 'left' or 'right'",
+    "attention_mask": "attention_mask must be an integer or bool tensor of 0/1 shaped like the tokens",
+})
 def capture(
-    model: Any,
-    input: Any,
+    model: Model,
+    input: TextOrTokens,
     *,
     prepend_bos: bool | None = None,
     extra_hooks: Iterable[str] = (),
-    padding_side: str | None = None,
+    padding_side: Literal["left", "right"] | None = None,
     attention_mask: Tensor | None = None,
 ) -> FrozenRun:
     """Run ``model`` once on ``input`` and freeze the clean activations and coefficients.

@@ -24,6 +24,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from depass_tl._checks import checked
+from depass_tl._types import COMPONENTS_HINT, TOKENS_HINT, Model, TextOrTokens
 from depass_tl.capture import capture, single_token_fn
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components import ComponentSpec, TokenSpec
@@ -195,6 +197,10 @@ def choose_mode(run: FrozenRun, init: InitialState, rule: MLPRule, mode: str) ->
     return "reverse" if reverse_cost < forward_cost(run, init) else "forward"
 
 
+MODE_HINT = "mode must be 'auto', 'forward' or 'reverse'"
+
+
+@checked(hints={"components": COMPONENTS_HINT, "mode": MODE_HINT})
 def attribute_run(
     run: FrozenRun,
     target: ScalarTarget | TokenLike,
@@ -210,10 +216,6 @@ def attribute_run(
 ) -> ScalarAttribution:
     """:func:`attribute` on a captured run (capture once, attribute many targets)."""
     spec = TokenSpec() if components is None else components
-    if not isinstance(spec, ComponentSpec):
-        raise DePassError(
-            f"components must be a spec such as depass_tl.tokens() or depass_tl.custom(...); got {type(spec).__name__}."
-        )
     rule = get_rule(mlp_rule, temperature=temperature)
     if not isinstance(target, ScalarTarget):
         target = logit_target(target)
@@ -277,9 +279,13 @@ def _reverse_tokens(
     return ScalarAttribution(values.detach(), labels, clean, len(labels), "reverse", rule.name)
 
 
+@checked(hints={
+    "input": TOKENS_HINT, "components": COMPONENTS_HINT, "mode": MODE_HINT,
+    "padding_side": "padding_side must be 'left' or 'right'",
+})
 def attribute(
-    model: Any,
-    input: Any,
+    model: Model,
+    input: TextOrTokens,
     *,
     target: ScalarTarget | TokenLike,
     components: ComponentSpec | None = None,
@@ -289,7 +295,7 @@ def attribute(
     dtype: torch.dtype | None = None,
     prepend_bos: bool | None = None,
     attention_mask: Tensor | None = None,
-    padding_side: str | None = None,
+    padding_side: Literal["left", "right"] | None = None,
     chunk_size: int | None = None,
     max_memory: int | float | str | None = None,
 ) -> ScalarAttribution:
@@ -326,10 +332,6 @@ def attribute(
         True
     """
     spec = TokenSpec() if components is None else components
-    if not isinstance(spec, ComponentSpec):
-        raise DePassError(
-            f"components must be a spec such as depass_tl.tokens() or depass_tl.custom(...); got {type(spec).__name__}."
-        )
     n_layers = int(getattr(getattr(model, "cfg", None), "n_layers", 0))
     run = capture(
         model, input, prepend_bos=prepend_bos, extra_hooks=spec.required_hooks(n_layers), padding_side=padding_side,

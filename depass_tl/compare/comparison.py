@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from depass_tl._checks import checked
+from depass_tl._types import TOKENS_HINT, Model, TextOrTokens
 from depass_tl.capture import capture, to_tokens
 from depass_tl.compare.layouts import LAYOUTS, depass_layout, layout_hooks, layout_shape
 from depass_tl.errors import DePassError
@@ -18,6 +20,9 @@ from depass_tl.stats import spearman, top_k_overlap
 
 __all__ = ["LAYOUTS", "Comparison", "LayoutComparison", "compare", "logit_diff_metric"]
 
+
+AnswerTokens = int | str | Sequence[int] | Sequence[str] | Tensor
+"""An answer token id or single-token string, or one per prompt."""
 
 _DEFAULT_LAYOUTS = ("resid_pre", "attn_out", "mlp_out", "attn_head_out_by_pos", "attn_head_out_all_pos")
 
@@ -230,13 +235,20 @@ def _pos_labels(model: Any, clean: Tensor, corrupted: Tensor) -> tuple[str, ...]
 
 
 # ----------------------------------------------------------------------------------- compare
+@checked(hints={
+    "clean": TOKENS_HINT.replace("input", "clean"), "corrupted": TOKENS_HINT.replace("input", "corrupted"),
+    "answer_tokens": "answer_tokens: expected an id, a string, or one per prompt",
+    "incorrect_tokens": "incorrect_tokens: expected an id, a string, or one per prompt",
+    "layouts": f"layouts must be a non-empty list of names from {list(LAYOUTS)}",
+    "pos": "pos must be an integer position",
+})
 def compare(
-    model: Any,
-    clean: Any,
-    corrupted: Any,
+    model: Model,
+    clean: TextOrTokens,
+    corrupted: TextOrTokens,
     *,
-    answer_tokens: Any,
-    incorrect_tokens: Any = None,
+    answer_tokens: AnswerTokens,
+    incorrect_tokens: AnswerTokens | None = None,
     layouts: Sequence[str] | None = None,
     pos: int = -1,
     mlp_rule: RuleLike = "softmax",

@@ -83,7 +83,7 @@ __all__ = [
     "Max", "MaxStats", "RuleLike", "register_rule", "unregister_rule", "get_rule", "rule_names", "iter_rules",
 ]
 
-RuleLike: TypeAlias = "MLPRule | str"
+RuleLike: TypeAlias = MLPRule | str
 """A rule object, or the name of a registered rule."""
 
 _REGISTRY: dict[str, MLPRule] = {}
