@@ -31,6 +31,7 @@ import importlib
 import pkgutil
 from typing import Any
 
+from depass_tl._registry import Registry
 from depass_tl.backends.base import Backend, Method, class_named
 from depass_tl.errors import DePassError
 from depass_tl.model_view import ModelView
@@ -40,7 +41,7 @@ __all__ = [
     "install_targets", "class_named", "tl_version",
 ]
 
-_REGISTRY: dict[str, Backend] = {}
+_REGISTRY: Registry[Backend] = Registry("backend", Backend)
 _discovered = False
 
 
@@ -53,8 +54,8 @@ def _discover() -> None:
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{__name__}.{info.name}")
         backend = getattr(module, "BACKEND", None)
-        if isinstance(backend, Backend) and backend.name not in _REGISTRY:
-            _REGISTRY[backend.name] = backend
+        if isinstance(backend, Backend) and _REGISTRY.get(backend.name) is None:
+            _REGISTRY.add(backend.name, backend)
 
 
 def register_backend(backend: Backend, *, replace: bool = False) -> None:
@@ -64,11 +65,7 @@ def register_backend(backend: Backend, *, replace: bool = False) -> None:
         DePassError: not a :class:`Backend`, or the name is taken.
     """
     _discover()
-    if not isinstance(backend, Backend):
-        raise DePassError(f"register_backend needs a depass_tl.backends.Backend; got {type(backend).__name__}.")
-    if backend.name in _REGISTRY and not replace:
-        raise DePassError(f"a backend named {backend.name!r} is already registered; pass replace=True to replace it.")
-    _REGISTRY[backend.name] = backend
+    _REGISTRY.add(getattr(backend, "name", ""), backend, replace=replace)
 
 
 def unregister_backend(name: str) -> None:
@@ -78,9 +75,7 @@ def unregister_backend(name: str) -> None:
         DePassError: no backend of that name.
     """
     _discover()
-    if name not in _REGISTRY:
-        raise DePassError(f"no backend named {name!r} is registered; registered: {', '.join(_REGISTRY)}.")
-    del _REGISTRY[name]
+    _REGISTRY.remove(name)
 
 
 def backends() -> tuple[Backend, ...]:

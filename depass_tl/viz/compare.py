@@ -2,7 +2,7 @@
 
 :func:`heatmap_panels` turns one layout into 2-d panels with shared labels and one symmetric colour
 range (plain data, no plotting library needed); :func:`plot_comparison` (and :func:`side_by_side`, the
-same with a type check, and ``Comparison.plot``) draws them with plotly (as TransformerLens's
+same, under its :mod:`depass_tl.viz` name, and ``Comparison.plot``) draws them with plotly (as TransformerLens's
 tutorials do) or matplotlib, chosen by :func:`~depass_tl.viz.resolve_backend` like every other plot.
 
 This module reads a comparison through :class:`ComparisonLike` and never imports
@@ -80,8 +80,12 @@ def heatmap_panels(
     (layer-major) by position; ``[n_layers, n_heads]`` as layers by heads.
 
     Raises:
-        DePassError: unknown layout or panel, or no panel asked for.
+        DePassError: not a comparison, an unknown layout or panel, or no panel asked for.
     """
+    if not isinstance(comparison, ComparisonLike):
+        raise DePassError(
+            f"expected a Comparison from depass_tl.compare.compare(...), got {type(comparison).__name__}."
+        )
     lay = comparison[layout]
     if isinstance(panels, str) or not panels:
         raise DePassError(f"panels must be a non-empty list from {list(PANELS)}; got {panels!r}.")
@@ -199,29 +203,5 @@ def _matplotlib(data: HeatmapPanels) -> Any:
     return fig
 
 
-def side_by_side(
-    comparison: ComparisonLike,
-    layout: str,
-    *,
-    panels: Sequence[str] = ("depass_diff", "patching"),
-    backend: str | None = None,
-) -> Any:
-    """Heatmaps of DePass and activation patching for one layout, side by side, one colour scale.
-
-    Args:
-        comparison: from :func:`depass_tl.compare.compare`.
-        layout: e.g. ``"resid_pre"``, ``"attn_head_out_all_pos"`` (see ``comparison.layouts``).
-        panels: left to right, keys of :data:`PANELS` (default DePass clean − corrupted, and patching).
-        backend: ``"plotly"``, ``"matplotlib"`` or None (plotly if installed).
-
-    Returns:
-        A plotly or matplotlib figure; the numbers are in ``heatmap_panels(comparison, layout)``.
-
-    Raises:
-        DePassError: not a Comparison, a bad layout or panel, or no plotting library.
-    """
-    if not isinstance(comparison, ComparisonLike):
-        raise DePassError(
-            f"side_by_side: expected a Comparison from depass_tl.compare.compare(...), got {type(comparison).__name__}."
-        )
-    return plot_comparison(comparison, layout, panels=panels, backend=backend)
+side_by_side = plot_comparison
+"""The name in :mod:`depass_tl.viz` for :func:`plot_comparison`."""

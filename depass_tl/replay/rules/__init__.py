@@ -72,6 +72,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TypeAlias
 
+from depass_tl._registry import Registry
 from depass_tl.errors import DePassError
 from depass_tl.replay.rules.base import DEFAULT_TEMPERATURE, MLPRule, Neurons, RuleStats
 from depass_tl.replay.rules.max import Max, MaxStats
@@ -86,7 +87,7 @@ __all__ = [
 RuleLike: TypeAlias = MLPRule | str
 """A rule object, or the name of a registered rule."""
 
-_REGISTRY: dict[str, MLPRule] = {}
+_REGISTRY: Registry[MLPRule] = Registry("MLP rule", MLPRule)
 DEFAULT_RULE: MLPRule = Softmax()
 """The rule ``run_with_depass`` uses by default (``softmax``, ``T = 0.1``)."""
 
@@ -97,13 +98,7 @@ def register_rule(rule: MLPRule, *, replace: bool = False) -> None:
     Raises:
         DePassError: not an :class:`MLPRule`, no name, or the name is taken (pass ``replace=True``).
     """
-    if not isinstance(rule, MLPRule):
-        raise DePassError(f"register_rule needs an MLPRule instance; got {type(rule).__name__}.")
-    if not rule.name or not isinstance(rule.name, str):
-        raise DePassError(f"a rule needs a non-empty string name; {type(rule).__name__}.name is {rule.name!r}.")
-    if rule.name in _REGISTRY and not replace:
-        raise DePassError(f"an MLP rule named {rule.name!r} is already registered; pass replace=True to replace it.")
-    _REGISTRY[rule.name] = rule
+    _REGISTRY.add(getattr(rule, "name", ""), rule, replace=replace)
 
 
 def unregister_rule(name: str) -> None:
@@ -112,19 +107,17 @@ def unregister_rule(name: str) -> None:
     Raises:
         DePassError: no rule of that name.
     """
-    if name not in _REGISTRY:
-        raise DePassError(f"no MLP rule named {name!r} is registered; registered: {', '.join(_REGISTRY)}.")
-    del _REGISTRY[name]
+    _REGISTRY.remove(name)
 
 
 def rule_names() -> tuple[str, ...]:
     """The registered rule names, in registration order (the built-ins first)."""
-    return tuple(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def iter_rules() -> Iterator[MLPRule]:
     """The registered rule objects, in registration order."""
-    return iter(tuple(_REGISTRY.values()))
+    return iter(_REGISTRY.values())
 
 
 def get_rule(rule: RuleLike, *, temperature: float = DEFAULT_TEMPERATURE) -> MLPRule:
@@ -152,13 +145,14 @@ def get_rule(rule: RuleLike, *, temperature: float = DEFAULT_TEMPERATURE) -> MLP
         return rule
     if not isinstance(rule, str):
         raise DePassError(
-            f"mlp_rule must be a rule name ({', '.join(_REGISTRY)}) or an MLPRule object; got {type(rule).__name__}."
+            f"mlp_rule must be a rule name ({', '.join(rule_names())}) or an MLPRule object; got {type(rule).__name__}."
         )
-    if rule not in _REGISTRY:
-        raise DePassError(f"unknown mlp_rule {rule!r}; choose one of {', '.join(_REGISTRY)}.")
+    found = _REGISTRY.get(rule)
+    if found is None:
+        raise DePassError(f"unknown mlp_rule {rule!r}; choose one of {', '.join(rule_names())}.")
     if not temperature > 0:
         raise DePassError(f"temperature must be > 0, got {temperature}.")
-    return _REGISTRY[rule].with_temperature(temperature)
+    return found.with_temperature(temperature)
 
 
 for _rule in (DEFAULT_RULE, Ratio(), Max()):
