@@ -9,8 +9,10 @@ and what is expected; ``hints`` give parameters a house-style message of their o
 that does not match its annotation is a bug in depass_tl and raises ``TypeError``.
 
 Only the entry points are checked (``run_with_depass``, ``replay``, ``capture``, ``attribute``,
-``attribute_run``, ``compare``): about 30 µs per call, against milliseconds to seconds for the call
-itself; the replay's inner kernels, called per block and per chunk, are not.
+``attribute_run``, ``compare``): about 0.1 ms per call (130 µs for ``run_with_depass``'s 15
+arguments, measured on a busy 2-core machine), against 50 ms for the smallest ``run_with_depass``
+(2 layers, 4 tokens) and seconds for real ones; the replay's inner kernels, called per block and per
+chunk, are not checked.
 """
 
 from __future__ import annotations
