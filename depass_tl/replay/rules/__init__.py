@@ -82,7 +82,7 @@ from typing import TypeAlias
 from depass_tl._registry import Registry
 from depass_tl.errors import DePassError
 from depass_tl.replay.rules.base import DEFAULT_TEMPERATURE, MLPRule, Neurons, RuleStats
-from depass_tl.replay.rules.max import Max, MaxStats
+from depass_tl.replay.rules.argmax import Max, MaxStats
 from depass_tl.replay.rules.ratio import Ratio
 from depass_tl.replay.rules.softmax import Softmax, SoftmaxStats
 

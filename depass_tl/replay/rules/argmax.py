@@ -1,4 +1,7 @@
-"""``max``: the whole target to the component with the largest active key (lowest index on ties)."""
+"""``max``: the whole target to the component with the largest active key (lowest index on ties).
+
+(The module is ``argmax``: a submodule named ``max`` would shadow the builtin in the package.)
+"""
 
 from __future__ import annotations
 
