@@ -269,12 +269,14 @@ def test_matplotlib_figures_carry_the_same_words_at_print_size(ioi) -> None:
         "heads": viz.head_grid(caches["heads"], mary, **kw),
         "flow": viz.flow(caches["tokens"], mary, str_tokens=strs, top_k=3, **kw),
     }
-    plotly_titles = {k: f.layout.title.text.split("<br>")[0] for k, f in _plotly_figures(ioi).items()} if HAS_PLOTLY else {}
+    plotly = _plotly_figures(ioi) if HAS_PLOTLY else {}
+    plotly_titles = {k: f.layout.title.text.split("<br>")[0] for k, f in plotly.items()}
     for name, fig in figs.items():
         width, _ = fig.get_size_inches()
         assert width <= 7.2 + 1e-9, name  # fits a two-column page
         assert fig.get_layout_engine() is not None  # constrained layout: nothing clipped or overlapping the bar
-        texts = [t for t in fig.findobj(lambda o: hasattr(o, "get_fontsize") and hasattr(o, "get_text")) if t.get_text()]
+        texts = [t for t in fig.findobj(lambda o: hasattr(o, "get_fontsize") and hasattr(o, "get_text"))
+                 if t.get_text()]
         assert min(t.get_fontsize() for t in texts) >= 7, name  # readable in print at 100%
         title = fig._suptitle.get_text()
         assert title.startswith(("Which ", "How ")) and "logit(“Mary”) − logit(“John”)" in title

@@ -283,7 +283,8 @@ def _plotly(data: FlowData) -> Any:
         )
     fig.add_trace(
         go.Scatter(x=x, y=data.total_projection.tolist(), mode="lines", name="whole stream",
-                   line=dict(color="black", dash="dash"), hovertemplate="whole stream<br>%{x}: %{y:+.5g}<extra></extra>"),
+                   line=dict(color="black", dash="dash"),
+                   hovertemplate="whole stream<br>%{x}: %{y:+.5g}<extra></extra>"),
         row=1, col=1,
     )
     fig.add_trace(

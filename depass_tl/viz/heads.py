@@ -114,7 +114,8 @@ def head_grid_data(
         note = (f"Each cell: the paths that pass through the head first. With the MLPs, the embeddings and the "
                 f"biases the heads add up to {total:.4g}.")
     else:
-        note = f"Each cell: a head's whole effect, direct and through later layers; with the rest they add up to {total:.4g}."
+        note = (f"Each cell: a head's whole effect, direct and through later layers; with the rest they add up to "
+                f"{total:.4g}.")
     return HeadGridData(
         values=values,
         layers=tuple(f"L{l}" for l in range(n_layers)),
