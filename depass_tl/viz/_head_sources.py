@@ -20,7 +20,7 @@ from torch import Tensor
 import depass_tl
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components import ComponentSpec
-from depass_tl.errors import DePassError, UnsupportedModelError
+from depass_tl.errors import UnsupportedModelError
 from depass_tl.model_view import NormView
 from depass_tl.replay.norm import apply_norm
 
@@ -44,20 +44,12 @@ def start_hook(run: FrozenRun, layer: int) -> str:
     return f"blocks.{layer}.hook_resid_{'post' if block.mlp is None or block.parallel else 'mid'}"
 
 
-def _need(run: FrozenRun, name: str) -> Tensor:
-    if name not in run.acts:
-        raise DePassError(
-            f"the run holds no {name!r}; capture with extra_hooks=depass_tl.viz.explorer_hooks(n_layers) "
-            "(the explorer reads each head's values and outputs)."
-        )
-    return run.acts[name]
-
-
 def head_source_spec(run: FrozenRun, layer: int, dtype: torch.dtype = torch.float32) -> ComponentSpec:
     """``custom`` components ``L{l}H{h}.src{s}`` for every head ``h`` and source position ``s``, + ``rest``.
 
+    The run must hold :func:`head_source_hooks` (:func:`depass_tl.viz.explorer_caches` checks).
+
     Raises:
-        DePassError: the run lacks ``attn.hook_v`` / ``attn.hook_z`` (see :func:`head_source_hooks`).
         UnsupportedModelError: a post-attention norm over a bias, or an attention output that is not
             ``Σ_s A v W_O`` (checked against ``hook_z``).
     """
@@ -71,7 +63,7 @@ def head_source_spec(run: FrozenRun, layer: int, dtype: torch.dtype = torch.floa
             "bias), so the bias cannot be kept apart from the parts it splits; the explorer's head breakdown does "
             "not support this model."
         )
-    v = _need(run, p + "attn.hook_v").to(dtype)  # [batch, pos, kv_head, d_head]
+    v = run.acts[p + "attn.hook_v"].to(dtype)  # [batch, pos, kv_head, d_head]
     if attn.clip_qkv is not None:  # TL clamps v after hook_v; the frozen ratio is clamp(v) / v
         v = v * run.acts[p + "attn.clip_ratio"].to(dtype)
     v = v[:, :, attn.kv_of_head.to(v.device)]  # [batch, pos, head, d_head]
@@ -79,14 +71,15 @@ def head_source_spec(run: FrozenRun, layer: int, dtype: torch.dtype = torch.floa
     pattern = run.acts[p + "attn.hook_pattern"].to(dtype)[..., :n_pos]  # [batch, head, query, key]
     written = torch.einsum("bshe,hed->bhsd", v, attn.W_O.to(dtype))  # what each head writes per source
     parts = torch.einsum("bhqs,bhsd->hsbqd", pattern, written)  # [head, source, batch, query, d_model]
-    z = _need(run, p + "attn.hook_z").to(dtype)
+    z = run.acts[p + "attn.hook_z"].to(dtype)
     results = torch.einsum("bqhe,hed->hbqd", z, attn.W_O.to(dtype))
     err = float((parts.sum(1) - results).abs().max())
-    if err > _RTOL * max(1.0, float(results.abs().max())):
+    rtol = max(_RTOL, 8 * torch.finfo(run.view.dtype).eps)  # half-precision runs were rounded in their dtype
+    if err > rtol * max(1.0, float(results.abs().max())):
         raise UnsupportedModelError(
             f"layer {layer}: the heads' outputs differ from Σ_s pattern · v · W_O by {err:.3g}, so they cannot be "
-            "split by source position (attention sinks or another term outside the pattern); the explorer's head "
-            "breakdown does not support this model."
+            "split by source position (a term outside the attention pattern); the explorer's head breakdown does "
+            "not support this model."
         )
     n_heads = parts.shape[0]
     parts = parts.reshape(n_heads * n_pos, *parts.shape[2:])

@@ -132,7 +132,8 @@ def explorer_caches(
             f"the run was captured without {missing[:3]}{' ...' if len(missing) > 3 else ''}; capture with "
             "extra_hooks=depass_tl.viz.explorer_hooks(model.cfg.n_layers)."
         )
-    specs = [head_source_spec(run, l) for l in range(n_layers)]
+    dtype = torch.float64 if run.view.dtype == torch.float64 else torch.float32
+    specs = [head_source_spec(run, l, dtype) for l in range(n_layers)]
     kw: dict[str, Any] = dict(temperature=temperature, to_single_token=to_single_token)
     out = {}
     bar = tqdm(total=len(rules) * (2 + n_layers), desc="explorer replays", leave=False,
