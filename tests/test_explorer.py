@@ -97,11 +97,15 @@ def test_head_numbers_are_the_caches_and_each_layer_adds_up(case, rule: str) -> 
         torch.testing.assert_close(heads, grid.values, atol=TOL, rtol=0)
         clean = float(case.clean_logits[ids[k]] - (0 if bad is None else case.clean_logits[bad]))
         sources, src_rest = _minus(got["sources"], k, c), _minus(got["sources_rest"], k, c)  # [L, H, P], [L]
+        earlier = _minus(got["sources_earlier"], k, c)  # [L, H]
         for l in range(L):
             assert float(heads[l].sum() + rest[l]) == pytest.approx(clean, abs=1e-4)
-            assert float(sources[l].sum() + src_rest[l]) == pytest.approx(clean, abs=1e-4)  # every rule: complete
+            total = float(sources[l].sum() + earlier[l].sum() + src_rest[l])
+            assert total == pytest.approx(clean, abs=1e-4)  # every rule: the parts are complete
         if rule == "ratio":  # linear: a head's parts add up to the head exactly
-            torch.testing.assert_close(sources.sum(-1), heads, atol=1e-4, rtol=0)
+            torch.testing.assert_close(sources.sum(-1) + earlier, heads, atol=1e-4, rtol=0)
+        # the last layer's heads write nothing at earlier positions that any later attention could read
+        assert float(earlier[L - 1].abs().max()) < 1e-6
 
 
 def test_attention_is_the_models_pattern_from_the_last_position(case) -> None:
@@ -115,25 +119,33 @@ def test_attention_is_the_models_pattern_from_the_last_position(case) -> None:
 @pytest.mark.skipif(not HAS_HOOKED, reason=f"builds the parts from HookedTransformer weights (TL {TL_VERSION})")
 @pytest.mark.parametrize("rule", ["ratio", "softmax"])
 def test_head_parts_match_parts_built_from_transformer_lens(rule: str) -> None:
-    """Rebuild layer 1's per-source parts from TL's own hooks and weights, replay them, compare."""
+    """Rebuild layer 1's parts from TL's own hooks and weights, replay them, compare."""
     case = explorer_case("hooked")
     model, toks = case.model, case.tokens
     _, cache = model.run_with_cache(toks)
-    l, P = 1, toks.shape[1]
-    A = cache[f"blocks.{l}.attn.hook_pattern"][0]  # [head, q, s]
-    v = cache[f"blocks.{l}.attn.hook_v"][0]  # [s, head, d_head]
+    l, P, H = 1, toks.shape[1], model.cfg.n_heads
+    A = cache[f"blocks.{l}.attn.hook_pattern"][0, :, -1]  # [head, source] from the last position
+    v = cache[f"blocks.{l}.attn.hook_v"][0]  # [source, head, d_head]
     W_O = model.blocks[l].attn.W_O  # [head, d_head, d_model]
-    parts = [A[h, :, s, None] * (v[s, h] @ W_O[h]) for h in range(model.cfg.n_heads) for s in range(P)]  # [q, d]
+    result = torch.einsum("qhe,hed->hqd", cache[f"blocks.{l}.attn.hook_z"][0], W_O)
+    parts = []
+    for h in range(H):
+        for s in range(P):
+            part = torch.zeros(P, model.cfg.d_model)
+            part[-1] = A[h, s] * (v[s, h] @ W_O[h])
+            parts.append(part)
+    for h in range(H):
+        parts.append(torch.cat([result[h, :-1], torch.zeros(1, model.cfg.d_model)]))
     x = torch.stack(parts)[:, None].double()
     start = cache[f"blocks.{l}.hook_resid_mid"].double()
-    rest = start - x.sum(0)
-    labels = [f"h{h}s{s}" for h in range(model.cfg.n_heads) for s in range(P)] + ["rest"]
-    spec = depass_tl.custom(f"blocks.{l}.hook_resid_mid", torch.cat([x, rest[None]]), labels)
+    labels = [f"h{h}s{s}" for h in range(H) for s in range(P)] + [f"h{h}earlier" for h in range(H)] + ["rest"]
+    spec = depass_tl.custom(f"blocks.{l}.hook_resid_mid", torch.cat([x, (start - x.sum(0))[None]]), labels)
     _, dc = depass_tl.run_with_depass(model, toks, components=spec, mlp_rule=rule, dtype=torch.float64)
     ids = [c["id"] for c in case.data["candidates"]]
-    got = _minus(case.data["by_rule"][rule]["sources"], 0, 1)[l]  # [head, source]
-    expected = dc.logit_attrs(ids[0], incorrect_tokens=ids[1])[:-2, 0].reshape(model.cfg.n_heads, P)
-    torch.testing.assert_close(got, expected.double(), atol=1e-4, rtol=0)
+    expected = dc.logit_attrs(ids[0], incorrect_tokens=ids[1])[:, 0].double()
+    got = case.data["by_rule"][rule]
+    torch.testing.assert_close(_minus(got["sources"], 0, 1)[l], expected[: H * P].reshape(H, P), atol=1e-4, rtol=0)
+    torch.testing.assert_close(_minus(got["sources_earlier"], 0, 1)[l], expected[H * P: H * P + H], atol=1e-4, rtol=0)
 
 
 # ----------------------------------------------------------------------------------------- page
@@ -215,11 +227,12 @@ def test_head_breakdown_on_every_config_feature() -> None:
         clean = float(logits[1] - logits[2])
         got = data["by_rule"]["ratio"]
         heads, sources = _minus(got["heads"], 0, 1), _minus(got["sources"], 0, 1)
+        parts = sources.sum(-1) + _minus(got["sources_earlier"], 0, 1)  # [L, H]
         scale = max(1.0, abs(clean))
-        torch.testing.assert_close(sources.sum(-1), heads, atol=2e-4 * scale, rtol=0, msg=name)
+        torch.testing.assert_close(parts, heads, atol=2e-4 * scale, rtol=0, msg=name)
         for l, dc in enumerate(caches.rules["ratio"].head_sources):
             assert max(dc.completeness_error().values()) < 1e-3 * scale, name
-            assert float(sources[l].sum() + _minus(got["sources_rest"], 0, 1)[l]) == pytest.approx(
+            assert float(parts[l].sum() + _minus(got["sources_rest"], 0, 1)[l]) == pytest.approx(
                 clean, abs=2e-4 * scale), name
         assert not any(math.isnan(v) for row in data["attention"] for head in row for v in head)
     # Gemma-2-like with a random b_O: the post-attention norm would mix b_O into every part (heads() refuses too)
@@ -238,13 +251,14 @@ def test_head_breakdown_on_every_bridge_family() -> None:
         run = depass_tl.capture(model, toks, extra_hooks=viz.explorer_hooks(model.cfg.n_layers))
         data = viz.explorer_data(viz.explorer_caches(run, rules=("ratio",), progress=False), target=5, contrast=6)
         got = data["by_rule"]["ratio"]
-        heads, sources = _minus(got["heads"], 0, 1), _minus(got["sources"], 0, 1)
-        torch.testing.assert_close(sources.sum(-1), heads, atol=1e-4, rtol=0, msg=family)
+        heads = _minus(got["heads"], 0, 1)
+        parts = _minus(got["sources"], 0, 1).sum(-1) + _minus(got["sources_earlier"], 0, 1)  # [L, H]
+        torch.testing.assert_close(parts, heads, atol=1e-4, rtol=0, msg=family)
         with torch.no_grad():
             logits = model(toks)[0, -1].double()
         cap = float(getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0)
         if cap > 0:  # Gemma-2 soft-caps its logits; attributions are of the pre-cap logits, which sum exactly
             logits = cap * torch.atanh(logits / cap)
         for l in range(model.cfg.n_layers):
-            total = float(sources[l].sum() + _minus(got["sources_rest"], 0, 1)[l])
+            total = float(parts[l].sum() + _minus(got["sources_rest"], 0, 1)[l])
             assert total == pytest.approx(float(logits[5] - logits[6]), abs=1e-4), family

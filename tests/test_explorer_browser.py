@@ -47,9 +47,11 @@ class Expected:
     def token(self, p: int) -> float:
         return float(self.tokens[self.rc.tokens.component(f"tok{p}")])
 
-    def source(self, l: int, h: int, s: int) -> float:
+    def source(self, l: int, h: int, s: int | None) -> float:
+        """What head ``L{l}H{h}`` contributes by reading position ``s`` (None: its output at earlier positions)."""
         dc = self.rc.head_sources[l]
-        return float(dc.logit_attrs(self.target, incorrect_tokens=self.contrast)[dc.component(f"L{l}H{h}.src{s}"), 0])
+        label = f"L{l}H{h}." + ("earlier" if s is None else f"src{s}")
+        return float(dc.logit_attrs(self.target, incorrect_tokens=self.contrast)[dc.component(label), 0])
 
     def flow(self):
         dc = self.rc.tokens
@@ -94,7 +96,9 @@ def check_head_details(b: Browser, e: Expected, l: int, h: int) -> None:
         assert_shown(b.text(f'tr[data-key="source-{s}"] td.value'), parts[s], DECIMALS["detail"], f"L{l}H{h} from {s}")
         assert_shown(b.text(f'tr[data-key="source-{s}"] td.attention'), float(attention[s]), DECIMALS["attention"],
                      f"L{l}H{h}'s attention to {s}")
-    assert_shown(b.text('tr[data-key="sum"] td.value'), sum(parts), DECIMALS["detail"], "the sum of the parts")
+    earlier, digits = e.source(l, h, None), DECIMALS["detail"]
+    assert_shown(b.text('tr[data-key="earlier"] td.value'), earlier, digits, f"L{l}H{h} at earlier positions")
+    assert_shown(b.text('tr[data-key="sum"] td.value'), sum(parts) + earlier, digits, "the sum of the parts")
     assert_shown(b.text('tr[data-key="grid"] td.value'), float(e.heads[l, h]), DECIMALS["detail"], "the head")
 
 
@@ -102,7 +106,6 @@ def check_head_details(b: Browser, e: Expected, l: int, h: int) -> None:
 def test_the_page_shows_the_caches_numbers_as_the_user_clicks(kind: str, tmp_path) -> None:
     case = explorer_case(kind)
     page = viz.save_explorer(case.data, tmp_path / "explorer.html")
-    L, H = case.model.cfg.n_layers, case.model.cfg.n_heads
     with Browser() as b:
         b.open(page)
         assert _errors(b) == []
@@ -126,7 +129,7 @@ def test_the_page_shows_the_caches_numbers_as_the_user_clicks(kind: str, tmp_pat
         check_token_details(b, e, 2)
 
         # click a head: which positions its contribution comes from
-        l, h = L - 1, 1
+        l, h = 0, 1  # a first-layer head: its output at earlier positions matters too
         b.click(f'td.head[data-layer="{l}"][data-head="{h}"]')
         check_head_details(b, e, l, h)
 

@@ -305,19 +305,24 @@ _JS = r"""
     table([["residual stream after", true], ["this token"], ["change"], ["whole stream"]], rows);
   }
   function headDetails(l, h) {
-    const parts = sel(R().sources)[l][h], att = D.attention[l][h];
-    const sum = parts.reduce((s, v) => s + v, 0), grid = sel(R().heads)[l][h];
+    const parts = sel(R().sources)[l][h], earlier = sel(R().sources_earlier)[l][h], att = D.attention[l][h];
+    const sum = parts.reduce((s, v) => s + v, earlier), grid = sel(R().heads)[l][h];
     $("details-title").textContent = "Head L" + l + "H" + h + ": which tokens its contribution comes from";
-    $("details-note").textContent = "Each row: the part of the head's output that it reads at that position"
-      + " (attention weight \u00d7 the value there), followed through every later layer to " + quantity() + "."
+    $("details-note").textContent = "Each row: what the head writes at the predicting position from reading that"
+      + " position (attention weight \u00d7 the value there), followed through every later layer to " + quantity()
+      + ". The last row is what it writes at the earlier positions, which reaches the answer only through later"
+      + " layers' attention."
       + (state.rule === "ratio" ? " With the ratio rule the parts add up exactly to the head's value in the grid."
         : " With the " + state.rule + " rule each MLP's activation is shared among the parts present, so their"
           + " sum can differ from the head's value in the grid; the ratio rule makes them add up exactly.");
-    barChart($("details-chart"), D.str_tokens.map((s, i) => show(s) + " (" + i + ")"), parts, "logit contribution");
+    barChart($("details-chart"), D.str_tokens.map((s, i) => show(s) + " (" + i + ")").concat(["earlier positions"]),
+      parts.concat([earlier]), "logit contribution");
     const rows = parts.map((x, s) => row("source-" + s, [[String(s), "text"], [show(D.str_tokens[s]), "text"],
       [att[s].toFixed(DEC.attention), "attention"], [fmt(x, DEC.detail), "value"]]));
     const blank = [["", ""], ["", ""]];
-    rows.push(row("sum", [["sum over positions", "text"], ...blank, [fmt(sum, DEC.detail), "value"]], "total"));
+    rows.push(row("earlier", [["", "text"], ["its output at earlier positions", "text"], ["", ""],
+      [fmt(earlier, DEC.detail), "value"]]));
+    rows.push(row("sum", [["sum of the parts", "text"], ...blank, [fmt(sum, DEC.detail), "value"]], "total"));
     rows.push(row("grid", [["the head in the grid", "text"], ...blank, [fmt(grid, DEC.detail), "value"]], "total"));
     table([["position", true], ["token", true], ["attention from the predicting position"], ["contribution"]], rows);
   }

@@ -1,15 +1,21 @@
-"""Each head's output split by the position it reads from, as components for :func:`depass_tl.custom`.
+"""Each head's effect split by the position it reads from, as components for :func:`depass_tl.custom`.
 
-With the attention pattern ``A`` frozen, head ``h`` writes at query position ``q``
-``Σ_s A[h, q, s] · v[s, h] W_O[h]``: one term per key (source) position ``s``. Component
-``L{l}H{h}.src{s}`` holds that term at every query position, so the terms of a head add up to its
-output (TransformerLens's ``hook_result``; ``b_V`` rides with the head, inside ``v``), and ``rest``
-holds everything else in the stream at the layer's start hook (the residual before the layer, ``b_O``,
-and in parallel blocks the MLP output). A post-attention norm (Gemma-2/3) is applied to each term with
-its frozen scale, as :func:`depass_tl.heads` does. Replayed like any components, each term's logit attribution
-is the part of the head's effect that comes from reading position ``s``. With the ``ratio`` rule the
-replay is linear and the terms of a head sum exactly to the head's value in a ``heads()`` replay;
-``softmax`` and ``max`` split MLPs among whichever components are present, so there they need not.
+With the attention pattern ``A`` frozen, head ``h`` writes at the predicting position ``q`` (each
+prompt's last real token) ``Σ_s A[h, q, s] · v[s, h] W_O[h]``: one term per key (source) position
+``s``. Component ``L{l}H{h}.src{s}`` is that term (zero at every other position);
+``L{l}H{h}.earlier`` is what the head writes at the earlier positions, which reaches the answer only
+through later layers' attention. Together they are the head's output (TransformerLens's
+``hook_result``; ``b_V`` rides with the head, inside ``v``), and ``rest`` holds everything else in the
+stream at the layer's start hook (the residual before the layer, ``b_O``, and in parallel blocks the
+MLP output). A post-attention norm (Gemma-2/3) is applied to each part with its frozen scale, as
+:func:`depass_tl.heads` does.
+
+Replayed like any components, each part's logit attribution is the part of the head's effect that
+comes from reading position ``s`` (or from its earlier outputs). With the ``ratio`` rule the replay is
+linear and a head's parts sum exactly to the head's value in a ``heads()`` replay; ``softmax`` and
+``max`` split MLPs among whichever components are present, so there they need not. The ``.src``
+parts are zero before the predicting position, so the replay computes them at that position only
+(causal skipping): they are listed first, so they fill their own chunks.
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ def head_source_hooks(n_layers: int) -> set[str]:
     return {f"blocks.{l}.attn.hook_{name}" for l in range(n_layers) for name in ("v", "z")}
 
 
-def source_label(layer: int, head: int, source: int) -> str:
-    return f"L{layer}H{head}.src{source}"
+def source_label(layer: int, head: int, source: int | None) -> str:
+    """``L{l}H{h}.src{s}``, or ``L{l}H{h}.earlier`` for ``source=None``."""
+    return f"L{layer}H{head}." + ("earlier" if source is None else f"src{source}")
 
 
 def start_hook(run: FrozenRun, layer: int) -> str:
@@ -44,10 +51,14 @@ def start_hook(run: FrozenRun, layer: int) -> str:
     return f"blocks.{layer}.hook_resid_{'post' if block.mlp is None or block.parallel else 'mid'}"
 
 
-def head_source_spec(run: FrozenRun, layer: int, dtype: torch.dtype = torch.float32) -> ComponentSpec:
-    """``custom`` components ``L{l}H{h}.src{s}`` for every head ``h`` and source position ``s``, + ``rest``.
+def head_source_spec(run: FrozenRun, layer: int, last: Tensor, dtype: torch.dtype = torch.float32) -> ComponentSpec:
+    """``custom`` components ``L{l}H{h}.src{s}`` for every head and source position, ``L{l}H{h}.earlier``, ``rest``.
 
-    The run must hold :func:`head_source_hooks` (:func:`depass_tl.viz.explorer_caches` checks).
+    Args:
+        run: holds :func:`head_source_hooks` (:func:`depass_tl.viz.explorer_caches` checks).
+        layer: the attention layer to split.
+        last: ``[batch]`` each prompt's predicting position (``DePassCache.last_positions``).
+        dtype: the components' dtype.
 
     Raises:
         UnsupportedModelError: a post-attention norm over a bias, or an attention output that is not
@@ -63,31 +74,39 @@ def head_source_spec(run: FrozenRun, layer: int, dtype: torch.dtype = torch.floa
             "bias), so the bias cannot be kept apart from the parts it splits; the explorer's head breakdown does "
             "not support this model."
         )
+    W_O = attn.W_O.to(dtype)
+    z = run.acts[p + "attn.hook_z"].to(dtype)  # [batch, pos, head, d_head]
+    results = torch.einsum("bqhe,hed->hbqd", z, W_O)  # [head, batch, pos, d_model]
+    B, n_pos = z.shape[:2]
+    rows = torch.arange(B, device=z.device)
+    last = last.to(z.device)
     v = run.acts[p + "attn.hook_v"].to(dtype)  # [batch, pos, kv_head, d_head]
     if attn.clip_qkv is not None:  # TL clamps v after hook_v; the frozen ratio is clamp(v) / v
         v = v * run.acts[p + "attn.clip_ratio"].to(dtype)
     v = v[:, :, attn.kv_of_head.to(v.device)]  # [batch, pos, head, d_head]
-    n_pos = v.shape[1]
-    pattern = run.acts[p + "attn.hook_pattern"].to(dtype)[..., :n_pos]  # [batch, head, query, key]
-    written = torch.einsum("bshe,hed->bhsd", v, attn.W_O.to(dtype))  # what each head writes per source
-    parts = torch.einsum("bhqs,bhsd->hsbqd", pattern, written)  # [head, source, batch, query, d_model]
-    z = run.acts[p + "attn.hook_z"].to(dtype)
-    results = torch.einsum("bqhe,hed->hbqd", z, attn.W_O.to(dtype))
-    err = float((parts.sum(1) - results).abs().max())
+    A = run.acts[p + "attn.hook_pattern"].to(dtype)[rows, :, last, :n_pos]  # [batch, head, source]
+    at_last = torch.einsum("bhs,bshe,hed->hsbd", A, v, W_O)  # [head, source, batch, d_model]
+    expected = results[:, rows, last]  # [head, batch, d_model]
+    err = float((at_last.sum(1) - expected).abs().max())
     rtol = max(_RTOL, 8 * torch.finfo(run.view.dtype).eps)  # half-precision runs were rounded in their dtype
-    if err > rtol * max(1.0, float(results.abs().max())):
+    if err > rtol * max(1.0, float(expected.abs().max())):
         raise UnsupportedModelError(
             f"layer {layer}: the heads' outputs differ from Σ_s pattern · v · W_O by {err:.3g}, so they cannot be "
             "split by source position (a term outside the attention pattern); the explorer's head breakdown does "
             "not support this model."
         )
-    n_heads = parts.shape[0]
-    parts = parts.reshape(n_heads * n_pos, *parts.shape[2:])
+    H = results.shape[0]
+    parts = results.new_zeros(H, n_pos, B, n_pos, results.shape[-1])  # [head, source, batch, query, d_model]
+    parts[:, :, rows, last] = at_last
+    earlier = results.clone()
+    earlier[:, rows, last] = 0
+    x = torch.cat([parts.reshape(H * n_pos, B, n_pos, -1), earlier])
     if post is not None:
         scale = run.acts[p + "ln1_post.hook_scale"].to(dtype)
         norm = NormView(post.kind, None if post.w is None else post.w.to(dtype), None)
-        parts = apply_norm(parts, scale, norm, torch.tensor([], dtype=torch.long))
+        x = apply_norm(x, scale, norm, torch.tensor([], dtype=torch.long))
     hook = start_hook(run, layer)
-    rest = run.acts[hook].to(dtype) - parts.sum(0)
-    labels = [source_label(layer, h, s) for h in range(n_heads) for s in range(n_pos)] + ["rest"]
-    return depass_tl.custom(hook, torch.cat([parts, rest[None]]), labels)
+    rest = run.acts[hook].to(dtype) - x.sum(0)
+    labels = ([source_label(layer, h, s) for h in range(H) for s in range(n_pos)]
+              + [source_label(layer, h, None) for h in range(H)] + ["rest"])
+    return depass_tl.custom(hook, torch.cat([x, rest[None]]), labels)

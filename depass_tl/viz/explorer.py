@@ -64,8 +64,8 @@ class RuleCaches:
     Attributes:
         tokens: ``depass_tl.tokens()`` (every residual hook stored).
         heads: ``depass_tl.heads()`` over every layer (one group per layer).
-        head_sources: per layer, its heads split by source position (labels ``L{l}H{h}.src{s}``,
-            ``rest``, ``bias``; see :mod:`depass_tl.viz._head_sources`).
+        head_sources: per layer, its heads split by the position they read from (labels
+            ``L{l}H{h}.src{s}``, ``L{l}H{h}.earlier``, ``rest``, ``bias``; :mod:`depass_tl.viz._head_sources`).
     """
 
     tokens: DePassCache
@@ -133,13 +133,14 @@ def explorer_caches(
             "extra_hooks=depass_tl.viz.explorer_hooks(model.cfg.n_layers)."
         )
     dtype = torch.float64 if run.view.dtype == torch.float64 else torch.float32
-    specs = [head_source_spec(run, l, dtype) for l in range(n_layers)]
     kw: dict[str, Any] = dict(temperature=temperature, to_single_token=to_single_token)
     out = {}
     bar = tqdm(total=len(rules) * (2 + n_layers), desc="explorer replays", leave=False,
                disable=None if progress is None else not progress)
+    first = depass_tl.replay(run, depass_tl.tokens(), mlp_rule=rules[0], **kw)
+    specs = [head_source_spec(run, l, first.last_positions, dtype) for l in range(n_layers)]
     for rule in rules:
-        tokens = depass_tl.replay(run, depass_tl.tokens(), mlp_rule=rule, **kw)
+        tokens = first if rule == rules[0] else depass_tl.replay(run, depass_tl.tokens(), mlp_rule=rule, **kw)
         heads = depass_tl.replay(run, depass_tl.heads(), mlp_rule=rule, names_filter=[], **kw)
         bar.update(2)
         sources = []
@@ -250,8 +251,10 @@ def explorer_data(
       position, projected on ``W_U[:, id_k]`` (``clean_proj[k][j]``: the clean residual's projection);
     * ``heads[k][l][h]`` = ``rule.heads.logit_attrs(id_k)[L{l}H{h}]``, ``heads_rest[k][l]`` the rest of
       layer ``l``'s group (``L{l}.rest`` + ``L{l}.bias``);
-    * ``sources[k][l][h][s]`` = ``rule.head_sources[l].logit_attrs(id_k)[L{l}H{h}.src{s}]`` and
-      ``sources_rest[k][l]`` its ``rest`` + ``bias``.
+    * ``sources[k][l][h][s]`` = ``rule.head_sources[l].logit_attrs(id_k)[L{l}H{h}.src{s}]`` (what head
+      ``h`` writes at the predicting position from reading position ``s``), ``sources_earlier[k][l][h]``
+      its ``L{l}H{h}.earlier`` (what it writes at earlier positions) and ``sources_rest[k][l]`` the
+      ``rest`` + ``bias``.
 
     Every value is rounded to 6 decimals; ``null`` marks a position without a token component.
 
@@ -300,11 +303,12 @@ def explorer_data(
         hl = torch.stack([rc.heads.logit_attrs(i)[:, b] for i in ids]).double().cpu()  # [K, C]
         heads = hl[:, torch.tensor(index)]  # [K, L, H]
         heads_rest = torch.stack([hl[:, r].sum(1) for r in rest], 1)  # [K, L]
-        src, src_rest = [], []
+        src, src_earlier, src_rest = [], [], []
         for l, dc in enumerate(rc.head_sources):
             sl = torch.stack([dc.logit_attrs(i)[:, b] for i in ids]).double().cpu()  # [K, C]
             cols = torch.tensor([[dc.component(source_label(l, h, s)) for s in range(n_pos)] for h in range(n_heads)])
             src.append(sl[:, cols])  # [K, H, P]
+            src_earlier.append(sl[:, [dc.component(source_label(l, h, None)) for h in range(n_heads)]])  # [K, H]
             src_rest.append(sl[:, [dc.component("rest"), dc.n_components - 1]].sum(1))
         by_rule[name] = {
             "tokens": _rows(tok),
@@ -317,6 +321,7 @@ def explorer_data(
             "heads": _rows(heads),
             "heads_rest": _rows(heads_rest),
             "sources": _rows(torch.stack(src, 1)),
+            "sources_earlier": _rows(torch.stack(src_earlier, 1)),
             "sources_rest": _rows(torch.stack(src_rest, 1)),
         }
     return {
