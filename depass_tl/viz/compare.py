@@ -31,6 +31,7 @@ class ComparisonLike(Protocol):
     pos_labels: tuple[str, ...]
     metric_clean: float
     metric_corrupted: float
+    incorrect_tokens: Any  # None: the metric is a plain logit
 
     def __getitem__(self, layout: str) -> Any: ...
 
@@ -42,6 +43,16 @@ PANELS: dict[str, str] = {
     "patching": "Activation patching (patched − corrupted)",
 }
 """Panel name (a :class:`~depass_tl.compare.LayoutComparison` field) -> its title."""
+
+LAYOUT_TITLES: dict[str, str] = {
+    "resid_pre": "the residual stream before each layer, by position",
+    "resid_mid": "the residual stream between attention and MLP, by position",
+    "attn_out": "each layer's attention output, by position",
+    "mlp_out": "each layer's MLP output, by position",
+    "attn_head_out_by_pos": "each head's output, by position",
+    "attn_head_out_all_pos": "each head's output at every position",
+}
+"""Layout -> what its cells are, in words (figure titles)."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,8 @@ class HeatmapPanels:
         x_title: the column axis name; y_title: the row axis name.
         zmax: the colour range is ``[-zmax, zmax]`` for every panel (max |value| over all panels;
             1.0 when every value is 0).
-        title: a figure title (layout and metric values).
+        title: a figure title (what the cells are, and the metric on both runs).
+        units: the colour-bar label (the change in the metric: a logit or a logit difference).
     """
 
     layout: str
@@ -69,6 +81,7 @@ class HeatmapPanels:
     y_title: str
     zmax: float
     title: str
+    units: str
 
 
 def heatmap_panels(
@@ -110,7 +123,8 @@ def heatmap_panels(
         x_labels, x_title = tuple(f"H{h}" for h in range(lay.shape[1])), "head"
         y_labels, y_title = tuple(f"L{l}" for l in range(n_layers)), "layer"
     zmax = max(float(m.abs().max()) for m in z)
-    metric = f"metric clean {comparison.metric_clean:.4g}, corrupted {comparison.metric_corrupted:.4g}"
+    metric_name = "logit" if comparison.incorrect_tokens is None else "logit difference"
+    metric = f"{metric_name}: clean run {comparison.metric_clean:.4g}, corrupted run {comparison.metric_corrupted:.4g}"
     return HeatmapPanels(
         layout=layout,
         titles=tuple(PANELS[p] for p in panels),
@@ -120,7 +134,8 @@ def heatmap_panels(
         x_title=x_title,
         y_title=y_title,
         zmax=zmax if zmax > 0 else 1.0,
-        title=f"{layout} ({metric})",
+        title=f"Patching {LAYOUT_TITLES.get(layout, layout)} ({metric})",
+        units=f"effect on the {metric_name}",
     )
 
 
@@ -176,8 +191,9 @@ def _plotly(data: HeatmapPanels) -> Any:
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(
         title=data.title,
-        coloraxis=dict(colorscale=COLORSCALE, cmin=-data.zmax, cmax=data.zmax, cmid=0.0),
-        width=max(450, 330 * n),
+        coloraxis=dict(colorscale=COLORSCALE, cmin=-data.zmax, cmax=data.zmax, cmid=0.0,
+                       colorbar=dict(title=dict(text=data.units, side="right"))),
+        autosize=True,
         height=max(300, 60 + 22 * len(data.y_labels)),
     )
     return fig
@@ -198,8 +214,8 @@ def _matplotlib(data: HeatmapPanels) -> Any:
         ax.set_xlabel(data.x_title)
     axes[0].set_yticks(range(rows), list(data.y_labels))
     axes[0].set_ylabel(data.y_title)
-    fig.colorbar(image, ax=list(axes))
-    fig.suptitle(data.title)
+    fig.colorbar(image, ax=list(axes), label=data.units)
+    fig.suptitle(data.title, fontsize=10)
     return fig
 
 
