@@ -28,7 +28,7 @@ from torch import Tensor
 from depass_tl.errors import DePassError
 from depass_tl.evaluate.component_metrics import Level, check_level, logit_metric, n_units, unit_hook
 from depass_tl.evaluate.masking import top_k_count
-from depass_tl.evaluate.token_metrics import target_ids
+from depass_tl.evaluate.token_metrics import target_ids, token_batch
 
 __all__ = [
     "ABLATIONS",
@@ -43,12 +43,6 @@ __all__ = [
 
 Ablation = Literal["zero", "mean", "resample"]
 ABLATIONS: tuple[str, ...] = ("zero", "mean", "resample")
-
-
-def _tokens(model: Any, tokens: Tensor) -> Tensor:
-    if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.is_floating_point():
-        raise DePassError(f"tokens must be a [batch, pos] integer tensor; got {getattr(tokens, 'shape', type(tokens))}.")
-    return tokens.to(model.cfg.device)
 
 
 @torch.no_grad()
@@ -69,7 +63,7 @@ def mean_activations(model: Any, reference_tokens: Tensor | Sequence[Tensor], *,
     names = [unit_hook(level, l) for l in range(model.cfg.n_layers)]
     total, count = None, 0
     for toks in batches:
-        _, cache = model.run_with_cache(_tokens(model, toks), names_filter=lambda n: n in names)
+        _, cache = model.run_with_cache(token_batch(model, toks), names_filter=lambda n: n in names)
         s = torch.stack([cache[n].double().sum(dim=(0, 1)) for n in names])
         total = s if total is None else total + s
         count += toks.shape[0] * toks.shape[1]
@@ -106,7 +100,7 @@ def ablation_fills(
         return [means[l] for l in range(L)]
     if corrupt_tokens is None:
         raise DePassError("ablation='resample' needs corrupt_tokens=<[batch, pos] prompts of the same shape>.")
-    corrupt_tokens = _tokens(model, corrupt_tokens)
+    corrupt_tokens = token_batch(model, corrupt_tokens)
     if corrupt_tokens.shape != tokens.shape:
         raise DePassError(f"corrupt_tokens must have the shape of tokens {tuple(tokens.shape)}; got {tuple(corrupt_tokens.shape)}.")
     names = [unit_hook(level, l) for l in range(L)]
@@ -149,7 +143,7 @@ def ablate(
         ``[batch, pos, d_vocab]`` logits.
     """
     check_level(model, level)
-    tokens = _tokens(model, tokens)
+    tokens = token_batch(model, tokens)
     L, U = model.cfg.n_layers, n_units(model, level)
     if mask.ndim == 2:
         mask = mask[None].expand(tokens.shape[0], -1, -1)
@@ -187,7 +181,7 @@ def exact_ablation_scores(
         ``[batch, n_layers, n_units]`` (float64, CPU).
     """
     check_level(model, level)
-    tokens = _tokens(model, tokens)
+    tokens = token_batch(model, tokens)
     B, L, U = tokens.shape[0], model.cfg.n_layers, n_units(model, level)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise DePassError(f"batch_size must be a positive integer; got {batch_size!r}.")
@@ -288,7 +282,7 @@ def ablation_curve(
         An :class:`AblationCurve`.
     """
     check_level(model, level)
-    tokens = _tokens(model, tokens)
+    tokens = token_batch(model, tokens)
     B = tokens.shape[0]
     L, U = model.cfg.n_layers, n_units(model, level)
     if scores.ndim == 2:

@@ -36,7 +36,7 @@ from depass_tl.evaluate.captum_methods import (
     occlusion,
     require_captum,
 )
-from depass_tl.evaluate.token_metrics import target_ids
+from depass_tl.evaluate.token_metrics import target_ids, token_batch
 
 __all__ = [
     "TEMPERATURE_RULES",
@@ -119,17 +119,11 @@ def depass_variants(
     return out
 
 
-def _tokens(model: Any, tokens: Tensor) -> Tensor:
-    if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.is_floating_point():
-        raise DePassError(f"tokens must be a [batch, pos] integer tensor; got {getattr(tokens, 'shape', type(tokens))}.")
-    return tokens.to(model.cfg.device)
-
-
 def _depass_tokens(model: Any, tokens: Tensor, target: Any, incorrect: Any, mlp_rule: str,
                    temperature: float) -> Attribution:
     from depass_tl.api import run_with_depass
 
-    tokens = _tokens(model, tokens)
+    tokens = token_batch(model, tokens)
     ids = torch.tensor(target_ids(target, tokens.shape[0], model.cfg.d_vocab))
     bad = None if incorrect is None else torch.tensor(target_ids(incorrect, tokens.shape[0], model.cfg.d_vocab))
     _, dc = run_with_depass(model, tokens, mlp_rule=mlp_rule, temperature=temperature, names_filter=["unembed.hook_in"])
@@ -164,7 +158,7 @@ def _patterns(model: Any, tokens: Tensor) -> list[Tensor]:
 
 def attention_rollout(model: Any, tokens: Tensor, target: Any = None) -> Tensor:
     """Attention rollout at the last query position: ``[batch, pos]`` (``target`` is ignored)."""
-    tokens = _tokens(model, tokens)
+    tokens = token_batch(model, tokens)
     pats = _patterns(model, tokens)
     eye = torch.eye(tokens.shape[1], dtype=torch.float64)
     rollout = eye.expand_as(pats[0])
@@ -175,7 +169,7 @@ def attention_rollout(model: Any, tokens: Tensor, target: Any = None) -> Tensor:
 
 def last_layer_attention(model: Any, tokens: Tensor, target: Any = None) -> Tensor:
     """The last layer's head-averaged attention from the last position: ``[batch, pos]``."""
-    tokens = _tokens(model, tokens)
+    tokens = token_batch(model, tokens)
     return _patterns(model, tokens)[-1][:, -1].clone()
 
 

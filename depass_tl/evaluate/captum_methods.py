@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from depass_tl.errors import DePassError
-from depass_tl.evaluate.token_metrics import target_ids
+from depass_tl.evaluate.token_metrics import target_ids, token_batch
 
 __all__ = [
     "DEFAULT_DELTA_TOL",
@@ -93,12 +93,6 @@ class IGResult:
     steps: int
     delta: float
     converged: bool
-
-
-def _tokens(model: Any, tokens: Tensor) -> Tensor:
-    if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.is_floating_point():
-        raise DePassError(f"tokens must be a [batch, pos] integer tensor; got {getattr(tokens, 'shape', type(tokens))}.")
-    return tokens.to(model.cfg.device)
 
 
 def _check_metric(metric: str) -> None:
@@ -173,7 +167,7 @@ def integrated_gradients_with_delta(
         _check_steps("steps", steps)
     if not delta_tol > 0:
         raise DePassError(f"delta_tol must be positive; got {delta_tol!r}.")
-    tokens = _tokens(model, tokens)
+    tokens = token_batch(model, tokens)
     ids = target_ids(target, tokens.shape[0], model.cfg.d_vocab)
     embed = _clean_embeddings(model, tokens)
     ig = attr.IntegratedGradients(_embed_forward(model, metric))
@@ -228,7 +222,7 @@ def gradient_x_input(
     """captum ``InputXGradient`` on the token embeddings, summed over ``d_model``: ``[batch, pos]``."""
     attr = require_captum()
     _check_metric(metric)
-    tokens = _tokens(model, tokens)
+    tokens = token_batch(model, tokens)
     ids = target_ids(target, tokens.shape[0], model.cfg.d_vocab)
     embed = _clean_embeddings(model, tokens)
     with torch.enable_grad():
@@ -252,7 +246,7 @@ def occlusion(
     """
     attr = require_captum()
     _check_metric(metric)
-    tokens = _tokens(model, tokens)
+    tokens = token_batch(model, tokens)
     if isinstance(replace_with, bool) or not isinstance(replace_with, int) or not 0 <= replace_with < model.cfg.d_vocab:
         raise DePassError(f"replace_with must be a token id in [0, {model.cfg.d_vocab}); got {replace_with!r}.")
     ids = target_ids(target, tokens.shape[0], model.cfg.d_vocab)
@@ -315,8 +309,8 @@ def layer_integrated_gradients(
         raise DePassError(f"level must be 'heads' or 'neurons'; got {level!r}.")
     if level == "neurons" and (model.cfg.attn_only or model.cfg.d_mlp is None):
         raise DePassError("level='neurons' needs a model with MLPs; this one is attention-only. Use level='heads'.")
-    tokens = _tokens(model, tokens)
-    baseline_tokens = _tokens(model, baseline_tokens)
+    tokens = token_batch(model, tokens)
+    baseline_tokens = token_batch(model, baseline_tokens)
     if baseline_tokens.shape != tokens.shape:
         raise DePassError(f"baseline_tokens must have the shape of tokens {tuple(tokens.shape)}; "
                           f"got {tuple(baseline_tokens.shape)}.")

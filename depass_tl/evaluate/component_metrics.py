@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from depass_tl.errors import DePassError
-from depass_tl.evaluate.token_metrics import target_ids
+from depass_tl.evaluate.token_metrics import target_ids, token_batch
 
 __all__ = [
     "Level",
@@ -57,12 +57,6 @@ def n_units(model: Any, level: Level) -> int:
     return int(model.cfg.n_heads if level == "heads" else model.cfg.d_mlp)
 
 
-def _tokens(model: Any, tokens: Tensor) -> Tensor:
-    if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.is_floating_point():
-        raise DePassError(f"tokens must be a [batch, pos] integer tensor; got {getattr(tokens, 'shape', type(tokens))}.")
-    return tokens.to(model.cfg.device)
-
-
 # ------------------------------------------------------------------------------- attributions
 def depass_unit_scores(
     model: Any, tokens: Tensor, target: Any, incorrect: Any, level: Level, mlp_rule: str, temperature: float
@@ -76,7 +70,7 @@ def depass_unit_scores(
     from depass_tl.components import custom
 
     check_level(model, level)
-    tokens = _tokens(model, tokens)
+    tokens = token_batch(model, tokens)
     B = tokens.shape[0]
     ids = torch.tensor(target_ids(target, B, model.cfg.d_vocab))
     bad = None if incorrect is None else torch.tensor(target_ids(incorrect, B, model.cfg.d_vocab))
@@ -178,14 +172,14 @@ def attribution_patching(
         from the corrupted run towards the clean one.
     """
     check_level(model, level)
-    tokens = _tokens(model, tokens)
+    tokens = token_batch(model, tokens)
     B = tokens.shape[0]
     ids = torch.tensor(target_ids(target, B, model.cfg.d_vocab))
     bad = None if incorrect is None else torch.tensor(target_ids(incorrect, B, model.cfg.d_vocab))
     L = model.cfg.n_layers
     names = [unit_hook(level, l) for l in range(L)]
     if corrupt_tokens is not None:
-        corrupt_tokens = _tokens(model, corrupt_tokens)
+        corrupt_tokens = token_batch(model, corrupt_tokens)
         if corrupt_tokens.shape != tokens.shape:
             raise DePassError(f"corrupt_tokens must have the shape of tokens {tuple(tokens.shape)}; got {tuple(corrupt_tokens.shape)}.")
     with torch.no_grad():

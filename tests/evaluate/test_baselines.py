@@ -31,13 +31,7 @@ from depass_tl.evaluate import (
 from tests.evaluate.known_models import REPLACE, TARGET, WEIGHTS, linear_token_model, token_prob
 from tests.models import make_model, random_tokens
 
-try:
-    import captum  # noqa: F401
-
-    HAS_CAPTUM = True
-except ImportError:
-    HAS_CAPTUM = False
-needs_captum = pytest.mark.skipif(not HAS_CAPTUM, reason="captum is not installed (the optional [eval] extra)")
+from tests.evaluate._captum import HAS_CAPTUM, needs_captum
 
 TOKENS = torch.tensor([[0, 1, 2, 3, 4, 5]])
 # logit = w[last] + mean_j w_j: token j's share is w_j / 6 = (0, 4, 1, 3, 2, 0) / 6

@@ -31,13 +31,7 @@ from depass_tl.evaluate import (  # noqa: E402
 )
 from tests.bridge_models import build_bridge  # noqa: E402
 
-try:
-    import captum  # noqa: F401
-
-    HAS_CAPTUM = True
-except ImportError:
-    HAS_CAPTUM = False
-needs_captum = pytest.mark.skipif(not HAS_CAPTUM, reason="captum is not installed (the optional [eval] extra)")
+from tests.evaluate._captum import HAS_CAPTUM, needs_captum  # noqa: E402
 
 CLEAN = torch.tensor([[1, 5, 9, 13, 17, 21], [2, 6, 10, 14, 18, 22]])
 CORRUPT = torch.tensor([[1, 7, 9, 15, 17, 23], [2, 8, 10, 16, 18, 24]])

@@ -27,13 +27,7 @@ from depass_tl.evaluate import (
 from tests.evaluate.known_models import TARGET, THETA, WRONG, linear_head_model, linear_neuron_model
 from tests.models import make_model, random_tokens
 
-try:
-    import captum  # noqa: F401
-
-    HAS_CAPTUM = True
-except ImportError:
-    HAS_CAPTUM = False
-needs_captum = pytest.mark.skipif(not HAS_CAPTUM, reason="captum is not installed (the optional [eval] extra)")
+from tests.evaluate._captum import needs_captum
 
 # heads: c = (3, -1, 2), prefix mean of w over [1, 2, 3] is 2 at the last position: logit = 4·2 = 8
 HEAD_TOKENS = torch.tensor([[1, 2, 3]])

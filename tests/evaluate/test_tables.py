@@ -17,7 +17,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from depass_tl.evaluate.tables import between_markers, render_docs, render_readme
 from depass_tl.evaluate.toy_benchmark import (
@@ -33,12 +32,7 @@ from depass_tl.evaluate.toy_benchmark import (
 from depass_tl.evaluate.toy_tasks import load_task, task_names
 from tests._tl_version import TL_MAJOR
 
-try:
-    import captum  # noqa: F401
-
-    HAS_CAPTUM = True
-except ImportError:
-    HAS_CAPTUM = False
+from tests.evaluate._captum import HAS_CAPTUM
 
 # TL 2.x cannot load the shipped toy state dicts (their attn.mask buffers are saved with shape [0, 0];
 # TL 2.x builds [n_ctx, n_ctx] and load_state_dict(strict=True) refuses them): no toy, no rows to recompute.
