@@ -55,7 +55,7 @@ __all__ = [
     "token_methods",
 ]
 
-#: rules with a temperature parameter (one table row per temperature)
+#: before the rule registry (issue 15) exposes rule objects: the rules with a temperature parameter
 TEMPERATURE_RULES: tuple[str, ...] = ("softmax",)
 DEFAULT_TEMPERATURES: tuple[float, ...] = (0.01, 0.1, 1.0)
 
@@ -87,11 +87,20 @@ def as_attribution(out: Tensor | Attribution) -> Attribution:
     raise DePassError(f"an attribution method must return a Tensor or an Attribution; got {type(out).__name__}.")
 
 
+def _registered_rules() -> list[tuple[str, bool]]:
+    """``(name, takes a temperature)`` for every MLP rule the replay engine knows, in registry order."""
+    try:
+        from depass_tl.replay.rules import get_rule, rule_names  # the rule registry, where it exists
+    except ImportError:
+        from depass_tl.replay.mlp import MLP_RULES
+
+        return [(name, name in TEMPERATURE_RULES) for name in MLP_RULES]
+    return [(name, hasattr(get_rule(name), "temperature")) for name in rule_names()]
+
+
 def mlp_rules() -> tuple[str, ...]:
     """The MLP rules the replay engine knows, in its registry order."""
-    from depass_tl.replay.mlp import MLP_RULES
-
-    return tuple(MLP_RULES)
+    return tuple(name for name, _ in _registered_rules())
 
 
 def depass_variants(
@@ -110,8 +119,8 @@ def depass_variants(
     if attn_only:
         return {"depass (no MLP: every rule)": {"mlp_rule": "softmax", "temperature": 0.1}}
     out: dict[str, dict[str, Any]] = {}
-    for rule in mlp_rules():
-        if rule in TEMPERATURE_RULES:
+    for rule, takes_temperature in _registered_rules():
+        if takes_temperature:
             for t in temperatures:
                 out[f"depass {rule} T={t:g}"] = {"mlp_rule": rule, "temperature": float(t)}
         else:
