@@ -314,8 +314,12 @@ def layer_integrated_gradients(
     if baseline_tokens.shape != tokens.shape:
         raise DePassError(f"baseline_tokens must have the shape of tokens {tuple(tokens.shape)}; "
                           f"got {tuple(baseline_tokens.shape)}.")
-    for name, value in (("min_steps", min_steps), ("max_steps", max_steps)) + ((("steps", steps),) if steps else ()):
+    for name, value in (("min_steps", min_steps), ("max_steps", max_steps)):
         _check_steps(name, value)
+    if steps is not None:
+        _check_steps("steps", steps)
+    if not delta_tol > 0:
+        raise DePassError(f"delta_tol must be positive; got {delta_tol!r}.")
     B = tokens.shape[0]
     ids = torch.tensor(target_ids(target, B, model.cfg.d_vocab), device=tokens.device)
     bad = None if incorrect is None else torch.tensor(target_ids(incorrect, B, model.cfg.d_vocab), device=tokens.device)

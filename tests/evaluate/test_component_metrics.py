@@ -252,3 +252,15 @@ def test_resample_errors(heads):
         ablation_curve(heads, HEAD_TOKENS, torch.zeros(1, 3), TARGET, fractions=(0.5,), k=(1,))
     with pytest.raises(DePassError, match="k must be unit counts"):
         ablation_curve(heads, HEAD_TOKENS, torch.zeros(1, 3), TARGET, k=(4,))
+
+
+@needs_captum
+def test_layer_ig_errors(heads):
+    with pytest.raises(DePassError, match="steps must be a positive integer"):
+        layer_integrated_gradients(heads, HEAD_TOKENS, TARGET, baseline_tokens=HEAD_CORRUPT, steps=0)
+    with pytest.raises(DePassError, match="delta_tol must be positive"):
+        layer_integrated_gradients(heads, HEAD_TOKENS, TARGET, baseline_tokens=HEAD_CORRUPT, delta_tol=0.0)
+    with pytest.raises(DePassError, match="baseline_tokens must have the shape"):
+        layer_integrated_gradients(heads, HEAD_TOKENS, TARGET, baseline_tokens=torch.tensor([[1, 2]]))
+    with pytest.raises(DePassError, match="attention-only"):
+        layer_integrated_gradients(heads, HEAD_TOKENS, TARGET, baseline_tokens=HEAD_CORRUPT, level="neurons")
