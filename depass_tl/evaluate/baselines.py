@@ -51,6 +51,7 @@ __all__ = [
     "last_layer_attention",
     "mlp_rules",
     "occlusion",
+    "prompt_seed",
     "random_attributions",
     "token_methods",
 ]
@@ -182,7 +183,8 @@ def last_layer_attention(model: Any, tokens: Tensor, target: Any = None) -> Tens
     return _patterns(model, tokens)[-1][:, -1].clone()
 
 
-def _row_seed(seed: int, row: Sequence[int]) -> int:
+def prompt_seed(seed: int, row: Sequence[int]) -> int:
+    """A generator seed from ``seed`` and a prompt's token ids (random baselines per prompt, batch-independent)."""
     digest = hashlib.sha256(repr((seed, list(row))).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
@@ -192,7 +194,7 @@ def random_attributions(model: Any, tokens: Tensor, target: Any = None, *, seed:
 
     A prompt gets the same scores whatever batch it is in (so per-prompt results can be recomputed).
     """
-    rows = [torch.rand(len(r), generator=torch.Generator().manual_seed(_row_seed(seed, r)), dtype=torch.float64)
+    rows = [torch.rand(len(r), generator=torch.Generator().manual_seed(prompt_seed(seed, r)), dtype=torch.float64)
             for r in tokens.tolist()]
     return torch.stack(rows) if rows else torch.zeros(tuple(tokens.shape), dtype=torch.float64)
 

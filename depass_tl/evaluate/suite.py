@@ -39,6 +39,7 @@ from depass_tl.evaluate.token_metrics import (
     deletion_insertion,
     disrupt_recover,
 )
+from depass_tl.evaluate.unit_methods import ComponentMethod, component_methods
 
 __all__ = [
     "ComponentReport",
@@ -221,8 +222,6 @@ def run_counted(model: Any, method: Callable[..., Any], *args: Any, **kwargs: An
 
 
 # -------------------------------------------------------------------------------- components
-ComponentMethod = Callable[..., Any]
-
 
 @dataclass
 class ComponentReport:
@@ -306,8 +305,6 @@ def component_faithfulness(
         A :class:`ComponentReport`.
     """
     if methods is None:
-        from depass_tl.evaluate.unit_methods import component_methods
-
         methods = component_methods(level=level, attn_only=bool(model.cfg.attn_only))
     if not methods:
         raise DePassError("methods is empty; give at least one ranking method.")

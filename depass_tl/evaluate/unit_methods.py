@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from depass_tl.evaluate.ablation import exact_ablation_scores
-from depass_tl.evaluate.baselines import DEFAULT_TEMPERATURES, Attribution, _row_seed, depass_variants
+from depass_tl.evaluate.baselines import DEFAULT_TEMPERATURES, Attribution, prompt_seed, depass_variants
 from depass_tl.evaluate.captum_methods import DEFAULT_DELTA_TOL, layer_integrated_gradients, require_captum
 from depass_tl.evaluate.component_metrics import (
     Level,
@@ -130,7 +130,7 @@ def _layer_ig(model: Any, tokens: Tensor, target: Any, *, level: Level, delta_to
 
 def _random(model: Any, tokens: Tensor, target: Any, *, level: Level, seed: int, **_: Any) -> Tensor:
     L, U = model.cfg.n_layers, n_units(model, level)
-    rows = [torch.rand(L, U, generator=torch.Generator().manual_seed(_row_seed(seed, r)), dtype=torch.float64)
+    rows = [torch.rand(L, U, generator=torch.Generator().manual_seed(prompt_seed(seed, r)), dtype=torch.float64)
             for r in tokens.tolist()]
     return torch.stack(rows)
 
