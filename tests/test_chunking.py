@@ -15,7 +15,7 @@ from depass_tl.api import replay
 from depass_tl.capture import capture
 from depass_tl.memory import PeakMemory, format_bytes, parse_memory
 from depass_tl.replay.engine import replay_components
-from depass_tl.replay.plan import DEFAULT_CAUSAL_SPLITS, plan_chunks, row_starts
+from depass_tl.replay.plan import DEFAULT_CHUNK_ROWS, plan_chunks, row_starts
 from tests.families import FAMILIES, HT_CONFIG_FEATURES, build_family, build_ht, family_tokens
 from tests.models import ARCHS, make_model, random_tokens
 
@@ -150,15 +150,17 @@ def test_budget_splits_into_chunks() -> None:
     model = make_model("gpt2", n_layers=2, d_model=64, n_heads=4, d_mlp=256, n_ctx=64, dtype=torch.float32)
     run = capture(model, random_tokens(model, batch=1, pos=48))
     init = depass_tl.tokens().init(run, torch.float32)
-    starts = [row_starts(g.components, True) for g in init.groups]
+    starts = [g.source.starts() for g in init.groups]
     kwargs = dict(batch=1, n_pos=48, itemsize=4, rule="softmax", n_stored=1, chunk_size=None, splittable=True, why_not="")
     big = plan_chunks(run.view, starts, max_memory=10**10, **kwargs)
     small = plan_chunks(run.view, starts, max_memory=3 * 10**6, **kwargs)
-    assert len(big.chunks) == DEFAULT_CAUSAL_SPLITS + 1 and big.cache_keys  # the causal split, + bias
-    assert len(small.chunks) > len(big.chunks) and not small.cache_keys
+    assert len(big.chunks) == 48 // DEFAULT_CHUNK_ROWS["cpu"] + 1  # the causal split, + bias
+    assert small.mlp_rows < big.mlp_rows and small.attn_rows < big.attn_rows
     assert small.estimate <= 3 * 10**6
-    rows = sorted((a, b) for _, a, b, _ in small.chunks)
-    assert rows[0][0] == 0 and all(r[1] == s[0] for r, s in zip(rows, rows[1:])) and rows[-1][1] == 49
+    for plan in (big, small):
+        rows = sorted((a, b) for _, a, b, _ in plan.chunks)
+        assert rows[0][0] == 0 and all(r[1] == s[0] for r, s in zip(rows, rows[1:])) and rows[-1][1] == 49
+        assert all(lo == a for _, a, b, lo in plan.chunks if b < 49)  # token k starts at position k
 
 
 @pytest.mark.parametrize(

@@ -132,7 +132,7 @@ def test_each_block_runs_on_its_weights_device(monkeypatch: pytest.MonkeyPatch) 
     init = depass_tl.tokens().init(run, torch.float64)
     out = replay_components(run, init, dtype=torch.float64, chunk_size=2)
     index = [next(i for i, b in enumerate(run.view.blocks) if b is s) for s in seen]
-    assert index == [0, 0, 1, 1, 2, 2]  # attn and mlp of each block
+    assert index[-6:] == [0, 0, 1, 1, 2, 2]  # attn and mlp of each block (after where the state starts)
     assert device_mod.block_device(run.view.blocks[0]) == torch.device("cpu")
     assert out["unembed.hook_in"].device.type == "cpu"
 

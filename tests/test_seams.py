@@ -9,11 +9,12 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 import depass_tl
 from depass_tl import DePassError
 from depass_tl.capture import capture, single_token_fn
-from depass_tl.replay.attention import PreparedAttn
-from depass_tl.replay.block import BlockStep, Chunk, Outputs, attn_step, mlp_step
+from depass_tl.replay.block import BlockStep, Outputs, attn_step, mlp_step
+from depass_tl.replay.layout import State
 from depass_tl.replay.device import block_tensors
 from depass_tl.replay.engine import replay_components
 from depass_tl.replay.rules import get_rule
+from depass_tl.replay.weights import PreparedBlock
 from depass_tl.replay.state import FINAL_HOOK, parse_start_hook, schedule, stage_index, stored_hook_names
 from tests.models import make_model, random_tokens, word_tokenizer
 
@@ -64,21 +65,49 @@ def test_single_token_fn() -> None:
 
 @pytest.mark.parametrize("rule", ["softmax", "ratio", "max"])
 def test_the_block_step_replays_a_block(rule: str) -> None:
-    """Driving attn_step / mlp_step by hand over two chunks gives the engine's numbers."""
+    """Driving attn_step / mlp_step by hand over a flat state of two chunks gives the engine's numbers."""
     model = make_model("gpt2", n_layers=1)
     run = capture(model, random_tokens(model, batch=2, pos=5))
     init = depass_tl.tokens().init(run, torch.float64)
     x = init.groups[0].components.to(torch.float64)  # [6, batch, pos, d_model]
     K, B, P, D = x.shape
-    chunks = [Chunk(0, 0, 3, 0, K, x[0:3].clone()), Chunk(0, 3, K, 0, K, x[3:].clone())]
+    state = State([(0, 0, 3, 0), (0, 3, K, 0)], K, (B, P, D), torch.float64, torch.device("cpu"), 10**9, 7)
+    for ch in state.enter(0):
+        ch.x.copy_(x[ch.a : ch.b])
     names = {"blocks.0.hook_attn_out", "blocks.0.hook_mlp_out", "blocks.0.hook_resid_post"}
     out = Outputs(names, (K, B, P, D), 1, None)
     w = run.view.blocks[0]
-    step = BlockStep(0, w, PreparedAttn.build(w.attn), block_tensors(run.acts, "blocks.0.", torch.float64,
-                                                                        torch.device("cpu")),
-                     get_rule(rule), cache_keys=True, group_size=K)
-    assert attn_step(chunks, step, out, True, store_pre=False, store_after=False)
-    mlp_step(chunks, step, out, store_after=True)
+    step = BlockStep(0, w, PreparedBlock.build(w, get_rule(rule).gated_keys),
+                     block_tensors(run.acts, "blocks.0.", torch.float64, torch.device("cpu")), get_rule(rule), K)
+    attn_step(state, step, out, store_pre=False, store_after=False)
+    assert len(state.mlp_passes()) > 1  # mlp_rows=7: one position of every component per pass
+    mlp_step(state, step, out, store_after=True)
     ref = replay_components(run, init, mlp_rule=rule, dtype=torch.float64, chunk_size=10**9, causal_skip=False)
     for name in names:
         torch.testing.assert_close(out.acts[name], ref[name], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("rule", ["softmax", "max"])
+def test_the_statistics_seam(rule: str) -> None:
+    """A reducer sees each MLP unit's complete statistics before allocation; an identity reducer changes
+    nothing, and statistics folded in two halves and merged there give the same shares."""
+    model = make_model("gpt2", n_layers=2)
+    run = capture(model, random_tokens(model, pos=7))
+    init = depass_tl.tokens().init(run, torch.float64)
+    seen = []
+    got = replay_components(run, init, mlp_rule=rule, dtype=torch.float64, reducer=seen.append)
+    ref = replay_components(run, init, mlp_rule=rule, dtype=torch.float64)
+    assert seen and all(type(s).__name__.endswith("Stats") for s in seen)
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=0, atol=1e-12)
+    keys = torch.randn(6, 2, 3, 5, dtype=torch.float64)
+    keys[2:4, 0] = 0.0  # inactive
+    target = torch.randn(2, 3, 5, dtype=torch.float64)
+    r = get_rule(rule)
+    halves = [r.init_stats((2, 3, 5), torch.float64, torch.device("cpu")) for _ in range(2)]
+    halves[0].fold(keys[:3], 0, 0)
+    halves[1].fold(keys[3:], 3, 0)
+    halves[0].merge(halves[1])
+    parts = [halves[0].allocate(keys[:3].clone(), target, torch.tensor([], dtype=torch.long), 0, 3, 0),
+             halves[0].allocate(keys[3:].clone(), target, torch.tensor([2]), 3, 3, 0)]
+    torch.testing.assert_close(torch.cat(parts), r.share(keys.clone(), target, torch.tensor([5]), 6), rtol=0, atol=1e-13)

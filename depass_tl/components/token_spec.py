@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from depass_tl.coefficients import FrozenRun
-from depass_tl.components.base import ComponentSpec, group_with_bias
+from depass_tl.components.base import BIAS, ComponentSpec
 from depass_tl.errors import DePassError
-from depass_tl.replay.state import InitialState, parse_start_hook
+from depass_tl.replay.state import DiagonalComponents, Group, InitialState, parse_start_hook
 
 __all__ = ["TokenSpec", "tokens"]
 
@@ -36,13 +36,14 @@ class TokenSpec(ComponentSpec):
                 )
             pos = run.get("hook_pos_embed").to(dtype).expand(B, -1, -1)
             token_part = resid - pos
-        eye = torch.eye(P, dtype=dtype, device=resid.device)  # [component, pos]
-        x = eye[:, None, :, None] * token_part[None]  # [component=pos, batch, pos, d_model]
         labels = [f"tok{p}" for p in range(P)]
+        extra = [torch.zeros_like(resid)]  # the bias component
         if self.separate_pos_embed:
-            x = torch.cat([x, pos[None]], dim=0)
+            extra.insert(0, pos.contiguous())
             labels.append("pos_embed")
-        return InitialState((group_with_bias(x, labels, self.start),))
+        # component p holds token_part at position p only: kept as [batch, pos, d_model], never densified
+        comps = DiagonalComponents(token_part.contiguous(), torch.stack(extra))
+        return InitialState((Group(self.start, comps, tuple(labels) + (BIAS,)),))
 
 
 def tokens(*, separate_pos_embed: bool = False, start: str = "blocks.0.hook_resid_pre") -> TokenSpec:

@@ -1,41 +1,53 @@
-"""One transformer block's sublayers, per chunk of components (pure tensor code).
+"""One transformer block's sublayers on the flat state (pure tensor code).
 
 A pre-norm block is ``resid_mid = resid_pre + attn(ln1(resid_pre))`` and ``resid_post = resid_mid +
 mlp(ln2(resid_mid))``. The engine (:mod:`~depass_tl.replay.engine`) calls :func:`attn_step` and
-:func:`mlp_step` once per sublayer, on every chunk of components (:class:`Chunk`), and they write what
-the replay stores into :class:`Outputs`. Variants handled here, each with frozen coefficients:
+:func:`mlp_step` once per sublayer on the :class:`~depass_tl.replay.layout.State` (every chunk of
+components in one ``[rows, d_model]`` tensor), and they write what the replay stores into
+:class:`Outputs`. Each matrix is applied to many chunks at once, with the pre-norm folded in
+(:mod:`~depass_tl.replay.weights`: ``x W' / s``); attention mixes values per chunk; the MLP rule splits
+each :class:`~depass_tl.replay.layout.Unit` (every component of a group at a block of positions), so a
+competitive rule's statistics are complete in one pass. Variants handled here, each with frozen
+coefficients:
 
 * ``parallel_attn_mlp`` (GPT-J, NeoX): the MLP reads ``ln2(resid_pre)``; ``resid_post = resid_pre +
   attn_out + mlp_out`` and there is no ``hook_resid_mid`` (:func:`attn_step` does both sublayers).
 * Gemma-2/3 post-norms (``use_normalization_before_and_after``): ``attn_out = ln1_post(attn(...))`` and
   ``mlp_out = ln2_post(mlp(...))``, RMS norms with their own frozen ``hook_scale``.
 * MLP kinds: standard / gated / SoLU (:mod:`~depass_tl.replay.mlp`) and Mixtral MoE
-  (:mod:`~depass_tl.replay.moe`), under any allocation rule (:mod:`~depass_tl.replay.rules`). A
-  competitive rule's shares span every component of a group: :func:`mlp_step` first folds every
-  chunk's keys into the group's statistics, then allocates chunk by chunk.
+  (:mod:`~depass_tl.replay.moe`, chunk by chunk), under any allocation rule (:mod:`~depass_tl.replay.rules`).
 * Padding: :func:`pad_to_bias` puts everything at padded positions into the bias component (whole
   groups, for the initial components); :meth:`Outputs.emit` and :meth:`Outputs.settle` do the same
-  for every sublayer output of a chunked replay.
-* Causal skipping: a chunk holds positions ``lo:`` only; :func:`attn_step` widens every chunk back to
-  all positions the first time a pattern is not causal.
+  for every sublayer output.
+* Sources mode: module outputs of the source components are credited to the module (one chunk).
+
+**The statistics seam.** Under a competitive rule each unit's statistics are complete after
+``stats.fold`` over the unit's keys; :attr:`BlockStep.reducer`, when set, is called right there with the
+statistics (e.g. an all-reduce over processes that each hold some of the unit's components, merging with
+:meth:`~depass_tl.replay.rules.RuleStats.merge`) before ``stats.allocate``. Without a reducer the rule's
+one-shot :meth:`~depass_tl.replay.rules.MLPRule.share` is used.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from depass_tl.model_view import BlockView, MLPView, MoEView
-from depass_tl.replay.attention import PreparedAttn, attention_prepared
-from depass_tl.replay.mlp import mlp_chunk, mlp_keys, mlp_neurons
+from depass_tl.replay.layout import Chunk, MLPPass, State
+from depass_tl.replay.mlp import mlp_neurons
 from depass_tl.replay.moe import moe
 from depass_tl.replay.norm import apply_norm
-from depass_tl.replay.rules import MLPRule, RuleStats
+from depass_tl.replay.rules import MLPRule, Neurons, RuleStats
 from depass_tl.replay.state import SourcesPlan
+from depass_tl.replay.weights import Folded, PreparedBlock
 
-__all__ = ["pad_to_bias", "Chunk", "Outputs", "BlockStep", "attn_step", "mlp_step"]
+__all__ = ["pad_to_bias", "Chunk", "Outputs", "BlockStep", "attn_step", "mlp_step", "unit_shares"]
+
+Reducer = Callable[[RuleStats], None]
 
 
 def pad_to_bias(t: Tensor, pad: Tensor | None, group_size: int) -> Tensor:
@@ -54,45 +66,6 @@ def pad_to_bias(t: Tensor, pad: Tensor | None, group_size: int) -> Tensor:
     g = torch.where(at_pad[:, None], torch.zeros_like(g), g)
     last = torch.where(at_pad, total, g[:, -1])
     return torch.cat([g[:, :-1], last[:, None]], dim=1).reshape(t.shape)
-
-
-def _sl(t: Tensor | None, lo: int) -> Tensor | None:
-    """A clean ``[batch, pos, ...]`` tensor from position ``lo`` on (``t`` itself for ``lo == 0``)."""
-    return t if t is None or lo == 0 else t[:, lo:]
-
-
-def _add(x: Tensor, t: Tensor) -> Tensor:
-    """``x + t``, in place unless autograd is recording through either."""
-    if torch.is_grad_enabled() and (x.requires_grad or t.requires_grad):
-        return x + t
-    return x.add_(t)
-
-
-class Chunk:
-    """Consecutive components ``[a, b)`` of group ``g`` (groups of ``K``), held from position ``lo`` on."""
-
-    def __init__(self, g: int, a: int, b: int, lo: int, K: int, x: Tensor) -> None:
-        self.g, self.a, self.b, self.lo = g, a, b, lo
-        self.rows = slice(g * K + a, g * K + b)  # in the concatenated component axis
-        self.has_bias = b == K
-        self.x: Tensor = x  # [chunk, batch, pos - lo, d_model]
-        self.keys: object = None  # a competitive rule's cached keys, between its two passes
-
-    @property
-    def n_rows(self) -> int:
-        return self.b - self.a
-
-    @property
-    def bias_local(self) -> Tensor:
-        """The local index of the group's bias component (empty when this chunk does not hold it)."""
-        return torch.tensor([self.b - self.a - 1] if self.has_bias else [], dtype=torch.long, device=self.x.device)
-
-    def widen(self) -> None:
-        """Hold every position again (``lo`` = 0), padding the state with exact zeros."""
-        if self.lo:
-            C, B, _, D = self.x.shape
-            self.x = torch.cat([self.x.new_zeros(C, B, self.lo, D), self.x], dim=2)
-            self.lo = 0
 
 
 class Outputs:
@@ -116,6 +89,10 @@ class Outputs:
         """Work on ``device`` from now on (the padding mask follows the block)."""
         if self.pad is not None:
             self.pad = self.pad.to(device)
+
+    def needs(self, name: str) -> bool:
+        """Whether a sublayer output must be seen chunk by chunk (stored, or padding to move)."""
+        return self.pad is not None or name in self.wanted
 
     def store_state(self, name: str, chunks: list[Chunk]) -> None:
         """Store the chunks' current residual state as hook ``name`` (zeros before each chunk's ``lo``)."""
@@ -154,35 +131,41 @@ class Outputs:
 
 @dataclass(frozen=True)
 class BlockStep:
-    """What every chunk needs at one block: its weights, its frozen tensors, the rule, the sources plan.
+    """What the state needs at one block: its weights, its frozen tensors, the rule, the sources plan.
 
     Attributes:
         layer: the block index.
         w: the block's weights in the accumulation dtype.
-        attn: the value/output weights laid out for the replay.
+        prep: the matrices laid out for the flat replay, norms folded in.
         acts: the block's frozen tensors (``blocks.{layer}.*``), on the block's device.
         rule: the MLP allocation rule.
-        cache_keys: a competitive rule may keep every chunk's keys between its two passes.
         group_size: components per group.
         sources: the sources plan (None: plain components).
+        reducer: called with each unit's statistics once they are complete (competitive rules).
     """
 
     layer: int
     w: BlockView
-    attn: PreparedAttn
+    prep: PreparedBlock
     acts: dict[str, Tensor]
     rule: MLPRule
-    cache_keys: bool
     group_size: int
     sources: SourcesPlan | None = None
+    reducer: Reducer | None = None
 
     @property
     def prefix(self) -> str:
         return f"blocks.{self.layer}."
 
-    def scale(self, name: str, lo: int) -> Tensor | None:
-        """The frozen ``blocks.{layer}.{name}`` from position ``lo`` on (None when not captured)."""
-        return _sl(self.acts.get(self.prefix + name), lo)
+    def scale(self, name: str, lo: int = 0, hi: int | None = None) -> Tensor | None:
+        """The frozen ``blocks.{layer}.{name}`` at positions ``lo:hi`` (None when not captured)."""
+        t = self.acts.get(self.prefix + name)
+        return t if t is None or (lo == 0 and hi is None) else t[:, lo:hi]
+
+    def inv_scale(self, name: str) -> Tensor | None:
+        """``1 / hook_scale`` flattened to ``[batch * pos]`` (None when the norm has no scale)."""
+        s = self.acts.get(self.prefix + name)
+        return None if s is None else s.reshape(-1).reciprocal()
 
     @property
     def credit_attn(self) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
@@ -197,102 +180,262 @@ class BlockStep:
         return s.source_rows, s.mlp_rows[self.layer]  # type: ignore[return-value]
 
 
-def attn_step(chunks: list[Chunk], step: BlockStep, out: Outputs, causal: bool, *, store_pre: bool,
-              store_after: bool) -> bool:
-    """The attention sublayer (and, in a parallel block, the MLP) on every chunk; returns ``causal``.
+def _bias_add(t: Tensor, rows: slice | None, const: Tensor | None) -> None:
+    if rows is not None and const is not None:
+        t[rows] += const
+
+
+def _bias_rows_add(t: Tensor, rows: Tensor, const: Tensor | None) -> None:
+    """``t[rows] += const`` for a row index (one kernel)."""
+    if const is not None:
+        t.index_add_(0, rows, const.expand(len(rows), -1))
+
+
+def _linear_rows(x: Tensor, f: Folded, inv: Tensor | None) -> Tensor:
+    """``(x W') * inv`` per row (the folded norm), without the bias constant."""
+    y = x @ f.W
+    if f.scaled:
+        assert inv is not None, "a norm needs its captured scale"
+        y.mul_(inv[:, None])
+    return y
+
+
+# ----------------------------------------------------------------------------------- attention
+def _attention(state: State, step: BlockStep, i: int, j: int, inv: Tensor | None, fused: bool) -> Tensor | None:
+    """Attention of chunks ``[i, j)``; adds into ``X`` when ``fused``, else returns ``[rows, d_model]``."""
+    pb, B = step.prep, state.B
+    chunks = state.chunks[i:j]
+    r0, r1 = chunks[0].off, chunks[-1].off + chunks[-1].numel_rows
+    H, e, n_kv = pb.n_heads, pb.d_head, pb.n_kv
+    v = _linear_rows(state.X[r0:r1], pb.V, None if inv is None else inv[r0:r1])
+    pattern = step.acts[step.prefix + "attn.hook_pattern"]
+    clip = step.scale("attn.clip_ratio")
+    z = torch.empty(r1 - r0, H * e, dtype=v.dtype, device=v.device)
+    for ch in chunks:
+        a, n, P_i, lo = ch.off - r0, ch.n_rows, ch.x.shape[2], ch.lo
+        rows = slice(a, a + ch.numel_rows)
+        _bias_add(v, _shift(ch.bias_flat(), r0), pb.V.const)
+        vi = v[rows].view(n, B, P_i, n_kv, e)
+        if clip is not None:
+            vi = vi * clip[:, lo:]
+        if pb.kv_of_head is not None:
+            vi = vi.index_select(3, pb.kv_of_head)  # [chunk, batch, key_pos, head, d_head]
+        # z[c, b, q, h, :] = Σ_k A[b, h, q, k] v[c, b, k, h, :], one matmul per (batch, head)
+        vp = vi.permute(1, 3, 2, 0, 4).reshape(B * H, P_i, n * e)
+        A = pattern[:, :, lo:, lo:].reshape(B * H, P_i, P_i)
+        zp = torch.bmm(A, vp).view(B, H, P_i, n, e)
+        z[rows].view(n, B, P_i, H, e).copy_(zp.permute(3, 0, 2, 1, 4))
+    del v
+    credit = step.credit_attn
+    per_head = None
+    if credit is not None:
+        assert len(chunks) == 1, "sources mode replays one chunk"
+        sources, head_rows = credit
+        src = torch.tensor(sources, device=z.device)
+        zc = z.view(chunks[0].n_rows, -1, H, e)
+        per_head = torch.einsum("ihe,hed->hid", zc.index_select(0, src).sum(0), pb.W_O_heads)  # [head, B*P, D]
+        zc.index_fill_(0, src, 0.0)
+    if fused:  # resid += z W_O in one matmul
+        if _needs_copy(state.X, z):
+            state.add_(slice(r0, r1), z @ pb.W_O)
+        else:
+            state.X[r0:r1].addmm_(z, pb.W_O)
+        for ch in chunks:
+            rows_b = ch.bias_flat()
+            if rows_b is not None and pb.b_O is not None:
+                state.add_(rows_b, pb.b_O)
+        return None
+    out = z @ pb.W_O
+    del z
+    for ch in chunks:
+        _bias_add(out, _shift(ch.bias_flat(), r0), pb.b_O)
+    if per_head is not None:
+        ch = chunks[0]
+        oc = out.view(ch.n_rows, -1, out.shape[-1])
+        oc.index_add_(0, torch.tensor(credit[1], device=out.device), per_head)  # type: ignore[index]
+    if step.w.ln1_post is not None:
+        out = _post_norm(out, chunks, r0, step, "ln1_post.hook_scale", step.w.ln1_post)
+    return out
+
+
+def _shift(s: slice | None, by: int) -> slice | None:
+    return None if s is None else slice(s.start - by, s.stop - by)
+
+
+def _needs_copy(x: Tensor, t: Tensor) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or t.requires_grad)
+
+
+def _post_norm(out: Tensor, chunks: list[Chunk], r0: int, step: BlockStep, name: str, norm) -> Tensor:  # type: ignore[no-untyped-def]
+    """A post-norm (Gemma) on the chunks' output rows, chunk by chunk."""
+    parts = []
+    for ch in chunks:
+        a = ch.off - r0
+        t = out[a : a + ch.numel_rows].view_as(ch.x)
+        parts.append(apply_norm(t, step.scale(name, ch.lo), norm, ch.bias_local).reshape(-1, t.shape[-1]))
+    return torch.cat(parts)
+
+
+# ----------------------------------------------------------------------------------------- MLP
+def unit_shares(keys: Tensor, neurons: Neurons, rule: MLPRule, bias: Tensor, reducer: Reducer | None) -> Tensor:
+    """The rule's shares ``[n_comp, batch, width, d_mlp]`` of one unit's target (``keys`` may be consumed).
+
+    The unit holds every component of its group that can be nonzero there, the bias last. A competitive
+    rule folds every key into fresh statistics, which are then complete (``reducer`` is called with
+    them), and allocates; without a reducer its one-shot :meth:`~depass_tl.replay.rules.MLPRule.share`.
+    ``bias``: the unit's bias component, ``[n_comp - 1]``.
+    """
+    n_comp = keys.shape[0]
+    if rule.linear or reducer is None:
+        return rule.split(keys, neurons, bias, n_comp)
+    stats = rule.init_stats(tuple(neurons.target.shape), keys.dtype, keys.device)
+    cached = stats.fold(keys, 0, 0, keep=rule.caches_keys)
+    reducer(stats)  # the statistics of this unit are complete here
+    use = cached if rule.caches_keys else (keys if rule.reads_keys else None)
+    return stats.allocate(use, neurons.target, bias, 0, n_comp, 0)
+
+
+def _mlp_pass(state: State, step: BlockStep, mp: MLPPass, inv: Tensor | None) -> Tensor:
+    """The MLP of one pass's units: returns their outputs ``[rows, d_model]`` in the pass's row order."""
+    w, pb, rule, B = step.w, step.prep, step.rule, state.B
+    m = w.mlp
+    assert isinstance(m, MLPView) and pb.key is not None
+    x = state.X.index_select(0, mp.index)
+    if pb.key.scaled:
+        assert inv is not None, "a norm needs its captured scale"
+        x.mul_(inv.index_select(0, mp.pos)[:, None])
+    keys = x @ pb.key.W  # [rows, d_mlp]
+    del x
+    F = keys.shape[-1]
+    credit = step.credit_mlp
+    _bias_rows_add(keys, mp.bias_rows, pb.key.const)
+    for i, u in enumerate(mp.units):
+        k = keys[u.off : u.off + u.n_rows].view(u.n_comp, B, u.width, F)
+        neurons = mlp_neurons(m, lambda name: step.scale("mlp." + name, u.p0, u.p1))
+        share = unit_shares(k, neurons, rule, mp.bias_of(i), step.reducer)
+        if m.ln is not None:  # solu_ln: the inner norm over d_mlp, its bias to the bias component
+            share = apply_norm(share, step.scale("mlp.ln.hook_scale", u.p0, u.p1), m.ln, mp.bias_of(i))
+        if share.data_ptr() != k.data_ptr():
+            if _needs_copy(keys, share):
+                keys = torch.cat([keys[: u.off], share.reshape(-1, F), keys[u.off + u.n_rows :]])
+            else:
+                k.copy_(share)
+        del share, k
+    if m.kind == "gated":
+        _bias_rows_add(keys, mp.bias_rows, m.b_in)
+    out = keys @ m.W_out
+    del keys
+    _bias_rows_add(out, mp.bias_rows, m.b_out)
+    for u in mp.units:
+        if credit is not None:  # sources mode: one chunk, so a unit holds every component in group order
+            o = out[u.off : u.off + u.n_rows].view(u.n_comp, -1, out.shape[-1])
+            src = torch.tensor(credit[0], device=out.device)
+            moved = o.index_select(0, src).sum(0)
+            o.index_fill_(0, src, 0.0)
+            o[credit[1]] += moved
+        if w.ln2_post is not None:
+            o = out[u.off : u.off + u.n_rows].view(u.n_comp, B, u.width, -1)
+            o.copy_(apply_norm(o, step.scale("ln2_post.hook_scale", u.p0, u.p1), w.ln2_post, mp.bias_of(mp.units.index(u))))
+    return out
+
+
+def _moe_chunk(ch: Chunk, step: BlockStep) -> Tensor:
+    w = step.w
+    assert isinstance(w.mlp, MoEView) and w.ln2 is not None and ch.lo == 0
+    x_ln = apply_norm(ch.x, step.scale("ln2.hook_scale"), w.ln2, ch.bias_local)
+    out = moe(x_ln, w.mlp, coeffs=step.acts, prefix=step.prefix + "mlp.", rule=step.rule, bias_rows=ch.bias_local,
+              group_size=step.group_size, credit=step.credit_mlp)
+    if w.ln2_post is not None:
+        out = apply_norm(out, step.scale("ln2_post.hook_scale"), w.ln2_post, ch.bias_local)
+    return out
+
+
+def _mlp_all(state: State, step: BlockStep, fused: bool) -> Tensor | None:
+    """The MLP on every active chunk; adds into ``X`` when ``fused``, else returns ``[rows, d_model]``
+    in the state's row order. Reads ``X`` before writing it (units gather their rows first)."""
+    R = state.active_rows
+    if isinstance(step.w.mlp, MoEView):
+        out = state.X.new_empty(R, state.D)
+        for ch in state.active:
+            out[ch.off : ch.off + ch.numel_rows] = _moe_chunk(ch, step).reshape(-1, state.D)
+        if fused:
+            state.add_(slice(0, R), out)
+            return None
+        return out
+    inv = step.inv_scale("ln2.hook_scale")
+    out = None if fused else state.X.new_empty(R, state.D)
+    for mp in state.mlp_passes():  # passes hold disjoint rows: adding one never changes what the next reads
+        y = _mlp_pass(state, step, mp, inv)
+        if out is None:
+            state.index_add_(mp.index, y)
+        elif _needs_copy(out, y):
+            out = out.index_copy(0, mp.index, y)
+        else:
+            out.index_copy_(0, mp.index, y)
+    return out
+
+
+# ----------------------------------------------------------------------------------- the steps
+def _emit(state: State, out: Outputs, name: str, t: Tensor, totals: dict[str, Tensor]) -> Tensor:
+    """Every active chunk's part of ``t`` ``[rows, d_model]`` through :meth:`Outputs.emit`."""
+    parts = []
+    changed = False
+    for ch in state.active:
+        part = t[ch.off : ch.off + ch.numel_rows].view_as(ch.x)
+        got = out.emit(name, part, ch, totals)
+        changed |= got is not part
+        parts.append(got.reshape(-1, state.D))
+    return torch.cat(parts) if changed else t
+
+
+def attn_step(state: State, step: BlockStep, out: Outputs, *, store_pre: bool, store_after: bool) -> None:
+    """The attention sublayer (and, in a parallel block, the MLP) on every active chunk.
 
     ``store_pre``: store ``hook_resid_pre`` first; ``store_after``: store the residual state after the
     sublayer (``hook_resid_mid``, or ``hook_resid_post`` when the block has no separate MLP stage).
     """
     p, block = step.prefix, step.w
     if store_pre:
-        out.store_state(p + "hook_resid_pre", chunks)
-    pattern = step.acts[p + "attn.hook_pattern"]
-    if causal and any(ch.lo for ch in chunks) and bool(torch.triu(pattern, diagonal=1).any()):
-        causal = False  # a non-causal pattern: every component may reach every position
-        for ch in chunks:
-            ch.widen()
-    stats = _mlp_stats(chunks, step) if block.parallel else {}
+        out.store_state(p + "hook_resid_pre", state.active)
+    inv_all = step.inv_scale("ln1.hook_scale")
+    inv = None if inv_all is None else inv_all.index_select(0, state.pos[: state.active_rows])
+    parallel = block.parallel and block.mlp is not None
+    fused = not parallel and not out.needs(p + "hook_attn_out") and step.sources is None and block.ln1_post is None
+    parts = []
+    for i, j in state.attn_passes():
+        parts.append(_attention(state, step, i, j, inv, fused))
+    if fused:
+        return _store_after(state, out, p, block, store_after)
+    a_out = torch.cat(parts) if len(parts) > 1 else parts[0]
+    assert a_out is not None
+    m_out = _mlp_all(state, step, fused=False) if parallel else None
     totals: dict[str, Tensor] = {}
-    for ch in chunks:
-        a_out = _attn_chunk(ch, step, pattern)
-        m_out = _mlp_chunk(ch, step, stats) if block.parallel else None
-        ch.x = _add(ch.x, out.emit(p + "hook_attn_out", a_out, ch, totals))
-        del a_out
-        if m_out is not None:
-            ch.x = _add(ch.x, out.emit(p + "hook_mlp_out", m_out, ch, totals))
-    out.settle(totals, chunks)
+    a_out = _emit(state, out, p + "hook_attn_out", a_out, totals)
+    if m_out is not None:
+        a_out = a_out + _emit(state, out, p + "hook_mlp_out", m_out, totals)
+    state.add_(slice(0, state.active_rows), a_out)
+    del a_out, m_out
+    out.settle(totals, state.active)
+    _store_after(state, out, p, block, store_after)
+
+
+def _store_after(state: State, out: Outputs, p: str, block: BlockView, store_after: bool) -> None:
     if store_after:
-        out.store_state(p + ("hook_resid_mid" if block.mlp is not None and not block.parallel else "hook_resid_post"), chunks)
-    return causal
+        out.store_state(p + ("hook_resid_mid" if block.mlp is not None and not block.parallel else "hook_resid_post"),
+                        state.active)
 
 
-def mlp_step(chunks: list[Chunk], step: BlockStep, out: Outputs, *, store_after: bool) -> None:
-    """The MLP sublayer on every chunk (two passes under a competitive rule); stores ``hook_resid_post``."""
+def mlp_step(state: State, step: BlockStep, out: Outputs, *, store_after: bool) -> None:
+    """The MLP sublayer on every active chunk; stores ``hook_resid_post``."""
     p = step.prefix
-    stats = _mlp_stats(chunks, step)
-    totals: dict[str, Tensor] = {}
-    for ch in chunks:
-        ch.x = _add(ch.x, out.emit(p + "hook_mlp_out", _mlp_chunk(ch, step, stats), ch, totals))
-    out.settle(totals, chunks)
+    name = p + "hook_mlp_out"
+    fused = not out.needs(name)
+    m_out = _mlp_all(state, step, fused)
+    if m_out is not None:
+        totals: dict[str, Tensor] = {}
+        m_out = _emit(state, out, name, m_out, totals)
+        state.add_(slice(0, state.active_rows), m_out)
+        del m_out
+        out.settle(totals, state.active)
     if store_after:
-        out.store_state(p + "hook_resid_post", chunks)
-
-
-def _attn_chunk(ch: Chunk, step: BlockStep, pattern: Tensor) -> Tensor:
-    lo, bias, w = ch.lo, ch.bias_local, step.w
-    x_ln = apply_norm(ch.x, step.scale("ln1.hook_scale", lo), w.ln1, bias)
-    pat = pattern[:, :, lo:, lo:] if lo else pattern
-    out = attention_prepared(x_ln, pat, step.attn, bias, credit=step.credit_attn,
-                             clip_ratio=step.scale("attn.clip_ratio", lo))
-    del x_ln
-    if w.ln1_post is not None:
-        out = apply_norm(out, step.scale("ln1_post.hook_scale", lo), w.ln1_post, bias)
-    return out
-
-
-def _mlp_stats(chunks: list[Chunk], step: BlockStep) -> dict[int, RuleStats]:
-    """First pass over the chunks for a competitive rule: per group, the statistics of every key."""
-    rule, w = step.rule, step.w
-    if rule.linear or not isinstance(w.mlp, MLPView):
-        return {}
-    assert w.ln2 is not None
-    stats: dict[int, RuleStats] = {}
-    F = w.mlp.W_out.shape[0]
-    per_group: dict[int, int] = {}
-    for ch in chunks:
-        per_group[ch.g] = per_group.get(ch.g, 0) + 1
-    for ch in chunks:
-        if ch.g not in stats:
-            B, P = ch.x.shape[1], ch.x.shape[2] + ch.lo
-            stats[ch.g] = rule.init_stats((B, P, F), ch.x.dtype, ch.x.device)
-        x_ln = apply_norm(ch.x, step.scale("ln2.hook_scale", ch.lo), w.ln2, ch.bias_local)
-        keys = mlp_keys(x_ln, w.mlp, ch.bias_local, rule)
-        del x_ln
-        keep = rule.caches_keys and (step.cache_keys or per_group[ch.g] == 1)
-        ch.keys = stats[ch.g].fold(keys, ch.a, ch.lo, keep=keep)
-    return stats
-
-
-def _mlp_chunk(ch: Chunk, step: BlockStep, stats: dict[int, RuleStats]) -> Tensor:
-    w, rule = step.w, step.rule
-    assert w.mlp is not None and w.ln2 is not None
-    lo, bias = ch.lo, ch.bias_local
-    keys, ch.keys = ch.keys, None
-    # rules that read only their statistics (and cached keys) split the clean post without the chunk's input
-    needs_input = rule.linear or not isinstance(w.mlp, MLPView) or (keys is None and rule.reads_keys)
-    x_ln = apply_norm(ch.x, step.scale("ln2.hook_scale", lo), w.ln2, bias) if needs_input else None
-    if isinstance(w.mlp, MoEView):
-        assert lo == 0 and x_ln is not None
-        out = moe(x_ln, w.mlp, coeffs=step.acts, prefix=step.prefix + "mlp.", rule=rule, bias_rows=bias,
-                  group_size=step.group_size, credit=step.credit_mlp)
-    else:
-        out = mlp_chunk(
-            x_ln, w.mlp, rule=rule, neurons=mlp_neurons(w.mlp, lambda name: step.scale("mlp." + name, lo)),
-            bias_rows=bias, n_rows=ch.n_rows, stats=stats.get(ch.g), keys=keys, row0=ch.a, lo=lo,
-            credit=step.credit_mlp, inner_scale=step.scale("mlp.ln.hook_scale", lo),
-        )
-    del x_ln
-    if w.ln2_post is not None:
-        out = apply_norm(out, step.scale("ln2_post.hook_scale", lo), w.ln2_post, bias)
-    return out
+        out.store_state(p + "hook_resid_post", state.active)

@@ -33,18 +33,19 @@ components and to every sublayer output): token components, including the pad to
 exactly zero there, and since real positions never attend padded keys, pad tokens carry no
 attribution anywhere. Completeness holds at every position.
 
-**Chunks, causal skipping, devices.** The components are processed in chunks (consecutive components
-of one group, :mod:`~depass_tl.replay.plan`), all chunks through a sublayer before the next. The
-competitive MLP rules (``softmax`` / ``max``), whose shares span every component of a group, take two
-passes per MLP layer: the first folds each chunk's keys into per-group statistics (max and sum of
-exponentials, or the best key and its index; :class:`~depass_tl.replay.rules.RuleStats`), the second
-allocates; padding moves are summed per group and settled after each sublayer. So chunking never
-changes the numbers beyond float rounding, and a memory budget (``max_memory``) only decides the
-chunk sizes. A chunk whose components are exactly zero before position ``lo`` (token components) is
-held and computed from ``lo`` on while the attention patterns are causal (checked per layer; a
-non-causal pattern widens every chunk back to all positions). Each block runs on the device of its
-weights (:mod:`~depass_tl.replay.device`), and its weights are laid out once per replay
-(:class:`~depass_tl.replay.attention.PreparedAttn`).
+**Chunks, units, causal skipping, devices.** The components are cut into chunks (consecutive
+components of one group, :mod:`~depass_tl.replay.plan`) kept in one flat state
+(:mod:`~depass_tl.replay.layout`); every sublayer runs over all chunks before the next, its matrix
+products over many chunks at once. A chunk whose components are exactly zero before position ``lo``
+(token components) is held and computed from ``lo`` on when the attention patterns are causal
+(checked once per replay; a non-causal pattern turns skipping off). The MLP splits *units*: every
+component of a group at a block of positions, so the competitive rules (``softmax`` / ``max``), whose
+shares span every component of a group, see complete statistics in one pass
+(:class:`~depass_tl.replay.rules.RuleStats`); padding moves are summed per group and settled after each
+sublayer. So chunking never changes the numbers beyond float rounding, and a memory budget
+(``max_memory``) only decides the chunk and pass sizes. Each block runs on the device of its weights
+(:mod:`~depass_tl.replay.device`), and its weights are laid out once per block with the norms folded in
+(:mod:`~depass_tl.replay.weights`).
 
 Block variants (parallel attention/MLP, Gemma-2/3 post-norms, SoLU, MoE) live in
 :mod:`~depass_tl.replay.block`; pattern-only features (rotary, ALiBi, shortformer, sliding windows,
@@ -62,13 +63,14 @@ from torch import Tensor
 from depass_tl.coefficients import FrozenRun
 from depass_tl.errors import DePassError
 from depass_tl.model_view import MoEView
-from depass_tl.replay.attention import PreparedAttn
-from depass_tl.replay.block import BlockStep, Chunk, Outputs, attn_step, mlp_step, pad_to_bias
+from depass_tl.replay.block import BlockStep, Outputs, Reducer, attn_step, mlp_step, pad_to_bias
 from depass_tl.replay.device import block_device, block_tensors, norm_device
+from depass_tl.replay.layout import State
 from depass_tl.replay.norm import apply_norm
 from depass_tl.replay.plan import plan_chunks, row_starts
 from depass_tl.replay.rules import DEFAULT_TEMPERATURE, RuleLike, get_rule
-from depass_tl.replay.state import FINAL_HOOK, InitialState, schedule, stage_index
+from depass_tl.replay.state import FINAL_HOOK, DiagonalComponents, InitialState, schedule, stage_index
+from depass_tl.replay.weights import PreparedBlock
 
 __all__ = ["replay_components"]
 
@@ -84,15 +86,17 @@ def replay_components(
     chunk_size: int | None = None,
     max_memory: int | None = None,
     causal_skip: bool = True,
+    held_bytes: int = 0,
+    reducer: Reducer | None = None,
 ) -> dict[str, Tensor]:
     """Propagate the initial components block by block and return the decomposed activations.
 
-    The components are processed in chunks (consecutive components of one group), all chunks through
-    a sublayer before the next; a competitive MLP rule's shares, which span every component of a
-    group, take two passes over the chunks (:func:`~depass_tl.replay.block.mlp_step`). Chunking never
+    The components are cut into chunks (consecutive components of one group) that share one flat
+    state; every sublayer runs over all of them (:mod:`~depass_tl.replay.block`). Chunking never
     changes the result beyond float rounding. With ``causal_skip`` a chunk whose components are exactly
     zero before position ``lo`` (token components) is only computed from ``lo`` on, as long as the
-    attention patterns are causal (checked per layer). Each block runs on its weights' device.
+    attention patterns of the replayed layers are causal (checked once). Each block runs on its
+    weights' device.
 
     Args:
         run: the frozen clean run.
@@ -102,9 +106,13 @@ def replay_components(
         dtype: the dtype the components are accumulated in.
         keep: which hook names to store (``unembed.hook_in`` is always stored).
         chunk_size: at most this many components per chunk (the bias components get their own).
-        max_memory: bytes the replay may allocate (see :mod:`depass_tl.replay.plan`); chunks are sized
+        max_memory: bytes the call may allocate (see :mod:`depass_tl.replay.plan`); passes are sized
             to fit, or a :class:`DePassError` says what to drop.
         causal_skip: skip the positions a chunk cannot reach (exact; off only for testing).
+        held_bytes: memory the caller already holds for this call (the captured run), counted
+            against ``max_memory``.
+        reducer: called with each MLP unit's statistics under a competitive rule once they are complete
+            (:mod:`~depass_tl.replay.block`; e.g. to merge them across processes).
 
     Returns:
         hook name -> ``[component, batch, pos, d_model]`` (components of all groups, in order).
@@ -122,29 +130,36 @@ def replay_components(
     why_not = "sources() credits module outputs across components" if init.sources is not None else (
         f"mixture-of-experts layers under the competitive rule {rule.name!r}"
     )
-    comps: list[Tensor | None] = [pad_to_bias(g.components.to(dtype), run.pad, K) for g in init.groups]
-    causal = causal_skip and init.sources is None and not has_moe
-    starts = [row_starts(c, causal) for c in comps if c is not None]
+    sources: list[Any] = [_padded(g.source, dtype, run.pad, K) for g in init.groups]
+    layers = sorted({l for l, _ in schedule(view, first)})
+    causal = causal_skip and init.sources is None and not has_moe and _causal(run, layers)
+    starts = [_starts(src, causal) for src in sources]
     names = [n for n in init.stored_hook_names(view) if n == FINAL_HOOK or keep(n)]
+    dev0 = block_device(view.blocks[layers[0]]) if layers else view.device
     plan = plan_chunks(
         view, starts, batch=B, n_pos=P, itemsize=torch.finfo(dtype).bits // 8, rule=rule,
         n_stored=len(names), chunk_size=chunk_size, max_memory=max_memory, splittable=splittable, why_not=why_not,
+        device_type=torch.device(dev0).type, held_bytes=held_bytes, init_bytes=sum(_nbytes(s) for s in sources),
     )
+    state = State(plan.chunks, K, (B, P, D), dtype, dev0, plan.attn_rows, plan.mlp_rows)
     out = Outputs(set(names), (K * G, B, P, D), G, run.pad)
-    active: list[Chunk] = []
     pending = list(range(G))
 
     def enter(stage: int) -> None:
-        """Start the groups that enter at ``stage`` (as chunks); store the last group's start hook."""
+        """Start the groups that enter at ``stage``; store the last group's start hook."""
         while pending and entries[pending[0]] == stage:
             g = pending.pop(0)
-            x = comps[g]
-            assert x is not None
-            for a, b, lo in plan.of_group(g):
-                active.append(Chunk(g, a, b, lo, K, x[a:b, :, lo:].clone()))
-            comps[g] = None
+            src = sources[g]
+            for ch in state.enter(g):
+                x = state.view(ch)  # a fresh view: writing a source that requires grad makes X require it
+                if isinstance(src, DiagonalComponents):
+                    src.rows_into(x, ch.a, ch.lo)
+                else:
+                    x.copy_(src[ch.a : ch.b, :, ch.lo :].to(x.device))
+            state.refresh()
+            sources[g] = None
             if not pending:
-                out.store_state(init.groups[g].start_hook, active)
+                out.store_state(init.groups[g].start_hook, state.active)
 
     step: BlockStep | None = None
     for l, stage in schedule(view, first):
@@ -152,39 +167,78 @@ def replay_components(
         dev = block_device(block)
         if step is None or step.layer != l:
             w = _cast_view(block, dtype)
-            step = BlockStep(l, w, PreparedAttn.build(w.attn), block_tensors(run.acts, f"blocks.{l}.", dtype, dev),
-                             rule, plan.cache_keys, K, init.sources)
+            step = BlockStep(l, w, PreparedBlock.build(w, rule.gated_keys), block_tensors(run.acts, f"blocks.{l}.", dtype, dev),
+                             rule, K, init.sources, reducer)
             out.to(dev)
+            state.to(dev)
         enter(s)
-        for ch in active:
-            ch.x = ch.x.to(dev)
         if stage == "attn":
-            causal = attn_step(active, step, out, causal, store_pre=s > last_entry, store_after=s >= last_entry)
+            attn_step(state, step, out, store_pre=s > last_entry, store_after=s >= last_entry)
         else:
-            mlp_step(active, step, out, store_after=s >= last_entry)
+            mlp_step(state, step, out, store_after=s >= last_entry)
     if pending:  # groups that start after the last block: nothing to replay but the final norm
         enter(2 * view.n_layers)
-    out.acts[FINAL_HOOK] = _final_norm(run, active, (K * G, B, P, D), dtype)
+    out.acts[FINAL_HOOK] = _final_norm(run, state, (K * G, B, P, D), dtype)
     return out.acts
 
 
-def _final_norm(run: FrozenRun, chunks: list[Chunk], shape: tuple[int, int, int, int], dtype: torch.dtype) -> Tensor:
-    """``ln_final`` with its frozen scale on every chunk: the decomposed ``unembed.hook_in``."""
-    dev = norm_device(run.view.ln_final, chunks[0].x.device)
-    ln_final = _cast_view(run.view.ln_final, dtype)
-    scale = run.acts.get("ln_final.hook_scale")
-    scale = None if scale is None else scale.to(device=dev, dtype=dtype)
-    final = None
-    for ch in chunks:
-        y = apply_norm(ch.x.to(dev), scale if not ch.lo or scale is None else scale[:, ch.lo:], ln_final,
-                       ch.bias_local.to(dev))
-        if final is None:
-            final = y.new_zeros(shape)
-        final[ch.rows, :, ch.lo:] = y
-        ch.x = y  # drop the state
-    assert final is not None
-    return final
+def _padded(src: Any, dtype: torch.dtype, pad: Tensor | None, K: int) -> Any:
+    if isinstance(src, DiagonalComponents):
+        return src.to(dtype).pad_to_bias(pad)
+    return pad_to_bias(src.to(dtype), pad, K)
 
+
+def _nbytes(src: Any) -> int:
+    if isinstance(src, DiagonalComponents):
+        return src.nbytes
+    return src.numel() * src.element_size()
+
+
+def _starts(src: Any, causal: bool) -> list[int]:
+    if isinstance(src, DiagonalComponents):
+        return src.starts() if causal else [0] * src.shape[0]
+    return row_starts(src, causal)
+
+
+def _causal(run: FrozenRun, layers: list[int]) -> bool:
+    """Whether every replayed layer's frozen pattern is causal (one check up front)."""
+    flags = []
+    for l in layers:
+        pattern = run.acts.get(f"blocks.{l}.attn.hook_pattern")
+        if pattern is not None:
+            flags.append(torch.triu(pattern, diagonal=1).ne(0).any().to(run.tokens.device))
+    return not (flags and bool(torch.stack(flags).any()))  # one device sync
+
+
+def _final_norm(run: FrozenRun, state: State, shape: tuple[int, int, int, int], dtype: torch.dtype) -> Tensor:
+    """``ln_final`` with its frozen scale on every chunk: the decomposed ``unembed.hook_in``.
+
+    Pass by pass over the flat state (the norm's weight scales each row, its bias goes to the bias
+    components), each chunk's rows then copied into the dense output."""
+    dev = norm_device(run.view.ln_final, state.X.device)
+    state.to(dev)
+    norm = _cast_view(run.view.ln_final, dtype)
+    scale = run.acts.get("ln_final.hook_scale")
+    inv = None if scale is None else scale.to(device=dev, dtype=dtype).reshape(-1).reciprocal()
+    final = state.X.new_zeros(shape)
+    for i, j in state.attn_passes():
+        chunks = state.chunks[i:j]
+        r0, r1 = chunks[0].off, chunks[-1].off + chunks[-1].numel_rows
+        y = state.X[r0:r1]
+        if norm.kind in ("LN", "LNPre"):
+            y = y - y.mean(-1, keepdim=True)
+        if norm.kind != "none":
+            assert inv is not None, "a norm needs its captured scale"
+            y = y * inv.index_select(0, state.pos[r0:r1])[:, None]
+            if norm.w is not None:
+                y.mul_(norm.w)  # y is a new tensor here
+        for ch in chunks:
+            part = y[ch.off - r0 : ch.off - r0 + ch.numel_rows].view_as(ch.x)
+            final[ch.rows, :, ch.lo :] = part
+            if ch.has_bias and norm.b is not None:
+                final[ch.rows.stop - 1] += norm.b
+        del y
+    return final
 
 def _cast_view(view: Any, dtype: torch.dtype) -> Any:
     """A view (model, block or norm) with every floating tensor in ``dtype`` (no copy when it already is)."""

@@ -1,24 +1,32 @@
-"""How a replay is cut into chunks of components, and what memory it needs.
+"""How a replay is cut into chunks and passes, and what memory it needs.
 
-A chunk is a run of consecutive components of one group. Each chunk keeps its own state
-``[chunk, batch, pos - lo, d_model]``: ``lo`` is the first position where any of its components is
-nonzero at the start (causal skipping: a token component is exactly zero before its position, and
-with a causal attention pattern it stays so, so those positions are never computed). A group's bias
-component is always in a chunk whose ``lo`` is 0.
+A chunk is a run of consecutive components of one group, held from position ``lo`` on (the first
+position where any of them is nonzero: causal skipping). Token components start one position apart, so
+a chunk of ``r`` of them also holds about ``r / 2`` positions per component that are still zero: with
+``n`` equal chunks the replay computes ``(n + 1) / (2n)`` of the full ``components x positions`` area
+against the ideal ``1/2``, a waste of ``1/n``. More chunks waste less but cost more (smaller) kernels,
+so the default size (:data:`DEFAULT_CHUNK_ROWS` components) depends on the device: kernel launches
+are cheap next to the arithmetic on a CPU, expensive on a GPU for short inputs; at most
+:data:`MAX_CAUSAL_CHUNKS` per group. A group's bias component is always its own chunk (``lo`` = 0).
 
-Memory (``max_memory``), in elements of the accumulation dtype:
+The chunks live in one flat state (:mod:`~depass_tl.replay.layout`); each sublayer runs in *passes* of
+at most ``attn_rows`` / ``mlp_rows`` (component, batch, position) rows, sized so the working tensors fit.
 
-* persistent: the initial components (dense, held by the caller), the chunk states
-  (``Σ rows·batch·(pos - lo)·d_model``), every stored output hook (dense ``[component, batch, pos,
-  d_model]``), per group the statistics of a competitive MLP rule (``[batch, pos, d_mlp]`` times
-  :meth:`~depass_tl.replay.rules.MLPRule.stats_bytes`), and one block's weights laid out for the replay;
-* working, per (component, position) of the chunk being processed: the larger of the attention
-  intermediates (normed input, values, mixed values and the einsum's copies, output) and the MLP
-  intermediates (normed input, keys, shares, output), with a 25 % margin.
+**Memory** (``max_memory``, bytes; it bounds the whole call, capture included). Counted:
 
-Chunks are then as large as the budget allows (greedily, in component order). A budget that cannot
-hold the persistent part plus one component at every position raises a :class:`DePassError` that
-says what to drop.
+* held: the captured run (``held_bytes``, measured by the caller) and the initial components
+  (``init_bytes``; token components are kept as ``[batch, pos, d_model]``, not densely);
+* the flat state (``Σ rows · d_model``) and its index tensors; every stored hook but the last
+  (dense ``[component, batch, pos, d_model]``); one block's weights in the accumulation dtype, laid out
+  for the replay, and its frozen tensors;
+* per pass row, the working tensors: attention values, mixed values and their per-chunk copies (and the
+  output unless it is added in place); the MLP's gathered input, keys/shares (``d_mlp``), the rule's
+  temporaries and the output;
+* at the end, the dense ``unembed.hook_in`` next to the state.
+
+Passes get the room left (at most :data:`DEFAULT_PASS_BYTES` of working memory without a budget). A
+budget that cannot hold the fixed part plus one pass of the smallest possible size raises a
+:class:`DePassError` that says what to drop.
 """
 
 from __future__ import annotations
@@ -34,18 +42,30 @@ from depass_tl.memory import format_bytes
 from depass_tl.model_view import MLPView, ModelView, MoEView
 from depass_tl.replay.rules import MLPRule, RuleLike, get_rule
 
-__all__ = ["ChunkPlan", "row_starts", "working_elements", "plan_chunks", "DEFAULT_CAUSAL_SPLITS"]
+__all__ = [
+    "ChunkPlan", "row_starts", "plan_chunks", "DEFAULT_CHUNK_ROWS", "MAX_CAUSAL_CHUNKS", "DEFAULT_PASS_BYTES",
+    "MARGIN",
+]
 
-DEFAULT_CAUSAL_SPLITS = 8  # without a budget, a group whose components start late is cut in this many chunks
+DEFAULT_CHUNK_ROWS = {"cpu": 8, "cuda": 32}
+"""Components per causal chunk by device type (others: as ``cuda``): the causal waste is about
+``rows / pos``, the number of per-chunk kernels per sublayer about ``pos / rows``."""
+MAX_CAUSAL_CHUNKS = 64
+DEFAULT_PASS_BYTES = 2 * 2**30
+"""Working memory of one pass when no ``max_memory`` is given."""
+MARGIN = 1.15
+"""Safety factor on the working-memory estimate (allocator rounding, small temporaries)."""
 
 
 @dataclass(frozen=True)
 class ChunkPlan:
-    """Chunks as ``(group, first row in group, stop row in group, lo)``; ``estimate`` in bytes (0: no budget)."""
+    """Chunks as ``(group, first row in group, stop row in group, lo)``; rows per pass; ``estimate``
+    in bytes: the planned peak of the call (0 without a budget)."""
 
     chunks: tuple[tuple[int, int, int, int], ...]
+    attn_rows: int = 2**62
+    mlp_rows: int = 2**62
     estimate: int = 0
-    cache_keys: bool = True  # rules that can: keep the first pass's per-chunk keys (softmax: exponentials)
 
     def of_group(self, g: int) -> list[tuple[int, int, int]]:
         return [(a, b, lo) for gg, a, b, lo in self.chunks if gg == g]
@@ -63,35 +83,72 @@ def row_starts(components: Tensor, causal: bool) -> list[int]:
     return starts
 
 
-def working_elements(view: ModelView, rule: MLPRule, cache_keys: bool) -> int:
-    """Upper estimate of the working elements per (component, batch, position) of one chunk."""
-    D = view.d_model
-    attn = 0
-    mlp = 0
-    for block in view.blocks:
-        n_kv, _, d_head = block.attn.W_V.shape
-        n_heads = block.attn.W_O.shape[0]
-        attn = max(attn, 3 * D + n_kv * d_head + 4 * n_heads * d_head)
-        m = block.mlp
+def _d_mlp(view: ModelView) -> int:
+    return max(
+        [b.mlp.W_in.shape[1] for b in view.blocks if isinstance(b.mlp, MLPView)]
+        + [b.mlp.experts[0].W_in.shape[1] for b in view.blocks if isinstance(b.mlp, MoEView)]
+        + [0]
+    )
+
+
+def _attn_row_elems(view: ModelView) -> int:
+    """Working elements per (component, batch, position) row of an attention pass."""
+    out = 0
+    for b in view.blocks:
+        n_kv, D, e = b.attn.W_V.shape
+        H = b.attn.W_O.shape[0]
+        gqa = H * e if n_kv != H else 0
+        # values, mixed values, the chunk's permuted copy and matmul output, the output (when not added
+        # in place), the 1/scale per row; a parallel block's MLP output beside it
+        per = n_kv * e + 3 * H * e + gqa + D + 1 + (D if b.parallel else 0)
+        out = max(out, per)
+    return out
+
+
+def _mlp_row_bytes(view: ModelView, rule: MLPRule, itemsize: int) -> int:
+    """Working bytes per row of an MLP pass: gathered input, keys (shares in place), the rule's
+    temporaries, output, and the row index / position (int64 each)."""
+    D, out = view.d_model, 0
+    for b in view.blocks:
+        m = b.mlp
         if isinstance(m, MLPView):
             F = m.W_in.shape[1]
-            extra = F if m.kind == "gated" else 0
-            per = 3 * D + 3 * F + extra + (F if cache_keys and rule.caches_keys else 0)
-            mlp = max(mlp, per)
+            tmp = F if rule.linear else 2 * F  # linear: slope * key; competitive: one [rows, d_mlp] copy
+            extra = F if m.ln is not None else 0  # solu_ln's inner norm
+            elems = 2 * D + F + tmp + extra
+            out = max(out, elems * itemsize + F + 16)  # + a bool mask, the indices
         elif isinstance(m, MoEView):
             F = m.experts[0].W_in.shape[1]
-            mlp = max(mlp, 4 * D + 4 * F)
-    parallel = any(b.parallel for b in view.blocks)
-    per = attn + mlp if parallel else max(attn, mlp)
-    return int(per * 1.25) + 1
+            out = max(out, (4 * D + 4 * F) * itemsize)
+    return max(out, 1)
 
 
-def _mlp_numel(m: MLPView | MoEView | None) -> int:
-    if isinstance(m, MLPView):
-        return sum(t.numel() for t in (m.W_in, m.W_gate, m.W_out) if t is not None)
-    if isinstance(m, MoEView):
-        return sum(t.numel() for e in m.experts for t in (e.W_gate, e.W_in, e.W_out))
-    return 0
+def _block_weight_bytes(view: ModelView, itemsize: int) -> int:
+    def mlp_numel(m: MLPView | MoEView | None) -> int:
+        if isinstance(m, MLPView):
+            return sum(t.numel() for t in (m.W_in, m.W_gate, m.W_out) if t is not None)
+        if isinstance(m, MoEView):
+            return sum(t.numel() for e in m.experts for t in (e.W_gate, e.W_in, e.W_out))
+        return 0
+
+    return max(b.attn.W_V.numel() + b.attn.W_O.numel() + mlp_numel(b.mlp) for b in view.blocks) * itemsize
+
+
+def _cut(starts: Sequence[int], K: int, size: int, g: int) -> list[tuple[int, int, int, int]]:
+    """Components ``0 .. K-2`` of group ``g`` in chunks of at most ``size``, then the bias."""
+    out = []
+    for a in range(0, K - 1, size):
+        b = min(a + size, K - 1)
+        out.append((g, a, b, min(starts[a:b])))
+    out.append((g, K - 1, K, 0))
+    return out
+
+
+def _default_rows(device_type: str, K: int, late: bool) -> int:
+    if not late:
+        return K
+    rows = DEFAULT_CHUNK_ROWS.get(device_type, DEFAULT_CHUNK_ROWS["cuda"])
+    return max(rows, -(-(K - 1) // MAX_CAUSAL_CHUNKS))
 
 
 def plan_chunks(
@@ -107,96 +164,87 @@ def plan_chunks(
     max_memory: int | None,
     splittable: bool,
     why_not: str,
+    device_type: str = "cpu",
+    held_bytes: int = 0,
+    init_bytes: int = 0,
 ) -> ChunkPlan:
-    """Cut every group into chunks.
+    """Cut every group into chunks and size the passes.
 
     Args:
         starts: per group, per component, its first nonzero position (:func:`row_starts`).
-        rule: the MLP rule (a rule object or a registered name): its statistics and cached keys
-            are budgeted.
+        rule: the MLP rule (a rule object or a registered name): its temporaries are budgeted.
         n_stored: how many hooks are stored densely (``unembed.hook_in`` included).
         chunk_size: at most this many components per chunk (the bias component is its own chunk).
-        max_memory: a budget in bytes (see the module docstring).
-        splittable: False when the replay cannot be chunked (sources mode, MoE under a competitive rule).
+        max_memory: a budget in bytes for the whole call (see the module docstring).
+        splittable: False when the replay cannot be cut into chunks (sources mode, MoE under a
+            competitive rule).
         why_not: the reason, for the error when a split is needed but impossible.
+        device_type: where the replay runs (``"cpu"``, ``"cuda"``): the default chunk size.
+        held_bytes: memory already held for the call (the captured run).
+        init_bytes: memory of the initial components.
     """
     rule = get_rule(rule)
-    G = len(starts)
-    K = len(starts[0])
-    C = G * K
-    dense = C * batch * n_pos * view.d_model
-    if chunk_size is None and max_memory is None:
-        chunks: list[tuple[int, int, int, int]] = []
-        for g, st in enumerate(starts):
-            late = max(st[:-1], default=0)
-            if not splittable or late == 0 or K <= 2:
-                chunks.append((g, 0, K, 0))
-                continue
-            size = -(-(K - 1) // DEFAULT_CAUSAL_SPLITS)
-            for a in range(0, K - 1, size):
-                b = min(a + size, K - 1)
-                chunks.append((g, a, b, min(st[a:b])))
-            chunks.append((g, K - 1, K, 0))
-        return ChunkPlan(tuple(chunks))
     if chunk_size is not None and chunk_size < 1:
         raise DePassError(f"chunk_size must be a positive number of components; got {chunk_size}.")
-    d_mlp = max(
-        [b.mlp.W_in.shape[1] for b in view.blocks if isinstance(b.mlp, MLPView)]
-        + [b.mlp.experts[0].W_in.shape[1] for b in view.blocks if isinstance(b.mlp, MoEView)]
-        + [0]
-    )
-    per_rowpos = working_elements(view, rule, cache_keys=False) * batch * itemsize
-    stats = 0 if rule.linear else G * batch * n_pos * d_mlp * rule.stats_bytes(itemsize)
-    state = sum((n_pos - lo) for st in starts for lo in st) * batch * view.d_model * itemsize
-    block_weights = max(
-        sum(t.numel() for t in (b.attn.W_V, b.attn.W_O)) + _mlp_numel(b.mlp) for b in view.blocks
-    ) * itemsize
-    persistent = state + (n_stored + 1) * dense * itemsize + stats + 2 * block_weights
-    if max_memory is None:
-        cap = None  # rows * positions per chunk: unlimited
-    else:
-        room = max_memory - persistent
-        if room < per_rowpos * n_pos:
-            raise DePassError(
-                f"max_memory={format_bytes(max_memory)} is too small: the component states and stored hooks alone "
-                f"need {format_bytes(persistent)} (the initial components and {n_stored} stored hook(s) of "
-                f"{format_bytes(dense * itemsize)} each, states {format_bytes(state)}) and one component needs {format_bytes(per_rowpos * n_pos)} of working "
-                "memory. Store fewer hooks (names_filter=[] keeps only unembed.hook_in), use fewer components, "
-                "a shorter input or a smaller batch, or raise max_memory."
-            )
-        cap = room // per_rowpos
-    chunks = []
-    for g, st in enumerate(starts):
-        body = K - 1
-        max_rows = chunk_size or K
-        if chunk_size is None and max(st[:-1], default=0) > 0:  # keep the causal split of the default plan
-            max_rows = -(-(K - 1) // DEFAULT_CAUSAL_SPLITS)
-        a = 0
-        while a < body:
-            lo = st[a]
-            b = a + 1
-            while b < body:
-                new_lo = min(lo, st[b])
-                if b + 1 - a > max_rows:
-                    break
-                if cap is not None and (b + 1 - a) * (n_pos - new_lo) > cap:
-                    break
-                lo, b = new_lo, b + 1
-            chunks.append((g, a, b, lo))
-            a = b
-        chunks.append((g, K - 1, K, 0))
-    if not splittable and len(chunks) > G:
-        if max_memory is not None and cap is not None and cap >= K * n_pos and chunk_size is None:
-            return ChunkPlan(tuple((g, 0, K, 0) for g in range(G)), persistent + cap * per_rowpos)
+    G, K = len(starts), len(starts[0])
+    C, D, B, P = G * K, view.d_model, batch, n_pos
+    dense = C * B * P * D * itemsize
+    attn_row = _attn_row_elems(view) * itemsize
+    mlp_row = _mlp_row_bytes(view, rule, itemsize)
+    weights = 2 * _block_weight_bytes(view, itemsize)
+
+    def cut(size: int) -> list[tuple[int, int, int, int]]:
+        if not splittable:
+            return [(g, 0, K, 0) for g in range(G)]
+        return [c for g, st in enumerate(starts) for c in _cut(st, K, size, g)]
+
+    if not splittable and chunk_size is not None and chunk_size < K:
         raise DePassError(
-            f"this replay cannot be cut into chunks of components ({why_not}), and the budget "
-            f"(chunk_size={chunk_size}, max_memory={None if max_memory is None else format_bytes(max_memory)}) "
-            "asks for it. Drop chunk_size/max_memory or raise the budget."
+            f"this replay cannot be cut into chunks of components ({why_not}), and chunk_size={chunk_size} "
+            "asks for it. Drop chunk_size (max_memory still bounds the working memory)."
         )
-    if not splittable:
-        chunks = [(g, 0, K, 0) for g in range(G)]
-    used = 0 if cap is None else max((b - a) * (n_pos - lo) for _, a, b, lo in chunks) * per_rowpos
-    # keeping every chunk's keys (softmax: exponentials) between the two passes saves recomputing them
-    cached = sum((b - a) * (n_pos - lo) for _, a, b, lo in chunks) * batch * d_mlp * itemsize
-    cache = rule.caches_keys and max_memory is not None and persistent + used + cached <= max_memory
-    return ChunkPlan(tuple(chunks), persistent + used + (cached if cache else 0), cache)
+    late = any(max(st[:-1], default=0) > 0 for st in starts)
+    size = min(chunk_size or K, _default_rows(device_type, K, late) if chunk_size is None else K)
+    chunks = cut(size)
+
+    def rows(ch: tuple[int, int, int, int]) -> int:
+        return (ch[2] - ch[1]) * B * (P - ch[3])
+
+    def fixed(chs: list[tuple[int, int, int, int]]) -> tuple[int, int]:
+        R = sum(rows(c) for c in chs)
+        layers = held_bytes + init_bytes + R * (D * itemsize + 24) + max(n_stored - 1, 0) * dense + weights
+        final = held_bytes + init_bytes + R * (D * itemsize + 24) + n_stored * dense
+        biggest = max(rows(c) for c in chs)
+        return layers, final + int(3 * biggest * D * itemsize * MARGIN)
+
+    if max_memory is None:
+        attn_rows = max(1, int(DEFAULT_PASS_BYTES / (attn_row * MARGIN)))
+        mlp_rows = max(1, int(DEFAULT_PASS_BYTES / (mlp_row * MARGIN)))
+        return ChunkPlan(tuple(chunks), max(attn_rows, max(rows(c) for c in chunks)), mlp_rows)
+
+    while True:
+        layers, final = fixed(chunks)
+        room = max_memory - layers
+        biggest = max(rows(c) for c in chunks)
+        need_attn = int(biggest * attn_row * MARGIN)
+        need_mlp = int(K * B * mlp_row * MARGIN)  # one position, every component of a group
+        if room >= max(need_attn, need_mlp) and final <= max_memory:
+            break
+        if not splittable or size == 1 or final > max_memory or room < need_mlp:
+            why = (f"this replay cannot be cut into chunks of components ({why_not}); one chunk needs "
+                   f"{format_bytes(need_attn)} of working memory. " if not splittable and final <= max_memory
+                   and room >= need_mlp else "")
+            raise DePassError(
+                f"max_memory={format_bytes(max_memory)} is too small: {why}The captured run "
+                f"({format_bytes(held_bytes)}), the initial components ({format_bytes(init_bytes)}), the component "
+                f"states ({format_bytes(sum(rows(c) for c in chunks) * D * itemsize)}) and {n_stored} stored hook(s) of "
+                f"{format_bytes(dense)} each need {format_bytes(max(layers, final))}, and one pass needs "
+                f"{format_bytes(max(need_attn, need_mlp))} more. Store fewer hooks (names_filter=[] keeps only "
+                "unembed.hook_in), use fewer components, a shorter input or a smaller batch, or raise max_memory."
+            )
+        size = max(1, size // 2)
+        chunks = cut(size)
+    attn_rows = max(biggest, int(min(room, DEFAULT_PASS_BYTES) / (attn_row * MARGIN)))
+    mlp_rows = max(K * B, int(min(room, DEFAULT_PASS_BYTES) / (mlp_row * MARGIN)))
+    estimate = max(layers + int(max(min(attn_rows * attn_row, room), min(mlp_rows * mlp_row, room))), final)
+    return ChunkPlan(tuple(chunks), attn_rows, mlp_rows, estimate)

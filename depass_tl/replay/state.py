@@ -24,13 +24,14 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 from depass_tl.errors import DePassError
 from depass_tl.model_view import ModelView
 
 __all__ = [
-    "FINAL_HOOK", "Stage", "Group", "SourcesPlan", "InitialState", "parse_start_hook", "stage_index", "schedule",
+    "FINAL_HOOK", "Stage", "Group", "DiagonalComponents", "SourcesPlan", "InitialState", "parse_start_hook", "stage_index", "schedule",
     "stored_hook_names",
 ]
 
@@ -42,12 +43,100 @@ _START = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|mid|post)$")
 
 
 @dataclass(frozen=True)
-class Group:
-    """Components ``[K, batch, pos, d_model]`` at ``start_hook``; the last one is the group's bias."""
+class DiagonalComponents:
+    """Components that each hold one position, stored without the dense ``[K, batch, pos, d_model]`` tensor.
 
-    start_hook: str
-    components: Tensor
-    labels: tuple[str, ...]
+    Component ``p < n_pos`` holds ``diag[:, p]`` at position ``p`` and zeros elsewhere (token components);
+    the ``extra`` components ``[E, batch, pos, d_model]`` follow (e.g. a positional-embedding component and
+    the bias component, last). The engine builds each chunk's rows from this directly
+    (:meth:`rows_into`), so a token-level replay never holds the ``pos``-times larger dense tensor.
+    """
+
+    diag: Tensor  # [batch, pos, d_model]
+    extra: Tensor  # [E, batch, pos, d_model], the bias component last
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        B, P, D = self.diag.shape
+        return (P + self.extra.shape[0], B, P, D)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.diag.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.diag.numel() * self.diag.element_size() + self.extra.numel() * self.extra.element_size()
+
+    def to(self, dtype: torch.dtype) -> DiagonalComponents:
+        return self if dtype == self.dtype else DiagonalComponents(self.diag.to(dtype), self.extra.to(dtype))
+
+    def dense(self) -> Tensor:
+        """The dense ``[K, batch, pos, d_model]`` tensor (``pos`` times the memory of this form)."""
+        B, P, D = self.diag.shape
+        eye = torch.eye(P, dtype=self.diag.dtype, device=self.diag.device)
+        return torch.cat([eye[:, None, :, None] * self.diag[None], self.extra])
+
+    def pad_to_bias(self, pad: Tensor | None) -> DiagonalComponents:
+        """:func:`~depass_tl.replay.block.pad_to_bias` on this form: everything at padded positions to the bias."""
+        if pad is None:
+            return self
+        at = pad[:, :, None].to(self.diag.device)
+        total = self.diag + self.extra.sum(0)
+        extra = torch.where(at[None], torch.zeros_like(self.extra), self.extra)
+        extra[-1] = torch.where(at, total, extra[-1])
+        return DiagonalComponents(torch.where(at, torch.zeros_like(self.diag), self.diag), extra)
+
+    def starts(self) -> list[int]:
+        """Per component, its first position with a nonzero value (``pos - 1`` for an all-zero one; bias 0)."""
+        B, P, D = self.diag.shape
+        nz = (self.diag != 0).any(2).any(0)  # [pos]
+        extra = (self.extra[:-1] != 0).any(3).any(1)  # [E - 1, pos]
+        first = torch.where(extra.any(1), extra.to(torch.int8).argmax(1), torch.full_like(extra[:, 0], P - 1, dtype=torch.long))
+        diag = torch.where(nz, torch.arange(P, device=nz.device), torch.full((P,), P - 1, device=nz.device))
+        return [int(v) for v in torch.cat([diag, first.long()]).tolist()] + [0]
+
+    def rows_into(self, out: Tensor, a: int, lo: int) -> None:
+        """Write components ``a ..`` (as many as ``out`` holds) from position ``lo`` on into zeroed ``out``."""
+        n = out.shape[0]
+        P = self.diag.shape[1]
+        if max(a, lo) < min(a + n, P):
+            k = torch.arange(max(a, lo), min(a + n, P), device=out.device)
+            out[k - a, :, k - lo] = self.diag[:, k].transpose(0, 1).to(out.device)
+        e0 = max(a, P)
+        if e0 < a + n:
+            out[e0 - a :] = self.extra[e0 - P : a + n - P, :, lo:].to(out.device)
+
+
+class Group:
+    """Components ``[K, batch, pos, d_model]`` at ``start_hook``; the last one is the group's bias.
+
+    ``components`` may be given dense (a tensor) or as :class:`DiagonalComponents`; the attribute
+    :attr:`components` is always the dense tensor (built on demand for the compact form), while the
+    engine reads :attr:`source` without building it.
+    """
+
+    __slots__ = ("start_hook", "source", "labels")
+
+    def __init__(self, start_hook: str, components: Tensor | DiagonalComponents, labels: tuple[str, ...]) -> None:
+        object.__setattr__(self, "start_hook", start_hook)
+        object.__setattr__(self, "source", components)
+        object.__setattr__(self, "labels", tuple(labels))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Group is immutable")
+
+    def __repr__(self) -> str:
+        return f"Group({self.start_hook!r}, {type(self.source).__name__}{tuple(self.shape)}, {len(self.labels)} labels)"
+
+    @property
+    def components(self) -> Tensor:
+        """The dense components ``[K, batch, pos, d_model]``."""
+        return self.source.dense() if isinstance(self.source, DiagonalComponents) else self.source
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.source.shape)
 
 
 @dataclass(frozen=True)
@@ -75,7 +164,7 @@ class InitialState:
     def __post_init__(self) -> None:
         sizes = {len(g.labels) for g in self.groups}
         assert len(sizes) == 1, "all groups must have the same number of components"
-        assert all(g.components.shape[0] == len(g.labels) for g in self.groups)
+        assert all(g.shape[0] == len(g.labels) for g in self.groups)
         assert self.sources is None or len(self.groups) == 1
 
     @property

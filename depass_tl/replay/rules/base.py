@@ -116,8 +116,8 @@ class MLPRule:
     def share(self, keys: Tensor, target: Tensor, bias_rows: Tensor, group_size: int) -> Tensor:
         """One-shot shares of every component ``[component, batch, pos, d_mlp]`` (competitive rules).
 
-        ``keys`` hold whole groups of ``group_size`` consecutive components; ``bias_rows`` their bias
-        rows. The default folds each group into fresh statistics and allocates; rules may override
+        ``keys`` hold whole groups of ``group_size`` consecutive components (they may be consumed);
+        ``bias_rows`` their bias rows. The default folds each group into fresh statistics and allocates; rules may override
         it with a direct formula (the built-ins do).
         """
         parts = []
@@ -131,11 +131,12 @@ class MLPRule:
         return torch.cat(parts)
 
     def split(self, keys: Tensor, neurons: Neurons, bias_rows: Tensor, group_size: int) -> Tensor:
-        """Shares of ``neurons.target`` for ``keys`` holding whole groups (any rule)."""
+        """Shares of ``neurons.target`` for ``keys`` holding whole groups (any rule); ``keys`` may be
+        consumed (the built-in rules write the shares into them)."""
         if not self.linear:
             return self.share(keys, neurons.target, bias_rows, group_size)
         slope, undefined = self.slope(neurons)
-        out = slope * keys
+        out = slope * keys if keys.requires_grad and torch.is_grad_enabled() else keys.mul_(slope)
         if undefined is not None:
             out[bias_rows] += torch.where(undefined, neurons.target, torch.zeros_like(neurons.target))
         return out

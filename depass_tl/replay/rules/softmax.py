@@ -89,15 +89,30 @@ class Softmax(MLPRule):
         return 2 * itemsize + 1  # m, s, and the bool "none active" mask
 
     def share(self, keys: Tensor, target: Tensor, bias_rows: Tensor, group_size: int) -> Tensor:
-        k = keys.reshape(keys.shape[0] // group_size, group_size, *keys.shape[1:])  # [group, component, ...]
-        active = k != 0
-        none_active = ~active.any(1)  # [group, batch, pos, d_mlp]
-        scores = torch.where(active, k / self.temperature, torch.full_like(k, float("-inf")))
-        alpha = torch.softmax(scores, dim=1)
-        alpha = torch.where(none_active[:, None], torch.zeros_like(alpha), alpha)  # all -inf → NaN; drop it
-        out = alpha.reshape(keys.shape) * target
-        out[bias_rows] += torch.where(none_active, target, torch.zeros_like(target))
-        return out
+        """One-shot shares; ``keys`` (whole groups) are consumed: the shares are written into them."""
+        if keys.requires_grad and torch.is_grad_enabled():
+            keys = keys.clone()
+        G = keys.shape[0] // group_size
+        if G > 1:
+            parts = [
+                self.share(keys[g * group_size : (g + 1) * group_size], target,
+                           bias_rows[(bias_rows >= g * group_size) & (bias_rows < (g + 1) * group_size)] - g * group_size,
+                           group_size)
+                for g in range(G)
+            ]
+            return torch.cat(parts)
+        # exp(γ/T − m) over the active components (γ ≠ 0), in place: 8 passes over [component, ...]
+        inactive = keys == 0
+        e = keys.div_(self.temperature).masked_fill_(inactive, float("-inf"))
+        del inactive
+        m = e.amax(0).nan_to_num_(neginf=0.0)  # nothing active: -inf -> 0 (every e is then 0)
+        e.sub_(m).exp_()
+        total = e.sum(0)
+        none = total == 0
+        e.mul_(target / total.masked_fill_(none, 1.0))
+        if len(bias_rows):  # nothing active: the whole target to the bias component
+            e.index_add_(0, bias_rows, (target * none)[None].expand(len(bias_rows), *target.shape))
+        return e
 
     def __repr__(self) -> str:
         return f"Softmax(temperature={self.temperature})"
