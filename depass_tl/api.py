@@ -18,7 +18,8 @@ from depass_tl.components import ComponentSpec, TokenSpec
 from depass_tl.decompx.heads import MLMHead, SequenceClassificationHead
 from depass_tl.decompx.result import DecompXResult
 from depass_tl.errors import DePassError
-from depass_tl.memory import parse_memory
+from depass_tl.memory import parse_memory, storage_bytes
+from depass_tl.precision import check_precision, matmul_precision
 from depass_tl.replay.engine import replay_components
 from depass_tl.replay.rules import DEFAULT_RULE, DEFAULT_TEMPERATURE, RuleLike, get_rule
 from depass_tl.replay.state import FINAL_HOOK
@@ -71,6 +72,7 @@ def replay(
     to_single_token: Callable[[str], int] | None = None,
     chunk_size: int | None = None,
     max_memory: int | float | str | None = None,
+    precision: str = "exact",
 ) -> DePassCache:
     """Replay components through a frozen run (capture once, replay many component sets).
 
@@ -80,6 +82,7 @@ def replay(
         A :class:`~depass_tl.cache.DePassCache`.
     """
     spec = TokenSpec() if components is None else components
+    check_precision(precision)
     rule = get_rule(mlp_rule, temperature=temperature)
     dtype = _default_dtype(run.view.dtype) if dtype is None else dtype
     if not dtype.is_floating_point:
@@ -87,7 +90,10 @@ def replay(
     init = spec.init(run, dtype)
     keep = _keep_fn(names_filter)
     budget = None if max_memory is None else parse_memory(max_memory)
-    acts = replay_components(run, init, mlp_rule=rule, dtype=dtype, keep=keep, chunk_size=chunk_size, max_memory=budget)
+    held = storage_bytes([run.tokens, run.logits, *run.acts.values()])  # the captured run counts against the budget
+    with matmul_precision(precision):
+        acts = replay_components(run, init, mlp_rule=rule, dtype=dtype, keep=keep, chunk_size=chunk_size,
+                                 max_memory=budget, held_bytes=held)
     _check_names(names_filter, acts)
     clean = {name: run.get(name) for name in acts}
     last_pos = run.last_real_positions
@@ -97,6 +103,8 @@ def replay(
     else:  # decompose the pre-cap logits: they are what sums exactly
         final = run.get(FINAL_HOOK)[rows, last_pos]
         last = final @ run.view.W_U + (0 if run.view.b_U is None else run.view.b_U)
+    with matmul_precision(precision):
+        completeness = _logit_completeness(acts[FINAL_HOOK], last_pos, run, last, init.group_size)
     return DePassCache(
         activations=acts,
         labels=init.labels,
@@ -112,7 +120,22 @@ def replay(
         mlp_rule=rule.name,
         logits_soft_capped=run.view.output_logits_soft_cap is not None,
         to_single_token=to_single_token,
+        precision=precision,
+        completeness=completeness,
     )
+
+
+def _logit_completeness(final: Tensor, last_pos: Tensor, run: FrozenRun, clean: Tensor, group_size: int) -> float:
+    """Relative completeness at the logits: max over groups of ``|Σ_c logit_c − logit|`` over max ``|logit|``
+    at each prompt's last position (the summed ``unembed.hook_in`` projected once, not per component)."""
+    C, B, _, D = final.shape
+    x = final[:, torch.arange(B, device=final.device), last_pos.to(final.device)]  # [component, batch, d_model]
+    total = x.reshape(C // group_size, group_size, B, D).sum(1)  # [group, batch, d_model]
+    logits = total @ run.view.W_U.to(total)
+    if run.view.b_U is not None:
+        logits = logits + run.view.b_U.to(total)
+    clean = clean.to(total)
+    return float((logits - clean[None]).abs().max()) / max(float(clean.abs().max()), 1e-30)
 
 
 @checked(hints={
@@ -136,6 +159,7 @@ def run_with_depass(
     padding_side: Literal["left", "right"] | None = None,
     chunk_size: int | None = None,
     max_memory: int | float | str | None = None,
+    precision: str = "exact",
 ) -> tuple[Logits, DePassCache] | tuple[ClassLogits | Logits, DecompXResult]:
     """Run the model once, then decompose every residual-stream activation and the logits.
 
@@ -159,9 +183,13 @@ def run_with_depass(
         padding_side: ``"left"`` or ``"right"`` for padded string batches (default: the tokenizer's).
         chunk_size: replay at most this many components at a time (same result up to float rounding,
             for every rule; ``softmax`` / ``max`` take two passes per MLP layer).
-        max_memory: a budget for the replay's own tensors (component states, stored hooks, working
-            tensors; not the model or the captured run), e.g. ``"4GB"``: chunks are sized to fit, or a
-            ``DePassError`` says what to drop (usually ``names_filter=[]``). See :mod:`depass_tl.memory`.
+        max_memory: a budget for the memory the whole call allocates (the captured run, component
+            states, stored hooks, working tensors; not the model's weights), e.g. ``"4GB"``: chunks and
+            passes are sized to fit, or a ``DePassError`` says what to drop (usually ``names_filter=[]``).
+            See :mod:`depass_tl.memory`.
+        precision: ``"exact"`` (default: float32 matmuls, TF32 off during the call whatever the global
+            setting) or ``"fast"`` (TF32 tensor-core matmuls on CUDA; relative completeness about 1e-3).
+            The cache records it and the completeness it measured (:mod:`depass_tl.precision`).
         head, token_type_ids, attention_mask, bias_policy: for a ``HookedEncoder`` (BERT) only:
             the call is forwarded to :func:`depass_tl.decompx.run_decompx` (DecompX), which needs a
             classification or MLM ``head``; see that function.
@@ -212,12 +240,14 @@ def run_with_depass(
     if head is not None or token_type_ids is not None or bias_policy != "bias":
         raise DePassError("head=, token_type_ids= and bias_policy= are for HookedEncoder (BERT) models only.")
     rule = get_rule(mlp_rule, temperature=temperature)
+    check_precision(precision)
     n_layers = int(getattr(getattr(model, "cfg", None), "n_layers", 0))
     extra = set() if components is None else components.required_hooks(n_layers)
-    run = capture(
-        model, input, prepend_bos=prepend_bos, extra_hooks=extra, padding_side=padding_side,
-        attention_mask=attention_mask,
-    )
+    with matmul_precision(precision):  # the clean run too: an exact replay must not inherit TF32 rounding
+        run = capture(
+            model, input, prepend_bos=prepend_bos, extra_hooks=extra, padding_side=padding_side,
+            attention_mask=attention_mask,
+        )
     cache = replay(
         run,
         components,
@@ -227,5 +257,6 @@ def run_with_depass(
         to_single_token=single_token_fn(model),
         chunk_size=chunk_size,
         max_memory=max_memory,
+        precision=precision,
     )
     return run.logits, cache

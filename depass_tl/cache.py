@@ -35,6 +35,10 @@ class DePassCache(Mapping[str, Tensor]):
         str_tokens: token strings per prompt (None without a tokenizer).
         start_hook: where the replay started.
         mlp_rule: the MLP allocation rule used.
+        precision: the replay's precision mode (``"exact"`` or ``"fast"``; :mod:`depass_tl.precision`).
+        completeness: the relative completeness error measured at the logits when the replay finished
+            (max ``|Σ_c logit_c − logit|`` over max ``|logit|`` at each prompt's last position; None when
+            not measured).
         logits_soft_capped: True when the model soft-caps its logits; attributions are then of the
             pre-cap logits (``unembed.hook_out``), which is what sums exactly.
     """
@@ -56,6 +60,8 @@ class DePassCache(Mapping[str, Tensor]):
         mlp_rule: str,
         logits_soft_capped: bool,
         to_single_token: Callable[[str], int] | None,
+        precision: str = "exact",
+        completeness: float | None = None,
     ) -> None:
         if len(labels) % group_size:
             raise ValueError("labels must split into groups of group_size")
@@ -73,6 +79,8 @@ class DePassCache(Mapping[str, Tensor]):
         self.bias_rows = torch.arange(group_size - 1, len(labels), group_size)
         self.start_hook = start_hook
         self.mlp_rule = mlp_rule
+        self.precision = precision
+        self.completeness = completeness
         self.logits_soft_capped = logits_soft_capped
         self._to_single_token = to_single_token
 

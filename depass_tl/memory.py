@@ -1,16 +1,19 @@
-"""Memory budgets: parse ``max_memory="4GB"`` and say what a replay needs.
+"""Memory budgets: parse ``max_memory="4GB"``, count what a call holds, measure its peak.
 
-A budget bounds the memory the replay itself allocates: the component states, the stored
-``[component, batch, pos, d_model]`` outputs, and the working tensors of one chunk of components at
-one sublayer (the ``[chunk, batch, pos, d_mlp]`` MLP intermediates dominate). The model's weights and
-the captured :class:`~depass_tl.coefficients.FrozenRun` already exist before the replay and are not
-counted. See :mod:`depass_tl.replay.plan` for the estimate and how chunks are chosen.
+A budget bounds the memory the whole call allocates: the captured
+:class:`~depass_tl.coefficients.FrozenRun` (clean activations and frozen coefficients), the initial
+components, the component states, the stored ``[component, batch, pos, d_model]`` outputs, and the
+working tensors of one pass of a sublayer (the ``[rows, d_mlp]`` MLP intermediates dominate). The
+model's weights exist before the call and are not counted. See :mod:`depass_tl.replay.plan` for the
+estimate and how chunks and passes are sized; :class:`PeakMemory` measures what a block of code
+allocates (on CUDA, ``torch.cuda.max_memory_allocated`` minus what was allocated before says the same).
 """
 
 from __future__ import annotations
 
 import re
 import weakref
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -18,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from depass_tl.errors import DePassError
 
-__all__ = ["parse_memory", "format_bytes", "PeakMemory"]
+__all__ = ["parse_memory", "format_bytes", "storage_bytes", "PeakMemory"]
 
 _UNITS = {
     "": 1, "b": 1,
@@ -68,19 +71,39 @@ def format_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-class PeakMemory(TorchDispatchMode):
-    """Measure the peak bytes of tensor storage allocated by torch ops inside the ``with`` block.
-
-    Every op output is counted once per storage, from its creation until the last tensor using that
-    storage is freed; memory that existed before the block (the model, the captured run) is not
-    counted. Independent of the allocator (no RSS noise, CPU or GPU alike). Slows small ops down a
-    little; use it for checks, not for timing.
+def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (views of one tensor count once).
 
     Examples:
         >>> import torch
+        >>> a = torch.zeros(10)
+        >>> storage_bytes([a, a[2:], torch.ones(3, dtype=torch.float64)])
+        64
+    """
+    seen: dict[tuple[str, int], int] = {}
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.device.type != "meta":
+            s = t.untyped_storage()
+            seen[(str(t.device), s.data_ptr())] = s.nbytes()
+    return sum(seen.values())
+
+
+class PeakMemory(TorchDispatchMode):
+    """Measure the peak bytes of tensor storage allocated by torch ops inside the ``with`` block.
+
+    Every storage an op creates is counted once, from its creation until the last tensor using it is
+    freed; memory that existed before the block (the model's weights, a captured run) is not counted,
+    also when an op inside returns a view or alias of it (``detach``, ``reshape``, in-place ops).
+    Independent of the allocator (no RSS noise, CPU or GPU alike). Slows small ops down a little; use it
+    for checks, not for timing.
+
+    Examples:
+        >>> import torch
+        >>> w = torch.ones(1000)
         >>> with PeakMemory() as mem:
         ...     a = torch.zeros(1000, dtype=torch.float64)
         ...     b = a + 1
+        ...     v = w.detach()  # an alias of memory that existed before: not counted
         ...     del a, b
         >>> mem.peak, mem.current
         (16000, 0)
@@ -90,7 +113,7 @@ class PeakMemory(TorchDispatchMode):
         super().__init__()
         self.current = 0
         self.peak = 0
-        self._live: dict[tuple[int, int], list[int]] = {}  # (device index, data_ptr) -> [nbytes, tensors]
+        self._live: dict[tuple[int, int], list[int]] = {}  # (device, storage data_ptr) -> [nbytes, tensors]
 
     def _release(self, key: tuple[int, int]) -> None:
         entry = self._live.get(key)
@@ -101,21 +124,40 @@ class PeakMemory(TorchDispatchMode):
             self.current -= entry[0]
             del self._live[key]
 
-    def _track(self, t: Any) -> None:
+    @staticmethod
+    def _key(t: torch.Tensor) -> tuple[int, int]:
+        return (hash(t.device), t.untyped_storage().data_ptr())
+
+    def _track(self, t: Any, inputs: set[tuple[int, int]]) -> None:
         if not isinstance(t, torch.Tensor) or t.device.type == "meta":
             return
-        storage = t.untyped_storage()
-        key = (hash(t.device), storage.data_ptr())
+        key = self._key(t)
         entry = self._live.get(key)
         if entry is None:
-            entry = self._live[key] = [storage.nbytes(), 0]
+            if key in inputs:  # a view or alias of memory allocated before the block
+                return
+            entry = self._live[key] = [t.untyped_storage().nbytes(), 0]
             self.current += entry[0]
             self.peak = max(self.peak, self.current)
         entry[1] += 1
         weakref.finalize(t, self._release, key)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        inputs = set()
+        for a in _flat(args) + _flat(list((kwargs or {}).values())):
+            if isinstance(a, torch.Tensor) and a.device.type != "meta":
+                inputs.add(self._key(a))
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else (out,):
-            self._track(t)
+            self._track(t, inputs)
         return out
+
+
+def _flat(xs: Any) -> list[Any]:
+    out = []
+    for x in xs:
+        if isinstance(x, (list, tuple)):
+            out.extend(_flat(x))
+        else:
+            out.append(x)
+    return out

@@ -65,7 +65,7 @@ from depass_tl.errors import DePassError
 from depass_tl.model_view import MoEView
 from depass_tl.replay.block import BlockStep, Outputs, Reducer, attn_step, mlp_step, pad_to_bias
 from depass_tl.replay.device import block_device, block_tensors, norm_device
-from depass_tl.replay.layout import State
+from depass_tl.replay.layout import State, attn_passes
 from depass_tl.replay.norm import apply_norm
 from depass_tl.replay.plan import plan_chunks, row_starts
 from depass_tl.replay.rules import DEFAULT_TEMPERATURE, RuleLike, get_rule
@@ -178,7 +178,7 @@ def replay_components(
             mlp_step(state, step, out, store_after=s >= last_entry)
     if pending:  # groups that start after the last block: nothing to replay but the final norm
         enter(2 * view.n_layers)
-    out.acts[FINAL_HOOK] = _final_norm(run, state, (K * G, B, P, D), dtype)
+    out.acts[FINAL_HOOK] = _final_norm(run, state, (K * G, B, P, D), dtype, plan.final_rows)
     return out.acts
 
 
@@ -210,20 +210,27 @@ def _causal(run: FrozenRun, layers: list[int]) -> bool:
     return not (flags and bool(torch.stack(flags).any()))  # one device sync
 
 
-def _final_norm(run: FrozenRun, state: State, shape: tuple[int, int, int, int], dtype: torch.dtype) -> Tensor:
+def _final_norm(run: FrozenRun, state: State, shape: tuple[int, int, int, int], dtype: torch.dtype,
+                max_rows: int) -> Tensor:
     """``ln_final`` with its frozen scale on every chunk: the decomposed ``unembed.hook_in``.
 
-    Pass by pass over the flat state (the norm's weight scales each row, its bias goes to the bias
-    components), each chunk's rows then copied into the dense output."""
+    Over row ranges of the flat state of at most ``max_rows`` rows (whole chunks, or slices of
+    components of one chunk): the norm's weight scales each row and its bias goes to the bias
+    components; each range is then copied into the dense output."""
     dev = norm_device(run.view.ln_final, state.X.device)
     state.to(dev)
     norm = _cast_view(run.view.ln_final, dtype)
     scale = run.acts.get("ln_final.hook_scale")
     inv = None if scale is None else scale.to(device=dev, dtype=dtype).reshape(-1).reciprocal()
     final = state.X.new_zeros(shape)
-    for i, j in state.attn_passes():
+    B, D = state.B, state.D
+    for i, j in attn_passes(state.active, max_rows):
         chunks = state.chunks[i:j]
-        r0, r1 = chunks[0].off, chunks[-1].off + chunks[-1].numel_rows
+        per = max(1, max_rows // (B * (state.P - chunks[0].lo))) if j == i + 1 else None
+        pieces = [(ch, 0, ch.n_rows) for ch in chunks] if per is None else [
+            (chunks[0], a, min(a + per, chunks[0].n_rows)) for a in range(0, chunks[0].n_rows, per)]
+        r0 = pieces[0][0].off + pieces[0][1] * B * (state.P - pieces[0][0].lo)
+        r1 = pieces[-1][0].off + pieces[-1][2] * B * (state.P - pieces[-1][0].lo)
         y = state.X[r0:r1]
         if norm.kind in ("LN", "LNPre"):
             y = y - y.mean(-1, keepdim=True)
@@ -232,10 +239,11 @@ def _final_norm(run: FrozenRun, state: State, shape: tuple[int, int, int, int], 
             y = y * inv.index_select(0, state.pos[r0:r1])[:, None]
             if norm.w is not None:
                 y.mul_(norm.w)  # y is a new tensor here
-        for ch in chunks:
-            part = y[ch.off - r0 : ch.off - r0 + ch.numel_rows].view_as(ch.x)
-            final[ch.rows, :, ch.lo :] = part
-            if ch.has_bias and norm.b is not None:
+        for ch, a, b in pieces:
+            w = state.P - ch.lo
+            start = ch.off + a * B * w - r0
+            final[ch.rows.start + a : ch.rows.start + b, :, ch.lo :] = y[start : start + (b - a) * B * w].view(b - a, B, w, D)
+            if ch.has_bias and b == ch.n_rows and norm.b is not None:
                 final[ch.rows.stop - 1] += norm.b
         del y
     return final

@@ -66,6 +66,7 @@ class ChunkPlan:
     attn_rows: int = 2**62
     mlp_rows: int = 2**62
     estimate: int = 0
+    final_rows: int = 2**62  # rows per pass of the final norm (next to the dense output)
 
     def of_group(self, g: int) -> list[tuple[int, int, int]]:
         return [(a, b, lo) for gg, a, b, lo in self.chunks if gg == g]
@@ -113,10 +114,10 @@ def _mlp_row_bytes(view: ModelView, rule: MLPRule, itemsize: int) -> int:
         m = b.mlp
         if isinstance(m, MLPView):
             F = m.W_in.shape[1]
-            tmp = F if rule.linear else 2 * F  # linear: slope * key; competitive: one [rows, d_mlp] copy
-            extra = F if m.ln is not None else 0  # solu_ln's inner norm
+            tmp = rule.split_temporaries * F  # what the rule's split allocates beside the keys
+            extra = 2 * F if m.ln is not None else 0  # solu_ln's inner norm
             elems = 2 * D + F + tmp + extra
-            out = max(out, elems * itemsize + F + 16)  # + a bool mask, the indices
+            out = max(out, int(elems * itemsize) + 16)  # + the row index and position
         elif isinstance(m, MoEView):
             F = m.experts[0].W_in.shape[1]
             out = max(out, (4 * D + 4 * F) * itemsize)
@@ -210,17 +211,20 @@ def plan_chunks(
     def rows(ch: tuple[int, int, int, int]) -> int:
         return (ch[2] - ch[1]) * B * (P - ch[3])
 
+    final_row = int(3 * D * itemsize * MARGIN)  # the final norm's temporaries per row
+
     def fixed(chs: list[tuple[int, int, int, int]]) -> tuple[int, int]:
+        """Bytes held through the layers, and at the final norm (before its temporaries)."""
         R = sum(rows(c) for c in chs)
         layers = held_bytes + init_bytes + R * (D * itemsize + 24) + max(n_stored - 1, 0) * dense + weights
         final = held_bytes + init_bytes + R * (D * itemsize + 24) + n_stored * dense
-        biggest = max(rows(c) for c in chs)
-        return layers, final + int(3 * biggest * D * itemsize * MARGIN)
+        return layers, final
 
     if max_memory is None:
         attn_rows = max(1, int(DEFAULT_PASS_BYTES / (attn_row * MARGIN)))
         mlp_rows = max(1, int(DEFAULT_PASS_BYTES / (mlp_row * MARGIN)))
-        return ChunkPlan(tuple(chunks), max(attn_rows, max(rows(c) for c in chunks)), mlp_rows)
+        final_rows = max(1, int(DEFAULT_PASS_BYTES / final_row))
+        return ChunkPlan(tuple(chunks), max(attn_rows, max(rows(c) for c in chunks)), mlp_rows, 0, final_rows)
 
     while True:
         layers, final = fixed(chunks)
@@ -228,12 +232,13 @@ def plan_chunks(
         biggest = max(rows(c) for c in chunks)
         need_attn = int(biggest * attn_row * MARGIN)
         need_mlp = int(K * B * mlp_row * MARGIN)  # one position, every component of a group
-        if room >= max(need_attn, need_mlp) and final <= max_memory:
+        final_room = max_memory - final
+        if room >= max(need_attn, need_mlp) and final_room >= B * P * final_row:
             break
-        if not splittable or size == 1 or final > max_memory or room < need_mlp:
+        if not splittable or size == 1 or final_room < B * P * final_row or room < need_mlp:
             why = (f"this replay cannot be cut into chunks of components ({why_not}); one chunk needs "
-                   f"{format_bytes(need_attn)} of working memory. " if not splittable and final <= max_memory
-                   and room >= need_mlp else "")
+                   f"{format_bytes(need_attn)} of working memory. " if not splittable
+                   and final_room >= B * P * final_row and room >= need_mlp else "")
             raise DePassError(
                 f"max_memory={format_bytes(max_memory)} is too small: {why}The captured run "
                 f"({format_bytes(held_bytes)}), the initial components ({format_bytes(init_bytes)}), the component "
@@ -246,5 +251,7 @@ def plan_chunks(
         chunks = cut(size)
     attn_rows = max(biggest, int(min(room, DEFAULT_PASS_BYTES) / (attn_row * MARGIN)))
     mlp_rows = max(K * B, int(min(room, DEFAULT_PASS_BYTES) / (mlp_row * MARGIN)))
-    estimate = max(layers + int(max(min(attn_rows * attn_row, room), min(mlp_rows * mlp_row, room))), final)
-    return ChunkPlan(tuple(chunks), attn_rows, mlp_rows, estimate)
+    final_rows = max(B * P, int(min(final_room, DEFAULT_PASS_BYTES) / final_row))
+    work = max(min(attn_rows * attn_row, room), min(mlp_rows * mlp_row, room))
+    estimate = max(layers + int(work * MARGIN), final + min(final_rows * final_row, final_room))
+    return ChunkPlan(tuple(chunks), attn_rows, mlp_rows, estimate, final_rows)

@@ -53,6 +53,7 @@ class Max(MLPRule):
 
     name = "max"
     reads_keys = False
+    split_temporaries = 0.25
 
     def init_stats(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> RuleStats:
         return MaxStats(shape, dtype, device)
@@ -61,13 +62,19 @@ class Max(MLPRule):
         return itemsize + 8  # best key, int64 index
 
     def share(self, keys: Tensor, target: Tensor, bias_rows: Tensor, group_size: int) -> Tensor:
-        k = keys.reshape(keys.shape[0] // group_size, group_size, *keys.shape[1:])  # [group, component, ...]
-        active = k != 0
-        none_active = ~active.any(1)
-        scores = torch.where(active, k, torch.full_like(k, float("-inf")))
-        winner = scores.argmax(dim=1, keepdim=True)  # first maximal index on ties
-        alpha = torch.zeros_like(k).scatter_(1, winner, 1.0)
-        alpha = torch.where(none_active[:, None], torch.zeros_like(alpha), alpha)
-        out = alpha.reshape(keys.shape) * target
-        out[bias_rows] += torch.where(none_active, target, torch.zeros_like(target))
-        return out
+        """One-shot shares; ``keys`` (whole groups) are consumed: the shares are written into them."""
+        if keys.requires_grad and torch.is_grad_enabled():
+            keys = keys.clone()
+        G = keys.shape[0] // group_size
+        if G > 1 or len(bias_rows) != 1:
+            parts = []
+            for g in range(G):
+                local = bias_rows[(bias_rows >= g * group_size) & (bias_rows < (g + 1) * group_size)] - g * group_size
+                parts.append(self.share(keys[g * group_size : (g + 1) * group_size], target, local, group_size))
+            return torch.cat(parts)
+        inactive = keys == 0
+        none = inactive.all(0)  # [batch, pos, d_mlp]
+        winner = keys.masked_fill_(inactive, float("-inf")).argmax(0)  # first maximal index on ties
+        del inactive
+        winner = torch.where(none, bias_rows.to(winner.dtype), winner)  # nothing active: the bias gets it all
+        return keys.zero_().scatter_(0, winner[None], target[None])

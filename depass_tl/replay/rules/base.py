@@ -85,6 +85,9 @@ class MLPRule:
         caches_keys: :meth:`RuleStats.fold` can keep, per chunk, what :meth:`RuleStats.allocate`
             needs (the planner budgets ``d_mlp`` elements per component and position for it).
         reads_keys: :meth:`RuleStats.allocate` reads the chunk's keys (False: the statistics say it all).
+        split_temporaries: the extra memory :meth:`split` allocates, in units of the keys' size (the
+            memory planner budgets it; the built-ins write their shares into the keys and need at most a
+            boolean mask, 0.25 at float32).
     """
 
     name: str = ""
@@ -92,6 +95,7 @@ class MLPRule:
     gated_keys: Literal["gate", "in"] = "gate"
     caches_keys: bool = False
     reads_keys: bool = True
+    split_temporaries: float = 2.0
 
     # ------------------------------------------------------------------------------ linear rules
     def slope(self, neurons: Neurons) -> tuple[Tensor, Tensor | None]:

@@ -24,6 +24,7 @@ class Ratio(MLPRule):
     name = "ratio"
     linear = True
     gated_keys = "in"
+    split_temporaries = 0.0
 
     def slope(self, neurons: Neurons) -> tuple[Tensor, Tensor | None]:
         if neurons.gated:

@@ -74,6 +74,7 @@ class Softmax(MLPRule):
     temperature: float = DEFAULT_TEMPERATURE
     name = "softmax"
     caches_keys = True
+    split_temporaries = 0.25
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
