@@ -262,6 +262,21 @@ def _act_fn(mlp: Any, name: str, layer: int) -> Any:
     )
 
 
+def _unflatten_positions(acts: dict[str, Tensor], shape: torch.Size) -> None:
+    """Give ``[batch * pos, d]`` hooks back their ``[batch, pos, d]`` shape.
+
+    Some Hugging Face blocks behind a TransformerBridge (OPT) flatten batch and position before the
+    MLP, so ``ln2.hook_scale``, ``mlp.hook_pre`` / ``hook_post`` and ``hook_mlp_out`` arrive as
+    ``[batch * pos, d]``. Every per-position hook the replay reads has three or more axes, so a
+    two-axis tensor with ``batch * pos`` rows is such a flattened one. MoE expert hooks (one row per
+    routed token) are left alone.
+    """
+    batch, pos = shape
+    for name, value in acts.items():
+        if value.ndim == 2 and value.shape[0] == batch * pos and ".experts." not in name:
+            acts[name] = value.reshape(batch, pos, value.shape[1])
+
+
 def _frozen_coefficients(acts: dict[str, Tensor], view: ModelView, model: Any, tokens: Tensor) -> None:
     """Add the coefficients the replay needs that are functions of captured hooks (not TL hooks)."""
     for l, block in enumerate(view.blocks):
@@ -364,6 +379,7 @@ def capture(
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names, **kwargs)
     acts: dict[str, Tensor] = {name: cache[name].detach().clone() for name in names if name in cache}
+    _unflatten_positions(acts, tokens.shape)
     _check_residual_identity(acts, view)
     with torch.no_grad():
         _frozen_coefficients(acts, view, model, tokens)

@@ -163,8 +163,8 @@ def check_supported(cfg: Any) -> None:
             "Load the model unquantised (load_in_4bit=False), e.g. in bfloat16."
         )
     arch = _get(cfg, "original_architecture", None) or _get(cfg, "architecture", None)  # Bridge: architecture
-    try:
-        from transformer_lens.loading_from_pretrained import POST_NORM_ARCHITECTURES  # type: ignore
+    try:  # TL 3.x and 4.x (TL 4 removed loading_from_pretrained, which re-exported it in 3.x)
+        from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES  # type: ignore
     except ImportError:  # older TL: no post-norm decoder architectures at all
         POST_NORM_ARCHITECTURES = ()
     if arch is not None and arch in POST_NORM_ARCHITECTURES:

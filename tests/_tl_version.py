@@ -58,9 +58,11 @@ requires_hooked = pytest.mark.skipif(
 
 _HERE = Path(__file__).parent
 
-#: What runs on TL 4 (paths relative to tests/); everything else in tests/ is not collected.
-_TL4_ALLOW = {"__init__.py", "conftest.py", "_tl_version.py", "bridge_models.py", "test_bridge.py",
-              "test_tl_versions.py"}
+#: TL 4: modules not collected, each with why (paths relative to tests/).
+_TL4_IGNORE: dict[str, str] = {
+    "decompx": "DecompX runs on HookedEncoder, which TL 4 removed (DecompX on the Bridge is issue 14 item 4)",
+    "families.py": "builds HookedTransformers with TL 3's HF conversion code (tests/bridge_models.py is its TL 4 twin)",
+}
 
 #: TL 2.x: modules that need transformers 5 (tests/families.py builds HF configs with its arguments),
 #: and the notebooks, which CI executes once, in the TL 3.x environment.
@@ -164,8 +166,7 @@ def _xfail_reason(nodeid: str) -> str | None:
 
 def _collect_ignore() -> list[str]:
     if TL_MAJOR >= 4:
-        return sorted(p.name for p in _HERE.iterdir()
-                      if p.name not in _TL4_ALLOW and (p.suffix == ".py" or (p.is_dir() and p.name != "__pycache__")))
+        return sorted(_TL4_IGNORE)
     if TL_MAJOR < 3:
         return list(_TL2_IGNORE)
     return []

@@ -1,16 +1,30 @@
-"""Small random HookedTransformers for tests (no downloads).
+"""Small random models of the installed TransformerLens for tests (no downloads).
 
-TL initialises LN weights to 1 and every bias to 0, which would hide bias and LN bugs; ``randomise``
-gives them random values (in place, on a model the test owns).
+``make_model`` builds a ``HookedTransformer`` on TL 2.x / 3.x and a TL-native ``TransformerBridge``
+(``TransformerBridge.boot_native``) on TL 4.x from the same ``HookedTransformerConfig`` fields, through
+:func:`depass_tl.toy.random_model`. A config the native Bridge cannot build skips the test with the
+field named (:func:`skip_unless_buildable`).
+
+TL initialises norm weights to 1 and every bias to 0, which would hide bias and norm bugs; ``randomise``
+gives them random values (in place, on a model the test owns), on either model class.
 """
 
 from __future__ import annotations
 
+import itertools
 import warnings
+from collections.abc import Collection, Sequence
 from typing import Any
 
+import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from depass_tl.backends import is_bridge
+from depass_tl.toy.random_model import bridge_unsupported_fields, random_model
+from tests._tl_version import HAS_HOOKED, TL_VERSION
+
+#: The model class ``make_model`` / ``config_model`` build on the installed TL.
+MODEL_CLASS = "HookedTransformer" if HAS_HOOKED else "TransformerBridge"
 
 ARCHS: dict[str, dict[str, Any]] = {
     "gpt2": dict(normalization_type="LN", act_fn="gelu_new", positional_embedding_type="standard"),
@@ -38,7 +52,7 @@ def make_model(
     dtype: torch.dtype = torch.float64,
     seed: int = 0,
     **overrides: Any,
-) -> HookedTransformer:
+) -> Any:
     """A seeded random model of the given architecture family, with random biases and LN weights."""
     kwargs: dict[str, Any] = dict(ARCHS[arch])
     kwargs.update(overrides)
@@ -48,31 +62,64 @@ def make_model(
         kwargs["n_key_value_heads"] = 1
     if "rotary_dim" in kwargs:
         kwargs["rotary_dim"] = min(kwargs["rotary_dim"], d_model // n_heads)
-    cfg = HookedTransformerConfig(
+    model = config_model(
         n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads, d_mlp=d_mlp,
-        d_vocab=d_vocab, n_ctx=n_ctx, dtype=dtype, seed=seed, device="cpu", **kwargs,
+        d_vocab=d_vocab, n_ctx=n_ctx, dtype=dtype, seed=seed, **kwargs,
     )
+    randomise(model, seed=seed)
+    return model
+
+
+def skip_unless_buildable(config: dict[str, Any]) -> None:
+    """Skip the calling test when the installed TL's model class cannot build ``config`` (reason: the fields)."""
+    if HAS_HOOKED:
+        return
+    refused = bridge_unsupported_fields(config)
+    if refused:
+        pytest.skip(
+            f"impossible on TransformerLens {TL_VERSION}: HookedTransformer is gone and the TL-native "
+            f"TransformerBridge cannot build {', '.join(f'{k} ({v})' for k, v in refused.items())}"
+        )
+
+
+def config_model(*, tokenizer: Any = None, default_padding_side: str = "right", **config: Any) -> Any:
+    """A model of the installed TL from ``HookedTransformerConfig`` fields (skips if the class cannot build it).
+
+    TL's own initialisation (norm weights 1, biases 0): call :func:`randomise` for random ones.
+    """
+    skip_unless_buildable(config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = HookedTransformer(cfg)
-    randomise(model, seed=seed)
-    return model.eval()
+        return random_model(tokenizer=tokenizer, default_padding_side=default_padding_side, **config)
 
 
-def randomise(model: HookedTransformer, *, seed: int = 0, scale: float = 0.5) -> None:
+def _is_norm_weight(model: Any, name: str, param: torch.Tensor) -> bool:
+    leaf = name.rsplit(".", 1)[-1]
+    if is_bridge(model):  # native modules: blocks.0.ln1.weight, ln_final.weight, blocks.0.mlp.ln.weight
+        return leaf == "weight" and param.ndim == 1
+    return leaf == "w" and param.ndim == 1
+
+
+def _is_bias(model: Any, name: str) -> bool:
+    leaf = name.rsplit(".", 1)[-1]
+    if is_bridge(model):
+        return leaf == "bias"
+    return leaf.startswith("b") or leaf.startswith("_b")
+
+
+def randomise(model: Any, *, seed: int = 0, scale: float = 0.5) -> None:
     """Give every bias and norm weight a random value (they start at 0/1 in TL)."""
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
             noise = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype) * scale
-            if leaf in ("w",) and ("ln" in name):
+            if _is_norm_weight(model, name, p):
                 p.copy_(1 + noise)
-            elif leaf.startswith("b") or leaf.startswith("_b"):
+            elif _is_bias(model, name):
                 p.copy_(noise)
 
 
-def random_tokens(model: HookedTransformer, batch: int = 2, pos: int = 6, seed: int = 0) -> torch.Tensor:
+def random_tokens(model: Any, batch: int = 2, pos: int = 6, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, model.cfg.d_vocab, (batch, pos), generator=gen)
 
@@ -98,3 +145,106 @@ def word_tokenizer(words: list[str]) -> Any:
     folder = tempfile.mkdtemp(prefix="depass_tok_")
     fast.save_pretrained(folder)
     return AutoTokenizer.from_pretrained(folder)
+
+
+def processed(model: Any, *, fold_ln: bool = True) -> Any:
+    """A copy with from_pretrained's weight processing (center_unembed off under a logit soft cap).
+
+    HookedTransformer: ``load_and_process_state_dict`` with fold_ln, center_writing_weights, center_unembed
+    and fold_value_biases. TransformerBridge: ``enable_compatibility_mode()``, which applies the same
+    processing all together (``fold_ln=False`` has no Bridge equivalent: the test is skipped).
+    """
+    import copy
+
+    out = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if is_bridge(model):
+            if not fold_ln:
+                pytest.skip(f"impossible on TransformerLens {TL_VERSION}: a TransformerBridge's weight processing "
+                            "(enable_compatibility_mode) always folds the norms; fold_ln=False does not exist there")
+            try:
+                out.enable_compatibility_mode(disable_warnings=True)
+            except AssertionError as err:  # TL 4.3 asserts on a native gated MLP (no biases) under LayerNorm
+                if "b_out not found" not in str(err):
+                    raise
+                pytest.skip(f"impossible on TransformerLens {TL_VERSION}: enable_compatibility_mode() fails on this "
+                            f"model ({err}: a TL-native gated MLP has no biases to fold the LayerNorm bias into)")
+        else:
+            out.load_and_process_state_dict(
+                copy.deepcopy(model.state_dict()), fold_ln=fold_ln, center_writing_weights=True,
+                center_unembed=not model.cfg.output_logits_soft_cap > 0, fold_value_biases=True,
+            )
+    return out.eval()
+
+
+#: Relative bound for a float64 replay of a model whose RMS norms compute in float32 (see :func:`norm_tol`).
+FLOAT32_NORM_REL_TOL = 1e-6
+
+
+def has_float32_norms(model: Any) -> bool:
+    """Whether a float64 model's RMS norms compute in float32 (TL-native and HF RMSNorm modules behind a Bridge).
+
+    TL's ``NativeRMSNorm`` (``boot_native``) and HF's Llama-family ``*RMSNorm`` cast to float32 to normalise,
+    whatever the model's dtype, so the clean run carries float32 rounding that a float64 replay with the
+    frozen scale does not (relative error ~1e-7 instead of ~1e-15). HookedTransformer's norms stay float64.
+    """
+    if not is_bridge(model):
+        return False
+    return any("RMSNorm" in type(m).__name__ and "Pre" not in type(m).__name__ for m in model.modules())
+
+
+def norm_tol(model: Any, exact: float) -> float:
+    """``exact``, or :data:`FLOAT32_NORM_REL_TOL` for a model whose norms compute in float32 (never tighter)."""
+    return max(exact, FLOAT32_NORM_REL_TOL) if has_float32_norms(model) else exact
+
+
+#: What depass_tl refuses on a TransformerBridge, as the UnsupportedModelError's message (a regex):
+#: SoLU MLPs (the Bridge hooks neither the SoLU softmax input nor the inner LayerNorm's scale), MoE
+#: blocks (no expert weights or per-expert hooks) and one norm shared by attention and MLP (GPT-J, Falcon).
+BRIDGE_REFUSALS: dict[str, str] = {
+    "solu": r"act_fn='solu(_ln)?' on a TransformerBridge is not replayed",
+    "moe": r"mixture-of-experts block",
+    "shared_norm": r"has an MLP but no ln2",
+}
+
+
+def bridge_refusal(model: Any, config: dict[str, Any] | None = None, *, family: str | None = None) -> str | None:
+    """The refusal (a :data:`BRIDGE_REFUSALS` regex) depass_tl must raise for this model, or None.
+
+    Decided from the config / family, never from depass_tl itself: only a Bridge refuses.
+    """
+    if not is_bridge(model):
+        return None
+    if family in ("gptj", "falcon"):
+        return BRIDGE_REFUSALS["shared_norm"]
+    if family == "mixtral" or (config or {}).get("num_experts") or getattr(model.cfg, "num_experts", None):
+        return BRIDGE_REFUSALS["moe"]
+    act_fn = (config or {}).get("act_fn") or getattr(model.cfg, "act_fn", None)
+    if act_fn in ("solu", "solu_ln"):
+        return BRIDGE_REFUSALS["solu"]
+    return None
+
+
+def buildable_cases(configs: dict[str, dict[str, Any]], *axes: dict[str, Any] | Sequence[Any],
+                    twins: Collection[str] = ()) -> list[Any]:
+    """``pytest.param`` cases ``(name, *axis values)`` over every config and every combination of the axes.
+
+    Ids read ``name-axis1-axis2`` (an axis given as a dict ``{id: value}`` names its values). A config the
+    installed TL's model class cannot build (:func:`skip_unless_buildable`) gets a *single* case that skips
+    with the reason, instead of one skipped case per combination of the other axes. ``twins``: configs the
+    caller builds another way on TL 4 (tests/families.py ``HT_FEATURE_TWINS``), so never skipped here.
+    """
+    named = [ax if isinstance(ax, dict) else {str(v): v for v in ax} for ax in axes]
+    cases = []
+    for name, config in configs.items():
+        refused = {} if HAS_HOOKED or name in twins else bridge_unsupported_fields(config)
+        if refused:
+            first = [next(iter(ax.values())) for ax in named]
+            reason = (f"impossible on TransformerLens {TL_VERSION}: HookedTransformer is gone and the TL-native "
+                      f"TransformerBridge cannot build {', '.join(f'{k} ({v})' for k, v in refused.items())}")
+            cases.append(pytest.param(name, *first, id=f"{name}-impossible", marks=pytest.mark.skip(reason=reason)))
+            continue
+        for combo in itertools.product(*(ax.items() for ax in named)):
+            cases.append(pytest.param(name, *(v for _, v in combo), id="-".join([name, *(k for k, _ in combo)])))
+    return cases

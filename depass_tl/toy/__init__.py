@@ -21,5 +21,6 @@ from __future__ import annotations
 
 from depass_tl.toy.encoder import ToyEncoder
 from depass_tl.toy.loading import available, info, load
+from depass_tl.toy.random_model import random_model
 
-__all__ = ["ToyEncoder", "available", "info", "load"]
+__all__ = ["ToyEncoder", "available", "info", "load", "random_model"]
