@@ -48,7 +48,7 @@ from torch import nn
 
 from depass_tl.errors import DePassError, UnsupportedModelError
 from tests._tl_version import HAS_HOOKED, TL_VERSION
-from tests.models import _is_bias, _is_norm_weight, config_model
+from tests.models import BRIDGE_REFUSALS, _is_bias, _is_norm_weight, config_model
 
 if HAS_HOOKED:
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -56,6 +56,7 @@ if HAS_HOOKED:
     from transformer_lens.pretrained.weight_conversions import convert_gemma_weights
 
 __all__ = [
+    "BRIDGE_REFUSED_FAMILIES",
     "FAMILIES",
     "FAMILY_SPECS",
     "HT_CONFIG_FEATURES",
@@ -270,8 +271,17 @@ UNSUPPORTED_FAMILIES: dict[str, str] = {
     ),
 } if HAS_HOOKED else {}
 
-#: Names accepted by :func:`build_family`, in a fixed order (use as pytest parameters).
-FAMILIES: tuple[str, ...] = tuple(name for name in FAMILY_SPECS if name not in UNSUPPORTED_FAMILIES)
+#: TL 4: families that depass_tl refuses on a TransformerBridge, with the refusal (a regex of its
+#: UnsupportedModelError; tests/test_architectures.py asserts it): MoE blocks expose no expert weights or
+#: hooks there, and GPT-J / Falcon blocks share one norm between attention and MLP.
+BRIDGE_REFUSED_FAMILIES: dict[str, str] = {} if HAS_HOOKED else {
+    "mixtral": BRIDGE_REFUSALS["moe"], "gptj": BRIDGE_REFUSALS["shared_norm"], "falcon": BRIDGE_REFUSALS["shared_norm"],
+}
+
+#: Names accepted by :func:`build_family` that depass_tl decomposes on the installed TL, in a fixed order.
+FAMILIES: tuple[str, ...] = tuple(
+    name for name in FAMILY_SPECS if name not in UNSUPPORTED_FAMILIES and name not in BRIDGE_REFUSED_FAMILIES
+)
 
 
 def from_pretrained_flags(family: str) -> dict[str, bool]:

@@ -23,7 +23,7 @@ import depass_tl
 from depass_tl import DePassError, UnsupportedModelError
 from depass_tl.backends import is_bridge
 from depass_tl.model_view import check_supported, read_model_view
-from tests.families import FAMILIES, HT_CONFIG_FEATURES, HT_FEATURE_TWINS, build_family, build_ht, family_tokens, from_pretrained_flags
+from tests.families import BRIDGE_REFUSED_FAMILIES, FAMILIES, HT_CONFIG_FEATURES, HT_FEATURE_TWINS, build_family, build_ht, family_tokens, from_pretrained_flags
 from tests.models import bridge_refusal, buildable_cases, config_model, norm_tol, processed, randomise
 
 RULES = ("softmax", "ratio", "max")
@@ -126,7 +126,7 @@ def test_extra_config_variants_are_exact(name: str, rule: str, processed: bool) 
 
 @pytest.mark.parametrize("processed", [False, True], ids=["raw", "from_pretrained_flags"])
 @pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + tuple(BRIDGE_REFUSED_FAMILIES))
 def test_every_family_is_exact(family: str, rule: str, processed: bool) -> None:
     flags = from_pretrained_flags(family) if processed else {}
     model, _ = build_family(family, dtype=torch.float64, **flags)
