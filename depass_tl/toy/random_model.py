@@ -31,7 +31,6 @@ Examples:
 from __future__ import annotations
 
 import copy
-import inspect
 import warnings
 from typing import Any
 
@@ -159,12 +158,11 @@ def _native_bridge(config: dict[str, Any], tokenizer: Any, default_padding_side:
             "(HookedTransformer), or boot a Hugging Face model of that family with "
             "TransformerBridge.boot_transformers."
         )
-    from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge
     from transformer_lens.model_bridge.sources import native  # noqa: F401  (registers boot_native)
 
-    known = set(inspect.signature(TransformerBridgeConfig.__init__).parameters)
-    cfg = {k: v for k, v in config.items() if k in known and k not in ("dtype", "device", "rotary_adjacent_pairs")}
+    # TransformerBridgeConfig.from_dict keeps the fields it (or its parent config) knows
+    cfg = {k: v for k, v in config.items() if k not in ("dtype", "device", "rotary_adjacent_pairs")}
     dtype = config.get("dtype", torch.float32)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
