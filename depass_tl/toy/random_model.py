@@ -101,6 +101,8 @@ def bridge_unsupported_fields(config: dict[str, Any]) -> dict[str, str]:
                 refused[field] = "rotate-half rotary pairs " + what
         elif value not in (harmless, None, False, 0):
             refused[field] = what
+    if config.get("use_attn_scale", True) is False:
+        refused["use_attn_scale"] = "unscaled attention scores (the native Bridge always divides by attn_scale or sqrt(d_head))"
     positions = config.get("positional_embedding_type", "standard")
     if positions not in _POSITIONS:
         refused["positional_embedding_type"] = f"{positions!r} positions (the native Bridge has 'standard' and 'rotary')"
