@@ -36,23 +36,21 @@ def distilled_model(w: tuple[float, ...] = (0.0, 2.0, 1.0), *, bypass: bool = Fa
         bypass: Add the residual copy ``x`` to the output (use ``w = (0, 2)``).
 
     Returns:
-        A float64 ``HookedTransformer`` (1 layer, d_model 4, d_mlp ``len(w)``, vocabulary 4).
+        A float64 model of the installed TL (``HookedTransformer``, or a TL-native ``TransformerBridge`` on
+        TL 4; :func:`depass_tl.toy.random_model`): 1 layer, d_model 4, d_mlp ``len(w)``, vocabulary 4.
 
     Examples:
         >>> model = distilled_model()
         >>> logit_diff(model(distilled_tokens(1, 2))).tolist()
         [1.0, 2.0]
     """
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from depass_tl.toy.random_model import random_model
 
     d_mlp = len(w)
-    cfg = HookedTransformerConfig(
-        n_layers=1, d_model=4, n_ctx=4, d_head=2, n_heads=1, d_mlp=d_mlp, d_vocab=4,
-        act_fn="relu", normalization_type=None, dtype=torch.float64, seed=0,
-    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        model = HookedTransformer(cfg)
+        model = random_model(n_layers=1, d_model=4, n_ctx=4, d_head=2, n_heads=1, d_mlp=d_mlp, d_vocab=4,
+                             act_fn="relu", normalization_type=None, dtype=torch.float64, seed=0)
     pre_signs = [1.0, -1.0, 1.0][:d_mlp]
     with torch.no_grad():
         for p in model.parameters():

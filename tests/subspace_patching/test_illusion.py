@@ -201,15 +201,10 @@ def test_bad_inputs_raise() -> None:
 def test_random_model_invariants() -> None:
     # A seeded 2-layer LN/GELU model: the nullspace part of any direction at mlp.hook_post cannot
     # change the output (E(v̂_null) = 0), and E(full) equals TL's own hook_mlp_out patching.
-    import warnings
+    from tests.models import config_model
 
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    cfg = HookedTransformerConfig(n_layers=2, d_model=6, n_ctx=5, d_head=3, n_heads=2, d_mlp=10,
-                                  d_vocab=12, act_fn="gelu", dtype=F64, seed=3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        model = HookedTransformer(cfg)
+    model = config_model(n_layers=2, d_model=6, n_ctx=5, d_head=3, n_heads=2, d_mlp=10, d_vocab=12, act_fn="gelu",
+                         dtype=F64, seed=3)
     base, source = torch.tensor([[1, 4, 2, 7], [3, 3, 9, 1]]), torch.tensor([[1, 8, 2, 5], [3, 6, 9, 0]])
     metric = lambda lg: lg[:, -1, 2] - lg[:, -1, 5]  # noqa: E731
     v = torch.randn(10, generator=torch.Generator().manual_seed(0), dtype=F64)
