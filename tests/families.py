@@ -456,6 +456,11 @@ def build_family(
     spec = FAMILY_SPECS[family]
     hf_model = _build_hf(family, dtype, seed)
     if not HAS_HOOKED:
+        if center_unembed and not from_pretrained_flags(family)["center_unembed"]:
+            raise DePassError(
+                f"center_unembed=True with an output logit soft cap ({family}) changes the capped logits; pass "
+                "center_unembed=False (HookedTransformer.from_pretrained does the same)"
+            )
         flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed,
                      fold_value_biases=fold_value_biases)
         return _boot_family(family, dtype, seed, _compat_mode(family, flags)), hf_model
@@ -516,6 +521,9 @@ def _boot_family(family: str, dtype: torch.dtype, seed: int, compat: bool) -> An
 
     folder = save_hf_model(_build_hf(family, dtype, seed))
     bridge = boot_folder(folder, compat=compat, dtype=dtype)
+    hf_config = bridge.original_model.config
+    if getattr(hf_config, "_experts_implementation", None):  # grouped_mm has no float64 (as in _hf_config)
+        hf_config._experts_implementation = "eager"
     return bridge
 
 
