@@ -358,10 +358,10 @@ def capture(
 
     Examples:
         >>> import torch, depass_tl
-        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-        >>> cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2,
-        ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
-        >>> run = depass_tl.capture(HookedTransformer(cfg), torch.tensor([[1, 2, 3]]))
+        >>> from depass_tl.toy import random_model
+        >>> cfg = dict(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+        ...            d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+        >>> run = depass_tl.capture(random_model(**cfg), torch.tensor([[1, 2, 3]]))
         >>> run.acts["blocks.0.attn.hook_pattern"].shape
         torch.Size([1, 2, 3, 3])
     """

@@ -179,10 +179,10 @@ def depass_layout(
     Examples:
         >>> import torch, depass_tl
         >>> from depass_tl.compare_layouts import depass_layout, layout_hooks
-        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-        >>> cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
-        ...                               d_vocab=20, attn_only=True, seed=0)
-        >>> model = HookedTransformer(cfg)
+        >>> from depass_tl.toy import random_model
+        >>> cfg = dict(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+        ...            d_vocab=20, attn_only=True, seed=0)
+        >>> model = random_model(**cfg)
         >>> run = depass_tl.capture(model, torch.tensor([[1, 2, 3]]),
         ...                         extra_hooks=layout_hooks("attn_head_out_by_pos", 2))
         >>> cells, rest = depass_layout(run, "attn_head_out_by_pos", 4, 7)
