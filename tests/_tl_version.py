@@ -3,10 +3,12 @@
 The suite targets three environments (TL 2.18, 3.9, 4.x). Some test modules cannot run on every
 version, and the reason is the *test's* dependency, never a depass_tl failure:
 
-* TL 4 removed ``HookedTransformer`` and ``HookedEncoder``: every module that builds one is not
-  collected. TL 4 runs the Bridge suite (tests/test_bridge.py: completeness, API, errors, hygiene
-  and an independent reference on Bridge models) and tests/test_tl_versions.py. This is an
-  allow-list, so a new HookedTransformer-only test module is not collected on TL 4 by accident.
+* TL 4 removed ``HookedTransformer`` and ``HookedEncoder``. The suite builds its models through
+  tests/models.py (``make_model`` / ``config_model``: a TL-native ``TransformerBridge`` from the same
+  config fields) and tests/families.py (the same random HF models booted as Bridges), so every module
+  runs there; a config the Bridge cannot build skips with the field named, and what depass_tl refuses
+  on the Bridge is asserted. Not collected on TL 4: :data:`_TL4_IGNORE` (DecompX, which needs
+  ``HookedEncoder``).
 * TL 2.x ships transformers 4.x, whose model configs reject the transformers-5 arguments of
   tests/families.py; TL 2.x has no Bridge (tests/test_bridge.py guards itself).
 
@@ -61,7 +63,6 @@ _HERE = Path(__file__).parent
 #: TL 4: modules not collected, each with why (paths relative to tests/).
 _TL4_IGNORE: dict[str, str] = {
     "decompx": "DecompX runs on HookedEncoder, which TL 4 removed (DecompX on the Bridge is issue 14 item 4)",
-    "families.py": "builds HookedTransformers with TL 3's HF conversion code (tests/bridge_models.py is its TL 4 twin)",
 }
 
 #: TL 2.x: modules that need transformers 5 (tests/families.py builds HF configs with its arguments),

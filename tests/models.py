@@ -249,3 +249,17 @@ def buildable_cases(configs: dict[str, dict[str, Any]], *axes: dict[str, Any] | 
         for combo in itertools.product(*(ax.items() for ax in named)):
             cases.append(pytest.param(name, *(v for _, v in combo), id="-".join([name, *(k for k, _ in combo)])))
     return cases
+
+
+#: Skip mark for tests of HookedTransformer's single weight-processing flags (``load_and_process_state_dict``).
+NEEDS_PROCESSING_FLAGS = pytest.mark.skipif(
+    not HAS_HOOKED,
+    reason=f"impossible on TransformerLens {TL_VERSION}: a TransformerBridge processes weights all together "
+           "(enable_compatibility_mode); HookedTransformer's single processing flags do not exist there",
+)
+
+
+def cases_unless_bridge(argname: str, values: Sequence[Any]) -> Any:
+    """``pytest.mark.parametrize(argname, values)``; on TL 4 only the first value (for a test that is skipped
+    there anyway, e.g. with :data:`NEEDS_PROCESSING_FLAGS`, so it counts as one skip and not one per case)."""
+    return pytest.mark.parametrize(argname, list(values) if HAS_HOOKED else list(values)[:1])

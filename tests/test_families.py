@@ -35,7 +35,7 @@ from tests.families import (
     from_pretrained_flags,
     hf_config_folder,
 )
-from tests.models import _is_bias, _is_norm_weight, buildable_cases
+from tests.models import NEEDS_PROCESSING_FLAGS, _is_bias, _is_norm_weight, buildable_cases, cases_unless_bridge
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -100,7 +100,8 @@ def test_from_pretrained_defaults_really_process_the_weights(family: str) -> Non
         assert plain.W_U.mean(-1).abs().max().item() > 1e-3
 
 
-@pytest.mark.parametrize("flag", PROCESSING_FLAGS)
+@NEEDS_PROCESSING_FLAGS
+@cases_unless_bridge("flag", PROCESSING_FLAGS)
 def test_each_processing_flag_alone_keeps_log_probs(flag: str) -> None:
     model, hf_model = build_family("gpt2", dtype=torch.float32, **{flag: True})
     tokens = family_tokens()
