@@ -263,3 +263,11 @@ def cases_unless_bridge(argname: str, values: Sequence[Any]) -> Any:
     """``pytest.mark.parametrize(argname, values)``; on TL 4 only the first value (for a test that is skipped
     there anyway, e.g. with :data:`NEEDS_PROCESSING_FLAGS`, so it counts as one skip and not one per case)."""
     return pytest.mark.parametrize(argname, list(values) if HAS_HOOKED else list(values)[:1])
+
+
+def norm_atol(model: Any, exact: float, reference: torch.Tensor) -> float:
+    """An absolute bound: ``exact``, or :data:`FLOAT32_NORM_REL_TOL` times ``max |reference|`` for a model
+    whose norms compute in float32 (:func:`has_float32_norms`), whichever is larger."""
+    if not has_float32_norms(model):
+        return exact
+    return max(exact, FLOAT32_NORM_REL_TOL * float(reference.abs().max()))
