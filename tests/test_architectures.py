@@ -21,7 +21,6 @@ import torch
 
 import depass_tl
 from depass_tl import DePassError, UnsupportedModelError
-from depass_tl.backends import is_bridge
 from depass_tl.model_view import check_supported, read_model_view
 from tests.families import BRIDGE_REFUSED_FAMILIES, FAMILIES, HT_CONFIG_FEATURES, HT_FEATURE_TWINS, build_family, build_ht, family_tokens, from_pretrained_flags
 from tests.models import bridge_refusal, buildable_cases, config_model, norm_tol, processed, randomise
@@ -59,8 +58,9 @@ def build_extra(name: str, *, processed: bool = False) -> Any:
         for block in model.blocks:
             block.mlp.to(torch.float64)  # TL 3.9 builds MoE experts in float32 (see tests/families.py)
     randomise(model, seed=0, scale=0.2)
-    fold_ln = name not in TL_CANNOT_FOLD or is_bridge(model)  # TL_CANNOT_FOLD is HookedTransformer's limit
-    return (_processed(model, fold_ln=fold_ln) if processed else model).eval()
+    if bridge_refusal(model, EXTRA_CONFIGS[name]):  # refused on the Bridge, processed or not: assert it unprocessed
+        return model
+    return (_processed(model, fold_ln=name not in TL_CANNOT_FOLD) if processed else model).eval()
 
 
 _processed = processed
