@@ -116,7 +116,7 @@ def random_model(*, tokenizer: Any = None, default_padding_side: str = "right", 
     """Build a seeded random model of the installed TransformerLens from ``HookedTransformerConfig`` fields.
 
     Args:
-        tokenizer: Optional Hugging Face tokenizer (for string input).
+        tokenizer: Optional Hugging Face tokenizer (for string input); the model gets a copy.
         default_padding_side: ``"right"`` or ``"left"``: how a batch of strings is padded.
         **config: ``HookedTransformerConfig`` keyword arguments (``n_layers``, ``d_model``, ``n_ctx``,
             ``d_head``, ``n_heads``, ``d_vocab``, ``act_fn``, ``seed``, ``dtype``, ...). ``device``
@@ -140,6 +140,8 @@ def random_model(*, tokenizer: Any = None, default_padding_side: str = "right", 
     if default_padding_side not in ("left", "right"):
         raise DePassError(f"default_padding_side must be 'left' or 'right', got {default_padding_side!r}")
     config.setdefault("device", "cpu")
+    if tokenizer is not None:  # both classes set the padding side on their tokenizer: never on the caller's
+        tokenizer = copy.deepcopy(tokenizer)
     if _has_hooked_transformer():
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -168,8 +170,7 @@ def _native_bridge(config: dict[str, Any], tokenizer: Any, default_padding_side:
     dtype = config.get("dtype", torch.float32)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    if tokenizer is not None:  # the Bridge pads on its tokenizer's side; the caller's tokenizer is not modified
-        tokenizer = copy.deepcopy(tokenizer)
+    if tokenizer is not None:  # the Bridge pads on its tokenizer's side (a copy: see random_model)
         tokenizer.padding_side = default_padding_side
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
