@@ -268,12 +268,13 @@ def _unflatten_positions(acts: dict[str, Tensor], shape: torch.Size) -> None:
     Some Hugging Face blocks behind a TransformerBridge (OPT) flatten batch and position before the
     MLP, so ``ln2.hook_scale``, ``mlp.hook_pre`` / ``hook_post`` and ``hook_mlp_out`` arrive as
     ``[batch * pos, d]``. Every per-position hook the replay reads has three or more axes, so a
-    two-axis tensor with ``batch * pos`` rows is such a flattened one. MoE expert hooks (one row per
-    routed token) are left alone.
+    two-axis tensor with ``batch * pos`` rows is such a flattened one. MoE hooks are left alone: the
+    router's ``hook_expert_weights`` / ``hook_expert_indices`` are ``[batch * pos, ...]`` by design and
+    the experts' hooks have one row per routed token.
     """
     batch, pos = shape
     for name, value in acts.items():
-        if value.ndim == 2 and value.shape[0] == batch * pos and ".experts." not in name:
+        if value.ndim == 2 and value.shape[0] == batch * pos and "expert" not in name:
             acts[name] = value.reshape(batch, pos, value.shape[1])
 
 
