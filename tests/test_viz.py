@@ -101,8 +101,7 @@ def test_token_heatmap_refuses_caches_without_token_components(ioi) -> None:
 
 def test_token_heatmap_uses_the_tokenizer_strings_and_marks_a_chosen_position() -> None:
     words = [" a", " b", " c", " d"]
-    model = make_model("gpt2", n_layers=1, d_vocab=8)
-    model.set_tokenizer(word_tokenizer(words), default_padding_side="right")
+    model = make_model("gpt2", n_layers=1, d_vocab=8, tokenizer=word_tokenizer(words))
     _, dc = depass_tl.run_with_depass(model, " a b c d")
     data = viz.token_heatmap_data(dc, " c", pos=2)
     assert data.str_tokens == tuple(model.to_str_tokens(" a b c d"))
