@@ -20,6 +20,7 @@ import depass_tl
 from depass_tl import DePassError
 from depass_tl.api import replay
 from depass_tl.capture import capture
+from tests._tl_version import HAS_HOOKED
 from tests.models import config_model, norm_tol, randomise, word_tokenizer
 
 WORDS = ["When", " Mary", " and", " John", " went", " to", " the", " store", ",", " gave", " a", " drink"]
@@ -61,8 +62,12 @@ def _check_padded(model: Any, dc: depass_tl.DePassCache, mask: torch.Tensor) -> 
     assert max(dc.completeness_error(relative=True).values()) < norm_tol(model, 1e-10)
 
 
-@pytest.mark.parametrize("rule", ["softmax", "ratio", "max"])
-@pytest.mark.parametrize("name", sorted(MODELS))
+#: (name, rule) cases; on TL 4 the MoE model (which the native Bridge cannot build) is one skipped case.
+PADDING_CASES = [pytest.param(name, rule, id=f"{name}-{rule}") for name in sorted(MODELS)
+                 for rule in ("softmax", "ratio", "max") if HAS_HOOKED or "moe" not in name or rule == "softmax"]
+
+
+@pytest.mark.parametrize("name, rule", PADDING_CASES)
 def test_padded_batch_matches_unpadded_prompts(name: str, rule: str) -> None:
     model = MODELS[name]()
     if "moe" in name:
