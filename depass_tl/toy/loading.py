@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from depass_tl.errors import DePassError
 from depass_tl.toy.encoder import ToyEncoder
@@ -69,6 +68,8 @@ def load(name: str, *, device: str | torch.device = "cpu") -> tuple[HookedTransf
         >>> enc.to_str_tokens(model(tokens)[0, -1].argmax(-1, keepdim=True))
         [' Mary']
     """
+    from transformer_lens import HookedTransformer, HookedTransformerConfig  # here: importing the package works on TL 4
+
     config = info(name)
     cfg = HookedTransformerConfig(**config["hooked_transformer_config"], device=str(device), dtype=torch.float32)
     model = HookedTransformer(cfg)
