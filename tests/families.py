@@ -48,7 +48,8 @@ from torch import nn
 
 from depass_tl.errors import DePassError, UnsupportedModelError
 from tests._tl_version import HAS_HOOKED, TL_VERSION
-from tests.models import BRIDGE_REFUSALS, _is_bias, _is_norm_weight, config_model
+from tests.models import _is_bias, _is_norm_weight, config_model
+from tests.tl_cases import BRIDGE_REFUSALS
 
 if HAS_HOOKED:
     from transformer_lens import HookedTransformer, HookedTransformerConfig

@@ -23,7 +23,8 @@ import depass_tl
 from depass_tl import DePassError, UnsupportedModelError
 from depass_tl.model_view import check_supported, read_model_view
 from tests.families import BRIDGE_REFUSED_FAMILIES, FAMILIES, HT_CONFIG_FEATURES, HT_FEATURE_TWINS, build_family, build_ht, family_tokens, from_pretrained_flags
-from tests.models import bridge_refusal, buildable_cases, config_model, norm_tol, processed, randomise
+from tests.models import config_model, processed, randomise
+from tests.tl_cases import bridge_refusal, buildable_cases, norm_tol
 
 RULES = ("softmax", "ratio", "max")
 REL_TOL = 1e-9

@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests._tl_version import HAS_HOOKED, TL_VERSION, requires_bridge
-from tests.models import cases_unless_bridge
+from tests.tl_cases import cases_unless_bridge
 
 pytestmark = [requires_bridge, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 

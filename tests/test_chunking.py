@@ -17,7 +17,8 @@ from depass_tl.memory import PeakMemory, format_bytes, parse_memory
 from depass_tl.replay.engine import replay_components
 from depass_tl.replay.plan import DEFAULT_CAUSAL_SPLITS, plan_chunks, row_starts
 from tests.families import FAMILIES, HT_CONFIG_FEATURES, HT_FEATURE_TWINS, build_family, build_ht, family_tokens
-from tests.models import ARCHS, bridge_refusal, buildable_cases, make_model, norm_atol, random_tokens
+from tests.models import ARCHS, make_model, random_tokens
+from tests.tl_cases import bridge_refusal, buildable_cases, norm_atol
 
 RULES = ["softmax", "ratio", "max"]
 

@@ -3,10 +3,9 @@ disagreement (with its cause) where it does not, TL shapes, completeness, statis
 
 from __future__ import annotations
 
-from typing import Any
-
 import importlib.util
 import math
+from typing import Any
 
 import pytest
 import torch

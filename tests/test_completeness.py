@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import depass_tl
-from tests.models import ARCHS, make_model, norm_atol, norm_tol, random_tokens
+from tests.models import ARCHS, make_model, random_tokens
+from tests.tl_cases import norm_atol, norm_tol
 
 RULES = ["softmax", "ratio", "max"]
 

@@ -7,7 +7,8 @@ import torch
 
 import depass_tl
 from depass_tl import DePassError
-from tests.models import ARCHS, make_model, norm_atol, norm_tol, random_tokens
+from tests.models import ARCHS, make_model, random_tokens
+from tests.tl_cases import norm_atol, norm_tol
 
 RULES = ["softmax", "ratio", "max"]
 

@@ -35,7 +35,8 @@ from tests.families import (
     from_pretrained_flags,
     hf_config_folder,
 )
-from tests.models import NEEDS_PROCESSING_FLAGS, _is_bias, _is_norm_weight, buildable_cases, cases_unless_bridge
+from tests.models import _is_bias, _is_norm_weight
+from tests.tl_cases import buildable_cases, cases_unless_bridge, NEEDS_PROCESSING_FLAGS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 warnings.filterwarnings("ignore", category=DeprecationWarning)

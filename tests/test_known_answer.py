@@ -8,17 +8,17 @@ hook) on hand-set and random models.
 
 from __future__ import annotations
 
-from typing import Any
-
 import math
 import warnings
+from typing import Any
 
 import pytest
 import torch
 
 import depass_tl
 from tests._tl_version import HAS_HOOKED, TL_VERSION
-from tests.models import cases_unless_bridge, config_model, norm_tol
+from tests.models import config_model
+from tests.tl_cases import cases_unless_bridge, norm_tol
 from tests.reference import randomise_norms_and_biases, reference_depass
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)

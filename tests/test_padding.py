@@ -8,10 +8,9 @@ those of the same prompt run alone, unpadded (float64, atol 1e-10).
 
 from __future__ import annotations
 
-from typing import Any
-
 import copy
 import warnings
+from typing import Any
 
 import pytest
 import torch
@@ -21,7 +20,8 @@ from depass_tl import DePassError
 from depass_tl.api import replay
 from depass_tl.capture import capture
 from tests._tl_version import HAS_HOOKED
-from tests.models import config_model, norm_tol, randomise, word_tokenizer
+from tests.models import config_model, randomise, word_tokenizer
+from tests.tl_cases import norm_tol
 
 WORDS = ["When", " Mary", " and", " John", " went", " to", " the", " store", ",", " gave", " a", " drink"]
 PROMPTS = ["When Mary and John went to the store", "John gave a drink", "When Mary went"]

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import functools
 import warnings
-
-import pytest
 from typing import Any
 
+import pytest
 import torch
 
-from tests.models import config_model, norm_tol
+from tests.models import config_model
+
+from tests.tl_cases import norm_tol
 from tests.reference import (
     MLP_RULES,
     hooked_ratio_reference,

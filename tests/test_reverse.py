@@ -16,7 +16,8 @@ from depass_tl import DePassError, UnsupportedModelError
 from depass_tl.capture import capture
 from depass_tl.reverse import ScalarAttribution, attribute, attribute_run, direction_target, logit_target
 from tests.families import FAMILIES, HT_CONFIG_FEATURES, HT_FEATURE_TWINS, build_family, build_ht, family_tokens
-from tests.models import ARCHS, bridge_refusal, buildable_cases, make_model, norm_tol, random_tokens
+from tests.models import ARCHS, make_model, random_tokens
+from tests.tl_cases import bridge_refusal, buildable_cases, norm_tol
 
 ATOL = 1e-10
 

@@ -27,7 +27,7 @@ import torch
 
 import depass_tl
 from tests.families import FAMILIES, build_family, family_tokens, from_pretrained_flags
-from tests.models import NEEDS_PROCESSING_FLAGS, cases_unless_bridge
+from tests.tl_cases import cases_unless_bridge, NEEDS_PROCESSING_FLAGS
 
 TOL = 1e-5
 RULES = ("softmax", "ratio", "max")
