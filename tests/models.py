@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 
-from depass_tl.backends import is_bridge
+from depass_tl.backends.bridge import is_bridge
 from depass_tl.toy.random_model import random_model
 from tests._tl_version import TL_VERSION
 from tests.tl_cases import skip_unless_buildable

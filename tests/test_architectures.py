@@ -21,7 +21,8 @@ import torch
 
 import depass_tl
 from depass_tl import DePassError, UnsupportedModelError
-from depass_tl.model_view import check_supported, read_model_view
+from depass_tl.backends import read_model_view
+from depass_tl.backends.common import check_supported
 from tests.families import BRIDGE_REFUSED_FAMILIES, FAMILIES, HT_CONFIG_FEATURES, HT_FEATURE_TWINS, build_family, build_ht, family_tokens, from_pretrained_flags
 from tests.models import config_model, processed, randomise
 from tests.tl_cases import bridge_refusal, buildable_cases, norm_tol

@@ -19,7 +19,7 @@ import warnings
 import pytest
 import torch
 
-from depass_tl.backends import is_bridge
+from depass_tl.backends.bridge import is_bridge
 from depass_tl.errors import DePassError, UnsupportedModelError
 from tests._tl_version import HAS_HOOKED, TL_VERSION
 from tests.families import (

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import depass_tl
-from depass_tl.backends import is_bridge
+from depass_tl.backends.bridge import is_bridge
 from depass_tl.errors import DePassError, UnsupportedModelError
 from depass_tl.toy import random_model
 from depass_tl.toy.random_model import bridge_unsupported_fields

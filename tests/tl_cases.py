@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from depass_tl.backends import is_bridge
+from depass_tl.backends.bridge import is_bridge
 from depass_tl.toy.random_model import bridge_unsupported_fields
 from tests._tl_version import HAS_HOOKED, TL_VERSION
 
