@@ -240,15 +240,10 @@ def whole_space_model():
     1 - 0.5 + 2 = 2.5. Patching e_0 at the last position gives y = 1 (E = 0.4); patching the whole
     site there gives y = 0.5 (E = 0.2): the other 2.0 comes from position 0 through layer 2.
     """
-    import warnings
+    from tests.models import config_model
 
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    cfg = HookedTransformerConfig(n_layers=3, d_model=3, n_ctx=4, d_head=1, n_heads=1, d_vocab=4, attn_only=True,
-                                  normalization_type=None, act_fn=None, dtype=F64, seed=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        model = HookedTransformer(cfg)
+    model = config_model(n_layers=3, d_model=3, n_ctx=4, d_head=1, n_heads=1, d_vocab=4, attn_only=True,
+                         normalization_type=None, act_fn=None, dtype=F64, seed=0)
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
