@@ -39,7 +39,6 @@ from depass_tl.evaluate.captum_methods import (
 from depass_tl.evaluate.token_metrics import target_ids, token_batch
 
 __all__ = [
-    "TEMPERATURE_RULES",
     "Attribution",
     "TokenMethod",
     "as_attribution",
@@ -56,8 +55,6 @@ __all__ = [
     "token_methods",
 ]
 
-#: before the rule registry (issue 15) exposes rule objects: the rules with a temperature parameter
-TEMPERATURE_RULES: tuple[str, ...] = ("softmax",)
 DEFAULT_TEMPERATURES: tuple[float, ...] = (0.01, 0.1, 1.0)
 
 
@@ -90,12 +87,8 @@ def as_attribution(out: Tensor | Attribution) -> Attribution:
 
 def _registered_rules() -> list[tuple[str, bool]]:
     """``(name, takes a temperature)`` for every MLP rule the replay engine knows, in registry order."""
-    try:
-        from depass_tl.replay.rules import get_rule, rule_names  # the rule registry, where it exists
-    except ImportError:
-        from depass_tl.replay.mlp import MLP_RULES
+    from depass_tl.replay.rules import get_rule, rule_names
 
-        return [(name, name in TEMPERATURE_RULES) for name in MLP_RULES]
     return [(name, hasattr(get_rule(name), "temperature")) for name in rule_names()]
 
 
