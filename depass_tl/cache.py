@@ -79,9 +79,9 @@ class DePassCache(Mapping[str, Tensor]):
     # ----------------------------------------------------------------------------------- mapping
     def _resolve(self, key: str | tuple[Any, ...]) -> str:
         if isinstance(key, tuple):
-            from transformer_lens import utils
+            from depass_tl.backends import get_act_name
 
-            key = utils.get_act_name(*key)
+            key = get_act_name(*key)
         if key in self._acts:
             return key
         raise HookNotFoundError(

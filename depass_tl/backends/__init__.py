@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["is_bridge", "tl_version"]
+__all__ = ["get_act_name", "is_bridge", "tl_version"]
 
 
 def tl_version() -> str:
@@ -35,3 +35,16 @@ def is_bridge(model: Any) -> bool:
     version (TL 2.x has no Bridge at all).
     """
     return any(cls.__name__ == "TransformerBridge" for cls in type(model).__mro__)
+
+
+def get_act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
+    """TL's ``get_act_name`` (``("resid_post", 3)`` -> ``blocks.3.hook_resid_post``) on every TL version.
+
+    It is ``transformer_lens.utilities.get_act_name`` on TL 3.x / 4.x (TL 4 removed ``transformer_lens.utils``)
+    and ``transformer_lens.utils.get_act_name`` on TL 2.x.
+    """
+    try:
+        from transformer_lens.utilities import get_act_name as tl_get_act_name
+    except ImportError:  # TL 2.x
+        from transformer_lens.utils import get_act_name as tl_get_act_name  # type: ignore[no-redef]
+    return tl_get_act_name(name, layer, layer_type)
