@@ -44,8 +44,8 @@ def _optional(module: Any, name: str) -> Tensor | None:
 
 
 def _norm_view(module: Any, cfg: Any, where: str) -> NormView:
-    if module is None:
-        return NormView("none", None, None)
+    if module is None or isinstance(getattr(module, "original_component", None), torch.nn.Identity):
+        return NormView("none", None, None)  # absent, or an identity slot (TL's native model without norms)
     if not hasattr(module, "uses_rms_norm"):
         raise UnsupportedModelError(
             f"{where} is a {type(module).__name__}, not a TransformerBridge normalization bridge; "

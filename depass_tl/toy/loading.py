@@ -23,7 +23,9 @@ from depass_tl.toy.checkpoint import MODEL_FILE, hooked_to_bridge_state, read_co
 from depass_tl.toy.encoder import ToyEncoder
 from depass_tl.toy.tokenizer import load_tokenizer
 
-__all__ = ["MODEL_CLASSES", "WEIGHTS_DIR", "available", "default_model_class", "folder", "info", "load"]
+__all__ = [
+    "MODEL_CLASSES", "WEIGHTS_DIR", "available", "build_model", "default_model_class", "folder", "info", "load",
+]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 ModelClass = Literal["auto", "hooked", "bridge"]
@@ -104,20 +106,44 @@ def load(
         >>> model.to_str_tokens(model(tokens)[0, -1].argmax(-1, keepdim=True))
         [' Mary']
     """
-    if model_class not in MODEL_CLASSES:
-        raise DePassError(f"model_class must be one of {MODEL_CLASSES}, got {model_class!r}")
     path = folder(name)
     config = read_config(path)
-    tokenizer = load_tokenizer(path)
     state = load_file(str(path / MODEL_FILE), device=str(device))
-    kind = default_model_class() if model_class == "auto" else model_class
-    build = _load_hooked if kind == "hooked" else _load_bridge
-    model = build(config["model_config"], state, tokenizer, str(device))
-    model.eval()
+    model = build_model(config["model_config"], state, tokenizer=load_tokenizer(path), model_class=model_class,
+                        device=device)
     return model, ToyEncoder(config["vocab"])
 
 
-def _load_hooked(model_config: dict[str, Any], state: dict[str, torch.Tensor], tokenizer: Any, device: str) -> Any:
+def build_model(
+    model_config: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    *,
+    tokenizer: Any = None,
+    model_class: ModelClass = "auto",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Any:
+    """A model of either class from a config (:data:`~depass_tl.toy.checkpoint.MODEL_CONFIG_KEYS`) and
+    HookedTransformer-format weights, in eval mode.
+
+    This is how the toys load, and how hand-set test models (e.g.
+    :func:`depass_tl.subspace_patching.examples.distilled_model`) run on every TL version.
+
+    Raises:
+        DePassError: On an unknown ``model_class`` or one the installed TransformerLens lacks.
+    """
+    if model_class not in MODEL_CLASSES:
+        raise DePassError(f"model_class must be one of {MODEL_CLASSES}, got {model_class!r}")
+    kind = default_model_class() if model_class == "auto" else model_class
+    build = _load_hooked if kind == "hooked" else _load_bridge
+    model = build(model_config, {k: v.to(device, dtype) for k, v in state.items()}, tokenizer, str(device), dtype)
+    model.eval()
+    return model
+
+
+def _load_hooked(
+    model_config: dict[str, Any], state: dict[str, torch.Tensor], tokenizer: Any, device: str, dtype: torch.dtype
+) -> Any:
     try:
         from transformer_lens import HookedTransformer, HookedTransformerConfig
     except ImportError:
@@ -125,7 +151,7 @@ def _load_hooked(model_config: dict[str, Any], state: dict[str, torch.Tensor], t
             "model_class='hooked' needs HookedTransformer, which TransformerLens 4 removed; use "
             "model_class='bridge' (or 'auto'), or install transformer-lens<4"
         ) from None
-    cfg = HookedTransformerConfig(**model_config, device=device, dtype=torch.float32)
+    cfg = HookedTransformerConfig(**model_config, device=device, dtype=dtype)
     model = HookedTransformer(cfg, tokenizer=tokenizer)
     result = model.load_state_dict(state, strict=False)
     # the file holds the parameters; the causal-mask buffers (attn.mask / attn.IGNORE) are the model's own
@@ -135,7 +161,9 @@ def _load_hooked(model_config: dict[str, Any], state: dict[str, torch.Tensor], t
     return model
 
 
-def _load_bridge(model_config: dict[str, Any], state: dict[str, torch.Tensor], tokenizer: Any, device: str) -> Any:
+def _load_bridge(
+    model_config: dict[str, Any], state: dict[str, torch.Tensor], tokenizer: Any, device: str, dtype: torch.dtype
+) -> Any:
     try:
         from transformer_lens.model_bridge import TransformerBridge
     except ImportError:
@@ -151,7 +179,7 @@ def _load_bridge(model_config: dict[str, Any], state: dict[str, torch.Tensor], t
         raise DePassError("this TransformerLens has no TransformerBridge.boot_native (added in 3.5); upgrade it")
     # init_weights=False: the weights are loaded below, so skip TL's random initialisation
     bridge = TransformerBridge.boot_native(
-        dict(model_config, init_weights=False), tokenizer=tokenizer, device=device, dtype=torch.float32
+        dict(model_config, init_weights=False), tokenizer=tokenizer, device=device, dtype=dtype
     )
     bridge.load_state_dict(hooked_to_bridge_state(state, model_config), strict=True)
     return bridge

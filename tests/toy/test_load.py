@@ -240,3 +240,25 @@ def test_convert_v1_keeps_every_parameter(tmp_path: Path) -> None:
     assert toy.info(out) == new
     model, encoder = toy.load(out)
     assert model.to_str_tokens(" Anna Kowal", prepend_bos=False) == [" Anna", " Kowal"]
+
+
+def test_build_model_runs_hand_set_weights_without_norms() -> None:
+    """The distilled illusion example (no norms, float64, built by build_model) on this TL's class, and on TL 3.x
+    the same weights as the other class."""
+    from depass_tl.subspace_patching.examples import distilled_model, distilled_tokens, logit_diff
+    from depass_tl.toy.checkpoint import hooked_to_bridge_state
+
+    model = distilled_model()
+    assert type(model).__name__ == CLASS_NAMES[toy.default_model_class()] and model.cfg.normalization_type is None
+    assert logit_diff(model(distilled_tokens(1, 2, 3))).tolist() == [1.0, 2.0, 3.0]
+    _, dc = depass_tl.run_with_depass(model, distilled_tokens(1, 2))
+    assert max(dc.completeness_error().values()) < 1e-12
+    if HAS_HOOKED and HAS_BRIDGE:
+        from depass_tl.toy.loading import build_model
+
+        state = {k: v for k, v in model.state_dict().items() if not k.endswith((".mask", ".IGNORE"))}
+        config = dict(n_layers=1, d_model=4, n_ctx=4, d_head=2, n_heads=1, d_mlp=3, d_vocab=4, act_fn="relu",
+                      normalization_type=None, positional_embedding_type="standard", attn_only=False)
+        bridge = build_model(config, state, model_class="bridge", dtype=torch.float64)
+        assert logit_diff(bridge(distilled_tokens(1, 2, 3))).tolist() == [1.0, 2.0, 3.0]
+        assert sorted(bridge.state_dict()) == sorted(hooked_to_bridge_state(state, config))
