@@ -209,7 +209,9 @@ keys[dc0.component("bias")] += ln.b @ model.W_K[1] + model.b_K[1]
 query = clean_cache["q", 1][:, last]                        # [batch, head, d_head]
 score_parts = (keys * query).sum(-1) / model.cfg.d_head ** 0.5   # [component, batch, head]
 
-true_scores = clean_cache["attn_scores", 1][:, :, last, key_pos]
+key = clean_cache["k", 1][:, key_pos]                      # the real key, [batch, head, d_head]
+true_scores = (query * key).sum(-1) / model.cfg.d_head ** 0.5  # the real scores (TL 4's native Bridge
+                                                            # hooks the pattern as attn_scores, so use q · k)
 err = float((score_parts.sum(0) - true_scores).abs().max())
 print(f"components sum to the real attention scores: max error {err:.1e}")
 assert err < 1e-4
@@ -223,10 +225,10 @@ assert all(top_builder[f"L1H{h} score"] == prev_head for h in range(model.cfg.n_
 key_table.round(2)
 
 # %% [markdown]
-# `depass_tl.attention_score_attrs` does the same for a `HookedTransformer` (every norm kind, rotary
-# embeddings, GQA; it refuses score features that are not linear, such as QK norms or soft caps), on
-# the key side or, with `side="query"`, the query side, and checks that the parts add up to
-# `hook_attn_scores`. The query of an induction head is built from the
+# `depass_tl.attention_score_attrs` does the same for a `HookedTransformer` or a `TransformerBridge`
+# (every norm kind, rotary embeddings, GQA; it refuses score features that are not linear, such as QK
+# norms or soft caps), on the key side or, with `side="query"`, the query side, and checks that the
+# parts add up to the model's scores. The query of an induction head is built from the
 # *current* token itself (`rest`: the embeddings), its key by the previous-token head.
 
 # %%
@@ -253,7 +255,7 @@ assert set(query_builder) == {"rest"}
 # * **DePass still finds it, one level down.** Decomposing the induction heads' attention scores over
 #   the layer-0 heads (`depass_tl.attention_score_attrs`) points straight at the previous-token head: it
 #   supplies most of the key that matches the query, while the query comes from the current token.
-#   The score components add up to TransformerLens's own `attn_scores` exactly.
+#   The score components add up to the model's own scores exactly.
 # * **Which corruption you pick decides what patching sees.** Neither method tells you the mechanism
 #   by itself; the attention patterns and a second corruption did.
 #

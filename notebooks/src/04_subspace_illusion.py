@@ -39,7 +39,7 @@ from depass_tl.subspace_patching.examples import ANSWER, OTHER, SITE, distilled_
 # base→source change of `y` it produces (1 = all of it).
 
 # %%
-model = distilled_model()                       # float64 HookedTransformer, 1 layer
+model = distilled_model()                       # float64, 1 layer (HookedTransformer or Bridge)
 base, source = distilled_tokens(1), distilled_tokens(2)
 _, source_cache = model.run_with_cache(source)
 y_base, y_source = float(logit_diff(model(base)).detach()), float(logit_diff(model(source)).detach())

@@ -16,6 +16,9 @@
 #
 # To have something to explain we train a tiny BERT (2 layers, width 32) for a few seconds on a
 # synthetic sentiment task.
+#
+# **Needs** TransformerLens 2.x or 3.x: DecompX runs on `HookedEncoder`, which TransformerLens 4
+# removed. On TL 4 the first code cell after the imports stops with an error saying so.
 
 # %%
 import warnings
@@ -35,6 +38,11 @@ from depass_tl.decompx import SequenceClassificationHead, hooked_encoder_from_hf
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 transformers.logging.set_verbosity_error()
+
+# %%
+from depass_tl.decompx import hooked_encoder_class
+
+hooked_encoder_class()  # DecompX needs TL's HookedEncoder (TransformerLens < 4); on TL 4 this raises, saying so
 
 # %% [markdown]
 # ## The task
@@ -158,8 +166,9 @@ assert float(hit.float().mean()) > max(0.5, 2 * chance)
 # ## Exercises
 #
 # 1. Explain the *negated* sentences only. How is the credit split between *not* and the sentiment word?
-# 2. Compare `bias_policy="decompx"` (DecompX's own rules for spreading biases over tokens) with the
-#    default `"bias"` component: `run_decompx(..., bias_policy=...)`.
+# 2. Compare DecompX's own rules for spreading the biases over the tokens (`bias_policy="absdot"`, the
+#    paper's default, or `"norm"` / `"equal"`) with the default separate `"bias"` component:
+#    `run_decompx(encoder, test_x, head=head, bias_policy="absdot")`.
 # 3. Replace the classifier head with `MLMHead.from_encoder(encoder, token_ids=[...])` on a randomly
 #    initialised `HookedEncoder` and explain a masked-token prediction.
 #
