@@ -72,25 +72,45 @@ def batch(n):
 
 print(sample(random.Random(1)))
 
+# %% [markdown]
+# The label is the sentiment *flipped* by *not*: an XOR. Ignoring *not* gives 50%, so the model has to
+# learn the pair at once, and a training run can stall near chance. With the recipe below (no dropout,
+# 40 warm-up steps, 400 steps), 11 of 15 seeds we tried reached 100% held-out accuracy and the others
+# stalled between 47% and 87%; seeds 0–4 gave identical numbers with transformers 4.57 and 5.25. So we
+# train with up to three seeds and keep the first that learns the task on a validation set; a separate
+# held-out set then measures it.
+
 # %%
 cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                               intermediate_size=64, max_position_embeddings=16, num_labels=2,
+                              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,  # tiny model, clean data
                               attn_implementation="eager")
-torch.manual_seed(0)
-bert = transformers.BertForSequenceClassification(cfg)
-optimizer = torch.optim.AdamW(bert.parameters(), lr=3e-3)
-bert.train()
-for step in range(300):
-    x, y = batch(64)
-    loss = bert(input_ids=x, labels=y).loss
-    optimizer.zero_grad(); loss.backward(); optimizer.step()
-bert.eval()
 
+def train(seed, steps=400, lr=3e-3, warmup=40):
+    torch.manual_seed(seed)
+    model = transformers.BertForSequenceClassification(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    model.train()
+    for step in range(steps):
+        x, y = batch(64)
+        loss = model(input_ids=x, labels=y).loss
+        optimizer.zero_grad(); loss.backward(); optimizer.step(); schedule.step()
+    return model.eval()
+
+def accuracy(model, x, y):
+    with torch.no_grad():
+        return float((model(input_ids=x).logits.argmax(-1) == y).float().mean())
+
+val_x, val_y = batch(200)
+for seed in range(3):
+    bert = train(seed)
+    if accuracy(bert, val_x, val_y) > 0.95:
+        break
 test_x, test_y = batch(200)
-with torch.no_grad():
-    accuracy = float((bert(input_ids=test_x).logits.argmax(-1) == test_y).float().mean())
-print(f"final training loss {loss.item():.4f}, held-out accuracy {accuracy:.3f}")
-assert accuracy > 0.95
+test_accuracy = accuracy(bert, test_x, test_y)
+print(f"seed {seed}: validation accuracy {accuracy(bert, val_x, val_y):.3f}, held-out accuracy {test_accuracy:.3f}")
+assert test_accuracy > 0.95
 
 # %% [markdown]
 # ## Convert and decompose
