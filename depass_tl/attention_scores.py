@@ -55,6 +55,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from depass_tl.backends import is_bridge
+from depass_tl.backends.bridge import optional_tensor
 from depass_tl.cache import DePassCache
 from depass_tl.errors import DePassError, HookNotFoundError
 from depass_tl.model_view import read_model_view
@@ -172,15 +173,6 @@ def _rotate_half_matrix(cos: Tensor, sin: Tensor, d_head: int) -> Tensor:
     rotated = eye.clone()
     rotated[:, :rd] = x * cos + torch.cat([-x[:, rd // 2:], x[:, : rd // 2]], -1) * sin
     return rotated
-
-
-def _weight(attn: Any, name: str) -> Tensor | None:
-    """``attn.W_Q`` etc.; None where the model has no such bias (the Bridge returns None or raises)."""
-    try:
-        value = getattr(attn, name)
-    except (AttributeError, TypeError, KeyError):
-        return None
-    return value if isinstance(value, Tensor) else None
 
 
 def _per_head(t: Tensor, n_heads: int) -> Tensor:
@@ -386,8 +378,8 @@ def attention_score_attrs(
         scale = scale[:, :, 0]
     scale_at = None if scale is None else scale[rows, split_pos].to(dtype)[:, None, :]  # [batch, 1, 1]
     normed = apply_norm(x[:, :, None], scale_at, norm, dc.bias_rows.to(x.device))[:, :, 0]  # [comp, batch, d]
-    W = _per_head(_weight(attn, "W_K" if side == "key" else "W_Q"), cfg.n_heads)[head_list].to(dtype)
-    b = _weight(attn, "b_K" if side == "key" else "b_Q")  # None: no bias (Bridge)
+    W = _per_head(optional_tensor(attn, "W_K" if side == "key" else "W_Q"), cfg.n_heads)[head_list].to(dtype)
+    b = optional_tensor(attn, "b_K" if side == "key" else "b_Q")  # None: no bias (Bridge)
     parts = torch.einsum("cbd,hde->cbhe", normed, W)  # [component, batch, head, d_head]
     if b is not None:
         parts[dc.bias_rows] += _per_head(b, cfg.n_heads)[head_list].to(dtype)
