@@ -5,8 +5,10 @@ version, and the reason is the *test's* dependency, never a depass_tl failure:
 
 * TL 4 removed ``HookedTransformer`` and ``HookedEncoder``: every module that builds one is not
   collected. TL 4 runs the Bridge suite (tests/test_bridge.py: completeness, API, errors, hygiene
-  and an independent reference on Bridge models) and tests/test_tl_versions.py. This is an
-  allow-list, so a new HookedTransformer-only test module is not collected on TL 4 by accident.
+  and an independent reference on Bridge models), tests/test_tl_versions.py, the toys (tests/toy/,
+  which load as Bridges there), the CLI, attention scores on Bridges, the notebooks, the README
+  example and the support-matrix checks. This is an allow-list, so a new HookedTransformer-only test
+  module is not collected on TL 4 by accident.
 * TL 2.x ships transformers 4.x, whose model configs reject the transformers-5 arguments of
   tests/families.py; TL 2.x has no Bridge (tests/test_bridge.py guards itself).
 
