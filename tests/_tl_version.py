@@ -124,8 +124,33 @@ def _collect_ignore() -> list[str]:
 collect_ignore: list[str] = _collect_ignore()
 
 
+#: A doctest example that builds a model class TL 4 removed (a code line, not prose about it);
+#: ``hooked_encoder_from_hf_bert`` builds a HookedEncoder.
+_BUILDS_REMOVED_CLASS = re.compile(r"\b(HookedTransformer|HookedEncoder|hooked_encoder_from_hf_bert)\b")
+
+
+def _skip_doctests_that_need_removed_classes(items: list[pytest.Item]) -> None:
+    """TL 4: skip (with the reason) the doctests whose example code builds a HookedTransformer/HookedEncoder.
+
+    Until those examples are ported to a class TL 4 has, they cannot run there; every other doctest runs.
+    """
+    from _pytest.doctest import DoctestItem
+
+    for item in items:
+        if isinstance(item, DoctestItem) and any(
+            _BUILDS_REMOVED_CLASS.search(example.source) for example in item.dtest.examples
+        ):
+            item.add_marker(pytest.mark.skip(
+                reason=f"the example builds a HookedTransformer or HookedEncoder, which TransformerLens {TL_VERSION} "
+                       "removed"
+            ))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the TL-version-specific tests ``xfail(strict=True)`` with their reason."""
+    """Mark the TL-version-specific tests: ``xfail(strict=True)`` on TL 2, skipped doctests on TL 4."""
+    if TL_MAJOR >= 4:
+        _skip_doctests_that_need_removed_classes(items)
+        return
     if TL_MAJOR >= 3:
         return
     for item in items:
