@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Literal
 
 import torch
 from torch import Tensor
 
+from depass_tl._checks import checked
+from depass_tl._types import COMPONENTS_HINT, TOKENS_HINT, ClassLogits, Logits, Model, TextOrTokens
+from depass_tl.backends import backend_for
 from depass_tl.cache import DePassCache
-from depass_tl.capture import capture
+from depass_tl.capture import capture, single_token_fn
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components import ComponentSpec, TokenSpec
+from depass_tl.decompx.heads import MLMHead, SequenceClassificationHead
+from depass_tl.decompx.result import DecompXResult
 from depass_tl.errors import DePassError
 from depass_tl.memory import parse_memory
-from depass_tl.replay.engine import FINAL_HOOK, replay_components
+from depass_tl.replay.engine import replay_components
+from depass_tl.replay.rules import DEFAULT_RULE, DEFAULT_TEMPERATURE, RuleLike, get_rule
+from depass_tl.replay.state import FINAL_HOOK
 
 __all__ = ["run_with_depass", "replay"]
 
@@ -52,12 +59,13 @@ def _default_dtype(model_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if model_dtype == torch.float64 else torch.float32
 
 
+@checked(hints={"components": COMPONENTS_HINT})
 def replay(
     run: FrozenRun,
     components: ComponentSpec | None = None,
     *,
-    mlp_rule: str = "softmax",
-    temperature: float = 0.1,
+    mlp_rule: RuleLike = "softmax",
+    temperature: float = DEFAULT_TEMPERATURE,
     names_filter: NamesFilter = None,
     dtype: torch.dtype | None = None,
     to_single_token: Callable[[str], int] | None = None,
@@ -72,23 +80,17 @@ def replay(
         A :class:`~depass_tl.cache.DePassCache`.
     """
     spec = TokenSpec() if components is None else components
-    if not isinstance(spec, ComponentSpec):
-        raise DePassError(
-            f"components must be a spec such as depass_tl.tokens() or depass_tl.custom(...); got {type(spec).__name__}."
-        )
+    rule = get_rule(mlp_rule, temperature=temperature)
     dtype = _default_dtype(run.view.dtype) if dtype is None else dtype
     if not dtype.is_floating_point:
         raise DePassError(f"dtype must be a floating-point torch dtype, got {dtype}.")
     init = spec.init(run, dtype)
     keep = _keep_fn(names_filter)
     budget = None if max_memory is None else parse_memory(max_memory)
-    acts = replay_components(
-        run, init, mlp_rule=mlp_rule, temperature=temperature, dtype=dtype, keep=keep, chunk_size=chunk_size,
-        max_memory=budget,
-    )
+    acts = replay_components(run, init, mlp_rule=rule, dtype=dtype, keep=keep, chunk_size=chunk_size, max_memory=budget)
     _check_names(names_filter, acts)
     clean = {name: run.get(name) for name in acts}
-    last_pos = _last_real_positions(run)
+    last_pos = run.last_real_positions
     rows = torch.arange(run.batch, device=run.tokens.device)
     if run.view.output_logits_soft_cap is None:
         last = run.logits[rows, last_pos]
@@ -107,60 +109,34 @@ def replay(
         b_U=run.view.b_U,
         group_size=init.group_size,
         start_hook=init.groups[-1].start_hook,
-        mlp_rule=mlp_rule,
+        mlp_rule=rule.name,
         logits_soft_capped=run.view.output_logits_soft_cap is not None,
         to_single_token=to_single_token,
     )
 
 
-def _last_real_positions(run: FrozenRun) -> Tensor:
-    """Per prompt, the index of its last real (unpadded) token: ``[batch]``."""
-    if run.attention_mask is None:
-        return torch.full((run.batch,), run.n_pos - 1, dtype=torch.long, device=run.tokens.device)
-    positions = torch.arange(run.n_pos, device=run.tokens.device)
-    return (run.attention_mask.to(run.tokens.device).bool() * (positions + 1)).argmax(-1)
-
-
-def _single_token_fn(model: Any) -> Callable[[str], int] | None:
-    if getattr(model, "tokenizer", None) is None:
-        return None
-
-    def to_single_token(s: str) -> int:
-        ids = model.to_tokens(s, prepend_bos=False)[0]
-        if ids.numel() != 1:
-            pieces = model.to_str_tokens(s, prepend_bos=False)
-            raise DePassError(f"{s!r} is {ids.numel()} tokens {pieces}, not one; pick a single-token answer.")
-        return int(ids[0])
-
-    return to_single_token
-
-
-def _is_encoder(model: Any) -> bool:
-    try:
-        from transformer_lens import HookedEncoder
-    except ImportError:  # TL 4: no HookedEncoder
-        return False
-    return isinstance(model, HookedEncoder)
-
-
+@checked(hints={
+    "input": TOKENS_HINT, "components": COMPONENTS_HINT, "head": "head must be a SequenceClassificationHead or an MLMHead",
+    "padding_side": "padding_side must be 'left' or 'right'",
+})
 def run_with_depass(
-    model: Any,
-    input: Any,
+    model: Model,
+    input: TextOrTokens,
     *,
     components: ComponentSpec | None = None,
-    mlp_rule: str = "softmax",
-    temperature: float = 0.1,
+    mlp_rule: RuleLike = "softmax",
+    temperature: float = DEFAULT_TEMPERATURE,
     names_filter: NamesFilter = None,
     dtype: torch.dtype | None = None,
     prepend_bos: bool | None = None,
-    head: Any = None,
+    head: SequenceClassificationHead | MLMHead | None = None,
     token_type_ids: Tensor | None = None,
     attention_mask: Tensor | None = None,
     bias_policy: str = "bias",
-    padding_side: str | None = None,
+    padding_side: Literal["left", "right"] | None = None,
     chunk_size: int | None = None,
     max_memory: int | float | str | None = None,
-) -> tuple[Tensor, Any]:
+) -> tuple[Logits, DePassCache] | tuple[ClassLogits | Logits, DecompXResult]:
     """Run the model once, then decompose every residual-stream activation and the logits.
 
     Like ``model.run_with_cache`` but the cache holds, for each hook, one slice per component:
@@ -171,8 +147,9 @@ def run_with_depass(
         input: a string, a list of equal-length strings, or ``[batch, pos]`` token ids.
         components: what to attribute to (default :func:`depass_tl.tokens`: one per input token).
         mlp_rule: how an MLP's activation is split among components: ``softmax`` (DePass default),
-            ``ratio`` (frozen post/pre slope; linear) or ``max``.
-        temperature: softmax temperature (default 0.1, as in DePass).
+            ``ratio`` (frozen post/pre slope; linear), ``max``, the name of a registered rule, or a rule
+            object (:mod:`depass_tl.replay.rules`, e.g. ``Softmax(temperature=0.5)``).
+        temperature: softmax temperature for a rule given by name (default 0.1, as in DePass).
         names_filter: hook names to keep (a name, a list, or a predicate); ``unembed.hook_in`` is
             always kept for logit attribution. Default: every hook.
         dtype: accumulation dtype (default float32, float64 for float64 models).
@@ -191,10 +168,12 @@ def run_with_depass(
 
     Returns:
         ``(logits, cache)``: the model's clean logits ``[batch, pos, d_vocab]`` and a
-        :class:`~depass_tl.cache.DePassCache`.
+        :class:`~depass_tl.cache.DePassCache`; for a ``HookedEncoder``, the head's logits and a
+        :class:`~depass_tl.decompx.DecompXResult` (see :func:`depass_tl.decompx.run_decompx`).
 
     Raises:
-        DePassError: bad input, unknown rule or hook, unsupported model.
+        DePassError: bad input, unknown rule or hook, unsupported model (a wrong argument type:
+            :class:`~depass_tl.errors.DePassTypeError`).
 
     Examples:
         >>> import torch, depass_tl
@@ -211,10 +190,10 @@ def run_with_depass(
         >>> bool(torch.allclose(attrs.sum(0), logits[:, -1, 7], atol=1e-4))
         True
     """
-    if _is_encoder(model):
+    if backend_for(model).method == "decompx":
         from depass_tl.decompx import run_decompx
 
-        if components is not None or mlp_rule != "softmax":
+        if components is not None or get_rule(mlp_rule) != DEFAULT_RULE:
             raise DePassError(
                 "a HookedEncoder is decomposed by DecompX into token components with the GELU ratio rule; "
                 "components= and mlp_rule= do not apply. Drop them, or use depass_tl.decompx.run_decompx."
@@ -232,10 +211,7 @@ def run_with_depass(
         )
     if head is not None or token_type_ids is not None or bias_policy != "bias":
         raise DePassError("head=, token_type_ids= and bias_policy= are for HookedEncoder (BERT) models only.")
-    if components is not None and not isinstance(components, ComponentSpec):
-        raise DePassError(
-            f"components must be a spec such as depass_tl.tokens() or depass_tl.custom(...); got {type(components).__name__}."
-        )
+    rule = get_rule(mlp_rule, temperature=temperature)
     n_layers = int(getattr(getattr(model, "cfg", None), "n_layers", 0))
     extra = set() if components is None else components.required_hooks(n_layers)
     run = capture(
@@ -245,11 +221,10 @@ def run_with_depass(
     cache = replay(
         run,
         components,
-        mlp_rule=mlp_rule,
-        temperature=temperature,
+        mlp_rule=rule,
         names_filter=names_filter,
         dtype=dtype,
-        to_single_token=_single_token_fn(model),
+        to_single_token=single_token_fn(model),
         chunk_size=chunk_size,
         max_memory=max_memory,
     )

@@ -54,11 +54,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from depass_tl.backends import is_bridge
-from depass_tl.backends.bridge import optional_tensor
+from depass_tl.backends import read_model_view
+from depass_tl.backends.bridge import is_bridge, optional_tensor
 from depass_tl.cache import DePassCache
 from depass_tl.errors import DePassError, HookNotFoundError
-from depass_tl.model_view import read_model_view
 from depass_tl.replay.norm import apply_norm
 
 __all__ = ["ScoreAttribution", "attention_score_attrs"]

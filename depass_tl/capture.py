@@ -4,23 +4,26 @@ This is the only module that registers hooks. It uses ``model.run_with_cache`` (
 ``model.hooks(...)`` context and are removed in a ``finally``, also when the forward raises), keeps
 only the hooks the replay needs, and never modifies the model. ``HookedTransformer`` and
 ``TransformerBridge`` are captured by the same code: the Bridge registers the HookedTransformer hook
-names in both of its modes, and :func:`depass_tl.model_view.read_model_view` absorbs the weight
+names in both of its modes, and :func:`depass_tl.backends.read_model_view` absorbs the weight
 differences. TL 2.x has no ``unembed.hook_in``; it is rebuilt from the frozen final norm scale.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from depass_tl._checks import checked
+from depass_tl._types import TOKENS_HINT, Model, TextOrTokens
+from depass_tl.backends import read_model_view
 from depass_tl.coefficients import FrozenRun
 from depass_tl.errors import DePassError, UnsupportedModelError
-from depass_tl.model_view import ModelView, MoEView, NormView, read_model_view
+from depass_tl.model_view import ModelView, MoEView, NormView
 
-__all__ = ["capture", "to_tokens", "tokens_and_mask"]
+__all__ = ["capture", "to_tokens", "tokens_and_mask", "single_token_fn"]
 
 
 def _get_attention_mask_fn() -> Any:
@@ -70,6 +73,24 @@ def _string_tokens(
     bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
     mask = get_attention_mask(model.tokenizer, tokens, bos, padding_side=side)
     return tokens, mask
+
+
+def single_token_fn(model: Any) -> Callable[[str], int] | None:
+    """A function that turns a single-token string into its id with the model's tokenizer (None without one).
+
+    The function raises a :class:`DePassError` for a string of several tokens.
+    """
+    if getattr(model, "tokenizer", None) is None:
+        return None
+
+    def to_single_token(s: str) -> int:
+        ids = model.to_tokens(s, prepend_bos=False)[0]
+        if ids.numel() != 1:
+            pieces = model.to_str_tokens(s, prepend_bos=False)
+            raise DePassError(f"{s!r} is {ids.numel()} tokens {pieces}, not one; pick a single-token answer.")
+        return int(ids[0])
+
+    return to_single_token
 
 
 def _check_ids(model: Any, input: Any, what: str) -> Tensor:
@@ -313,13 +334,17 @@ def _check_residual_identity(acts: dict[str, Tensor], view: ModelView) -> None:
             )
 
 
+@checked(hints={
+    "input": TOKENS_HINT, "padding_side": "padding_side must be 'left' or 'right'",
+    "attention_mask": "attention_mask must be an integer or bool tensor of 0/1 shaped like the tokens",
+})
 def capture(
-    model: Any,
-    input: Any,
+    model: Model,
+    input: TextOrTokens,
     *,
     prepend_bos: bool | None = None,
     extra_hooks: Iterable[str] = (),
-    padding_side: str | None = None,
+    padding_side: Literal["left", "right"] | None = None,
     attention_mask: Tensor | None = None,
 ) -> FrozenRun:
     """Run ``model`` once on ``input`` and freeze the clean activations and coefficients.

@@ -4,7 +4,9 @@
 chosen component sets (``depass_tl.replay``), and prints a ranked table of each component's exact
 contribution to the target logit (or, with ``--contrast``, the logit difference) at the prompt's
 last position, with the sum over components next to the clean value and the completeness error.
-``--html`` / ``--png`` write the figures of :mod:`depass_tl.viz`.
+``--html`` writes the explorer (:mod:`depass_tl.viz.explorer`): one self-contained interactive page,
+computed from the same capture replayed once per MLP rule. ``--png`` writes the figures of
+:mod:`depass_tl.viz`.
 
 By default it uses the shipped ``ioi`` toy model (no download)::
 
@@ -31,10 +33,18 @@ __all__ = ["main", "build_parser"]
 
 PROG = "depass-tl"
 COMPONENT_SETS = ("tokens", "heads", "sources")
-MLP_RULES = ("softmax", "ratio", "max")
+EXPLORER_TOP_K = 8  # the explorer offers the model's top predictions as answers and contrasts
 
 
 # ------------------------------------------------------------------------------------ parsing
+def _rule_arg(text: str) -> str:
+    from depass_tl.replay.rules import rule_names  # the rule registry (imports torch: only when the flag is given)
+
+    if text not in rule_names():
+        raise argparse.ArgumentTypeError(f"unknown MLP rule {text!r}; choose one of {', '.join(rule_names())}")
+    return text
+
+
 def _components_arg(text: str) -> tuple[str, ...]:
     parts = tuple(p.strip() for p in text.split(",") if p.strip())
     bad = [p for p in parts if p not in COMPONENT_SETS]
@@ -70,12 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to attribute to, comma-separated: tokens (depass_tl.tokens()), heads (depass_tl.heads() over "
              "every layer), sources (depass_tl.sources()); default tokens,heads",
     )
-    att.add_argument("--mlp-rule", choices=MLP_RULES, default="softmax",
-                     help="how MLP activations are split among components (default softmax)")
+    att.add_argument("--mlp-rule", type=_rule_arg, default="softmax",
+                     help="how MLP activations are split among components: softmax (default), ratio, max, or "
+                          "another registered rule (depass_tl.replay.rules)")
     att.add_argument("--temperature", type=float, default=0.1, help="softmax temperature (default 0.1)")
     att.add_argument("--top", type=int, default=10, help="rows per table (default 10)")
     att.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
-    att.add_argument("--html", default=None, metavar="PATH", help="write the interactive figures to one .html file")
+    att.add_argument("--html", default=None, metavar="PATH",
+                     help="write an interactive page (.html, self-contained, opens offline): click tokens and heads, "
+                          f"switch the answer and contrast among the top {EXPLORER_TOP_K} predictions and the MLP rule")
     att.add_argument("--png", default=None, metavar="PATH",
                      help="write the figures as .png (several figures: PATH-stem-<figure>.png)")
     return parser
@@ -118,13 +131,10 @@ def _check_args(args: argparse.Namespace) -> None:
             raise DePassError(f"{flag} needs a file name ending in {suffix}, got {path!r}.")
         if not p.parent.is_dir():
             raise DePassError(f"{flag}: the folder {str(p.parent)!r} does not exist; create it first.")
-    if args.html is not None or args.png is not None:
+    if args.png is not None:  # the explorer page (--html) needs no plotting library
         from depass_tl.viz import resolve_backend
 
-        if args.html is not None:
-            resolve_backend("plotly")
-        if args.png is not None:
-            resolve_backend(None)
+        resolve_backend(None)
 
 
 def _load_toy(args: argparse.Namespace) -> _Loaded:
@@ -310,27 +320,37 @@ def _table(name: str, dc: Any, attrs: Any, loaded: _Loaded, top: int, clean: flo
 def _figures(caches: dict[str, Any], loaded: _Loaded, quantity: str, backend: str) -> dict[str, Any]:
     from depass_tl import viz
 
-    kw: dict[str, Any] = dict(incorrect_tokens=loaded.contrast, target=quantity, backend=backend)
+    kw: dict[str, Any] = dict(incorrect_tokens=loaded.contrast, target=quantity, backend=backend,
+                              str_tokens=loaded.str_tokens)
     figs: dict[str, Any] = {}
     if "tokens" in caches:
-        figs["tokens"] = viz.token_heatmap(caches["tokens"], loaded.target, str_tokens=loaded.str_tokens, **kw)
-        figs["token-flow"] = viz.flow(caches["tokens"], loaded.target, str_tokens=loaded.str_tokens, **kw)
+        figs["tokens"] = viz.token_heatmap(caches["tokens"], loaded.target, **kw)
+        figs["token-flow"] = viz.flow(caches["tokens"], loaded.target, **kw)
+    kw.pop("str_tokens")
     if "heads" in caches:
         figs["heads"] = viz.head_grid(caches["heads"], loaded.target, **kw)
     if "sources" in caches:
         figs["sources-heads"] = viz.head_grid(caches["sources"], loaded.target, **kw)
-        figs["sources-flow"] = viz.flow(caches["sources"], loaded.target, **kw)
+        figs["sources-flow"] = viz.flow(caches["sources"], loaded.target, str_tokens=loaded.str_tokens, **kw)
     return figs
+
+
+def _write_explorer(args: argparse.Namespace, run: Any, loaded: _Loaded) -> str:
+    """The explorer page from the same capture, replayed once per MLP rule."""
+    from depass_tl import viz
+
+    caches = viz.explorer_caches(run, temperature=args.temperature)
+    data = viz.explorer_data(
+        caches, target=loaded.target, contrast=loaded.contrast, top_k=EXPLORER_TOP_K, decode=loaded.decode,
+        str_tokens=loaded.str_tokens, rule=args.mlp_rule, prompt=args.prompt, model=loaded.description,
+    )
+    return str(viz.save_explorer(data, args.html))
 
 
 def _write_figures(args: argparse.Namespace, caches: dict[str, Any], loaded: _Loaded, quantity: str) -> list[str]:
     from depass_tl import viz
 
     written = []
-    if args.html is not None:
-        figs = _figures(caches, loaded, quantity, "plotly")
-        title = f"depass-tl: {quantity} after {args.prompt!r}"
-        written.append(str(viz.save_html_page(figs, args.html, title=title)))
     if args.png is not None:
         figs = _figures(caches, loaded, quantity, viz.resolve_backend("matplotlib" if _has("matplotlib") else None))
         path = Path(args.png)
@@ -338,6 +358,13 @@ def _write_figures(args: argparse.Namespace, caches: dict[str, Any], loaded: _Lo
             out = path if len(figs) == 1 else path.with_name(f"{path.stem}-{key}{path.suffix}")
             written.append(str(viz.save(fig, out)))
     return written
+
+
+def _plain_quantity(args: argparse.Namespace) -> str:
+    """The figures' name of what is attributed, e.g. ``logit(“Mary”) − logit(“John”)``."""
+    from depass_tl.viz._backend import describe_target
+
+    return describe_target(args.target, args.contrast)
 
 
 def _has(module: str) -> bool:
@@ -351,12 +378,17 @@ def attribute(args: argparse.Namespace) -> list[str]:
     import torch
 
     import depass_tl
+    from depass_tl.replay.rules import get_rule
 
     _check_args(args)
     loaded = _load(args)
     specs = _specs(args.components)
     n_layers = int(loaded.model.cfg.n_layers)
     extra = set().union(*(spec.required_hooks(n_layers) for spec in specs.values()))
+    if args.html is not None:
+        from depass_tl.viz import explorer_hooks
+
+        extra |= explorer_hooks(n_layers)
     with torch.no_grad():
         run = depass_tl.capture(loaded.model, loaded.tokens, extra_hooks=extra)
         caches = {
@@ -370,9 +402,10 @@ def attribute(args: argparse.Namespace) -> list[str]:
     clean = float(clean_logits[loaded.target])
     if loaded.contrast is not None:
         clean -= float(clean_logits[loaded.contrast])
+    temperature = getattr(get_rule(args.mlp_rule, temperature=args.temperature), "temperature", None)
     lines = [
         f"{PROG} attribute: {loaded.description}, mlp_rule={args.mlp_rule}"
-        + (f" (temperature {args.temperature})" if args.mlp_rule == "softmax" else ""),
+        + (f" (temperature {temperature})" if temperature is not None else ""),
         f"prompt: {len(loaded.str_tokens)} tokens; attributing {quantity} at position {last} "
         f"({loaded.str_tokens[last]!r}); the model's top prediction there: {loaded.decode(int(clean_logits.argmax()))!r}",
         f"clean {quantity} = {_fmt(clean)}",
@@ -383,8 +416,12 @@ def attribute(args: argparse.Namespace) -> list[str]:
     for name, dc in caches.items():
         attrs = dc.logit_attrs(loaded.target, incorrect_tokens=loaded.contrast).detach().double().cpu()
         lines += _table(name, dc, attrs, loaded, args.top, clean, quantity) + [""]
-    for path in _write_figures(args, caches, loaded, quantity):
-        lines.append(f"wrote {path}")
+    written = []
+    if args.html is not None:
+        with torch.no_grad():
+            written.append(_write_explorer(args, run, loaded))
+    written += _write_figures(args, caches, loaded, _plain_quantity(args))
+    lines += [f"wrote {path}" for path in written]
     return lines
 
 

@@ -83,6 +83,14 @@ class FrozenRun:
         return None if self.attention_mask is None else self.attention_mask == 0
 
     @property
+    def last_real_positions(self) -> Tensor:
+        """Per prompt, the index of its last real (unpadded) token: ``[batch]`` long (``pos=-1`` means it)."""
+        if self.attention_mask is None:
+            return torch.full((self.batch,), self.n_pos - 1, dtype=torch.long, device=self.tokens.device)
+        positions = torch.arange(self.n_pos, device=self.tokens.device)
+        return (self.attention_mask.to(self.tokens.device).bool() * (positions + 1)).argmax(-1)
+
+    @property
     def batch(self) -> int:
         return int(self.tokens.shape[0])
 

@@ -6,11 +6,15 @@ seen and what to do. ``assert`` is used only for internal invariants.
 
 from __future__ import annotations
 
-__all__ = ["DePassError", "UnsupportedModelError", "HookNotFoundError"]
+__all__ = ["DePassError", "DePassTypeError", "UnsupportedModelError", "HookNotFoundError"]
 
 
 class DePassError(Exception):
     """Base class of every error raised by depass_tl on bad input or unsupported configurations."""
+
+
+class DePassTypeError(DePassError, TypeError):
+    """An argument of a public function does not have the type or shape its annotation says."""
 
 
 class UnsupportedModelError(DePassError):

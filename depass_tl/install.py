@@ -1,8 +1,9 @@
 """Attach ``run_with_depass`` to the TransformerLens model classes on import.
 
-Classes: ``HookedTransformer`` and ``HookedEncoder`` (TL 2.x / 3.x) and ``TransformerBridge``
-(TL 3.x / 4.x). The method is a thin forwarder to :func:`depass_tl.run_with_depass`; all logic lives
-in the free function. A class that already defines its own ``run_with_depass`` is left alone, and a
+Classes: those the registered backends name (:func:`depass_tl.backends.install_targets`), i.e.
+``HookedTransformer`` and ``HookedEncoder`` (TL 2.x / 3.x) and ``TransformerBridge`` (TL 3.x / 4.x).
+The method is a thin forwarder to :func:`depass_tl.run_with_depass`; all logic lives in the free
+function. A class that already defines its own ``run_with_depass`` is left alone, and a
 class missing from the installed TL (``HookedTransformer`` on TL 4, the Bridge on TL 2) is skipped,
 so importing depass_tl never fails.
 """
@@ -12,14 +13,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from depass_tl.backends import install_targets
+
 __all__ = ["install_methods"]
 
-#: (module, attribute) of each class that gets the method, in this order.
-_TARGETS: tuple[tuple[str, str], ...] = (
-    ("transformer_lens", "HookedTransformer"),
-    ("transformer_lens", "HookedEncoder"),
-    ("transformer_lens.model_bridge", "TransformerBridge"),
-)
+#: (module, attribute) of each class that gets the method, in this order; None: the backends' classes.
+_TARGETS: tuple[tuple[str, str], ...] | None = None
 
 
 def _run_with_depass_method(self: Any, input: Any, **kwargs: Any) -> Any:
@@ -43,7 +42,7 @@ def _find_class(module: str, name: str) -> type | None:
 def install_methods() -> list[str]:
     """Add ``run_with_depass`` to the TL model classes present; returns the class names patched."""
     patched = []
-    for module, name in _TARGETS:
+    for module, name in install_targets() if _TARGETS is None else _TARGETS:
         cls = _find_class(module, name)
         if cls is None:
             continue

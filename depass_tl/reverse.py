@@ -1,16 +1,11 @@
 """Attributions of one scalar target, by a forward replay or by reverse mode (one backward pass).
 
-Under the ``ratio`` MLP rule every frozen coefficient (norm scales, attention patterns, MLP slopes,
-routing) is independent of the components, so the replay is an affine map of the initial
-components: ``f(x_1, ..., x_C) = Σ_c L(x_c) + const``, the constants landing in the bias component.
-For a scalar target ``t = <d, f(x)[hook, pos]>`` (a logit, a logit difference, a direction at a
-residual-stream hook) component c's attribution is then ``<d, L(x_c)> = <∇_{x} t, x_c>``, summed over
-positions and ``d_model``: one backward pass through a replay of *one* component (the sum of all
-non-bias ones) beside the bias component gives the gradient, and a dot product per component gives
-every attribution. The bias component's share is computed directly (its own row of the replay). The
-numbers equal the forward replay's ``cache.logit_attrs(...)`` up to float rounding (tested to 1e-10 in
-float64 on every supported architecture) at a cost of about three replays of two components instead
-of one replay of C components.
+Under a linear MLP rule (``ratio``) the replay is an affine map of the initial components, so each
+component's share of a scalar target ``t = <d, f(x)[hook, pos]>`` (a logit, a logit difference, a
+direction at a residual-stream hook) is ``<∇_x t, x_c>``: one backward pass gives every share
+(:mod:`depass_tl.replay.reverse`). The numbers equal the forward replay's ``cache.logit_attrs(...)``
+up to float rounding (tested to 1e-10 in float64 on every supported architecture) at a cost of about
+three replays of two components instead of one replay of C components.
 
 Reverse mode needs linearity: it is refused for ``softmax`` / ``max`` (whose shares depend on all
 components together) and for :func:`depass_tl.sources` (whose components receive mass from others).
@@ -29,16 +24,17 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from depass_tl._checks import checked
+from depass_tl._types import COMPONENTS_HINT, TOKENS_HINT, Model, TextOrTokens
+from depass_tl.capture import capture, single_token_fn
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components import ComponentSpec, TokenSpec
 from depass_tl.errors import DePassError
 from depass_tl.memory import parse_memory
-from depass_tl.model_view import MoEView
-from depass_tl.replay.block import pad_to_bias
-from depass_tl.replay.engine import (
-    FINAL_HOOK, Group, InitialState, _stage_index, parse_start_hook, replay_components, stored_hook_names,
-)
-from depass_tl.replay.plan import row_starts
+from depass_tl.replay.engine import replay_components
+from depass_tl.replay.reverse import forward_cost, project, reverse_token_values, reverse_values
+from depass_tl.replay.rules import DEFAULT_TEMPERATURE, MLPRule, RuleLike, get_rule, iter_rules
+from depass_tl.replay.state import FINAL_HOOK, InitialState, parse_start_hook, stage_index, stored_hook_names
 
 __all__ = ["ScalarTarget", "logit_target", "direction_target", "ScalarAttribution", "attribute", "attribute_run"]
 
@@ -126,13 +122,6 @@ class ScalarAttribution:
         )
 
 
-def _last_real_positions(run: FrozenRun) -> Tensor:
-    if run.attention_mask is None:
-        return torch.full((run.batch,), run.n_pos - 1, dtype=torch.long, device=run.tokens.device)
-    positions = torch.arange(run.n_pos, device=run.tokens.device)
-    return (run.attention_mask.to(run.tokens.device).bool() * (positions + 1)).argmax(-1)
-
-
 def _ids(tokens: TokenLike, batch: int, d_vocab: int, to_single_token: Callable[[str], int] | None) -> Tensor:
     def one(t: str | int) -> int:
         if isinstance(t, int):
@@ -162,7 +151,7 @@ def _resolve(
     """``(positions [batch], direction [batch, d_model], offset [batch] or None)`` of a target."""
     B, P = run.batch, run.n_pos
     if target.pos == -1:
-        pos = _last_real_positions(run)
+        pos = run.last_real_positions
     elif -P <= target.pos < P:
         pos = torch.full((B,), target.pos % P, dtype=torch.long, device=run.tokens.device)
     else:
@@ -188,25 +177,14 @@ def _resolve(
     return pos, direction, offset
 
 
-def _project(h: Tensor, pos: Tensor, direction: Tensor) -> Tensor:
-    """``<direction_b, h[:, b, pos_b]>``: ``[component, batch, pos, d] -> [component, batch]``."""
-    rows = torch.arange(h.shape[1], device=h.device)
-    return (h[:, rows, pos.to(h.device)] * direction.to(h.device)[None]).sum(-1)
-
-
-def _forward_cost(run: FrozenRun, init: InitialState) -> int:
-    has_moe = any(isinstance(b.mlp, MoEView) for b in run.view.blocks)
-    causal = init.sources is None and not has_moe
-    return sum(run.n_pos - lo for g in init.groups for lo in row_starts(g.components, causal))
-
-
-def choose_mode(run: FrozenRun, init: InitialState, mlp_rule: str, mode: str) -> str:
+def choose_mode(run: FrozenRun, init: InitialState, rule: MLPRule, mode: str) -> str:
     """``forward`` or ``reverse`` for ``mode``; raises when reverse is asked for but not exact."""
     if mode not in ("auto", "forward", "reverse"):
         raise DePassError(f"mode must be 'auto', 'forward' or 'reverse'; got {mode!r}.")
     why = None
-    if mlp_rule != "ratio":
-        why = f"mlp_rule={mlp_rule!r} is not linear in the components (only 'ratio' is)"
+    if not rule.linear:
+        linear = ", ".join(repr(r.name) for r in iter_rules() if r.linear)
+        why = f"mlp_rule={rule.name!r} is not linear in the components (linear rules: {linear})"
     elif init.sources is not None:
         why = "sources() moves mass between components, so a component's share is not <gradient, component>"
     if mode == "reverse" and why is not None:
@@ -216,16 +194,20 @@ def choose_mode(run: FrozenRun, init: InitialState, mlp_rule: str, mode: str) ->
     if why is not None:
         return "forward"
     reverse_cost = REVERSE_COST * len(init.groups) * run.n_pos
-    return "reverse" if reverse_cost < _forward_cost(run, init) else "forward"
+    return "reverse" if reverse_cost < forward_cost(run, init) else "forward"
 
 
+MODE_HINT = "mode must be 'auto', 'forward' or 'reverse'"
+
+
+@checked(hints={"components": COMPONENTS_HINT, "mode": MODE_HINT})
 def attribute_run(
     run: FrozenRun,
     target: ScalarTarget | TokenLike,
     components: ComponentSpec | None = None,
     *,
-    mlp_rule: str = "ratio",
-    temperature: float = 0.1,
+    mlp_rule: RuleLike = "ratio",
+    temperature: float = DEFAULT_TEMPERATURE,
     mode: Mode = "auto",
     dtype: torch.dtype | None = None,
     to_single_token: Callable[[str], int] | None = None,
@@ -234,24 +216,18 @@ def attribute_run(
 ) -> ScalarAttribution:
     """:func:`attribute` on a captured run (capture once, attribute many targets)."""
     spec = TokenSpec() if components is None else components
-    if not isinstance(spec, ComponentSpec):
-        raise DePassError(
-            f"components must be a spec such as depass_tl.tokens() or depass_tl.custom(...); got {type(spec).__name__}."
-        )
+    rule = get_rule(mlp_rule, temperature=temperature)
     if not isinstance(target, ScalarTarget):
         target = logit_target(target)
     if dtype is None:
         dtype = torch.float64 if run.view.dtype == torch.float64 else torch.float32
     P = run.n_pos
     token_reverse_cheaper = REVERSE_COST * P < P * (P + 1) // 2 + P  # the forward cost of causal token chunks
-    if _plain_tokens(spec) and mlp_rule == "ratio" and (mode == "reverse" or (mode == "auto" and token_reverse_cheaper)):
-        return _reverse_tokens(run, spec, target, dtype, to_single_token)  # type: ignore[arg-type]
+    if _plain_tokens(spec) and rule.linear and (mode == "reverse" or (mode == "auto" and token_reverse_cheaper)):
+        return _reverse_tokens(run, spec, target, dtype, to_single_token, rule)  # type: ignore[arg-type]
     init = spec.init(run, dtype)
-    chosen = choose_mode(run, init, mlp_rule, mode)
-    names = stored_hook_names(
-        run.view, _stage_index(*parse_start_hook(init.groups[0].start_hook, run.view)),
-        _stage_index(*parse_start_hook(init.groups[-1].start_hook, run.view)), init.groups[-1].start_hook,
-    )
+    chosen = choose_mode(run, init, rule, mode)
+    names = init.stored_hook_names(run.view)
     if target.hook not in names:
         raise DePassError(
             f"target hook {target.hook!r} is not produced by this replay; use one of {names} "
@@ -262,18 +238,18 @@ def attribute_run(
     budget = None if max_memory is None else parse_memory(max_memory)
     if chosen == "forward":
         acts = replay_components(
-            run, init, mlp_rule=mlp_rule, temperature=temperature, dtype=dtype, keep=lambda n: n == target.hook,
-            chunk_size=chunk_size, max_memory=budget,
+            run, init, mlp_rule=rule, dtype=dtype, keep=lambda n: n == target.hook, chunk_size=chunk_size,
+            max_memory=budget,
         )
-        values = _project(acts[target.hook], pos, direction)
+        values = project(acts[target.hook], pos, direction)
     else:
-        values = _reverse(run, init, target.hook, pos, direction, dtype)
+        values = reverse_values(run, init, target.hook, pos, direction, dtype, rule)
     if offset is not None:
         values[K - 1 :: K] += offset.to(values.device)
-    clean = _project(run.get(target.hook).to(dtype)[None], pos, direction)[0]
+    clean = project(run.get(target.hook).to(dtype)[None], pos, direction)[0]
     if offset is not None:
         clean = clean + offset.to(clean.device)
-    return ScalarAttribution(values.detach(), init.labels, clean, K, chosen, mlp_rule)
+    return ScalarAttribution(values.detach(), init.labels, clean, K, chosen, rule.name)
 
 
 def _plain_tokens(spec: ComponentSpec) -> bool:
@@ -281,14 +257,11 @@ def _plain_tokens(spec: ComponentSpec) -> bool:
 
 
 def _reverse_tokens(
-    run: FrozenRun, spec: TokenSpec, target: ScalarTarget, dtype: torch.dtype, to_single_token: Callable[[str], int] | None,
+    run: FrozenRun, spec: TokenSpec, target: ScalarTarget, dtype: torch.dtype,
+    to_single_token: Callable[[str], int] | None, rule: MLPRule,
 ) -> ScalarAttribution:
-    """Reverse mode for :func:`depass_tl.tokens` without building the dense ``[pos, batch, pos, d_model]`` start.
-
-    Token p's component is the start residual at position p only, so its share is
-    ``<gradient[:, p], resid[:, p]>``: one ``[batch, pos]`` product instead of a dense contraction.
-    """
-    entry = _stage_index(*parse_start_hook(spec.start, run.view))
+    """Reverse mode for :func:`depass_tl.tokens` without the dense start (:func:`reverse_token_values`)."""
+    entry = stage_index(*parse_start_hook(spec.start, run.view))
     names = stored_hook_names(run.view, entry, entry, spec.start)
     if target.hook not in names:
         raise DePassError(
@@ -296,69 +269,33 @@ def _reverse_tokens(
             "(residual-stream hooks at or after the start hook)."
         )
     pos, direction, offset = _resolve(run, target, dtype, to_single_token)
-    resid = run.get(spec.start).to(dtype)[None]  # [1, batch, pos, d_model]: every token's part, summed
-    start = torch.cat([resid, torch.zeros_like(resid)])  # (sum of the token components, bias)
-    values, grad = _reverse_grads(run, (Group(spec.start, start, ("sum", "bias")),), target.hook, pos, direction, dtype)
-    tokens = (resid[0] * grad[0]).sum(-1).T  # [pos, batch]
-    if run.pad is not None:
-        tokens = tokens.masked_fill(run.pad.T.to(tokens.device), 0.0)  # pad_to_bias: padded tokens hold nothing
-    values = torch.cat([tokens, values[1][None]])
+    values = reverse_token_values(run, spec.start, target.hook, pos, direction, dtype, rule)
     if offset is not None:
         values[-1] += offset.to(values.device)
-    clean = _project(run.get(target.hook).to(dtype)[None], pos, direction)[0]
+    clean = project(run.get(target.hook).to(dtype)[None], pos, direction)[0]
     if offset is not None:
         clean = clean + offset.to(clean.device)
     labels = tuple(f"tok{p}" for p in range(run.n_pos)) + ("bias",)
-    return ScalarAttribution(values.detach(), labels, clean, len(labels), "reverse", "ratio")
+    return ScalarAttribution(values.detach(), labels, clean, len(labels), "reverse", rule.name)
 
 
-def _reverse_grads(
-    run: FrozenRun, groups: tuple[Group, ...], hook: str, pos: Tensor, direction: Tensor, dtype: torch.dtype
-) -> tuple[Tensor, list[Tensor]]:
-    """Replay groups ``(sum, bias)``; returns the target's share of every row ``[2 * group, batch]`` and
-    the gradient of the sum rows' share with respect to each group's sum row ``[batch, pos, d_model]``."""
-    with torch.enable_grad():  # also under a caller's torch.no_grad()
-        xs = [g.components[0].detach().requires_grad_(True) for g in groups]
-        grouped = tuple(Group(g.start_hook, torch.stack([x, g.components[1]]), g.labels) for g, x in zip(groups, xs))
-        # chunk_size=1: the sum row and the bias row are separate chunks, so the backward pass runs
-        # through the sum row only
-        acts = replay_components(
-            run, InitialState(grouped), mlp_rule="ratio", dtype=dtype, keep=lambda n: n == hook, causal_skip=False,
-            chunk_size=1,
-        )
-        proj = _project(acts[hook], pos, direction)  # [2 * group, batch]
-        grads = torch.autograd.grad(proj[0::2].sum(), xs)
-    return proj.detach(), list(grads)
-
-
-def _reverse(run: FrozenRun, init: InitialState, hook: str, pos: Tensor, direction: Tensor, dtype: torch.dtype) -> Tensor:
-    """Reverse mode: replay (sum of the non-bias components, bias) per group; one backward pass."""
-    K = init.group_size
-    comps = [pad_to_bias(g.components.to(dtype), run.pad, K).detach() for g in init.groups]
-    groups = tuple(
-        Group(g.start_hook, torch.stack([x[:-1].sum(0), x[-1]]), ("sum", "bias")) for g, x in zip(init.groups, comps)
-    )  # the replay is linear: the sum row's value does not change the gradient
-    proj, grads = _reverse_grads(run, groups, hook, pos, direction, dtype)
-    values = []
-    for x, grad, bias_share in zip(comps, grads, proj[1::2]):
-        values.append(torch.einsum("cbpd,bpd->cb", x[:-1], grad))
-        values.append(bias_share[None])
-    return torch.cat(values)
-
-
+@checked(hints={
+    "input": TOKENS_HINT, "components": COMPONENTS_HINT, "mode": MODE_HINT,
+    "padding_side": "padding_side must be 'left' or 'right'",
+})
 def attribute(
-    model: Any,
-    input: Any,
+    model: Model,
+    input: TextOrTokens,
     *,
     target: ScalarTarget | TokenLike,
     components: ComponentSpec | None = None,
-    mlp_rule: str = "ratio",
-    temperature: float = 0.1,
+    mlp_rule: RuleLike = "ratio",
+    temperature: float = DEFAULT_TEMPERATURE,
     mode: Mode = "auto",
     dtype: torch.dtype | None = None,
     prepend_bos: bool | None = None,
     attention_mask: Tensor | None = None,
-    padding_side: str | None = None,
+    padding_side: Literal["left", "right"] | None = None,
     chunk_size: int | None = None,
     max_memory: int | float | str | None = None,
 ) -> ScalarAttribution:
@@ -394,14 +331,7 @@ def attribute(
         >>> att.completeness_error() < 1e-4
         True
     """
-    from depass_tl.api import _single_token_fn
-    from depass_tl.capture import capture
-
     spec = TokenSpec() if components is None else components
-    if not isinstance(spec, ComponentSpec):
-        raise DePassError(
-            f"components must be a spec such as depass_tl.tokens() or depass_tl.custom(...); got {type(spec).__name__}."
-        )
     n_layers = int(getattr(getattr(model, "cfg", None), "n_layers", 0))
     run = capture(
         model, input, prepend_bos=prepend_bos, extra_hooks=spec.required_hooks(n_layers), padding_side=padding_side,
@@ -409,5 +339,5 @@ def attribute(
     )
     return attribute_run(
         run, target, spec, mlp_rule=mlp_rule, temperature=temperature, mode=mode, dtype=dtype,
-        to_single_token=_single_token_fn(model), chunk_size=chunk_size, max_memory=max_memory,
+        to_single_token=single_token_fn(model), chunk_size=chunk_size, max_memory=max_memory,
     )

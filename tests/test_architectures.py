@@ -21,7 +21,8 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import depass_tl
 from depass_tl import DePassError, UnsupportedModelError
-from depass_tl.model_view import check_supported, read_model_view
+from depass_tl.backends import read_model_view
+from depass_tl.backends.common import check_supported
 from tests.families import FAMILIES, HT_CONFIG_FEATURES, build_family, build_ht, family_tokens, from_pretrained_flags
 from tests.models import randomise
 

@@ -28,7 +28,7 @@ pytestmark = [requires_bridge, pytest.mark.filterwarnings("ignore::DeprecationWa
 
 import depass_tl
 from depass_tl import DePassError, UnsupportedModelError
-from depass_tl.model_view import read_model_view
+from depass_tl.backends import read_model_view
 from tests.bridge_models import (  # imports on TL 2 too (builds nothing at import); the guard skips the tests
     BRIDGE_FAMILIES, VOCAB, boot_folder, bridge_tokens, build_bridge, build_sized_bridge, save_hf_model,
 )

@@ -130,7 +130,9 @@ def test_budget_bounds_peak_memory(rule: str) -> None:
     run = capture(model, random_tokens(model, batch=1, pos=48))
     with PeakMemory() as unbounded:
         ref = replay(run, mlp_rule=rule, names_filter=[])
-    for budget in (int(unbounded.peak * 0.7), int(unbounded.peak * 0.9)):
+    # 0.75: the planner needs the persistent tensors plus one component's working memory (about 71 % of
+    # the unbounded peak under ratio here); below that it refuses the budget (test_budget_too_small_...)
+    for budget in (int(unbounded.peak * 0.75), int(unbounded.peak * 0.9)):
         with PeakMemory() as mem:
             dc = replay(run, mlp_rule=rule, names_filter=[], max_memory=budget)
         assert mem.peak <= budget, (format_bytes(mem.peak), format_bytes(budget))

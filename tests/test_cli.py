@@ -5,6 +5,7 @@ real process through ``python -m depass_tl.cli``)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -15,12 +16,11 @@ import pytest
 import torch
 
 import depass_tl
-from depass_tl import toy
+from depass_tl import toy, viz
 from depass_tl.cli import main
 from depass_tl.viz import _backend
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
-HAS_PLOTLY = importlib.util.find_spec("plotly") is not None
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
 
 
@@ -102,20 +102,45 @@ def test_options_reach_the_library(ioi, capsys) -> None:
     assert _rows(out, "Tokens:")[0][1] == pytest.approx(float(attrs[top]), abs=1e-4)
 
 
-@pytest.mark.skipif(not (HAS_PLOTLY and HAS_MPL), reason="needs plotly and matplotlib (the viz extra)")
-def test_html_and_png_are_written(capsys, tmp_path) -> None:
+@pytest.mark.skipif(not HAS_MPL, reason="--png needs matplotlib (the viz extra)")
+def test_html_is_the_explorer_from_one_capture_and_png_the_figures(ioi, capsys, tmp_path, monkeypatch) -> None:
+    model, enc, toks = ioi
+    captures = []
+    capture = depass_tl.capture
+    monkeypatch.setattr(depass_tl, "capture", lambda *a, **k: captures.append(1) or capture(*a, **k))
     html, png = tmp_path / "fig.html", tmp_path / "fig.png"
-    rc, out, _ = _run(capsys, PROMPT, "--target", " Mary", "--contrast", " John", "--html", str(html), "--png", str(png))
-    assert rc == 0
-    text = html.read_text()
-    assert text.count("<h2>") == 3 and "Token contributions to" in text and "Head contributions to" in text
+    argv = (PROMPT, "--target", " Mary", "--contrast", " John", "--mlp-rule", "ratio")
+    rc, out, _ = _run(capsys, *argv, "--html", str(html), "--png", str(png))
+    assert rc == 0 and len(captures) == 1  # one forward pass for the tables, the page and every MLP rule
+    # stdout is the run without --html/--png plus one line per file written
+    rc, plain, _ = _run(capsys, *argv)
+    assert out.startswith(plain) and out[len(plain):].lstrip("\n").splitlines() == [
+        f"wrote {html}", *(f"wrote {tmp_path / f'fig-{k}.png'}" for k in ("tokens", "token-flow", "heads"))]
+    # the page holds the data the public API builds from the same model (every rule, top-8 candidates)
+    text = html.read_text(encoding="utf-8")
+    blob = re.search(r'<script type="application/json" id="depass-data">(.*?)</script>', text, re.S)
+    run = capture(model, toks, extra_hooks=viz.explorer_hooks(model.cfg.n_layers))
+    expected = viz.explorer_data(
+        viz.explorer_caches(run, progress=False), target=enc.token_id(" Mary"), contrast=enc.token_id(" John"),
+        top_k=8, decode=lambda i: enc.vocab[i], str_tokens=enc.to_str_tokens(toks), rule="ratio", prompt=PROMPT,
+        model="toy model 'ioi'",
+    )
+    assert json.loads(blob.group(1)) == json.loads(json.dumps(expected))
+    assert len(text) < 200_000 and "<script src" not in text  # one small self-contained page
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert pngs == ["fig-heads.png", "fig-token-flow.png", "fig-tokens.png"]
     assert all((tmp_path / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
-    assert f"wrote {html}" in out and f"wrote {tmp_path / 'fig-tokens.png'}" in out
     one = tmp_path / "heads.png"  # a single figure keeps the exact name
     rc, _, _ = _run(capsys, PROMPT, "--target", " Mary", "--components", "heads", "--png", str(one))
     assert rc == 0 and one.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_html_needs_no_plotting_library(capsys, monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(_backend, "_installed", lambda name: False)  # neither plotly nor matplotlib installed
+    page = tmp_path / "page.html"
+    rc, out, err = _run(capsys, PROMPT, "--target", " Mary", "--html", str(page))
+    assert rc == 0 and err == "" and f"wrote {page}" in out
+    assert 'id="depass-data"' in page.read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize(
@@ -146,9 +171,9 @@ def test_bad_input_is_one_line_and_status_2(capsys, argv: list[str], message: st
 
 def test_missing_viz_extra_is_reported_before_any_work(capsys, monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(_backend, "_installed", lambda name: False)
-    rc, out, err = _run(capsys, PROMPT, "--target", " Mary", "--html", str(tmp_path / "f.html"))
+    rc, out, err = _run(capsys, PROMPT, "--target", " Mary", "--png", str(tmp_path / "f.png"))
     assert rc == 2 and out == "" and 'pip install "depass_tl[viz]"' in err
-    assert not (tmp_path / "f.html").exists()
+    assert not (tmp_path / "f.png").exists()
 
 
 def test_argparse_errors_exit_2(capsys) -> None:

@@ -14,9 +14,9 @@ from transformer_lens import patching as tl_patching
 import depass_tl
 from depass_tl import DePassError
 from depass_tl.compare import LAYOUTS, Comparison, compare
-from depass_tl.compare_layouts import depass_layout, layout_hooks
-from depass_tl.compare_plot import heatmap_panels, plot_comparison
-from depass_tl.compare_stats import rank, spearman, top_k_overlap
+from depass_tl.compare import depass_layout, layout_hooks
+from depass_tl.stats import rank, spearman, top_k_overlap
+from depass_tl.viz.compare import heatmap_panels, plot_comparison
 from tests.models import make_model, random_tokens, word_tokenizer
 
 ATTN_LAYOUTS = ["resid_pre", "attn_out", "attn_head_out_by_pos", "attn_head_out_all_pos"]

@@ -15,7 +15,7 @@ from depass_tl.replay import device as device_mod
 from depass_tl.replay import engine as engine_mod
 from depass_tl.replay.attention import PreparedAttn, attention, attention_prepared
 from depass_tl.replay.engine import replay_components
-from depass_tl.replay.mlp import Allocator, allocate
+from depass_tl.replay.rules import get_rule
 from depass_tl.replay.plan import row_starts
 from tests.models import ARCHS, make_model, random_tokens
 
@@ -80,10 +80,10 @@ def test_streaming_allocation_equals_one_shot(rule: str, chunk: int) -> None:
     keys[2, 1, 1, 1] = keys[4, 1, 1, 1] = 5.0  # a tie for max: the lower index wins
     post = torch.randn(B, P, F, generator=gen, dtype=torch.float64)
     bias = torch.tensor([K - 1])
-    ref = allocate(keys.clone(), post, rule, 0.1, bias, K)
-    alloc = Allocator(rule, 0.1, (B, P, F), torch.float64, torch.device("cpu"))
+    ref = get_rule(rule, temperature=0.1).share(keys.clone(), post, bias, K)
+    alloc = get_rule(rule, temperature=0.1).init_stats((B, P, F), torch.float64, torch.device("cpu"))
     for a in range(0, K, chunk):
-        alloc.update(keys[a : a + chunk], a, 0)
+        alloc.fold(keys[a : a + chunk], a, 0)
     parts = []
     for a in range(0, K, chunk):
         b = min(a + chunk, K)

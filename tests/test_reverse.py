@@ -150,7 +150,8 @@ def test_dataframe() -> None:
 @pytest.mark.parametrize("start", ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_mid"])
 def test_token_fast_path_equals_generic_reverse(start: str) -> None:
     """tokens() in reverse mode skips the dense start tensor; same numbers as the generic reverse path."""
-    from depass_tl.reverse import _resolve, _reverse
+    from depass_tl.replay.reverse import reverse_values as _reverse
+    from depass_tl.reverse import _resolve
 
     model = make_model("llama", n_layers=2)
     toks = random_tokens(model, batch=3, pos=7)

@@ -63,11 +63,13 @@ def test_token_heatmap_data_is_the_token_attribution(ioi) -> None:
     for p in range(P):
         assert float(data.values[p]) == float(attrs[dc.component(f"tok{p}")])
     assert data.others == (("bias", float(attrs[-1])),)
-    # the total is the model's own clean logit difference (completeness), and the title says so
+    # the total is the model's own clean logit difference (completeness), and the subtitle says so
     assert data.total == pytest.approx(_clean_diff(model, toks, mary, john), abs=1e-4)
-    assert data.pos == P - 1 and f"position {P - 1}" in data.title
+    assert data.pos == P - 1 and f"“to” (position {P - 1})" in data.subtitle
+    assert f"with the biases ({float(attrs[-1]):+.4g}) they add up to {data.total:.4g}." in data.subtitle
     assert data.zmax == float(data.values.abs().max())
-    assert data.target == f"logit[#{mary}] − logit[#{john}]"
+    assert data.target == f"logit(#{mary}) − logit(#{john})"
+    assert data.title == f"Which tokens drive logit(#{mary}) − logit(#{john})"
 
 
 def test_token_heatmap_attrs_argument_and_fallback_labels(ioi) -> None:
@@ -111,7 +113,7 @@ def test_token_heatmap_uses_the_tokenizer_strings_and_marks_a_chosen_position() 
     _, dc = depass_tl.run_with_depass(model, " a b c d")
     data = viz.token_heatmap_data(dc, " c", pos=2)
     assert data.str_tokens == tuple(model.to_str_tokens(" a b c d"))
-    assert data.pos == 2 and data.target == "logit[' c']"
+    assert data.pos == 2 and data.target == "logit(“c”)"
     # causality: tokens after the attributed position contribute exactly 0
     assert data.values[3:].abs().max() == 0
 
@@ -127,11 +129,12 @@ def test_head_grid_data_over_every_layer(ioi) -> None:
     for l in range(L):
         for h in range(H):
             assert float(data.values[l, h]) == float(attrs[dc.component(f"L{l}H{h}")])
-    assert data.several_groups and "each layer's heads + rest + bias sum to the total" in data.note
+    clean = _clean_diff(model, toks, mary, john)
+    assert data.several_groups and f"Each layer's heads with the rest of the stream add up to {clean:.4g}." in data.note
+    assert data.title == f"Which attention heads drive logit(#{mary}) − logit(#{john})"
     others = dict(data.others)
     assert set(others) == {f"L{l}.{k}" for l in range(L) for k in ("rest", "bias")}
     # each layer's group sums to the clean logit difference
-    clean = _clean_diff(model, toks, mary, john)
     for l in range(L):
         total = float(data.values[l].sum()) + others[f"L{l}.rest"] + others[f"L{l}.bias"]
         assert total == pytest.approx(clean, abs=1e-4)
@@ -160,7 +163,8 @@ def test_flow_data_is_an_exact_split_of_the_residual_projection(ioi) -> None:
     expected_hooks = ["blocks.0.hook_resid_pre"] + [
         f"blocks.{l}.hook_resid_{s}" for l in range(L) for s in ("mid", "post")
     ]
-    assert list(data.hooks) == expected_hooks and data.hook_labels[:3] == ("L0 pre", "L0 mid", "L0 post")
+    assert list(data.hooks) == expected_hooks
+    assert data.hook_labels == ("embeddings", "L0 attn", "L0 MLP", "L1 attn", "L1 MLP", "L2 attn", "L2 MLP")
     # the direction comes from the model itself here, not from the cache
     d = (model.W_U[:, mary] - model.W_U[:, john]).detach().double()
     _, cache = model.run_with_cache(toks)
@@ -187,7 +191,8 @@ def test_flow_token_names_and_errors(ioi) -> None:
     assert data.series[-1] == "bias" and not any(s.startswith("other") for s in data.series)
     assert len(data.series) == len(dc.labels)
     named = dict(zip(data.series, data.display))
-    assert named["tok2"] == "tok2 ' Mary'" and named["bias"] == "bias"
+    assert named["tok2"] == "“Mary” (pos 2)" and named["tok9"] == "“,” (pos 9)" and named["bias"] == "biases"
+    assert "“to” (position 14)" in data.subtitle and f"all add up to {data.total:.4g}." in data.subtitle
     with pytest.raises(DePassError, match="several layers"):
         viz.flow_data(caches["heads"], mary)
     with pytest.raises(DePassError, match="top_k must be a positive int"):
@@ -206,8 +211,9 @@ def test_plotly_figures_carry_the_data_on_a_symmetric_scale(ioi) -> None:
     (trace,) = fig.data
     assert trace.zmin == -data.zmax and trace.zmax == data.zmax and trace.zmid == 0
     assert [v for row in trace.z for v in row] == data.values.tolist()  # 15 tokens = 3 rows of 5
-    assert trace.text[0][2] == "Mary" and trace.text[2][4] == "▶to"
-    assert "contribution" in trace.customdata[0][2] and f"{float(data.values[2]):+.5g}" in trace.customdata[0][2]
+    # each cell names its token and prints its value; the attributed position is marked
+    assert trace.text[0][2] == f"Mary<br>{float(data.values[2]):+.2f}" and trace.text[2][4].startswith("▶to<br>")
+    assert "logit contribution" in trace.customdata[0][2] and f"{float(data.values[2]):+.5g}" in trace.customdata[0][2]
 
     heads = viz.head_grid(caches["heads"], mary, incorrect_tokens=john, backend="plotly")
     hdata = viz.head_grid_data(caches["heads"], mary, incorrect_tokens=john)
@@ -217,10 +223,80 @@ def test_plotly_figures_carry_the_data_on_a_symmetric_scale(ioi) -> None:
     flow = viz.flow(caches["sources"], mary, incorrect_tokens=john, top_k=3, backend="plotly")
     fdata = viz.flow_data(caches["sources"], mary, incorrect_tokens=john, top_k=3)
     lines = [t for t in flow.data if t.type == "scatter"]
-    assert [t.name for t in lines] == list(fdata.display) + ["total (clean x · d)"]
+    assert [t.name for t in lines] == list(fdata.display) + ["whole stream"]
     assert list(lines[0].y) == fdata.projection[0].tolist()
     (bars,) = [t for t in flow.data if t.type == "bar"]
     assert list(bars.x) == fdata.logit_attrs.tolist()
+
+
+def _plotly_figures(ioi) -> dict:
+    _, enc, _, caches, mary, john = ioi
+    strs = enc.to_str_tokens(PROMPT)
+    kw = dict(incorrect_tokens=john, target="logit(“Mary”) − logit(“John”)", backend="plotly")
+    return {
+        "tokens": viz.token_heatmap(caches["tokens"], mary, str_tokens=strs, **kw),
+        "heads": viz.head_grid(caches["heads"], mary, **kw),
+        "sources": viz.head_grid(caches["sources"], mary, **kw),
+        "flow": viz.flow(caches["tokens"], mary, str_tokens=strs, top_k=3, **kw),
+    }
+
+
+@needs_plotly
+def test_plotly_figures_are_labelled_in_words_and_follow_the_window_width(ioi) -> None:
+    figs = _plotly_figures(ioi)
+    for name, fig in figs.items():
+        assert fig.layout.width is None and fig.layout.autosize, name  # no fixed width: it fills its container
+        title = fig.layout.title.text
+        assert title.startswith("Which ") or title.startswith("How "), title
+        assert "logit(“Mary”) − logit(“John”)" in title
+        for jargon in ("heads()", "sources()", "x_c", "tok2", "hook_", "L0 pre"):  # no API names in the words
+            assert jargon not in title, (name, jargon)
+    for name in ("tokens", "heads", "sources"):
+        (trace,) = figs[name].data
+        assert trace.colorbar.title.text == "logit contribution" and trace.zmid == 0 and trace.zmin == -trace.zmax
+    flow = figs["flow"]
+    assert flow.layout.yaxis.title.text == "projection on the answer direction"
+    assert flow.layout.xaxis.title.text == "residual stream after"
+    assert flow.layout.xaxis2.title.text.startswith("logit contribution (sum ")
+    lines = [t for t in flow.data if t.type == "scatter"]
+    assert list(lines[0].x) == ["embeddings", "L0 attn", "L0 MLP", "L1 attn", "L1 MLP", "L2 attn", "L2 MLP"]
+    (bars,) = [t for t in flow.data if t.type == "bar"]
+    assert list(bars.y) == ["“Mary” (pos 2)", "“John” (pos 10)", "“John” (pos 4)", "the other 12", "biases"]
+
+
+@needs_mpl
+def test_matplotlib_figures_carry_the_same_words_at_print_size(ioi) -> None:
+    _, enc, _, caches, mary, john = ioi
+    strs = enc.to_str_tokens(PROMPT)
+    kw = dict(incorrect_tokens=john, target="logit(“Mary”) − logit(“John”)", backend="matplotlib")
+    figs = {
+        "tokens": viz.token_heatmap(caches["tokens"], mary, str_tokens=strs, **kw),
+        "heads": viz.head_grid(caches["heads"], mary, **kw),
+        "flow": viz.flow(caches["tokens"], mary, str_tokens=strs, top_k=3, **kw),
+    }
+    plotly = _plotly_figures(ioi) if HAS_PLOTLY else {}
+    plotly_titles = {k: f.layout.title.text.split("<br>")[0] for k, f in plotly.items()}
+    for name, fig in figs.items():
+        width, _ = fig.get_size_inches()
+        assert width <= 7.2 + 1e-9, name  # fits a two-column page
+        assert fig.get_layout_engine() is not None  # constrained layout: nothing clipped or overlapping the bar
+        texts = [t for t in fig.findobj(lambda o: hasattr(o, "get_fontsize") and hasattr(o, "get_text"))
+                 if t.get_text()]
+        assert min(t.get_fontsize() for t in texts) >= 7, name  # readable in print at 100%
+        title = fig._suptitle.get_text()
+        assert title.startswith(("Which ", "How ")) and "logit(“Mary”) − logit(“John”)" in title
+        if name in plotly_titles:
+            assert title == plotly_titles[name]  # the same words in both backends
+    for name in ("tokens", "heads"):
+        (bar,) = [ax for ax in figs[name].axes if ax.get_label() == "<colorbar>"]
+        assert bar.get_ylabel() == "logit contribution", name
+    mary_value = float(viz.token_heatmap_data(caches["tokens"], mary, incorrect_tokens=john).values[2])
+    assert f"Mary\n{mary_value:+.2f}" in {t.get_text() for t in figs["tokens"].axes[0].texts}
+    left, right = figs["flow"].axes[:2]
+    assert left.get_ylabel() == "projection on the answer direction" and left.get_xlabel() == "residual stream after"
+    assert [t.get_text() for t in left.get_xticklabels()][:3] == ["embeddings", "L0 attn", "L0 MLP"]
+    assert [t.get_text() for t in right.get_yticklabels()][0] == "“Mary” (pos 2)"
+    assert right.get_xlabel().startswith("logit contribution (sum ")
 
 
 @needs_mpl
@@ -251,6 +327,11 @@ def test_side_by_side_draws_compare_plot_panels() -> None:
     panels = viz.heatmap_panels(cmp, "resid_pre")
     assert [list(map(list, t.z)) for t in fig.data] == [z.tolist() for z in panels.z]
     assert fig.layout.coloraxis.cmin == -panels.zmax and fig.layout.coloraxis.cmid == 0
+    # the colour bar says what the colours measure; the title says what was patched, in words
+    assert fig.layout.coloraxis.colorbar.title.text == "effect on the logit difference" == panels.units
+    assert fig.layout.title.text.startswith("Patching the residual stream before each layer, by position (logit "
+                                            "difference: clean run ")
+    assert fig.layout.width is None
     with pytest.raises(DePassError, match="expected a Comparison"):
         viz.side_by_side("resid_pre", "resid_pre")  # type: ignore[arg-type]
 
@@ -262,7 +343,8 @@ def test_save_html(ioi, tmp_path) -> None:
     fig = viz.head_grid(caches["heads"], mary, incorrect_tokens=john, backend="plotly")
     path = viz.save(fig, tmp_path / "heads.html")
     text = path.read_text()
-    assert "<html" in text[:200].lower() and "Head contributions to" in text
+    assert "<html" in text[:200].lower() and "Which attention heads drive" in text
+    assert '"responsive": true' in text and "width:100%" in text  # the figure follows the window's width
     # plotly.js is embedded (megabytes), not loaded from a CDN: the file opens offline
     assert len(text) > 1_000_000 and '<script src="https://cdn' not in text
     page = viz.save_html_page({"heads": fig, "tokens": viz.token_heatmap(caches["tokens"], mary, backend="plotly")},

@@ -1,19 +1,132 @@
-"""Backend adapters: read a TransformerLens model's config and weights into a ModelView.
+"""Backends: how depass_tl reads each kind of model, behind one registry.
 
-Two backends, one output. :mod:`depass_tl.backends.hooked` reads a ``HookedTransformer``
-(TL 2.x / 3.x) and :mod:`depass_tl.backends.bridge` a ``TransformerBridge`` (TL 3.x / 4.x, with
-or without compatibility mode). Everything downstream (capture's hook names, the replay) is the same
-for both: the Bridge registers the HookedTransformer hook names in both of its modes.
+A backend (:class:`Backend`) pairs a predicate on model objects with what to do with a matching model:
+a reader of its config and weights into a :class:`~depass_tl.model_view.ModelView` for the DePass
+replay, the method :func:`depass_tl.run_with_depass` runs on it, and the TransformerLens classes that
+get ``model.run_with_depass``. :func:`backend_for` asks the registered backends in decreasing
+priority; :func:`read_model_view` (used by :func:`depass_tl.capture`), :func:`depass_tl.run_with_depass`
+and :mod:`depass_tl.install` all go through it.
 
-Neither module imports a TL model class at import time, so importing depass_tl never fails because
-a class is missing from the installed TL version.
+Built in, one module each: :mod:`~depass_tl.backends.bridge` (``TransformerBridge``, TL 3.x / 4.x, raw
+or in compatibility mode), :mod:`~depass_tl.backends.encoder` (``HookedEncoder``, TL 2.x / 3.x:
+DecompX) and :mod:`~depass_tl.backends.hooked` (``HookedTransformer``, TL 2.x / 3.x). Everything
+downstream of the view (capture's hook names, the replay) is shared: the Bridge registers the
+HookedTransformer hook names in both of its modes.
+
+**A new backend is one file** in this package that defines a module-level ``BACKEND = Backend(...)``;
+every module here is imported once, on first use, and its ``BACKEND`` registered (modules without
+one, such as :mod:`~depass_tl.backends.common`, are helpers). At run time,
+:func:`register_backend` adds one from anywhere. No backend imports a TransformerLens model class at
+import time, so importing depass_tl never fails because a class is missing from the installed TL.
+
+Examples:
+    >>> from depass_tl.backends import backends
+    >>> [b.name for b in backends()]
+    ['TransformerBridge', 'HookedEncoder', 'HookedTransformer']
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
-__all__ = ["get_act_name", "is_bridge", "tl_version"]
+from depass_tl._registry import Registry
+from depass_tl.backends.base import Backend, Method, class_named
+from depass_tl.errors import DePassError
+from depass_tl.model_view import ModelView
+
+__all__ = [
+    "Backend", "Method", "backends", "backend_for", "read_model_view", "register_backend", "unregister_backend",
+    "install_targets", "class_named", "get_act_name", "tl_version",
+]
+
+_REGISTRY: Registry[Backend] = Registry("backend", Backend)
+_discovered = False
+
+
+def _discover() -> None:
+    """Import every module of this package once and register its ``BACKEND``."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        backend = getattr(module, "BACKEND", None)
+        if isinstance(backend, Backend) and _REGISTRY.get(backend.name) is None:
+            _REGISTRY.add(backend.name, backend)
+
+
+def register_backend(backend: Backend, *, replace: bool = False) -> None:
+    """Add a backend to the registry (``replace=True`` to replace one of the same name).
+
+    Raises:
+        DePassError: not a :class:`Backend`, or the name is taken.
+    """
+    _discover()
+    _REGISTRY.add(getattr(backend, "name", ""), backend, replace=replace)
+
+
+def unregister_backend(name: str) -> None:
+    """Remove a registered backend.
+
+    Raises:
+        DePassError: no backend of that name.
+    """
+    _discover()
+    _REGISTRY.remove(name)
+
+
+def backends() -> tuple[Backend, ...]:
+    """The registered backends, in the order they are asked (decreasing priority, then name)."""
+    _discover()
+    return tuple(sorted(_REGISTRY.values(), key=lambda b: (-b.priority, b.name)))
+
+
+def backend_for(model: Any) -> Backend:
+    """The backend that reads ``model``.
+
+    Raises:
+        DePassError: no backend accepts the object (names the supported model classes).
+    """
+    for backend in backends():
+        if backend.matches(model):
+            return backend
+    raise DePassError(
+        f"expected a transformer_lens.HookedTransformer, got {type(model).__name__} (a TransformerBridge "
+        "works too). Load one with HookedTransformer.from_pretrained(...) (TL < 4) or "
+        "TransformerBridge.boot_transformers(...) (TL >= 3), or build it from a HookedTransformerConfig."
+    )
+
+
+def read_model_view(model: Any) -> ModelView:
+    """Read a model's config and weights into a :class:`~depass_tl.model_view.ModelView`.
+
+    Args:
+        model: a ``transformer_lens.HookedTransformer`` (TL 2.x / 3.x) or a
+            ``transformer_lens.model_bridge.TransformerBridge`` (TL 3.x / 4.x, with or without
+            ``enable_compatibility_mode()``), or a model of another registered backend.
+
+    Returns:
+        The view; its tensors share storage with the model (nothing is modified).
+
+    Raises:
+        DePassError: no backend reads the object, or its backend has no view for the DePass replay.
+        UnsupportedModelError: a config feature the replay does not handle.
+    """
+    backend = backend_for(model)
+    if backend.read_view is None:
+        raise DePassError(
+            f"a {backend.name} is not replayed by DePass's decoder replay (it runs {backend.method}); call "
+            "depass_tl.run_with_depass on it, which dispatches to that method."
+        )
+    return backend.read_view(model)
+
+
+def install_targets() -> tuple[tuple[str, str], ...]:
+    """The ``(module, class)`` pairs that get ``run_with_depass``, from the least to the most specific backend."""
+    return tuple(target for b in reversed(backends()) for target in b.classes)
 
 
 def tl_version() -> str:
@@ -26,15 +139,6 @@ def tl_version() -> str:
         except PackageNotFoundError:
             continue
     return "not installed"
-
-
-def is_bridge(model: Any) -> bool:
-    """True for a ``transformer_lens.model_bridge.TransformerBridge`` (or subclass).
-
-    Matched by class name along the MRO, so the check needs no TL import and works on every TL
-    version (TL 2.x has no Bridge at all).
-    """
-    return any(cls.__name__ == "TransformerBridge" for cls in type(model).__mro__)
 
 
 def get_act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:

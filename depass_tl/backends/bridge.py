@@ -26,12 +26,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from depass_tl.backends.base import Backend, class_named
+from depass_tl.backends.common import check_supported, maybe_bias, soft_cap
 from depass_tl.errors import UnsupportedModelError
-from depass_tl.model_view import (
-    AttnView, BlockView, MLPView, ModelView, NormView, check_supported, maybe_bias, soft_cap,
-)
+from depass_tl.model_view import AttnView, BlockView, MLPView, ModelView, NormView
 
-__all__ = ["optional_tensor", "read_bridge_view"]
+__all__ = ["BACKEND", "is_bridge", "optional_tensor", "read_bridge_view"]
 
 
 def optional_tensor(module: Any, name: str) -> Tensor | None:
@@ -196,3 +196,21 @@ def read_bridge_view(model: Any) -> ModelView:
         device=W_U.device,
         backend="TransformerBridge",
     )
+
+
+def is_bridge(model: Any) -> bool:
+    """True for a ``transformer_lens.model_bridge.TransformerBridge`` (or subclass).
+
+    Matched by class name along the MRO, so the check needs no TL import and works on every TL
+    version (TL 2.x has no Bridge at all).
+    """
+    return class_named(model, "TransformerBridge")
+
+
+BACKEND = Backend(
+    name="TransformerBridge",
+    matches=is_bridge,
+    read_view=read_bridge_view,
+    classes=(("transformer_lens.model_bridge", "TransformerBridge"),),
+    priority=20,
+)

@@ -13,12 +13,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from depass_tl.backends.base import Backend
+from depass_tl.backends.common import check_supported, maybe_bias, soft_cap
 from depass_tl.errors import UnsupportedModelError
-from depass_tl.model_view import (
-    AttnView, BlockView, ExpertView, MLPView, ModelView, MoEView, NormView, check_supported, maybe_bias, soft_cap,
-)
+from depass_tl.model_view import AttnView, BlockView, ExpertView, MLPView, ModelView, MoEView, NormView
 
-__all__ = ["read_hooked_view"]
+__all__ = ["BACKEND", "read_hooked_view", "is_hooked"]
 
 
 def _norm_view(module: Any) -> NormView:
@@ -123,3 +123,20 @@ def read_hooked_view(model: Any) -> ModelView:
         device=W_U.device,
         backend="HookedTransformer",
     )
+
+
+def is_hooked(model: Any) -> bool:
+    """Duck typing: a model with ``cfg``, ``blocks`` and ``unembed`` (a ``HookedTransformer`` or look-alike).
+
+    The generic fallback: asked after every more specific backend.
+    """
+    return getattr(model, "cfg", None) is not None and hasattr(model, "blocks") and hasattr(model, "unembed")
+
+
+BACKEND = Backend(
+    name="HookedTransformer",
+    matches=is_hooked,
+    read_view=read_hooked_view,
+    classes=(("transformer_lens", "HookedTransformer"),),
+    priority=0,
+)

@@ -1,7 +1,7 @@
 """Component specs: *what* to attribute to, as data.
 
 A spec turns a :class:`~depass_tl.coefficients.FrozenRun` into an
-:class:`~depass_tl.replay.engine.InitialState`: groups of components ``[component, batch, pos,
+:class:`~depass_tl.replay.state.InitialState`: groups of components ``[component, batch, pos,
 d_model]`` at a start hook that sum to the clean activation there, with labels; the last component of
 each group is its ``bias``, which collects every constant the replay meets.
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from depass_tl.coefficients import FrozenRun
 from depass_tl.errors import DePassError
-from depass_tl.replay.engine import Group, InitialState
+from depass_tl.replay.state import Group, InitialState
 
 __all__ = ["ComponentSpec", "BIAS", "REST", "group_with_bias", "layers_arg", "check_labels"]
 

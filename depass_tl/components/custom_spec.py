@@ -10,7 +10,7 @@ from torch import Tensor
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components.base import ComponentSpec, check_labels, group_with_bias
 from depass_tl.errors import DePassError
-from depass_tl.replay.engine import InitialState, parse_start_hook
+from depass_tl.replay.state import InitialState, parse_start_hook
 
 __all__ = ["CustomSpec", "custom", "check_complete"]
 

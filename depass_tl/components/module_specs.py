@@ -21,7 +21,7 @@ from depass_tl.components.base import REST, ComponentSpec, group_with_bias, laye
 from depass_tl.components.custom_spec import check_complete
 from depass_tl.errors import DePassError
 from depass_tl.model_view import NormView
-from depass_tl.replay.engine import Group, InitialState
+from depass_tl.replay.state import Group, InitialState
 from depass_tl.replay.norm import apply_norm
 
 __all__ = ["HeadSpec", "ModuleSpec", "NeuronSpec", "heads", "modules", "neurons"]

@@ -9,7 +9,7 @@ import torch
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components.base import BIAS, ComponentSpec
 from depass_tl.components.custom_spec import check_complete
-from depass_tl.replay.engine import Group, InitialState, SourcesPlan
+from depass_tl.replay.state import Group, InitialState, SourcesPlan
 
 __all__ = ["SourcesSpec", "sources"]
 

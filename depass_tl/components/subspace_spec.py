@@ -12,7 +12,7 @@ from depass_tl._basis import as_basis
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components.base import ComponentSpec, check_labels, group_with_bias
 from depass_tl.errors import DePassError
-from depass_tl.replay.engine import InitialState, parse_start_hook
+from depass_tl.replay.state import InitialState, parse_start_hook
 
 __all__ = ["SubspaceSpec", "subspace", "check_orthonormal"]
 

@@ -9,7 +9,7 @@ import torch
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components.base import ComponentSpec, group_with_bias
 from depass_tl.errors import DePassError
-from depass_tl.replay.engine import InitialState, parse_start_hook
+from depass_tl.replay.state import InitialState, parse_start_hook
 
 __all__ = ["TokenSpec", "tokens"]
 

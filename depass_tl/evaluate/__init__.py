@@ -3,33 +3,55 @@
 * Token level (:mod:`~depass_tl.evaluate.token_metrics`): Disrupt/Recover-top-k (the DePass paper),
   deletion/insertion curves and AOPC, ERASER comprehensiveness/sufficiency; masking by deletion or
   by a replacement token (:mod:`~depass_tl.evaluate.masking`).
-* Component level (:mod:`~depass_tl.evaluate.component_metrics`): ablate the top-k / bottom-k heads
-  or neurons (zero or mean ablation), DePass unit attributions, attribution patching.
-* Baselines (:mod:`~depass_tl.evaluate.baselines`): gradient × input, integrated gradients,
-  attention rollout, last-layer attention, random; DePass with each MLP rule.
+* Component level (:mod:`~depass_tl.evaluate.ablation`): ablate the top-k / bottom-k heads or
+  neurons (zero, mean or resample ablation); rankings from DePass, exact single-unit ablation,
+  attribution patching, TransformerLens activation patching and captum's layer integrated gradients
+  (:mod:`~depass_tl.evaluate.unit_methods`, :mod:`~depass_tl.evaluate.component_metrics`).
+* Token baselines (:mod:`~depass_tl.evaluate.baselines`): DePass with every MLP rule; from captum
+  (:mod:`~depass_tl.evaluate.captum_methods`, the optional ``[eval]`` extra) integrated gradients
+  with a convergence-delta-controlled step count, gradient × input and occlusion; our own attention
+  rollout, last-layer attention and random.
+* Cost (:mod:`~depass_tl.evaluate.budget`): forward / backward passes, replay streams and wall time
+  of every method, reported next to its scores.
 * :mod:`~depass_tl.evaluate.suite` runs all of it; :mod:`~depass_tl.evaluate.stats` summarises
-  (mean ± 1.96·SE, or a seeded percentile bootstrap).
+  (mean ± 1.96·SE, or a seeded percentile bootstrap); :mod:`~depass_tl.evaluate.toy_benchmark`
+  runs it on the shipped toy models and writes the README / docs tables.
 """
 
 from __future__ import annotations
 
-from depass_tl.evaluate.baselines import (
-    attention_rollout,
-    depass_token_attributions,
-    gradient_x_input,
-    integrated_gradients,
-    last_layer_attention,
-    random_attributions,
-    token_methods,
-)
-from depass_tl.evaluate.component_metrics import (
+from depass_tl.evaluate.ablation import (
+    ABLATIONS,
     AblationCurve,
     ablate,
     ablation_curve,
+    exact_ablation_scores,
+    mean_activations,
+)
+from depass_tl.evaluate.baselines import (
+    Attribution,
+    attention_rollout,
+    depass_token_attributions,
+    depass_variants,
+    last_layer_attention,
+    mlp_rules,
+    random_attributions,
+    token_methods,
+)
+from depass_tl.evaluate.budget import Compute, count_compute
+from depass_tl.evaluate.captum_methods import (
+    CaptumMissingError,
+    IGResult,
+    gradient_x_input,
+    integrated_gradients,
+    integrated_gradients_with_delta,
+    layer_integrated_gradients,
+    occlusion,
+)
+from depass_tl.evaluate.component_metrics import (
     attribution_patching,
     depass_head_attributions,
     depass_neuron_attributions,
-    mean_activations,
 )
 from depass_tl.evaluate.masking import apply_mask, maskable_positions, rank_positions, score_rows, top_k_count
 from depass_tl.evaluate.stats import bootstrap_ci, mean_ci
@@ -39,8 +61,8 @@ from depass_tl.evaluate.suite import (
     ComponentReport,
     TokenReport,
     component_faithfulness,
-    component_methods,
     format_table,
+    run_counted,
     token_faithfulness,
 )
 from depass_tl.evaluate.token_metrics import (
@@ -51,18 +73,25 @@ from depass_tl.evaluate.token_metrics import (
     deletion_insertion,
     disrupt_recover,
 )
+from depass_tl.evaluate.unit_methods import activation_patching, component_methods
 
 __all__ = [
+    "ABLATIONS",
     "AblationCurve",
+    "Attribution",
+    "CaptumMissingError",
     "ComponentReport",
+    "Compute",
     "DeletionInsertion",
     "Erasure",
+    "IGResult",
     "TOKEN_MEASURES",
     "TOKEN_MEASURES_HELP",
     "TokenReport",
     "TopKChange",
     "ablate",
     "ablation_curve",
+    "activation_patching",
     "apply_mask",
     "attention_rollout",
     "attribution_patching",
@@ -70,20 +99,28 @@ __all__ = [
     "component_faithfulness",
     "component_methods",
     "comprehensiveness_sufficiency",
+    "count_compute",
     "deletion_insertion",
     "depass_head_attributions",
     "depass_neuron_attributions",
     "depass_token_attributions",
+    "depass_variants",
     "disrupt_recover",
+    "exact_ablation_scores",
     "format_table",
     "gradient_x_input",
     "integrated_gradients",
+    "integrated_gradients_with_delta",
     "last_layer_attention",
+    "layer_integrated_gradients",
     "maskable_positions",
     "mean_activations",
     "mean_ci",
+    "mlp_rules",
+    "occlusion",
     "random_attributions",
     "rank_positions",
+    "run_counted",
     "score_rows",
     "token_faithfulness",
     "token_methods",

@@ -3,7 +3,12 @@
 * :func:`token_faithfulness`: for each token attribution method (default :func:`token_methods`),
   Disrupt/Recover-top-k, deletion/insertion AUC, AOPC and ERASER comprehensiveness/sufficiency.
 * :func:`component_faithfulness`: for each head/neuron ranking (default :func:`component_methods`),
-  top-k / bottom-k ablation (zero and mean) with accuracy and the logit (difference).
+  top-k / bottom-k ablation (zero, mean, resample) with accuracy and the logit (difference).
+
+Equal budgets: every method sees the same prompts, targets, masks (token level) and ablations
+(component level); only the attribution differs. Each method's own cost (forward / backward passes,
+DePass replay streams, wall time; :mod:`~depass_tl.evaluate.budget`) is recorded in the report's
+``compute`` next to its scores; the masking / ablation runs that score it are not part of it.
 
 Both return a report that keeps per-prompt values (so reports from prompt groups of different
 lengths can be merged with ``+``) and renders a ``pandas.DataFrame`` with :meth:`table`.
@@ -14,7 +19,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -22,14 +26,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from depass_tl.errors import DePassError
-from depass_tl.evaluate.baselines import TokenMethod, token_methods
-from depass_tl.evaluate.component_metrics import (
-    Level,
-    ablation_curve,
-    attribution_patching,
-    depass_head_attributions,
-    depass_neuron_attributions,
-)
+from depass_tl.evaluate.ablation import Ablation, ablation_curve, mean_activations
+from depass_tl.evaluate.baselines import TokenMethod, as_attribution, token_methods
+from depass_tl.evaluate.budget import Compute, count_compute
+from depass_tl.evaluate.component_metrics import Level
 from depass_tl.evaluate.masking import Masking, Metric
 from depass_tl.evaluate.stats import bootstrap_ci, mean_ci
 from depass_tl.evaluate.token_metrics import (
@@ -39,16 +39,16 @@ from depass_tl.evaluate.token_metrics import (
     deletion_insertion,
     disrupt_recover,
 )
+from depass_tl.evaluate.unit_methods import ComponentMethod, component_methods
 
 __all__ = [
-    "ComponentMethod",
     "ComponentReport",
     "TOKEN_MEASURES",
     "TOKEN_MEASURES_HELP",
     "TokenReport",
     "component_faithfulness",
-    "component_methods",
     "format_table",
+    "run_counted",
     "token_faithfulness",
 ]
 
@@ -111,6 +111,7 @@ class TokenReport:
     measures: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     disrupt: dict[str, Tensor] = field(default_factory=dict)
     recover: dict[str, Tensor] = field(default_factory=dict)
+    compute: dict[str, Compute] = field(default_factory=dict)
 
     def __add__(self, other: "TokenReport") -> "TokenReport":
         if other.topk_fractions != self.topk_fractions or set(other.measures) != set(self.measures):
@@ -120,6 +121,7 @@ class TokenReport:
             out.measures[m] = {k: torch.cat([v, other.measures[m][k]]) for k, v in self.measures[m].items()}
             out.disrupt[m] = torch.cat([self.disrupt[m], other.disrupt[m]])
             out.recover[m] = torch.cat([self.recover[m], other.recover[m]])
+            out.compute[m] = self.compute.get(m, Compute()) + other.compute.get(m, Compute())
         return out
 
     @property
@@ -177,19 +179,21 @@ def token_faithfulness(
     Args:
         tokens: ``[batch, pos]``; the target is predicted at the last position.
         target: target token id, or one per prompt.
-        methods: display name -> ``method(model, tokens, target) -> [batch, pos]``
-            (default :func:`~depass_tl.evaluate.baselines.token_methods`).
+        methods: display name -> ``method(model, tokens, target) -> [batch, pos]`` (or an
+            :class:`~depass_tl.evaluate.baselines.Attribution`); default
+            :func:`~depass_tl.evaluate.baselines.token_methods` (its captum baselines need the
+            ``[eval]`` extra).
         metric: ``f`` for deletion/insertion/AOPC/ERASER (Disrupt/Recover always use probabilities).
         masking / replace_with / protect_bos: see :mod:`depass_tl.evaluate.masking`.
 
     Returns:
-        A :class:`TokenReport`.
+        A :class:`TokenReport` (with each method's :class:`~depass_tl.evaluate.budget.Compute`).
     """
-    methods = token_methods() if methods is None else methods
+    methods = token_methods(attn_only=bool(model.cfg.attn_only)) if methods is None else methods
     report = TokenReport(tuple(float(f) for f in topk_fractions))
     kw = dict(masking=masking, replace_with=replace_with, protect_bos=protect_bos, batch_size=batch_size)
     for name, method in tqdm(list(methods.items()), desc="token methods", disable=not progress, leave=False):
-        attrs = method(model, tokens, target)
+        attrs, report.compute[name] = run_counted(model, method, tokens, target)
         tk = disrupt_recover(model, tokens, attrs, target, fractions=topk_fractions, **kw)  # type: ignore[arg-type]
         di = deletion_insertion(model, tokens, attrs, target, metric=metric, **kw)  # type: ignore[arg-type]
         er = comprehensiveness_sufficiency(model, tokens, attrs, target, fractions=eraser_fractions, metric=metric, **kw)  # type: ignore[arg-type]
@@ -203,75 +207,61 @@ def token_faithfulness(
     return report
 
 
-# -------------------------------------------------------------------------------- components
-ComponentMethod = Callable[..., Tensor]
+def run_counted(model: Any, method: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Tensor, Compute]:
+    """Call an attribution method under :func:`count_compute`; return its scores and its cost.
 
-
-def _random_units(model: Any, tokens: Tensor, target: Any, *, level: Level, seed: int = 0, **_: Any) -> Tensor:
-    U = model.cfg.n_heads if level == "heads" else model.cfg.d_mlp
-    gen = torch.Generator().manual_seed(seed)
-    return torch.rand((tokens.shape[0], model.cfg.n_layers, U), generator=gen, dtype=torch.float64)
-
-
-def _depass_units(model: Any, tokens: Tensor, target: Any, *, level: Level, incorrect: Any = None,
-                  mlp_rule: str, temperature: float = 0.1, **_: Any) -> Tensor:
-    fn = depass_head_attributions if level == "heads" else depass_neuron_attributions
-    return fn(model, tokens, target, incorrect=incorrect, mlp_rule=mlp_rule, temperature=temperature)
-
-
-def _atp(model: Any, tokens: Tensor, target: Any, *, level: Level, incorrect: Any = None,
-         corrupt_tokens: Tensor | None = None, **_: Any) -> Tensor:
-    return attribution_patching(model, tokens, target, incorrect=incorrect, corrupt_tokens=corrupt_tokens, level=level)
-
-
-def component_methods(*, temperatures: Sequence[float] = (0.1,), seed: int = 0) -> dict[str, ComponentMethod]:
-    """Standard unit rankings: DePass (softmax at each temperature, ratio), attribution patching, random.
-
-    Each is called as ``fn(model, tokens, target, level=..., incorrect=..., corrupt_tokens=...)`` and
-    returns ``[batch, n_layers, n_units]``.
+    The cost gets the method's own report: DePass replay streams per prompt times the batch size,
+    and any ``info`` numbers (e.g. integrated gradients' steps and convergence delta).
     """
-    out: dict[str, ComponentMethod] = {}
-    for t in temperatures:
-        out[f"depass softmax T={t:g}"] = partial(_depass_units, mlp_rule="softmax", temperature=t)
-    out["depass ratio"] = partial(_depass_units, mlp_rule="ratio")
-    out["attribution patching"] = _atp
-    out["random"] = partial(_random_units, seed=seed)
-    return out
+    with count_compute(model) as cost:
+        out = as_attribution(method(model, *args, **kwargs))
+    batch = int(out.scores.shape[0])
+    cost.replay += out.replay * batch
+    cost.info.update({k: float(v) for k, v in out.info.items()})
+    return out.scores, cost
 
+
+# -------------------------------------------------------------------------------- components
 
 @dataclass
 class ComponentReport:
-    """Per-prompt ablation results: ``(method, direction, ablation) -> (metric [batch, F], correct [batch, F])``."""
+    """Per-prompt ablation results: ``(method, direction, ablation) -> (metric [batch, F], correct [batch, F])``.
+
+    ``compute`` holds each method's cost (:class:`~depass_tl.evaluate.budget.Compute`).
+    """
 
     level: str
     fractions: tuple[float, ...]
     k: tuple[int, ...]
     clean_metric: Tensor = field(default_factory=lambda: torch.zeros(0))
     results: dict[tuple[str, str, str], tuple[Tensor, Tensor]] = field(default_factory=dict)
+    compute: dict[str, Compute] = field(default_factory=dict)
 
     @property
     def n_prompts(self) -> int:
         return int(self.clean_metric.shape[0])
 
     def __add__(self, other: "ComponentReport") -> "ComponentReport":
-        if (other.level, other.fractions, set(other.results)) != (self.level, self.fractions, set(self.results)):
-            raise DePassError("can only merge component reports with the same level, fractions and methods.")
+        if (other.level, other.k, set(other.results)) != (self.level, self.k, set(self.results)):
+            raise DePassError("can only merge component reports with the same level, unit counts and methods.")
         out = ComponentReport(self.level, self.fractions, self.k, torch.cat([self.clean_metric, other.clean_metric]))
         for key, (m, c) in self.results.items():
             om, oc = other.results[key]
             out.results[key] = (torch.cat([m, om]), torch.cat([c, oc]))
+        for name in self.compute:
+            out.compute[name] = self.compute[name] + other.compute.get(name, Compute())
         return out
 
     def table(self, *, measure: Literal["accuracy", "metric"] = "accuracy", ci: CI = "normal", seed: int = 0) -> Any:
-        """``DataFrame`` indexed by ``method / direction / ablation``, one ``<fraction>`` column group each."""
+        """``DataFrame`` indexed by ``method / direction / ablation``, one ``k=<units>`` column group each."""
         import pandas as pd
 
         rows = {}
         for (method, direction, ablation), (m, c) in self.results.items():
             v = c.double() if measure == "accuracy" else m
             row = {}
-            for j, f in enumerate(self.fractions):
-                row[f"{f:.3g} mean"], row[f"{f:.3g} lo"], row[f"{f:.3g} hi"] = _summary(v[:, j], ci, seed)
+            for j, k in enumerate(self.k):
+                row[f"k={k} mean"], row[f"k={k} lo"], row[f"k={k} hi"] = _summary(v[:, j], ci, seed)
             rows[f"{method} / {direction} / {ablation}"] = row
         df = pd.DataFrame.from_dict(rows, orient="index")
         df.index.name = f"{self.level}: method / direction / ablation"
@@ -286,36 +276,53 @@ def component_faithfulness(
     incorrect: int | Sequence[int] | Tensor | None = None,
     level: Level = "heads",
     methods: Mapping[str, ComponentMethod] | None = None,
-    fractions: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
+    fractions: Sequence[float] | None = None,
+    k: Sequence[int] | None = None,
     directions: Sequence[Literal["top", "bottom"]] = ("top", "bottom"),
-    ablations: Sequence[Literal["zero", "mean"]] = ("zero", "mean"),
-    reference_tokens: Tensor | None = None,
+    ablations: Sequence[Ablation] = ("zero", "mean"),
+    reference_tokens: Tensor | Sequence[Tensor] | None = None,
+    means: Tensor | None = None,
     corrupt_tokens: Tensor | None = None,
     progress: bool = True,
 ) -> ComponentReport:
-    """Rank units with each method, ablate the top/bottom k (zero and mean) and record the answer.
+    """Rank units with each method, ablate the top/bottom k and record the answer.
 
     Args:
         incorrect: the token the answer must beat (accuracy = logit difference > 0; without it,
             accuracy = the target is the argmax and the metric is the target logit).
-        corrupt_tokens: for attribution patching (default: zero baseline, see :func:`attribution_patching`).
-        reference_tokens: for mean ablation (default: ``tokens``).
+        methods: display name -> ranking (default
+            :func:`~depass_tl.evaluate.unit_methods.component_methods` for ``level``).
+        fractions / k: fractions of all units (default 5, 10, 20, 30, 50%) or unit counts.
+        ablations: how the ranked units are ablated: ``"zero"``, ``"mean"``, ``"resample"``.
+        reference_tokens: the set whose mean activations ``"mean"`` writes, and which the
+            ``exact ablation (mean)`` ranking uses (default: ``tokens``); or pass ``means``
+            (:func:`~depass_tl.evaluate.ablation.mean_activations`) directly.
+        corrupt_tokens: the corrupted prompts (same shape as ``tokens``) for ``"resample"`` and
+            for the rankings that need them (attribution patching from the corrupted run,
+            activation patching, layer integrated gradients).
 
     Returns:
         A :class:`ComponentReport`.
     """
-    methods = component_methods() if methods is None else methods
+    if methods is None:
+        methods = component_methods(level=level, attn_only=bool(model.cfg.attn_only))
+    if not methods:
+        raise DePassError("methods is empty; give at least one ranking method.")
+    if means is None:
+        means = mean_activations(model, tokens if reference_tokens is None else reference_tokens, level=level)
     report: ComponentReport | None = None
     for name, method in tqdm(list(methods.items()), desc=f"{level} methods", disable=not progress, leave=False):
-        scores = method(model, tokens, target, level=level, incorrect=incorrect, corrupt_tokens=corrupt_tokens)
+        scores, cost = run_counted(model, method, tokens, target, level=level, incorrect=incorrect,
+                                   corrupt_tokens=corrupt_tokens, means=means)
         for direction in directions:
             for ablation in ablations:
                 curve = ablation_curve(model, tokens, scores, target, incorrect=incorrect, level=level,
-                                       fractions=fractions, direction=direction, ablation=ablation,
-                                       reference_tokens=reference_tokens)
+                                       fractions=fractions, k=k, direction=direction, ablation=ablation,
+                                       means=means, corrupt_tokens=corrupt_tokens)
                 if report is None:
                     report = ComponentReport(level, curve.fractions, curve.k, curve.clean_metric)
                 report.results[(name, direction, ablation)] = (curve.metric, curve.correct)
-    if report is None:
-        raise DePassError("methods is empty; give at least one ranking method.")
+        assert report is not None
+        report.compute[name] = cost
+    assert report is not None
     return report

@@ -49,6 +49,7 @@ __all__ = [
     "deletion_insertion",
     "disrupt_recover",
     "target_ids",
+    "token_batch",
 ]
 
 DEFAULT_TOPK_FRACTIONS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -113,6 +114,17 @@ class Erasure:
     sufficiency: Tensor
     aopc_comprehensiveness: Tensor
     aopc_sufficiency: Tensor
+
+
+def token_batch(model: Any, tokens: Tensor) -> Tensor:
+    """Check that ``tokens`` is a ``[batch, pos]`` integer tensor and move it to the model's device.
+
+    Raises:
+        DePassError: anything else.
+    """
+    if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.is_floating_point():
+        raise DePassError(f"tokens must be a [batch, pos] integer tensor; got {getattr(tokens, 'shape', type(tokens))}.")
+    return tokens.to(model.cfg.device)
 
 
 def target_ids(target: int | Sequence[int] | Tensor, batch: int, d_vocab: int) -> list[int]:

@@ -5,8 +5,10 @@ router logits (renormalised over the chosen experts when ``cfg.norm_topk_prob``)
 bias-free gated MLP ``W_out(act(x W_gate) * (x W_in))`` and its output is scaled by the token's routing
 weight. With the routing (which experts, which weights) and each expert's ``act(x W_gate)`` frozen at
 their clean values (captured by :mod:`depass_tl.capture`), the layer is linear in ``x W_in``: the
-``ratio`` rule. ``softmax`` / ``max`` split each expert's clean ``hook_post`` by the gate contributions
-``γ_c = x_c W_gate`` like a dense gated MLP (:mod:`depass_tl.replay.mlp`).
+``ratio`` rule. Any rule splits each expert's clean ``hook_post`` like a dense gated MLP
+(:mod:`depass_tl.replay.mlp`): ``softmax`` / ``max`` by the gate contributions ``γ_c = x_c W_gate``.
+A competitive rule spans every component of a group, so a MoE layer under one is replayed on whole
+groups (no chunking); a linear rule may be chunked freely.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 from torch import Tensor
 
 from depass_tl.model_view import MoEView
-from depass_tl.replay.mlp import allocate, credit_to_row
+from depass_tl.replay.mlp import credit_to_row
+from depass_tl.replay.rules import MLPRule, Neurons
 
 __all__ = ["moe"]
 
@@ -28,8 +31,7 @@ def moe(
     *,
     coeffs: Mapping[str, Tensor],
     prefix: str,
-    rule: str,
-    temperature: float,
+    rule: MLPRule,
     bias_rows: Tensor,
     group_size: int,
     credit: tuple[tuple[int, ...], int] | None = None,
@@ -42,7 +44,10 @@ def moe(
         coeffs: the frozen run's tensors; per expert e it reads ``{prefix}experts.e.tokens`` (flat
             ``batch * pos`` index of each routed row), ``route_weight``, ``gate_act`` and ``hook_post``.
         prefix: ``blocks.{l}.mlp.``.
-        rule, temperature, bias_rows, group_size, credit: as in :func:`depass_tl.replay.mlp.mlp`.
+        rule: the allocation rule.
+        bias_rows: the bias components (one per group of ``group_size`` consecutive components).
+        group_size: components compete (competitive rules) only within their group.
+        credit: as in :func:`depass_tl.replay.mlp.mlp_chunk`.
     """
     C, B, P, D = x_ln.shape
     flat = x_ln.reshape(C, B * P, D)
@@ -53,10 +58,9 @@ def moe(
         if tokens.numel() == 0:
             continue
         x_e = flat.index_select(1, tokens)  # [component, routed, d_model]
-        if rule == "ratio":
-            post_c = coeffs[q + "gate_act"] * (x_e @ expert.W_in)
-        else:
-            post_c = allocate(x_e @ expert.W_gate, coeffs[q + "hook_post"], rule, temperature, bias_rows, group_size)
+        keys = x_e @ (expert.W_in if rule.gated_keys == "in" else expert.W_gate)  # [component, routed, d_mlp]
+        neurons = Neurons(coeffs[q + "hook_post"], coeffs[q + "hook_gate"], gated=True, gate_act=coeffs[q + "gate_act"])
+        post_c = rule.split(keys, neurons, bias_rows, group_size)
         out_e = (post_c @ expert.W_out) * coeffs[q + "route_weight"][:, None]  # [component, routed, d_model]
         out = out.index_add(1, tokens, out_e)
     return credit_to_row(out.reshape(C, B, P, D), credit)

@@ -10,8 +10,8 @@ Memory (``max_memory``), in elements of the accumulation dtype:
 
 * persistent: the initial components (dense, held by the caller), the chunk states
   (``Σ rows·batch·(pos - lo)·d_model``), every stored output hook (dense ``[component, batch, pos,
-  d_model]``), per group the ``softmax`` / ``max`` statistics ``[batch, pos, d_mlp]``, and one block's
-  weights laid out for the replay;
+  d_model]``), per group the statistics of a competitive MLP rule (``[batch, pos, d_mlp]`` times
+  :meth:`~depass_tl.replay.rules.MLPRule.stats_bytes`), and one block's weights laid out for the replay;
 * working, per (component, position) of the chunk being processed: the larger of the attention
   intermediates (normed input, values, mixed values and the einsum's copies, output) and the MLP
   intermediates (normed input, keys, shares, output), with a 25 % margin.
@@ -32,6 +32,7 @@ from torch import Tensor
 from depass_tl.errors import DePassError
 from depass_tl.memory import format_bytes
 from depass_tl.model_view import MLPView, ModelView, MoEView
+from depass_tl.replay.rules import MLPRule, RuleLike, get_rule
 
 __all__ = ["ChunkPlan", "row_starts", "working_elements", "plan_chunks", "DEFAULT_CAUSAL_SPLITS"]
 
@@ -44,7 +45,7 @@ class ChunkPlan:
 
     chunks: tuple[tuple[int, int, int, int], ...]
     estimate: int = 0
-    cache_keys: bool = True  # softmax: keep the first pass's exponentials for the second pass
+    cache_keys: bool = True  # rules that can: keep the first pass's per-chunk keys (softmax: exponentials)
 
     def of_group(self, g: int) -> list[tuple[int, int, int]]:
         return [(a, b, lo) for gg, a, b, lo in self.chunks if gg == g]
@@ -62,7 +63,7 @@ def row_starts(components: Tensor, causal: bool) -> list[int]:
     return starts
 
 
-def working_elements(view: ModelView, rule: str, cache_keys: bool) -> int:
+def working_elements(view: ModelView, rule: MLPRule, cache_keys: bool) -> int:
     """Upper estimate of the working elements per (component, batch, position) of one chunk."""
     D = view.d_model
     attn = 0
@@ -75,7 +76,7 @@ def working_elements(view: ModelView, rule: str, cache_keys: bool) -> int:
         if isinstance(m, MLPView):
             F = m.W_in.shape[1]
             extra = F if m.kind == "gated" else 0
-            per = 3 * D + 3 * F + extra + (F if cache_keys and rule == "softmax" else 0)
+            per = 3 * D + 3 * F + extra + (F if cache_keys and rule.caches_keys else 0)
             mlp = max(mlp, per)
         elif isinstance(m, MoEView):
             F = m.experts[0].W_in.shape[1]
@@ -100,7 +101,7 @@ def plan_chunks(
     batch: int,
     n_pos: int,
     itemsize: int,
-    rule: str,
+    rule: RuleLike,
     n_stored: int,
     chunk_size: int | None,
     max_memory: int | None,
@@ -111,12 +112,15 @@ def plan_chunks(
 
     Args:
         starts: per group, per component, its first nonzero position (:func:`row_starts`).
+        rule: the MLP rule (a rule object or a registered name): its statistics and cached keys
+            are budgeted.
         n_stored: how many hooks are stored densely (``unembed.hook_in`` included).
         chunk_size: at most this many components per chunk (the bias component is its own chunk).
         max_memory: a budget in bytes (see the module docstring).
-        splittable: False when the replay cannot be chunked (sources mode, MoE with softmax/max).
+        splittable: False when the replay cannot be chunked (sources mode, MoE under a competitive rule).
         why_not: the reason, for the error when a split is needed but impossible.
     """
+    rule = get_rule(rule)
     G = len(starts)
     K = len(starts[0])
     C = G * K
@@ -142,7 +146,7 @@ def plan_chunks(
         + [0]
     )
     per_rowpos = working_elements(view, rule, cache_keys=False) * batch * itemsize
-    stats = 0 if rule == "ratio" else G * batch * n_pos * d_mlp * (2 * itemsize + 1 if rule == "softmax" else itemsize + 8)
+    stats = 0 if rule.linear else G * batch * n_pos * d_mlp * rule.stats_bytes(itemsize)
     state = sum((n_pos - lo) for st in starts for lo in st) * batch * view.d_model * itemsize
     block_weights = max(
         sum(t.numel() for t in (b.attn.W_V, b.attn.W_O)) + _mlp_numel(b.mlp) for b in view.blocks
@@ -192,7 +196,7 @@ def plan_chunks(
     if not splittable:
         chunks = [(g, 0, K, 0) for g in range(G)]
     used = 0 if cap is None else max((b - a) * (n_pos - lo) for _, a, b, lo in chunks) * per_rowpos
-    # softmax: keeping every chunk's exponentials between the two passes saves recomputing the keys
+    # keeping every chunk's keys (softmax: exponentials) between the two passes saves recomputing them
     cached = sum((b - a) * (n_pos - lo) for _, a, b, lo in chunks) * batch * d_mlp * itemsize
-    cache = rule == "softmax" and max_memory is not None and persistent + used + cached <= max_memory
+    cache = rule.caches_keys and max_memory is not None and persistent + used + cached <= max_memory
     return ChunkPlan(tuple(chunks), persistent + used + (cached if cache else 0), cache)

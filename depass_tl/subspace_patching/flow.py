@@ -128,7 +128,8 @@ def subspace_flow(
         >>> round(flow.phantom_fraction, 6), round(flow.cancellation_ratio, 6)
         (1.0, 3.0)
     """
-    import depass_tl  # the core API; imported here so the subspace tools load without it
+    from depass_tl.api import run_with_depass  # the core API; imported here so the subspace tools load without it
+    from depass_tl.components import custom
 
     mlp = _MLP_POST.match(hook_name)
     resid = _RESID.match(hook_name)
@@ -183,8 +184,8 @@ def subspace_flow(
     stacked = torch.stack(written)
     rest = start - stacked.sum(0)
     x0 = torch.cat([stacked, rest[None]])
-    spec = depass_tl.custom(start_hook, x0, labels=[*labels, "rest"])
-    _, dc = depass_tl.run_with_depass(
+    spec = custom(start_hook, x0, labels=[*labels, "rest"])
+    _, dc = run_with_depass(
         model, tokens, components=spec, mlp_rule="ratio", names_filter=["unembed.hook_in"]
     )
     attrs = dc.logit_attrs(answer, incorrect_tokens=other, pos=-1)  # [component, batch]

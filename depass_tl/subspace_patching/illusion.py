@@ -18,13 +18,22 @@ dormant pathway). :func:`illusion_report` collects the evidence (reference/illus
 **Verdict** (thresholds are the module constants below, overridable with :class:`Thresholds`):
 
 * ``"inconclusive"`` if ``E(v) < MIN_EFFECT`` (nothing to explain);
-* ``"illusion_suspected"`` if the patch signature holds, ``ρ < RHO_MAX`` and
-  (``σ ≥ SIGMA_FRAC·E(v)`` or ``ε ≥ EPSILON_MIN``) (calibrated on the paper's Table 1: flags the MLP8
-  direction with ρ = 0.29, passes the residual direction with ρ = 0.91), or the flow signature holds,
+* the **rowspace test** has the patch signature when ``ρ < RHO_MAX`` and (``σ ≥ SIGMA_FRAC·E(v)``
+  or ``ε ≥ EPSILON_MIN``) (calibrated on the paper's Table 1: flags the MLP8 direction with
+  ρ = 0.29, passes the residual direction with ρ = 0.91). Its *negative* result is uninformative,
+  and not used, when the test cannot separate a faithful direction from an illusory one:
+  ``rank(W) ≤ k`` (the unit row patch then transfers the whole read-out, reference §2.4),
+  ``rank(W) = d`` (the readers' row space is the whole space, so no direction has a nullspace part
+  and ``ρ = 1``), or ``v`` lies in the row space (no nullspace part, ``ρ = 1`` by construction);
+* the **DePass flow check** (run when ``logit_tokens`` is given) has the flow signature when
   ``Φ ≥ PHI_MIN`` or ``R ≥ CANCELLATION_MIN``;
-* otherwise ``"inconclusive"`` if the flow check was not run and the rowspace test is uninformative
-  (``rank(W) ≤ k``: the unit row patch then transfers the whole read-out, reference §2.4), else
-  ``"faithful"``.
+* ``"illusion_suspected"`` if either signature is met; otherwise ``"faithful"``, except when the
+  rowspace test is uninformative: then the verdict rests only on the flow check (the reasons say so),
+  and without it nothing can decide: ``"inconclusive"``.
+
+``IllusionReport.checks`` and its text say which checks ran, which were uninformative and why, and
+which were not run. An excess over the whole-site patch (``ε ≥ EPSILON_MIN``: the direction moves the
+output more than patching the whole activation) is always reported among the reasons.
 
 **Downstream weights**: for ``blocks.L.mlp.hook_post`` the default is ``model.W_out[L]``
 (``[d_mlp, d_model]``). For any other site pass ``reader=`` yourself, in row convention
@@ -102,6 +111,9 @@ class IllusionReport:
     gaps this is ``(y_patch − y_base)/(y_src − y_base)``, and it stays defined for symmetric
     pairs); ``effect_row`` / ``effect_null`` are 0 when that part is empty; ``rho`` is ``None`` when ``E(v) = 0``.
     ``dormancy`` maps ``"v"``, ``"row"``, ``"null"`` to :class:`DormancyStats` (``None``: empty part).
+    ``rowspace_uninformative``: the rowspace test could not separate (see the module docstring);
+    ``checks``: ``(check, what happened)`` for the effect size, the rowspace test, the flow check and
+    dormancy, in that order.
     """
 
     hook_name: str
@@ -126,6 +138,7 @@ class IllusionReport:
     verdict: str
     reasons: tuple[str, ...]
     thresholds: Thresholds
+    checks: tuple[tuple[str, str], ...]
     basis: Tensor = field(repr=False)
     reader: Tensor = field(repr=False)
     v_row: Tensor = field(repr=False)
@@ -164,38 +177,80 @@ class IllusionReport:
     def __str__(self) -> str:
         lines = [f"IllusionReport at {self.hook_name} (k={self.k}): verdict = {self.verdict}"]
         lines += [f"  - {r}" for r in self.reasons]
+        lines.append("  checks:")
+        lines += [f"    {name}: {status}" for name, status in self.checks]
         for section, name, value in self.rows():
             shown = "—" if value is None else f"{value:.4g}"
             lines.append(f"  {section:<18} {name:<20} {shown}")
         return "\n".join(lines)
 
 
+def _rowspace_issue(rank: int, k: int, d: int, null_dim: int) -> str | None:
+    """Why the rowspace test cannot separate directions here, or None when it can."""
+    if rank <= k:
+        return f"rank(W) <= k ({rank} <= {k}): the unit row patch transfers the whole read-out"
+    if rank >= d:
+        return f"rank(W) = d = {d}: the readers' row space is the whole space, so v has no nullspace part"
+    if null_dim == 0:
+        return "v lies in the row space of W (no nullspace part), so rho = 1 by construction"
+    return None
+
+
+def _flow_text(flow: FlowCheck) -> str:
+    phi = "—" if flow.phantom_fraction is None else f"{flow.phantom_fraction:.3g}"
+    r = "—" if flow.cancellation_ratio is None else f"{flow.cancellation_ratio:.3g}"
+    return f"phantom fraction Phi = {phi}, cancellation ratio R = {r}"
+
+
 def _verdict(
-    e_v: float, rho: float | None, sigma: float, eps: float, flow: FlowCheck | None,
-    uninformative: bool, t: Thresholds,
-) -> tuple[str, tuple[str, ...]]:
+    e_v: float, e_full: float, rho: float | None, sigma: float, eps: float, flow: FlowCheck | None,
+    issue: str | None, t: Thresholds,
+) -> tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]]:
+    checks: list[tuple[str, str]] = [("effect size", f"E(v) = {e_v:.3g} (min_effect = {t.min_effect})")]
+    patch_sig = (rho is not None and rho < t.rho_max and (sigma >= t.sigma_frac * e_v or eps >= t.epsilon_min))
+    scalars = f"rho = {'—' if rho is None else f'{rho:.3g}'}, sigma = {sigma:.3g}, epsilon = {eps:.3g}"
+    if patch_sig:
+        checks.append(("rowspace test", f"ran: {scalars}; patch signature met"))
+    elif issue is None:
+        checks.append(("rowspace test", f"ran: {scalars}; patch signature not met"))
+    else:
+        checks.append(("rowspace test", f"uninformative: {issue}; its negative result ({scalars}) is not used"))
+    flow_sig: list[str] = []
+    if flow is None:
+        checks.append(("DePass flow check", "not run (pass logit_tokens=(answer, other))"))
+    else:
+        phi, r = flow.phantom_fraction, flow.cancellation_ratio
+        if phi is not None and phi >= t.phi_min:
+            flow_sig.append(f"flow signature: phantom fraction Phi = {phi:.3g} >= {t.phi_min}")
+        if r is not None and r >= t.cancellation_min:
+            flow_sig.append(f"flow signature: cancellation ratio R = {r:.3g} >= {t.cancellation_min}")
+        checks.append(("DePass flow check", f"ran: {_flow_text(flow)}; flow signature {'met' if flow_sig else 'not met'}"))
+    checks.append(("dormancy", "reported, not used in the verdict"))
     if e_v < t.min_effect:
-        return "inconclusive", (f"E(v) = {e_v:.3g} < min_effect = {t.min_effect}: nothing to explain",)
+        return "inconclusive", (f"E(v) = {e_v:.3g} < min_effect = {t.min_effect}: nothing to explain",), tuple(checks)
     reasons: list[str] = []
-    if rho is not None and rho < t.rho_max and (sigma >= t.sigma_frac * e_v or eps >= t.epsilon_min):
+    if patch_sig:
         reasons.append(
             f"patch signature: rho = {rho:.3g} < {t.rho_max} and (sigma = {sigma:.3g} >= "
             f"{t.sigma_frac}·E(v) or epsilon = {eps:.3g} >= {t.epsilon_min})"
         )
-    if flow is not None:
-        phi, r = flow.phantom_fraction, flow.cancellation_ratio
-        if phi is not None and phi >= t.phi_min:
-            reasons.append(f"flow signature: phantom fraction Phi = {phi:.3g} >= {t.phi_min}")
-        if r is not None and r >= t.cancellation_min:
-            reasons.append(f"flow signature: cancellation ratio R = {r:.3g} >= {t.cancellation_min}")
-    if reasons:
-        return "illusion_suspected", tuple(reasons)
-    if flow is None and uninformative:
-        return "inconclusive", (
-            "rank(W) <= k, so the rowspace test cannot bite, and the flow check was not run "
-            "(pass logit_tokens=(answer, other))",
-        )
-    return "faithful", ("no patch signature" + ("" if flow is None else " and no flow signature"),)
+    elif issue is not None:
+        reasons.append(f"the rowspace test is uninformative here ({issue}); "
+                       + ("the verdict rests only on the DePass flow check" if flow is not None
+                          else "the flow check was not run (pass logit_tokens=(answer, other)), so nothing can decide"))
+    reasons += flow_sig
+    if eps >= t.epsilon_min and not patch_sig:
+        reasons.append(f"E(v) = {e_v:.3g} exceeds the whole-site patch E(full) = {e_full:.3g} (epsilon = {eps:.3g} "
+                       f">= {t.epsilon_min}): the direction moves the output more than patching the whole activation")
+    if patch_sig or flow_sig:
+        return "illusion_suspected", tuple(reasons), tuple(checks)
+    if issue is not None and flow is None:
+        return "inconclusive", tuple(reasons), tuple(checks)
+    if issue is not None:
+        reasons.append(f"no flow signature ({_flow_text(flow)})")  # type: ignore[arg-type]
+    else:
+        reasons.append("no patch signature" + (" (flow check not run)" if flow is None else " and no flow signature"))
+    return "faithful", tuple(reasons), tuple(checks)
 
 
 def illusion_report(
@@ -325,13 +380,13 @@ def illusion_report(
     rho = None if e_v == 0.0 else e_row / e_v
     sigma = e_v - e_row - e_null
     eps = e_v - e_full
-    uninformative = split.rank <= k
-    verdict, reasons = _verdict(e_v, rho, sigma, eps, flow, uninformative, t)
+    issue = _rowspace_issue(split.rank, k, v.shape[0], split.null_basis.shape[1])
+    verdict, reasons, checks = _verdict(e_v, e_full, rho, sigma, eps, flow, issue, t)
     return IllusionReport(
         hook_name=hook_name, k=k, reader_rank=split.rank, row_norm=split.row_norm,
         null_norm=split.null_norm, metric_base=m_base, metric_source=m_src, effect_v=e_v,
         effect_row=e_row, effect_null=e_null, effect_full=e_full,
         effect_row_unnormalized=e_row_unnorm, rho=rho, sigma=sigma, epsilon=eps, phi=phi,
-        dormancy=dormancy, flow=flow, rowspace_uninformative=uninformative, verdict=verdict,
-        reasons=reasons, thresholds=t, basis=v, reader=w, v_row=split.v_row, v_null=split.v_null,
+        dormancy=dormancy, flow=flow, rowspace_uninformative=issue is not None, verdict=verdict,
+        reasons=reasons, thresholds=t, checks=checks, basis=v, reader=w, v_row=split.v_row, v_null=split.v_null,
     )

@@ -24,8 +24,13 @@ __all__ = ["BACKENDS", "INSTALL_HINT", "resolve_backend", "save", "save_html_pag
 
 BACKENDS = ("plotly", "matplotlib")
 INSTALL_HINT = 'pip install "depass_tl[viz]"'
-COLORSCALE = "RdBu"  # red < 0 < blue, as in TransformerLens's tutorials and compare_plot
+COLORSCALE = "RdBu"  # red < 0 < blue, as in TransformerLens's tutorials
+UNITS = "logit contribution"  # the colour-bar and axis label of every attribution
+FONT = {"title": 10, "subtitle": 8.5, "label": 9, "cell": 8}  # matplotlib points: readable in print at 100% size
+OTHER_NAMES = {"bias": "biases", "pos_embed": "position embeddings", "embed": "token embeddings", "rest": "the rest"}
+"""Plain names of the components that are not tokens or heads (titles, legends, the explorer)."""
 STATIC_SUFFIXES = (".png", ".svg", ".pdf")
+PLOTLY_CONFIG = {"responsive": True, "displaylogo": False}  # figures follow their container's width
 
 
 def _installed(name: str) -> bool:
@@ -120,20 +125,26 @@ def str_tokens_of(dc: DePassCache, batch: int, str_tokens: Sequence[str] | None,
     return tuple(f"#{int(t)}" for t in dc.tokens[batch])
 
 
+def token_text(s: str) -> str:
+    """A token as a reader sees it: its text without surrounding spaces (``repr`` when only spaces)."""
+    t = s.strip()
+    return t if t else repr(s)
+
+
 def describe_target(tokens: Any, incorrect_tokens: Any) -> str:
-    """``logit[' Mary'] − logit[' John']`` (ids as ``#id``) for titles."""
+    """``logit(“Mary”) − logit(“John”)`` for titles (token ids as ``#id``)."""
 
     def one(t: Any) -> str:
         if isinstance(t, str):
-            return repr(t)
+            return f"“{token_text(t)}”"
         if isinstance(t, Tensor) and t.numel() == 1:
             return f"#{int(t)}"
         if isinstance(t, int):
             return f"#{t}"
-        return "per-prompt tokens"
+        return "each prompt's answer" if incorrect_tokens is None or t is tokens else "its contrast"
 
-    text = f"logit[{one(tokens)}]"
-    return text if incorrect_tokens is None else f"{text} − logit[{one(incorrect_tokens)}]"
+    text = f"logit({one(tokens)})"
+    return text if incorrect_tokens is None else f"{text} − logit({one(incorrect_tokens)})"
 
 
 def symmetric_max(values: Tensor) -> float:
@@ -152,7 +163,7 @@ def _is_matplotlib(fig: Any) -> bool:
     return type(fig).__module__.startswith("matplotlib")
 
 
-def _check_path(path: str | Path, suffixes: tuple[str, ...]) -> Path:
+def check_path(path: str | Path, suffixes: tuple[str, ...]) -> Path:
     p = Path(path)
     if p.suffix.lower() not in suffixes:
         raise DePassError(f"cannot tell the format of {str(p)!r}: the file name must end in one of {list(suffixes)}.")
@@ -182,7 +193,7 @@ def save(fig: Any, path: str | Path, *, scale: float = 2.0) -> Path:
         DePassError: an unknown suffix, a missing folder, HTML from a matplotlib figure, or a static
             export plotly cannot do here (the message says which exporter to install).
     """
-    p = _check_path(path, (".html",) + STATIC_SUFFIXES)
+    p = check_path(path, (".html",) + STATIC_SUFFIXES)
     if not (_is_plotly(fig) or _is_matplotlib(fig)):
         raise DePassError(f"save() takes a plotly or matplotlib figure, got {type(fig).__name__}.")
     if p.suffix.lower() == ".html":
@@ -191,7 +202,7 @@ def save(fig: Any, path: str | Path, *, scale: float = 2.0) -> Path:
                 "HTML output needs an interactive plotly figure; draw it with backend='plotly', "
                 f"or save this matplotlib figure as {list(STATIC_SUFFIXES)}."
             )
-        fig.write_html(str(p), include_plotlyjs=True, full_html=True)
+        fig.write_html(str(p), include_plotlyjs=True, full_html=True, config=PLOTLY_CONFIG, default_width="100%")
         return p
     if _is_matplotlib(fig):
         fig.savefig(str(p), dpi=100 * scale, bbox_inches="tight")
@@ -220,7 +231,7 @@ def save_html_page(figures: Mapping[str, Any], path: str | Path, *, title: str =
     Returns:
         The path written.
     """
-    p = _check_path(path, (".html",))
+    p = check_path(path, (".html",))
     if not figures:
         raise DePassError("save_html_page() got no figures.")
     bad = [name for name, fig in figures.items() if not _is_plotly(fig)]
@@ -228,7 +239,7 @@ def save_html_page(figures: Mapping[str, Any], path: str | Path, *, title: str =
         raise DePassError(f"save_html_page() needs plotly figures (backend='plotly'); not plotly: {bad}.")
     parts = []
     for i, (name, fig) in enumerate(figures.items()):
-        div = fig.to_html(full_html=False, include_plotlyjs=(i == 0))
+        div = fig.to_html(full_html=False, include_plotlyjs=(i == 0), config=PLOTLY_CONFIG, default_width="100%")
         parts.append(f"<h2>{html.escape(name)}</h2>\n{div}")
     page = (
         f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title></head>\n'

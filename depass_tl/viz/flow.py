@@ -30,10 +30,11 @@ from torch import Tensor
 from depass_tl.cache import DePassCache
 from depass_tl.errors import DePassError
 from depass_tl.viz._backend import (
-    attrs_from, check_batch, describe_target, resolve_backend, resolve_pos, str_tokens_of,
+    FONT, OTHER_NAMES, UNITS, attrs_from, check_batch, describe_target, resolve_backend, resolve_pos, str_tokens_of,
+    token_text,
 )
 
-__all__ = ["FlowData", "flow", "flow_data", "residual_hooks"]
+__all__ = ["FlowData", "flow", "flow_data", "plain_hook_labels", "residual_hooks"]
 
 _TOKEN_LABEL = re.compile(r"tok(\d+)")
 _RESID = re.compile(r"blocks\.(\d+)\.hook_resid_(pre|mid|post)")
@@ -56,10 +57,33 @@ def residual_hooks(dc: DePassCache) -> list[str]:
     return [n for _, _, n in sorted(keep)]
 
 
-def _short(hook: str) -> str:
-    m = _RESID.fullmatch(hook)
-    assert m is not None
-    return f"L{m.group(1)} {m.group(2)}"
+def plain_hook_labels(dc: DePassCache, hooks: Sequence[str]) -> tuple[str, ...]:
+    """Short plain names of residual-stream hooks, for axes: where in the network the stream is read.
+
+    ``embeddings`` (``blocks.0.hook_resid_pre``), ``L{l} attn`` (after layer l's attention:
+    ``hook_resid_mid``), ``L{l} MLP`` (after its MLP: ``hook_resid_post``); ``L{l} attn+MLP`` for
+    parallel blocks, ``L{l} attn`` for attention-only ones, ``before L{l}`` / ``after L{l}`` otherwise.
+    """
+    labels = []
+    for hook in hooks:
+        m = _RESID.fullmatch(hook)
+        if m is None:
+            raise DePassError(f"{hook!r} is not a residual-stream hook (blocks.{{l}}.hook_resid_pre|mid|post).")
+        l, stage = int(m.group(1)), m.group(2)
+        p = f"blocks.{l}."
+        if stage == "pre":
+            labels.append("embeddings" if l == 0 else f"before L{l}")
+        elif stage == "mid":
+            labels.append(f"L{l} attn")
+        elif p + "hook_resid_mid" in dc:
+            labels.append(f"L{l} MLP")
+        elif p + "hook_mlp_out" in dc:
+            labels.append(f"L{l} attn+MLP")
+        elif p + "hook_attn_out" in dc:
+            labels.append(f"L{l} attn")
+        else:
+            labels.append(f"after L{l}")
+    return tuple(labels)
 
 
 @dataclass(frozen=True)
@@ -69,13 +93,13 @@ class FlowData:
     Attributes:
         hooks: the residual-stream hooks, in forward order; hook_labels: short names (``L0 pre``).
         series: the lines, in order: the top-k component labels, then ``other (n)``, then ``bias``.
-        display: the legend text of each series (token components get their string: ``tok2 ' Mary'``).
+        display: the legend text of each series (:func:`display_label`: ``“Mary” (pos 2)``, ``biases``).
         projection: ``[series, hook]`` float64: ``x_c · d`` at each hook (residual units, not logits).
         total_projection: ``[hook]``: the clean residual's ``x · d`` (= the column sums of ``projection``).
         logit_attrs: ``[series]``: the exact logit attribution of each series.
         total: the clean logit (difference) = ``logit_attrs.sum()``.
         pos: the position read (absolute); batch: the prompt.
-        target: e.g. ``logit[' Mary'] − logit[' John']``; title: the figure title.
+        target: e.g. ``logit(“Mary”) − logit(“John”)``; title, subtitle: the figure's headings.
     """
 
     hooks: tuple[str, ...]
@@ -90,6 +114,22 @@ class FlowData:
     batch: int
     target: str
     title: str
+    subtitle: str
+
+
+def display_label(label: str, str_tokens: Sequence[str]) -> str:
+    """A component label for readers: ``“Mary” (pos 2)`` for ``tok2``, ``L2 MLP`` for ``L2.mlp``,
+    ``biases`` for ``bias``, ``the other 9`` for ``other (9)``; head labels (``L2H2``) as they are."""
+    m = _TOKEN_LABEL.fullmatch(label)
+    if m is not None and int(m.group(1)) < len(str_tokens):
+        return f"“{token_text(str_tokens[int(m.group(1))])}” (pos {m.group(1)})"
+    m = re.fullmatch(r"other \((\d+)\)", label)
+    if m is not None:
+        return f"the other {m.group(1)}"
+    m = re.fullmatch(r"L(\d+)\.(mlp|attn)", label)
+    if m is not None:
+        return f"L{m.group(1)} {m.group(2).upper() if m.group(2) == 'mlp' else 'attention'}"
+    return OTHER_NAMES.get(label, label)
 
 
 def _direction(dc: DePassCache, tokens: Any, incorrect_tokens: Any, batch: int) -> Tensor:
@@ -118,7 +158,7 @@ def flow_data(
         >>> _, dc = depass_tl.run_with_depass(HookedTransformer(cfg), torch.tensor([[1, 2, 3, 4]]))
         >>> data = flow_data(dc, 5, top_k=2)
         >>> data.hook_labels
-        ('L0 pre', 'L0 mid', 'L0 post', 'L1 mid', 'L1 post')
+        ('embeddings', 'L0 attn', 'L0 MLP', 'L1 attn', 'L1 MLP')
         >>> data.series[-2:], len(data.series)
         (('other (2)', 'bias'), 4)
         >>> bool(torch.allclose(data.projection.sum(0), data.total_projection, atol=1e-4))
@@ -162,17 +202,13 @@ def flow_data(
     rows_proj.append(proj[bias])
     rows_logit.append(logit[bias])
     series.append(dc.labels[bias])
-    named = str_tokens is not None or dc.str_tokens is not None  # else token ids would only repeat the label
-    strs = str_tokens_of(dc, b, str_tokens, what) if named else ()
-    display = []
-    for label in series:
-        m = _TOKEN_LABEL.fullmatch(label)
-        display.append(f"{label} {strs[int(m.group(1))]!r}" if m is not None and int(m.group(1)) < len(strs) else label)
+    strs = str_tokens_of(dc, b, str_tokens, what)
+    display = [display_label(label, strs) for label in series]
     target = describe_target(tokens, incorrect_tokens) if target is None else target
     total = float(logit.sum())
     return FlowData(
         hooks=tuple(hooks),
-        hook_labels=tuple(_short(h) for h in hooks),
+        hook_labels=plain_hook_labels(dc, hooks),
         series=tuple(series),
         display=tuple(display),
         projection=torch.stack(rows_proj),
@@ -182,7 +218,10 @@ def flow_data(
         pos=p,
         batch=b,
         target=target,
-        title=f"Top-{len(top)} components for {target} at position {p} (total {total:.4g})",
+        title=f"How the top contributors to {target} build up through the layers",
+        subtitle=(f"Left: each one's share of the residual stream at “{token_text(strs[p])}” (position {p}), read "
+                  "along the answer's unembedding direction (not yet a logit: the final layer norm comes after). "
+                  f"Right: its exact logit contribution; all add up to {total:.4g}."),
     )
 
 
@@ -222,8 +261,8 @@ def flow(
     return _plotly(data) if name == "plotly" else _matplotlib(data)
 
 
-_LEFT = "residual projection x_c · d (not a logit)"
-_RIGHT = "logit attribution (exact)"
+_X_TITLE = "residual stream after"
+_Y_TITLE = "projection on the answer direction"
 
 
 def _plotly(data: FlowData) -> Any:
@@ -232,8 +271,8 @@ def _plotly(data: FlowData) -> Any:
     from plotly.subplots import make_subplots
 
     palette = qualitative.Plotly
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.68, 0.32], subplot_titles=[_LEFT, _RIGHT],
-                        horizontal_spacing=0.12)
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.64, 0.36], horizontal_spacing=0.16,
+                        subplot_titles=["share of the residual stream", UNITS])
     x = list(data.hook_labels)
     for i, label in enumerate(data.display):
         color = palette[i % len(palette)]
@@ -243,43 +282,51 @@ def _plotly(data: FlowData) -> Any:
             row=1, col=1,
         )
     fig.add_trace(
-        go.Scatter(x=x, y=data.total_projection.tolist(), mode="lines", name="total (clean x · d)",
-                   line=dict(color="black", dash="dash"), hovertemplate="total<br>%{x}: %{y:+.5g}<extra></extra>"),
+        go.Scatter(x=x, y=data.total_projection.tolist(), mode="lines", name="whole stream",
+                   line=dict(color="black", dash="dash"),
+                   hovertemplate="whole stream<br>%{x}: %{y:+.5g}<extra></extra>"),
         row=1, col=1,
     )
     fig.add_trace(
         go.Bar(x=data.logit_attrs.tolist(), y=list(data.display), orientation="h", showlegend=False,
                marker=dict(color=[palette[i % len(palette)] for i in range(len(data.series))]),
-               hovertemplate="%{y}: %{x:+.5g}<extra></extra>"),
+               hovertemplate=f"%{{y}}: %{{x:+.5g}} ({UNITS})<extra></extra>"),
         row=1, col=2,
     )
     fig.update_yaxes(autorange="reversed", row=1, col=2)
-    fig.update_xaxes(title_text="hook (residual stream)", row=1, col=1)
-    fig.update_xaxes(title_text=f"sum = {data.total:.4g}", row=1, col=2)
+    fig.update_xaxes(title_text=_X_TITLE, row=1, col=1)
+    fig.update_yaxes(title_text=_Y_TITLE, row=1, col=1)
+    fig.update_xaxes(title_text=f"{UNITS} (sum {data.total:.4g})", zeroline=True, row=1, col=2)
     fig.add_hline(y=0, line=dict(color="grey", width=1), row=1, col=1)
-    fig.update_layout(title=dict(text=data.title, font=dict(size=13)), width=1000, height=450)
+    fig.update_layout(
+        title=dict(text=f"{data.title}<br><sup>{data.subtitle}</sup>", font=dict(size=15)),
+        autosize=True, height=500, margin=dict(t=110), legend=dict(orientation="h", y=-0.25),
+    )
     return fig
 
 
 def _matplotlib(data: FlowData) -> Any:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(11.0, 4.5), layout="constrained")
-    left, right = fig.subplots(1, 2, width_ratios=[2.1, 1.0])
+    fig = Figure(figsize=(7.2, 3.9), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=[1.7, 1.0])
     x = range(len(data.hooks))
     colors = [f"C{i % 10}" for i in range(len(data.series))]
     for i, label in enumerate(data.display):
-        left.plot(x, data.projection[i].numpy(), marker="o", color=colors[i], label=label)
-    left.plot(x, data.total_projection.numpy(), color="black", linestyle="--", label="total (clean x · d)")
+        left.plot(x, data.projection[i].numpy(), marker="o", markersize=3, color=colors[i], label=label)
+    left.plot(x, data.total_projection.numpy(), color="black", linestyle="--", label="whole stream")
     left.axhline(0, color="grey", linewidth=0.8)
-    left.set_xticks(list(x), list(data.hook_labels), rotation=45, ha="right")
-    left.set_title(_LEFT, fontsize=9)
-    left.legend(fontsize=7)
+    left.set_xticks(list(x), list(data.hook_labels), rotation=45, ha="right", fontsize=FONT["cell"])
+    left.tick_params(axis="y", labelsize=FONT["cell"])
+    left.set_xlabel(_X_TITLE, fontsize=FONT["label"])
+    left.set_ylabel(_Y_TITLE, fontsize=FONT["label"])
+    left.legend(fontsize=FONT["cell"] - 1, frameon=False)
     right.barh(range(len(data.series)), data.logit_attrs.numpy(), color=colors)
-    right.set_yticks(range(len(data.series)), list(data.display))
+    right.set_yticks(range(len(data.series)), list(data.display), fontsize=FONT["cell"])
+    right.tick_params(axis="x", labelsize=FONT["cell"])
     right.invert_yaxis()
     right.axvline(0, color="grey", linewidth=0.8)
-    right.set_title(_RIGHT, fontsize=9)
-    right.set_xlabel(f"sum = {data.total:.4g}")
-    fig.suptitle(data.title, fontsize=10)
+    right.set_xlabel(f"{UNITS} (sum {data.total:.4g})", fontsize=FONT["label"])
+    fig.suptitle(data.title, fontsize=FONT["title"], x=0.01, ha="left")
+    left.set_title(data.subtitle, fontsize=FONT["subtitle"], loc="left", wrap=True)
     return fig

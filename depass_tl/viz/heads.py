@@ -23,7 +23,9 @@ from torch import Tensor
 
 from depass_tl.cache import DePassCache
 from depass_tl.errors import DePassError
-from depass_tl.viz._backend import COLORSCALE, attrs_from, check_batch, describe_target, resolve_backend, symmetric_max
+from depass_tl.viz._backend import (
+    COLORSCALE, FONT, UNITS, attrs_from, check_batch, describe_target, resolve_backend, symmetric_max,
+)
 
 __all__ = ["HeadGridData", "head_grid", "head_grid_data"]
 
@@ -41,8 +43,8 @@ class HeadGridData:
         others: ``(label, value)`` of every component that is not a head (``L{l}.rest``, ``bias``, ...).
         several_groups: True for a multi-layer ``heads()`` cache (each layer's group sums to the logit).
         zmax: the colour range is ``[-zmax, zmax]`` (max |head value|; 1.0 when all are 0).
-        target: e.g. ``logit[' Mary'] − logit[' John']``.
-        title: the figure title; note: what the values mean (a subtitle).
+        target: e.g. ``logit(“Mary”) − logit(“John”)``.
+        title: the figure title; note: what the values mean and what they add up to (the subtitle).
     """
 
     values: Tensor = field(repr=False)
@@ -104,12 +106,16 @@ def head_grid_data(
         values[l, h] = v
     several = dc.group_size != dc.n_components
     target = describe_target(tokens, incorrect_tokens) if target is None else target
-    note = (
-        "heads() over several layers: each head = its direct + indirect effect; each layer's heads + rest + bias "
-        "sum to the total"
-        if several
-        else "the heads are part of one split of the total (with the other components)"
-    )
+    total = float(a[: dc.group_size].sum())
+    if several:
+        note = (f"Each cell: a head's whole effect, direct and through the layers after it. Each layer's heads "
+                f"with the rest of the stream add up to {total:.4g}.")
+    elif "embed" in dc.labels:  # sources(): every path credited to the first head or MLP on it
+        note = (f"Each cell: the paths that pass through the head first. With the MLPs, the embeddings and the "
+                f"biases the heads add up to {total:.4g}.")
+    else:
+        note = (f"Each cell: a head's whole effect, direct and through later layers; with the rest they add up to "
+                f"{total:.4g}.")
     return HeadGridData(
         values=values,
         layers=tuple(f"L{l}" for l in range(n_layers)),
@@ -118,7 +124,7 @@ def head_grid_data(
         several_groups=several,
         zmax=symmetric_max(values),
         target=target,
-        title=f"Head contributions to {target}",
+        title=f"Which attention heads drive {target}",
         note=note,
     )
 
@@ -165,16 +171,16 @@ def _plotly(data: HeadGridData) -> Any:
         go.Heatmap(
             z=_cells(data), x=list(data.heads), y=list(data.layers), colorscale=COLORSCALE,
             zmin=-data.zmax, zmax=data.zmax, zmid=0.0, xgap=1, ygap=1,
-            hovertemplate="%{y}%{x}<br>contribution %{z:+.5g}<extra></extra>",
+            hovertemplate=f"%{{y}}%{{x}}<br>{UNITS} %{{z:+.5g}}<extra></extra>",
             texttemplate="%{z:.2f}" if data.values.numel() <= _ANNOTATE_MAX else None,
-            colorbar=dict(title=dict(text="contribution")),
+            colorbar=dict(title=dict(text=UNITS, side="right")),
         )
     )
     fig.update_yaxes(autorange="reversed", title_text="layer")
-    fig.update_xaxes(title_text="head")
+    fig.update_xaxes(title_text="head", side="bottom")
     fig.update_layout(
-        title=dict(text=f"{data.title}<br><sup>{data.note}</sup>", font=dict(size=13)), plot_bgcolor="white",
-        width=max(700, 45 * len(data.heads) + 250), height=max(300, 35 * len(data.layers) + 160),
+        title=dict(text=f"{data.title}<br><sup>{data.note}</sup>", font=dict(size=15)), plot_bgcolor="white",
+        autosize=True, height=max(320, 34 * len(data.layers) + 170), margin=dict(l=60, r=20, t=80, b=50),
     )
     return fig
 
@@ -183,18 +189,23 @@ def _matplotlib(data: HeadGridData) -> Any:
     from matplotlib.figure import Figure
 
     rows, cols = data.values.shape
-    fig = Figure(figsize=(max(4.0, 0.5 * cols + 2.0), max(2.5, 0.4 * rows + 1.5)), layout="constrained")
+    fig = Figure(figsize=(min(7.2, max(4.2, 0.5 * cols + 2.2)), min(9.0, max(2.8, 0.36 * rows + 1.7))),
+                 layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(data.values.numpy(), cmap=COLORSCALE, vmin=-data.zmax, vmax=data.zmax, aspect="auto")
     if rows * cols <= _ANNOTATE_MAX:
         for (r, c), v in zip(((r, c) for r in range(rows) for c in range(cols)), data.values.flatten().tolist()):
             if not math.isnan(v):
                 dark = abs(v) > 0.6 * data.zmax
-                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
-    ax.set_xticks(range(cols), list(data.heads))
-    ax.set_yticks(range(rows), list(data.layers))
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    fig.colorbar(image, ax=ax, label="contribution")
-    ax.set_title(f"{data.title}\n{data.note}", fontsize=8, wrap=True)
+                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=FONT["cell"],
+                        color="white" if dark else "black")
+    ax.set_xticks(range(cols), list(data.heads), fontsize=FONT["cell"])
+    ax.set_yticks(range(rows), list(data.layers), fontsize=FONT["cell"])
+    ax.set_xlabel("head", fontsize=FONT["label"])
+    ax.set_ylabel("layer", fontsize=FONT["label"])
+    bar = fig.colorbar(image, ax=ax)
+    bar.set_label(UNITS, fontsize=FONT["label"])
+    bar.ax.tick_params(labelsize=FONT["cell"])
+    fig.suptitle(data.title, fontsize=FONT["title"], x=0.02, ha="left")
+    ax.set_title(data.note, fontsize=FONT["subtitle"], loc="left", wrap=True)
     return fig

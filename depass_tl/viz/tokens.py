@@ -2,8 +2,9 @@
 
 The values are ``DePassCache.logit_attrs`` of the ``tok{p}`` components (from ``depass_tl.tokens()``),
 read, not recomputed. Colours are diverging and centred at 0 (red < 0 < blue), with the range
-``[-m, m]``, ``m`` the largest |token value|; components that are not tokens (``bias``,
-``pos_embed``) are listed in the title, so the title's total is the exact sum of everything.
+``[-m, m]``, ``m`` the largest |token value|; each cell shows the token and its value. Components
+that are not tokens (``bias``, ``pos_embed``) are named in the subtitle, so the subtitle's total is
+the exact sum of everything.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from torch import Tensor
 from depass_tl.cache import DePassCache
 from depass_tl.errors import DePassError
 from depass_tl.viz._backend import (
-    COLORSCALE, attrs_from, check_batch, describe_target, resolve_backend, resolve_pos, str_tokens_of, symmetric_max,
+    COLORSCALE, FONT, OTHER_NAMES, UNITS, attrs_from, check_batch, describe_target, resolve_backend, resolve_pos,
+    str_tokens_of, symmetric_max, token_text,
 )
 
 __all__ = ["TokenHeatmapData", "token_heatmap", "token_heatmap_data"]
@@ -40,8 +42,8 @@ class TokenHeatmapData:
         pos: the position whose logit is attributed (absolute index).
         batch: the prompt shown.
         zmax: the colour range is ``[-zmax, zmax]`` (max |token value|; 1.0 when all are 0).
-        target: e.g. ``logit[' Mary'] − logit[' John']``.
-        title: the figure title.
+        target: e.g. ``logit(“Mary”) − logit(“John”)``.
+        title: the figure title; subtitle: what the values are and what they add up to.
     """
 
     str_tokens: tuple[str, ...]
@@ -53,6 +55,7 @@ class TokenHeatmapData:
     zmax: float
     target: str
     title: str
+    subtitle: str
 
 
 def token_heatmap_data(
@@ -106,13 +109,14 @@ def token_heatmap_data(
     strs = str_tokens_of(dc, b, str_tokens, what)
     target = describe_target(tokens, incorrect_tokens) if target is None else target
     total = float(a.sum())
-    rest = ", ".join(f"{label} {v:+.4g}" for label, v in others)
-    title = f"Token contributions to {target} at position {p} ({strs[p]!r}): total {total:.4g}" + (
-        f" (incl. {rest})" if rest else ""
+    rest = " and ".join(f"{OTHER_NAMES.get(label, label)} ({v:+.4g})" for label, v in others)
+    subtitle = (
+        f"Each token's exact contribution when the model predicts after “{token_text(strs[p])}” (position {p}); "
+        + (f"with the {rest} they add up to {total:.4g}." if rest else f"they add up to {total:.4g}.")
     )
     return TokenHeatmapData(
         str_tokens=strs, values=values, others=tuple(others), total=total, pos=p, batch=b,
-        zmax=symmetric_max(values), target=target, title=title,
+        zmax=symmetric_max(values), target=target, title=f"Which tokens drive {target}", subtitle=subtitle,
     )
 
 
@@ -164,7 +168,7 @@ def token_heatmap(
 
 
 def _grid(data: TokenHeatmapData, wrap: int) -> tuple[list[list[float | None]], list[list[str]], list[list[str]]]:
-    """Row-wrapped values (None pads the last row), display text and hover text."""
+    """Row-wrapped values (None pads the last row), cell text (token and value) and hover text."""
     P = len(data.str_tokens)
     rows = math.ceil(P / wrap)
     z: list[list[float | None]] = [[None] * wrap for _ in range(rows)]
@@ -174,8 +178,8 @@ def _grid(data: TokenHeatmapData, wrap: int) -> tuple[list[list[float | None]], 
         r, c = divmod(p, wrap)
         z[r][c] = None if math.isnan(v) else v
         mark = "▶" if p == data.pos else ""
-        text[r][c] = mark + (s.strip() or repr(s))
-        hover[r][c] = f"position {p}: {s!r}<br>contribution {v:+.5g}"
+        text[r][c] = mark + token_text(s) + ("" if math.isnan(v) else f"\n{v:+.2f}")
+        hover[r][c] = f"position {p}: {s!r}<br>{UNITS} {v:+.5g}"
     return z, text, hover
 
 
@@ -185,16 +189,17 @@ def _plotly(data: TokenHeatmapData, wrap: int) -> Any:
     z, text, hover = _grid(data, wrap)
     fig = go.Figure(
         go.Heatmap(
-            z=z, text=text, customdata=hover, texttemplate="%{text}", hovertemplate="%{customdata}<extra></extra>",
+            z=z, text=[[t.replace("\n", "<br>") for t in row] for row in text], customdata=hover,
+            texttemplate="%{text}", hovertemplate="%{customdata}<extra></extra>",
             colorscale=COLORSCALE, zmin=-data.zmax, zmax=data.zmax, zmid=0.0, xgap=2, ygap=2,
-            colorbar=dict(title=dict(text="contribution")),
+            colorbar=dict(title=dict(text=UNITS, side="right")),
         )
     )
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False, autorange="reversed")
     fig.update_layout(
-        title=dict(text=data.title, font=dict(size=13)),
-        width=max(500, 75 * wrap + 150), height=max(220, 60 * len(z) + 130), plot_bgcolor="white",
+        title=dict(text=f"{data.title}<br><sup>{data.subtitle}</sup>", font=dict(size=15)),
+        autosize=True, height=max(240, 64 * len(z) + 130), plot_bgcolor="white", margin=dict(l=20, r=20, t=80, b=20),
     )
     return fig
 
@@ -204,16 +209,21 @@ def _matplotlib(data: TokenHeatmapData, wrap: int) -> Any:
 
     z, text, _ = _grid(data, wrap)
     grid = torch.tensor([[math.nan if v is None else v for v in row] for row in z]).numpy()
-    fig = Figure(figsize=(max(5.0, 0.9 * wrap + 1.5), max(1.8, 0.55 * len(z) + 1.2)), layout="constrained")
+    fig = Figure(figsize=(min(7.2, 0.58 * wrap + 1.3), 0.62 * len(z) + 1.1), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(grid, cmap=COLORSCALE, vmin=-data.zmax, vmax=data.zmax, aspect="auto")
     for r, row in enumerate(text):
         for c, s in enumerate(row):
             if s:
                 dark = z[r][c] is not None and abs(z[r][c]) > 0.6 * data.zmax  # type: ignore[arg-type]
-                ax.text(c, r, s, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+                ax.text(c, r, s, ha="center", va="center", fontsize=FONT["cell"], color="white" if dark else "black")
     ax.set_xticks([])
     ax.set_yticks([])
-    fig.colorbar(image, ax=ax, label="contribution")
-    ax.set_title(data.title, fontsize=9, wrap=True)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    bar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
+    bar.set_label(UNITS, fontsize=FONT["label"])
+    bar.ax.tick_params(labelsize=FONT["cell"])
+    fig.suptitle(data.title, fontsize=FONT["title"], x=0.02, ha="left")
+    ax.set_title(data.subtitle, fontsize=FONT["subtitle"], loc="left", wrap=True)
     return fig

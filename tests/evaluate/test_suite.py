@@ -48,11 +48,15 @@ def test_suite_end_to_end_on_the_ioi_toy_model():
     tokens = enc.encode([p.text for p in prompts])
     io = torch.tensor([enc.token_id(p.io) for p in prompts])
     s = torch.tensor([enc.token_id(p.s) for p in prompts])
-    methods = dict(list(token_methods(temperatures=(0.1,), ig_steps=2).items()))
+    corrupt = tokens.clone()
+    for b in range(len(prompts)):  # IO and S swapped: the corrupted answer is S
+        corrupt[b][tokens[b] == io[b]], corrupt[b][tokens[b] == s[b]] = s[b], io[b]
+    methods = token_methods(temperatures=(0.1,), captum=False)
     report = token_faithfulness(model, tokens, io, methods=methods, topk_fractions=(0.5, 1.0),
                                 eraser_fractions=(0.2,), progress=False)
     merged = report + report
     assert merged.n_prompts == 2 * len(prompts)
+    assert merged.compute["depass ratio"].forward == 2 * report.compute["depass ratio"].forward == 2 * len(prompts)
     table = report.table()
     assert list(table.index) == list(methods) and "disrupt mean" in table.columns
     text = format_table(table)
@@ -60,11 +64,16 @@ def test_suite_end_to_end_on_the_ioi_toy_model():
     # keeping every token changes nothing: Recover-top-100% is 0 for every method
     for name in methods:
         assert torch.all(report.recover[name][:, -1] == 0), name
-    comp = component_faithfulness(model, tokens, io, incorrect=s, methods=component_methods(), fractions=(0.25,),
-                                  ablations=("zero",), progress=False)
+    heads = component_methods(captum=False, ablations=("zero",))
+    comp = component_faithfulness(model, tokens, io, incorrect=s, methods=heads, k=(1, 3),
+                                  ablations=("zero", "resample"), corrupt_tokens=corrupt, progress=False)
     acc = comp.table(measure="accuracy")
-    assert len(acc) == len(component_methods()) * 2
+    assert len(acc) == len(heads) * 2 * 2 and list(acc.columns[:3]) == ["k=1 mean", "k=1 lo", "k=1 hi"]
+    assert comp.compute["exact ablation (zero)"].forward == len(prompts) * (1 + 12)  # clean + one per head
     # DePass's top heads must hurt the IO-vs-S logit difference more than its bottom heads
     top, _ = comp.results[("depass softmax T=0.1", "top", "zero")]
     bottom, _ = comp.results[("depass softmax T=0.1", "bottom", "zero")]
     assert float(top.mean()) < float(bottom.mean())
+    # zero-ablating the head whose single ablation hurts most lowers the logit difference
+    exact, _ = comp.results[("exact ablation (zero)", "top", "zero")]
+    assert float(exact[:, 0].mean()) < float(comp.clean_metric.mean())

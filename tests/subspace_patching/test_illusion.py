@@ -230,3 +230,106 @@ def test_random_model_invariants() -> None:
     flow = rep.flow
     assert flow.completeness_error < 1e-9
     assert flow.subspace_credit + flow.complement_credit == pytest.approx(flow.actual_credit, abs=1e-12)
+
+
+# --------------------------------------------------------------------- the readers span the whole space
+def whole_space_model():
+    """The issue-20 case, hand-set: a direction at ``blocks.1.hook_resid_post`` whose effect (0.4) is twice
+    the whole-site patch (0.2), read by weights that span the whole residual space.
+
+    3 layers, attention only, d_model 3, no norms. Layers 0 and 1 write nothing, so the site is the
+    embedding: token 2 -> (0, 0, 2), token 3 -> (1, 1, 0), tokens 0 and 1 -> 0. Layer 2 attends uniformly
+    (W_Q = W_K = 0) and adds h_0[2] + h_1[2] to axis 2 at the last position. W_U[:, ANSWER] =
+    (1, -0.5, 1), W_U[:, 1] = e_1, W_U[:, 2] = e_2 (rank 3 = d), W_U[:, OTHER] = 0. So at the last
+    position y = h_1[0] - 0.5 h_1[1] + 2 h_1[2] + h_0[2]: base [0, 1] gives 0, source [2, 3] gives
+    1 - 0.5 + 2 = 2.5. Patching e_0 at the last position gives y = 1 (E = 0.4); patching the whole
+    site there gives y = 0.5 (E = 0.2): the other 2.0 comes from position 0 through layer 2.
+    """
+    import warnings
+
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=3, d_model=3, n_ctx=4, d_head=1, n_heads=1, d_vocab=4, attn_only=True,
+                                  normalization_type=None, act_fn=None, dtype=F64, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = HookedTransformer(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.embed.W_E[2] = torch.tensor([0.0, 0.0, 2.0], dtype=F64)
+        model.embed.W_E[3] = torch.tensor([1.0, 1.0, 0.0], dtype=F64)
+        model.blocks[2].attn.W_V[0, 2, 0] = 1.0
+        model.blocks[2].attn.W_O[0, 0, 2] = 2.0
+        model.unembed.W_U[:, ANSWER] = torch.tensor([1.0, -0.5, 1.0], dtype=F64)
+        model.unembed.W_U[1, 1] = 1.0
+        model.unembed.W_U[2, 2] = 1.0
+    return model.eval()
+
+
+RESID = "blocks.1.hook_resid_post"
+
+
+def whole_space_report(**kw):
+    model = whole_space_model()
+    return illusion_report(model, torch.tensor([[0, 1]]), torch.tensor([[2, 3]]), RESID, E[0], logit_diff,
+                           reader=model.W_U, **kw)
+
+
+def test_whole_space_case_numbers() -> None:
+    rep = whole_space_report()
+    assert (rep.metric_base, rep.metric_source) == (pytest.approx(0.0), pytest.approx(2.5))
+    assert rep.effect_v == pytest.approx(0.4, abs=1e-12) and rep.effect_full == pytest.approx(0.2, abs=1e-12)
+    assert rep.reader_rank == 3 and rep.null_norm < 1e-12 and rep.row_norm == pytest.approx(1.0)
+    assert rep.rho == pytest.approx(1.0) and rep.sigma == pytest.approx(0.0, abs=1e-12)
+    assert rep.epsilon == pytest.approx(0.2, abs=1e-12)
+
+
+def test_whole_space_without_flow_is_inconclusive_not_faithful() -> None:
+    rep = whole_space_report()
+    assert rep.rowspace_uninformative and rep.verdict == "inconclusive"
+    assert "the readers' row space is the whole space" in rep.reasons[0]
+    assert "flow check was not run" in rep.reasons[0]
+    assert any("exceeds the whole-site patch E(full) = 0.2" in r for r in rep.reasons)
+    checks = dict(rep.checks)
+    assert list(checks) == ["effect size", "rowspace test", "DePass flow check", "dormancy"]
+    assert checks["rowspace test"].startswith("uninformative: rank(W) = d = 3")
+    assert checks["DePass flow check"].startswith("not run")
+    text = str(rep)
+    assert "checks:" in text and "rowspace test: uninformative" in text and "DePass flow check: not run" in text
+
+
+def test_whole_space_verdict_rests_on_the_flow_check() -> None:
+    # residual site, one group: subspace credit (1, 0) and complement credit (-0.5, 0) over (source, base);
+    # R = (1 + 0.5) / |1 - 0.5| = 3 >= 2: the direction's credit is partly cancelled by the rest of the site
+    rep = whole_space_report(logit_tokens=LT)
+    flow = rep.flow
+    assert flow.subspace_active == pytest.approx(1.0) and flow.complement_active == pytest.approx(0.5)
+    assert flow.cancellation_ratio == pytest.approx(3.0) and flow.phantom_fraction is None
+    assert rep.verdict == "illusion_suspected"
+    assert "the verdict rests only on the DePass flow check" in rep.reasons[0]
+    assert any(r.startswith("flow signature: cancellation ratio R = 3") for r in rep.reasons)
+    assert dict(rep.checks)["DePass flow check"].startswith("ran:")
+    # a stricter cancellation threshold clears the flow check: the verdict then says it rests on it alone
+    from depass_tl.subspace_patching import Thresholds
+
+    cleared = whole_space_report(logit_tokens=LT, thresholds=Thresholds(cancellation_min=4.0))
+    assert cleared.verdict == "faithful" and cleared.rowspace_uninformative
+    assert "rests only on the DePass flow check" in cleared.reasons[0] and "no flow signature" in cleared.reasons[-1]
+
+
+def test_direction_inside_the_row_space_is_uninformative() -> None:
+    # a rank-2 reader of the 3-dim site (1 < 2 < 3) and e3 inside its row space: rho = 1 by construction
+    reader = torch.stack([E[1], E[2]], 1)
+    rep = illusion_report(build_toy(), tokens(1), tokens(2), SITE, E[2], logit_diff, reader=reader)
+    assert rep.reader_rank == 2 and rep.null_norm < 1e-12 and rep.rowspace_uninformative
+    assert "v lies in the row space of W" in rep.reasons[0] and rep.verdict == "inconclusive"
+    # the same reader with k = 2: rank 2 <= k
+    rep2 = illusion_report(build_toy(), tokens(1), tokens(2), SITE, reader, logit_diff, reader=reader)
+    assert rep2.rowspace_uninformative and "rank(W) <= k (2 <= 2)" in rep2.reasons[0]
+
+
+def test_informative_rowspace_test_says_it_ran() -> None:
+    model = build_toy((0.0, 2.0), bypass=True)
+    rep = illusion_report(model, tokens(1), tokens(2), SITE, torch.tensor([1.0, 1.0], dtype=F64) / 2**0.5, logit_diff)
+    assert dict(rep.checks)["rowspace test"].endswith("patch signature met")

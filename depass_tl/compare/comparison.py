@@ -1,34 +1,4 @@
-"""DePass next to activation patching, on the axes of ``transformer_lens.patching``.
-
-**Activation patching** (TL's ``transformer_lens.patching``) runs the model on a *corrupted* input and
-overwrites one activation (a residual-stream position, a module output at a position, a head's
-``hook_z`` at a position or at every position) with its value from the *clean* run. Here its result
-is the **effect** ``metric(patched logits) − metric(corrupted logits)``, one forward pass per cell,
-from TL's own ``get_act_patch_*`` functions (called, not re-implemented). Divide by
-``metric_clean − metric_corrupted`` to get TL's usual normalised score.
-
-**DePass** (Hong et al., NeurIPS 2025) decomposes a *single* run: the activation at a hook is split
-into additive components, each is replayed through the rest of the model with attention patterns,
-norm scales and MLP activations frozen at that run's values, and the metric is the exact sum of the
-components' contributions. :func:`compare` builds, per patching cell, the component that the patch
-would overwrite (:mod:`depass_tl.compare_layouts`: e.g. position p of ``resid_pre[L]``; head h's
-output ``z_h W_O[h]`` at position p, with ``b_V`` riding with the head and ``b_O`` in ``rest``) and
-reports its contribution to the same metric. Per layer, cells + ``rest`` + ``bias`` = the metric.
-
-**Metric.** A logit difference ``logit[answer] − logit[incorrect]`` (or a single logit) at one
-position, averaged over the batch, with one answer per prompt allowed. It is linear in the logits,
-so DePass attributes it exactly (``DePassCache.logit_attrs``); patching evaluates the same function
-on the patched logits.
-
-**When they agree.** DePass is run on the clean and on the corrupted input; ``depass_diff`` is clean
-minus corrupted. If every nonlinear coefficient downstream of the patched activation is the same in
-the clean, the corrupted and the patched runs (same attention patterns, no norm or a constant scale,
-no MLP in the path), the model is the same affine map in all three, and the patching effect of a
-cell equals its ``depass_diff`` exactly. When patching changes a later attention pattern (a QK
-effect), a norm scale or an MLP activation, the two differ: DePass freezes those coefficients
-(the paper's stated limitation: frozen attention cannot see QK-circuit interactions), patching
-does not. Compare the two by rank (:meth:`Comparison.agreement`), not by value.
-"""
+"""The comparison itself: :func:`compare`, its result types and the metric (see :mod:`depass_tl.compare`)."""
 
 from __future__ import annotations
 
@@ -40,14 +10,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from depass_tl._checks import checked
+from depass_tl._types import TOKENS_HINT, Model, TextOrTokens
 from depass_tl.capture import capture, to_tokens
-from depass_tl.compare_layouts import LAYOUTS, depass_layout, layout_hooks, layout_shape
-from depass_tl.compare_stats import spearman, top_k_overlap
+from depass_tl.compare.layouts import LAYOUTS, depass_layout, layout_hooks, layout_shape
 from depass_tl.errors import DePassError
-from depass_tl.replay.mlp import MLP_RULES
+from depass_tl.replay.rules import DEFAULT_TEMPERATURE, RuleLike, get_rule
+from depass_tl.stats import spearman, top_k_overlap
 
 __all__ = ["LAYOUTS", "Comparison", "LayoutComparison", "compare", "logit_diff_metric"]
 
+
+AnswerTokens = int | str | Sequence[int] | Sequence[str] | Tensor
+"""An answer token id or single-token string, or one per prompt."""
 
 _DEFAULT_LAYOUTS = ("resid_pre", "attn_out", "mlp_out", "attn_head_out_by_pos", "attn_head_out_all_pos")
 
@@ -181,8 +156,8 @@ class Comparison:
         panels: Sequence[str] = ("depass_diff", "patching"),
         backend: str | None = None,
     ) -> Any:
-        """Side-by-side heatmaps with one symmetric colour scale; see :func:`~depass_tl.compare_plot.plot_comparison`."""
-        from depass_tl.compare_plot import plot_comparison
+        """Side-by-side heatmaps with one symmetric colour scale; see :func:`depass_tl.viz.compare.plot_comparison`."""
+        from depass_tl.viz.compare import plot_comparison  # plots live in viz, which never imports this module
 
         return plot_comparison(self, layout, panels=panels, backend=backend)
 
@@ -260,17 +235,24 @@ def _pos_labels(model: Any, clean: Tensor, corrupted: Tensor) -> tuple[str, ...]
 
 
 # ----------------------------------------------------------------------------------- compare
+@checked(hints={
+    "clean": TOKENS_HINT.replace("input", "clean"), "corrupted": TOKENS_HINT.replace("input", "corrupted"),
+    "answer_tokens": "answer_tokens: expected an id, a string, or one per prompt",
+    "incorrect_tokens": "incorrect_tokens: expected an id, a string, or one per prompt",
+    "layouts": f"layouts must be a non-empty list of names from {list(LAYOUTS)}",
+    "pos": "pos must be an integer position",
+})
 def compare(
-    model: Any,
-    clean: Any,
-    corrupted: Any,
+    model: Model,
+    clean: TextOrTokens,
+    corrupted: TextOrTokens,
     *,
-    answer_tokens: Any,
-    incorrect_tokens: Any = None,
+    answer_tokens: AnswerTokens,
+    incorrect_tokens: AnswerTokens | None = None,
     layouts: Sequence[str] | None = None,
     pos: int = -1,
-    mlp_rule: str = "softmax",
-    temperature: float = 0.1,
+    mlp_rule: RuleLike = "softmax",
+    temperature: float = DEFAULT_TEMPERATURE,
     dtype: torch.dtype | None = None,
     prepend_bos: bool | None = None,
 ) -> Comparison:
@@ -289,8 +271,9 @@ def compare(
         layouts: which of :data:`LAYOUTS` to compute. Default: ``resid_pre``, ``attn_out``,
             ``mlp_out`` (models with MLPs), ``attn_head_out_by_pos``, ``attn_head_out_all_pos``.
         pos: the position whose logits the metric reads (default: the last).
-        mlp_rule: DePass MLP rule (``softmax``, ``ratio``, ``max``); see :func:`depass_tl.run_with_depass`.
-        temperature: softmax temperature.
+        mlp_rule: DePass MLP rule (``softmax``, ``ratio``, ``max``, or a rule object); see
+            :func:`depass_tl.run_with_depass`.
+        temperature: softmax temperature (for a rule given by name).
         dtype: DePass accumulation dtype (default: float32, float64 for float64 models).
         prepend_bos: for string input, passed to ``model.to_tokens``.
 
@@ -330,8 +313,7 @@ def compare(
     batch, P = clean_toks.shape
     if isinstance(pos, bool) or not isinstance(pos, int) or not -P <= pos < P:
         raise DePassError(f"pos must be an integer position in [-{P}, {P}); got {pos!r}.")
-    if mlp_rule not in MLP_RULES:
-        raise DePassError(f"unknown mlp_rule {mlp_rule!r}; choose one of {', '.join(MLP_RULES)}.")
+    rule = get_rule(mlp_rule, temperature=temperature)
     answer = _ids(model, answer_tokens, batch, "answer_tokens")
     incorrect = None if incorrect_tokens is None else _ids(model, incorrect_tokens, batch, "incorrect_tokens")
 
@@ -375,7 +357,7 @@ def compare(
             patched = getattr(tl_patching, lay.tl_function)(model, corrupt_toks, clean_cache, patching_metric)
         patched = patched.detach().double().cpu()
         assert tuple(patched.shape) == layout_shape(name, run_clean), (name, tuple(patched.shape))
-        kw: dict[str, Any] = dict(pos=pos, mlp_rule=mlp_rule, temperature=temperature, dtype=dtype)
+        kw: dict[str, Any] = dict(pos=pos, mlp_rule=rule, dtype=dtype)
         d_clean, r_clean = depass_layout(run_clean, name, answer, incorrect, **kw)
         d_corrupt, r_corrupt = depass_layout(run_corrupt, name, answer, incorrect, **kw)
         results[name] = LayoutComparison(
@@ -397,5 +379,5 @@ def compare(
         incorrect_tokens=incorrect,
         pos=pos,
         pos_labels=_pos_labels(model, clean_toks, corrupt_toks),
-        mlp_rule=mlp_rule,
+        mlp_rule=rule.name,
     )

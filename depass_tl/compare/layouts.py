@@ -34,6 +34,7 @@ from depass_tl.api import replay
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components import custom
 from depass_tl.errors import DePassError
+from depass_tl.replay.rules import DEFAULT_TEMPERATURE, RuleLike
 
 __all__ = ["LAYOUTS", "depass_layout", "layout_hooks", "layout_shape"]
 
@@ -99,7 +100,7 @@ def _act(run: FrozenRun, name: str) -> Tensor:
     if name not in run.acts:
         raise DePassError(
             f"{name!r} was not captured; capture with depass_tl.capture(model, tokens, "
-            "extra_hooks=depass_tl.compare_layouts.layout_hooks(layout, model.cfg.n_layers))."
+            "extra_hooks=depass_tl.compare.layout_hooks(layout, model.cfg.n_layers))."
         )
     return run.acts[name]
 
@@ -151,8 +152,8 @@ def depass_layout(
     incorrect_tokens: Any = None,
     *,
     pos: int = -1,
-    mlp_rule: str = "softmax",
-    temperature: float = 0.1,
+    mlp_rule: RuleLike = "softmax",
+    temperature: float = DEFAULT_TEMPERATURE,
     dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
     """DePass contributions to a logit (difference) on a patching layout's axes, for one run.
@@ -175,7 +176,7 @@ def depass_layout(
 
     Examples:
         >>> import torch, depass_tl
-        >>> from depass_tl.compare_layouts import depass_layout, layout_hooks
+        >>> from depass_tl.compare import depass_layout, layout_hooks
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
         ...                               d_vocab=20, attn_only=True, seed=0)

@@ -1,0 +1,67 @@
+"""Config checks and weight helpers shared by the TransformerLens backends (HookedTransformer, Bridge)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from depass_tl.errors import UnsupportedModelError
+
+__all__ = ["check_supported", "maybe_bias", "soft_cap"]
+
+
+def _get(cfg: Any, name: str, default: Any = None) -> Any:
+    return getattr(cfg, name, default)
+
+
+def check_supported(cfg: Any) -> None:
+    """Raise :class:`UnsupportedModelError` naming the first config field the replay cannot handle.
+
+    Supported (see docs/architectures.md): LN / LNPre / RMS / RMSPre / no norm, ``final_rms``,
+    ``post_embedding_ln``, ``parallel_attn_mlp``, ``attn_only``, GQA, ``use_split_qkv_input``,
+    ``use_attn_in``, ``use_attn_result``, ``use_normalization_before_and_after`` (Gemma-2/3),
+    attention sinks, ``clip_qkv``, every activation incl. ``solu`` / ``solu_ln``, gated MLPs,
+    Mixtral-style MoE, output logit soft caps, and every pattern-only feature.
+
+    Args:
+        cfg: a ``HookedTransformerConfig`` or a TransformerBridge's config.
+
+    Raises:
+        UnsupportedModelError: the field, its value, and what to do.
+    """
+    n_devices = _get(cfg, "n_devices", 1) or 1
+    if n_devices > 1:
+        raise UnsupportedModelError(
+            f"cfg.n_devices={n_devices}: models split over several devices are not replayed yet. "
+            "Load the model on one device (n_devices=1) and run depass_tl there."
+        )
+    if _get(cfg, "load_in_4bit", False):
+        raise UnsupportedModelError(
+            "cfg.load_in_4bit=True: 4-bit quantised weights cannot be read as plain tensors by the replay. "
+            "Load the model unquantised (load_in_4bit=False), e.g. in bfloat16."
+        )
+    arch = _get(cfg, "original_architecture", None) or _get(cfg, "architecture", None)  # Bridge: architecture
+    try:
+        from transformer_lens.loading_from_pretrained import POST_NORM_ARCHITECTURES  # type: ignore
+    except ImportError:  # older TL: no post-norm decoder architectures at all
+        POST_NORM_ARCHITECTURES = ()
+    if arch is not None and arch in POST_NORM_ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"cfg.original_architecture={arch!r} is a post-norm decoder (ln1/ln2 act on the sublayer outputs, "
+            "so ln1.hook_scale is not the input norm); it is not replayed yet. Use a pre-norm model."
+        )
+
+
+def maybe_bias(t: Any) -> Tensor | None:
+    """A detached bias, or None when it is absent or all zeros (then the replay skips it)."""
+    if t is None:
+        return None
+    t = t.detach()
+    return None if bool((t == 0).all()) else t
+
+
+def soft_cap(cfg: Any) -> float | None:
+    """``cfg.output_logits_soft_cap`` as a float, None when off (TL uses -1 or 0 for "off")."""
+    cap = _get(cfg, "output_logits_soft_cap", None)
+    return float(cap) if cap is not None and cap > 0 else None
