@@ -63,15 +63,17 @@ def check_main_job(folder: Path) -> None:
     if "top prediction there: ' Mary'" not in out:
         problems.append("the model's top prediction is not ' Mary'")
     page = html.read_text() if html.is_file() else ""
-    if len(page) < 50_000:
+    if len(page) < 20_000:
         problems.append(f"{html} is missing or only {len(page)} bytes")
-    for needle in ("Mary", "John", "drink", "store") + ((f"{abs(float(clean.group(1))):.3f}",) if clean else ()):
+    for needle in ("Mary", "John", "drink", "store"):  # the page's numbers are checked by tests/test_explorer*.py
         if needle not in page:
             problems.append(f"{html} does not show {needle!r}")
+    if re.search(r"<script[^>]+src=", page):
+        problems.append(f"{html} loads a script from elsewhere (it must be self-contained)")
     if problems:
         raise SystemExit("README main job: " + "; ".join(problems))
     print(f"[ci] README main job: clean logit difference {clean.group(1)} (= the sum over components), "
-          f"completeness error {max(errors):.1e}, {html.name} {len(page) / 1e6:.1f} MB")
+          f"completeness error {max(errors):.1e}, {html.name} {len(page) / 1e3:.0f} KB")
 
 
 if __name__ == "__main__":
