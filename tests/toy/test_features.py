@@ -105,8 +105,9 @@ def test_faithfulness_suite_runs_on_this_class(ioi) -> None:
     prompts = [p for p in prompts if len(ioi.to_tokens(p.text)[0]) == length][:3]
     tokens = ioi.to_tokens([p.text for p in prompts])
     io = torch.tensor([ioi.to_single_token(p.io) for p in prompts])
-    methods = {k: v for k, v in token_methods(temperatures=(0.1,), ig_steps=2).items()
-               if k in ("depass softmax T=0.1", "grad x input")}
+    methods = {k: v for k, v in token_methods(temperatures=(0.1,), captum=False).items()
+               if k in ("depass softmax T=0.1", "attention rollout")}
+    assert len(methods) == 2
     report = token_faithfulness(ioi, tokens, io, methods=methods, topk_fractions=(0.5, 1.0), eraser_fractions=(0.2,),
                                 progress=False)
     assert list(report.table().index) == list(methods)
@@ -124,5 +125,5 @@ def test_figures_show_token_strings(ioi, tmp_path) -> None:
     page = viz.save_html_page(figs, tmp_path / "page.html", title="toy")
     text = page.read_text()
     assert text.count("<h2>") == 3 and " drink" in text and "Mary" in text
-    shown = [t for row in figs["tokens"].data[0].text for t in row]  # the heatmap's cell labels
-    assert {"<|BOS|>", "Mary", "drink"} <= set(shown)
+    shown = " ".join(str(t) for row in figs["tokens"].data[0].text for t in row)  # the heatmap's cell labels
+    assert all(token in shown for token in ("BOS", "Mary", "drink", "store")), shown
