@@ -156,7 +156,7 @@ def _load_toy(args: argparse.Namespace) -> _Loaded:
     target = token("--target", args.target)
     contrast = None if args.contrast is None else token("--contrast", args.contrast)
     return _Loaded(model, tokens, tuple(enc.to_str_tokens(tokens)), target, contrast,
-                   f"toy model {args.model!r} ({type(model).__name__})", lambda i: enc.vocab[i])
+                   f"toy model {args.model!r}", lambda i: enc.vocab[i])
 
 
 def _official_name(name: str) -> str | None:

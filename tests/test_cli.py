@@ -214,8 +214,3 @@ def test_a_local_hugging_face_folder_loads_as_a_bridge(capsys) -> None:
     assert "(TransformerBridge.boot_transformers)" in out and "Heads: top 3 of" in out
     errs = [float(e) for e in re.findall(r"\|sum - clean\| = (\S+);", out)]
     assert len(errs) == 2 and max(errs) < 1e-4
-
-
-def test_the_toy_runs_as_the_class_this_version_has(capsys) -> None:
-    rc, out, _ = _run(capsys, PROMPT, "--target", " Mary", "--top", "1", "--components", "tokens")
-    assert rc == 0 and f"toy model 'ioi' ({type(toy.load('ioi')[0]).__name__})" in out
