@@ -41,17 +41,19 @@ def test_dataframe_and_plot_data_carry_token_strings(ioi) -> None:
     tokens = df[df.label.str.fullmatch(r"tok\d+")]
     assert tokens.token.tolist() == TOKENS
     heat = viz.token_heatmap_data(dc, " Mary", incorrect_tokens=" John")
-    assert heat.str_tokens == tuple(TOKENS) and heat.target == "logit[' Mary'] − logit[' John']"
+    assert heat.str_tokens == tuple(TOKENS)
+    assert "Mary" in heat.target and "John" in heat.target and "#" not in heat.target  # names, not token ids
     flow = viz.flow_data(dc, " Mary", incorrect_tokens=" John", top_k=3)
     shown = [d for d, s in zip(flow.display, flow.series) if s.startswith("tok")]
-    assert shown and all(repr(TOKENS[int(s[3:])]) in d for d, s in zip(shown, flow.series))
+    tok_series = [s for s in flow.series if s.startswith("tok")]
+    assert shown and all(TOKENS[int(s[3:])].strip() in d for d, s in zip(shown, tok_series))  # legends name tokens
 
 
 def test_head_grid_titles_name_the_tokens(ioi) -> None:
     model, _ = ioi
     _, dh = model.run_with_depass(PROMPT, components=depass_tl.heads())
     grid = viz.head_grid_data(dh, " Mary", incorrect_tokens=" John")
-    assert "' Mary'" in grid.title and "' John'" in grid.title and "#" not in grid.target
+    assert "Mary" in grid.title and "John" in grid.title and "#" not in grid.target  # names, not token ids
     assert torch.isfinite(grid.values).all()
 
 
