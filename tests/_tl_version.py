@@ -70,11 +70,6 @@ _TL4_IGNORE: dict[str, str] = {
 _TL2_IGNORE = ["families.py", "test_architectures.py", "test_families.py", "test_weight_processing.py",
                "test_notebooks.py"]
 
-_TOY_STATE = (
-    "depass_tl.toy.load cannot load the shipped TL-3 state dicts (their attn.mask buffers are saved with "
-    "shape [0, 0]; TL 2.x builds [n_ctx, n_ctx] and load_state_dict(strict=True) refuses them)"
-)
-
 
 def _no_field(field: str) -> str:
     return f"HookedTransformerConfig of TL 2.x has no {field!r} field (added in TL 3)"
@@ -107,58 +102,8 @@ _TL2_XFAIL: dict[str, str] = {
     "tests/test_attention_scores.py::test_dynamic_ntk_rotary_tables_match_the_clean_run": (
         _no_field("use_dynamic_ntk_rope")
     ),
-    # everything below loads a shipped toy model
-    "depass_tl/toy/__init__.py::depass_tl.toy": _TOY_STATE,
-    "depass_tl/toy/loading.py::depass_tl.toy.loading.load": _TOY_STATE,
-    "tests/toy/test_load.py::test_load_builds_documented_config": _TOY_STATE,
-    "tests/toy/test_load.py::test_load_works_offline_without_pickle": _TOY_STATE,
-    "tests/toy/test_load.py::test_loads_are_independent_copies": _TOY_STATE,
-    "tests/toy/test_quality.py::test_facts_are_recalled_through_the_mlps": _TOY_STATE,
-    "tests/toy/test_quality.py::test_induction_copies_the_repeated_half": _TOY_STATE,
-    "tests/toy/test_quality.py::test_ioi_canonical_prompt": _TOY_STATE,
-    "tests/toy/test_quality.py::test_ioi_heldout_accuracy_at_least_90_percent": _TOY_STATE,
-    "tests/evaluate/test_suite.py::test_suite_end_to_end_on_the_ioi_toy_model": _TOY_STATE,
-    "tests/test_cli.py::test_attribute_prints_the_librarys_numbers": _TOY_STATE,
-    "tests/test_cli.py::test_options_reach_the_library": _TOY_STATE,
-    "tests/test_cli.py::test_runs_as_a_module_in_a_fresh_process": _TOY_STATE,
-    "tests/test_cli.py::test_bad_input_is_one_line_and_status_2[argv12-": _TOY_STATE,
-    "tests/test_cli.py::test_bad_input_is_one_line_and_status_2[argv2-": _TOY_STATE,
-    "tests/test_cli.py::test_bad_input_is_one_line_and_status_2[argv3-": _TOY_STATE,
-    "tests/test_cli.py::test_bad_input_is_one_line_and_status_2[argv4-": _TOY_STATE,
-    "tests/test_cli.py::test_bad_input_is_one_line_and_status_2[argv6-": _TOY_STATE,
-    "tests/test_viz.py::test_flow_data_is_an_exact_split_of_the_residual_projection": _TOY_STATE,
-    "tests/test_viz.py::test_flow_token_names_and_errors": _TOY_STATE,
-    "tests/test_viz.py::test_head_grid_data_over_every_layer": _TOY_STATE,
-    "tests/test_viz.py::test_head_grid_one_layer_and_sources": _TOY_STATE,
-    "tests/test_viz.py::test_missing_viz_extra_names_the_install": _TOY_STATE,
-    "tests/test_viz.py::test_plot_data_needs_no_plotting_library": _TOY_STATE,
-    "tests/test_viz.py::test_token_heatmap_attrs_argument_and_fallback_labels": _TOY_STATE,
-    "tests/test_viz.py::test_token_heatmap_data_is_the_token_attribution": _TOY_STATE,
-    "tests/test_viz.py::test_token_heatmap_refuses_caches_without_token_components": _TOY_STATE,
-    "tests/test_viz.py::test_plotly_figures_carry_the_data_on_a_symmetric_scale": _TOY_STATE,
-    "tests/test_viz.py::test_matplotlib_figures_use_a_symmetric_scale": _TOY_STATE,
-    "tests/test_viz.py::test_save_html": _TOY_STATE,
-    "tests/test_viz.py::test_save_png_from_matplotlib": _TOY_STATE,
-    "tests/test_viz.py::test_save_png_from_plotly_without_an_exporter_names_the_fix": _TOY_STATE,
-    "tests/test_cli.py::test_html_is_the_explorer_from_one_capture_and_png_the_figures": _TOY_STATE,
-    "tests/test_cli.py::test_html_needs_no_plotting_library": _TOY_STATE,
-    "tests/test_viz.py::test_plotly_figures_are_labelled_in_words_and_follow_the_window_width": _TOY_STATE,
-    "tests/test_viz.py::test_matplotlib_figures_carry_the_same_words_at_print_size": _TOY_STATE,
-    "tests/toy/test_quality.py::test_induction_copies_the_repeated_half_at_any_length": _TOY_STATE,
-    "tests/toy/test_quality.py::test_induction_circuit_previous_token_head_and_induction_head": _TOY_STATE,
-    "tests/toy/test_quality.py::test_induction_metrics_in_json_match_the_model": _TOY_STATE,
 }
 
-
-def _toy_models_load() -> bool:
-    """Whether ``depass_tl.toy.load`` works on this TL (the ``_TOY_STATE`` xfails apply only while it fails)."""
-    try:
-        from depass_tl.toy import load
-
-        load("induction")
-    except (RuntimeError, ImportError):  # TL 2.x: load_state_dict refuses the TL-3 attn.mask buffers
-        return False
-    return True
 
 
 def _xfail_reason(nodeid: str) -> str | None:
@@ -184,8 +129,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Mark the TL-version-specific tests ``xfail(strict=True)`` with their reason."""
     if TL_MAJOR >= 3:
         return
-    toy_ok = _toy_models_load()
     for item in items:
         reason = _xfail_reason(item.nodeid)
-        if reason is not None and not (toy_ok and reason == _TOY_STATE):
+        if reason is not None:
             item.add_marker(pytest.mark.xfail(strict=True, reason=f"TransformerLens {TL_VERSION}: {reason}"))

@@ -76,10 +76,7 @@ def layout_hooks(layout: str, n_layers: int) -> list[str]:
     """
     if layout not in LAYOUTS:
         raise DePassError(f"unknown layout {layout!r}; choose from {list(LAYOUTS)}.")
-    try:  # TL >= 3 (transformer_lens.utils is deprecated there)
-        from transformer_lens.utilities import get_act_name
-    except ImportError:  # TL 2.x
-        from transformer_lens.utils import get_act_name  # type: ignore[no-redef]
+    from depass_tl.backends import get_act_name
 
     return [get_act_name(LAYOUTS[layout].tl_act, layer) for layer in range(n_layers)]
 
