@@ -24,6 +24,9 @@ MLP rules (``mlp_rule``):
   Gated MLP: post_c = act(hook_pre) * (ln2_c @ W_in) (+ b_in for ``bias``).
 * ``"max"``: all of the (split) post goes to the active component with the largest gamma_c,
   lowest index on ties; nothing active: ``bias``.
+* ``"taylor"`` (the official DePass code's): standard MLP: as ``"ratio"``. Gated MLP:
+  post_c = act(g) / g * pre_linear * (ln2_c @ W_gate), g = the clean hook_pre and pre_linear the
+  clean hook_pre_linear (g == 0: all of post - b_in to ``bias``); b_in goes to ``bias``.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import math
 import torch
 from transformer_lens import HookedTransformer
 
-MLP_RULES = ("softmax", "ratio", "max")
+MLP_RULES = ("softmax", "ratio", "max", "taylor")
 
 
 def _norm_kind(module: torch.nn.Module | None) -> str:
@@ -163,11 +166,12 @@ def _mlp_components(
     clean_post: torch.Tensor,
     rule: str,
     temperature: float,
+    clean_pre_linear: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MLP with frozen coefficients per component.
 
     clean_pre / clean_post: the clean ``mlp.hook_pre`` / ``mlp.hook_post`` [batch, pos, d_mlp]
-    (for a gated MLP hook_pre is the gate pre-activation). Returns
+    (for a gated MLP hook_pre is the gate pre-activation; clean_pre_linear its hook_pre_linear). Returns
     (post [component, batch, pos, d_mlp], mlp_out [component, batch, pos, d_model]).
     """
     n_comp, n_batch, n_pos, d_model = ln2.shape
@@ -198,6 +202,7 @@ def _mlp_components(
     pre_l = clean_pre.tolist()  # [batch][pos][neuron]
     post_l = clean_post.tolist()
     act_l = mlp.act_fn(clean_pre).tolist() if gated else None  # frozen act(hook_pre)
+    lin_clean_l = clean_pre_linear.tolist() if gated else None  # frozen hook_pre_linear
     b_in_l = mlp.b_in.tolist()
     post_c = [
         [[[0.0] * d_mlp for _ in range(n_pos)] for _ in range(n_batch)] for _ in range(n_comp)
@@ -212,12 +217,22 @@ def _mlp_components(
                             post_c[c][b][p][n] = act_l[b][p][n] * lin_l[c][b][p][n]
                         post_c[bias_c][b][p][n] += b_in_l[n]
                         continue
+                    if rule == "taylor":
+                        # act(g) = (act(g) / g) * g, split along the gate contributions; the up path whole
+                        g = pre_l[b][p][n]
+                        post_c[bias_c][b][p][n] += b_in_l[n]
+                        if g == 0.0:
+                            post_c[bias_c][b][p][n] += act_l[b][p][n] * lin_clean_l[b][p][n]
+                            continue
+                        for c in range(n_comp):
+                            post_c[c][b][p][n] += act_l[b][p][n] / g * lin_clean_l[b][p][n] * gamma_l[c][b][p][n]
+                        continue
                     # split post - b_in by the gate contributions; b_in goes to bias
                     to_split = post_l[b][p][n] - b_in_l[n]
                     post_c[bias_c][b][p][n] += b_in_l[n]
                 else:
                     to_split = post_l[b][p][n]
-                    if rule == "ratio":
+                    if rule in ("ratio", "taylor"):
                         pre = pre_l[b][p][n]
                         if pre == 0.0:
                             post_c[bias_c][b][p][n] += to_split
@@ -299,6 +314,7 @@ def reference_depass(
                 cache[f"{pre}.mlp.hook_post"],
                 mlp_rule,
                 temperature,
+                cache[f"{pre}.mlp.hook_pre_linear"] if f"{pre}.mlp.hook_pre_linear" in cache else None,
             )
             result[f"{pre}.mlp.hook_post"] = post
             result[f"{pre}.hook_mlp_out"] = mlp_out
