@@ -20,13 +20,14 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import depass_tl
+from depass_tl.replay.rules import get_rule, rule_names
 from depass_tl import DePassError, UnsupportedModelError
 from depass_tl.backends import read_model_view
 from depass_tl.backends.common import check_supported
 from tests.families import FAMILIES, HT_CONFIG_FEATURES, build_family, build_ht, family_tokens, from_pretrained_flags
 from tests.models import randomise
 
-RULES = ("softmax", "ratio", "max")
+RULES = rule_names()  # every registered rule
 REL_TOL = 1e-9
 TOKENS = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(0))
 
@@ -158,16 +159,17 @@ def test_gated_solu_ln_is_read_as_what_tl_computes() -> None:
     assert torch.equal(mlp.W_in, model.blocks[0].mlp.W_gate)
 
 
+@pytest.mark.parametrize("rule", [r for r in RULES if get_rule(r).linear])
 @pytest.mark.parametrize("name", ["solu_ln", "moe", "clip_qkv", "gemma2_like", "parallel_attn_mlp"])
-def test_ratio_rule_stays_linear(name: str) -> None:
+def test_linear_rules_stay_linear(name: str, rule: str) -> None:
     """Frozen softmax vector, frozen routing, frozen clip ratio, post-norms: splitting a component splits its output."""
     model = build_ht(name)
-    _, dc = depass_tl.run_with_depass(model, TOKENS, mlp_rule="ratio")
+    _, dc = depass_tl.run_with_depass(model, TOKENS, mlp_rule=rule)
     x0 = dc["blocks.0.hook_resid_pre"][:-1]
     frac = torch.rand(x0.shape[:3] + (1,), generator=torch.Generator().manual_seed(0), dtype=x0.dtype)
     labels = [f"a{i}" for i in range(len(x0))] + [f"b{i}" for i in range(len(x0))]
     spec = depass_tl.custom("blocks.0.hook_resid_pre", torch.cat([x0 * frac, x0 * (1 - frac)]), labels)
-    _, dc2 = depass_tl.run_with_depass(model, TOKENS, mlp_rule="ratio", components=spec)
+    _, dc2 = depass_tl.run_with_depass(model, TOKENS, mlp_rule=rule, components=spec)
     n = len(x0)
     for hook in ("blocks.1.hook_mlp_out", "unembed.hook_in"):
         torch.testing.assert_close(dc2[hook][:n] + dc2[hook][n:2 * n], dc[hook][:-1], rtol=0, atol=1e-10)

@@ -16,6 +16,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import depass_tl
+from depass_tl.replay.rules import rule_names
 from depass_tl import DePassError
 from depass_tl.api import replay
 from depass_tl.capture import capture
@@ -60,7 +61,7 @@ def _check_padded(model: HookedTransformer, dc: depass_tl.DePassCache, mask: tor
     assert max(dc.completeness_error(relative=True).values()) < 1e-10
 
 
-@pytest.mark.parametrize("rule", ["softmax", "ratio", "max"])
+@pytest.mark.parametrize("rule", rule_names())
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_padded_batch_matches_unpadded_prompts(name: str, rule: str) -> None:
     model = MODELS[name]()
@@ -102,7 +103,7 @@ def test_zero_pad_embedding_gives_no_nan() -> None:
     with torch.no_grad():
         model.W_E[model.tokenizer.pad_token_id] = 0.0
         model.blocks[0].ln1.w.fill_(1.0)
-    for rule in ("softmax", "ratio", "max"):
+    for rule in rule_names():
         _, dc = depass_tl.run_with_depass(model, PROMPTS, mlp_rule=rule)
         _check_padded(model, dc, (model.to_tokens(PROMPTS) != model.tokenizer.pad_token_id).long())
 
