@@ -131,3 +131,13 @@ def test_reordering_components_permutes_output() -> None:
             model, toks, mlp_rule=rule, components=depass_tl.custom("blocks.0.hook_resid_pre", x0[perm], labels)
         )
         torch.testing.assert_close(dc2["unembed.hook_in"][:-1], dc["unembed.hook_in"][:-1][perm], rtol=0, atol=1e-10)
+
+
+def test_completeness_error_of_one_hook_is_that_hooks_entry() -> None:
+    """``completeness_error(hook)`` equals the hook's entry of ``completeness_error()`` (it used to fail)."""
+    model = make_model("llama")
+    _, dc = depass_tl.run_with_depass(model, random_tokens(model), components=depass_tl.heads(layer=[0, 1]))
+    every = dc.completeness_error(relative=True)
+    for hook in ("unembed.hook_in", "blocks.1.hook_resid_post"):
+        assert dc.completeness_error(hook, relative=True) == every[hook]
+        assert dc.completeness_error(hook) < 1e-10
