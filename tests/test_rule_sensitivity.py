@@ -128,6 +128,8 @@ def test_refusals() -> None:
     assert rs.reference == "softmax T=1"  # the default rule's temperature is not in the sweep: the first variant
     with pytest.raises(DePassError, match="unknown variant"):
         rs.top("nope")
+    with pytest.raises(DePassError, match="expected a transformer_lens.HookedTransformer"):
+        rule_sensitivity(object(), toks, 3, progress=False)
     if HAS_HOOKED:
         from tests.models import make_model
 

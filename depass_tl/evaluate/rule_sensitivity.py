@@ -36,6 +36,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from depass_tl.api import replay
+from depass_tl.backends import backend_for
 from depass_tl.capture import capture, single_token_fn
 from depass_tl.components import ComponentSpec, TokenSpec
 from depass_tl.components.base import BIAS
@@ -119,9 +120,10 @@ class RuleSensitivity:
                 f"{len(self.labels)} components, {self.n_prompts} prompt(s); reference {self.reference}, k = {self.k}.\n"
                 f"Least like the reference: {self.variants[worst]} (Spearman {float(self.spearman[worst, r]):.3f}, "
                 f"top-{self.k} overlap {float(self.overlap[worst, r]):.2f}).")
-        df = self.to_dataframe()
-        with _pandas_wide():
-            table = df.to_string(float_format=lambda x: f"{x:.3g}")
+        import pandas as pd
+
+        with pd.option_context("display.width", 250, "display.max_columns", None, "display.max_colwidth", 80):
+            table = self.to_dataframe().to_string(float_format=lambda x: f"{x:.3g}")
         return head + "\n" + table
 
     def plot(self, *, backend: str | None = None) -> Any:
@@ -144,19 +146,6 @@ def _nanmin_offdiag(m: Tensor, v: int) -> float:
     row = torch.cat([m[v, :v], m[v, v + 1:]])
     row = row[~torch.isnan(row)]
     return float(row.min()) if row.numel() else math.nan
-
-
-class _pandas_wide:
-    """Print every column of a wide table on one line."""
-
-    def __enter__(self) -> None:
-        import pandas as pd
-
-        self._ctx = pd.option_context("display.width", 250, "display.max_columns", None, "display.max_colwidth", 80)
-        self._ctx.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        self._ctx.__exit__(*exc)
 
 
 def _pairwise(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -214,6 +203,8 @@ def rule_sensitivity(
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise DePassError(f"rule_sensitivity: k must be an int >= 1, got {k!r}.")
+    if backend_for(model).method != "depass":
+        raise DePassError(f"rule_sensitivity compares DePass MLP rules on decoder models; got {type(model).__name__}.")
     if bool(getattr(getattr(model, "cfg", None), "attn_only", False)):
         raise DePassError("rule_sensitivity: the model is attention-only, so every MLP rule gives the same numbers.")
     variants = depass_variants(tuple(float(t) for t in temperatures))

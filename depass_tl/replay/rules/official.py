@@ -47,8 +47,8 @@ class _Edit:
         r = self.row - row0
         if not 0 <= r < keys.shape[0]:
             return keys
-        if self.silence_later and keys.shape[2] > (1 if lo == 0 else 0):
-            keys[r, :, (1 if lo == 0 else 0):] = 0.0
+        if self.silence_later:
+            keys[r, :, (1 if lo == 0 else 0):] = 0.0  # global positions > 0
         if lo == 0:
             keys[r, :, 0] = POSITION0_KEY
         return keys
