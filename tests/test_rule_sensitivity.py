@@ -1,7 +1,7 @@
 """``depass_tl.evaluate.rule_sensitivity``: every rule and a temperature sweep on one capture, compared.
 
-Runs on every TransformerLens version: a HookedTransformer where it exists (TL 2/3), a
-TransformerBridge on TL 4 (tests/bridge_models.py).
+Runs on every TransformerLens version (tests/models.py: a HookedTransformer on TL 2/3, a TL-native
+TransformerBridge on TL 4).
 """
 
 from __future__ import annotations
@@ -18,21 +18,15 @@ from depass_tl.evaluate import RuleSensitivity, rule_sensitivity
 from depass_tl.evaluate.rule_sensitivity import _pairwise
 from depass_tl.replay.rules import rule_names
 from depass_tl.viz import rule_sensitivity_data, rule_sensitivity_plot
-from tests._tl_version import HAS_HOOKED
+from tests.models import make_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 torch.set_num_threads(1)
 
 
 def _model(family: str):  # noqa: ANN202
-    """A small random model of ``family`` ("gpt2": not gated; "llama": gated) on this TL version."""
-    if HAS_HOOKED:
-        from tests.models import make_model
-
-        return make_model(family, n_layers=2, dtype=torch.float32)
-    from tests.bridge_models import build_bridge
-
-    return build_bridge(family)[0]
+    """A small random float32 model of ``family`` ("gpt2": not gated; "llama": gated), on any TL version."""
+    return make_model(family, n_layers=2, dtype=torch.float32)
 
 
 def _tokens(model, batch: int = 2, pos: int = 6) -> torch.Tensor:
@@ -130,14 +124,10 @@ def test_refusals() -> None:
         rs.top("nope")
     with pytest.raises(DePassError, match="expected a transformer_lens.HookedTransformer"):
         rule_sensitivity(object(), toks, 3, progress=False)
-    if HAS_HOOKED:
-        from tests.models import make_model
-
-        with pytest.raises(DePassError, match="attention-only"):
-            rule_sensitivity(make_model("attn_only"), toks, 3, progress=False)
+    with pytest.raises(DePassError, match="attention-only"):
+        rule_sensitivity(make_model("attn_only"), toks, 3, progress=False)
 
 
-@pytest.mark.skipif(not HAS_HOOKED, reason="the toy models are HookedTransformers (TL < 4)")
 def test_readme_numbers_on_the_ioi_toy() -> None:
     """The README's reading of the IOI toy prompt (README, "Which rule to trust")."""
     from depass_tl import toy
