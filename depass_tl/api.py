@@ -15,13 +15,14 @@ from depass_tl.cache import DePassCache
 from depass_tl.capture import capture, single_token_fn
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components import ComponentSpec, TokenSpec
+from depass_tl.components.base import REST
 from depass_tl.decompx.heads import MLMHead, SequenceClassificationHead
 from depass_tl.decompx.result import DecompXResult
 from depass_tl.errors import DePassError
 from depass_tl.memory import parse_memory
 from depass_tl.replay.engine import replay_components
-from depass_tl.replay.rules import DEFAULT_RULE, DEFAULT_TEMPERATURE, RuleLike, get_rule
-from depass_tl.replay.state import FINAL_HOOK
+from depass_tl.replay.rules import DEFAULT_RULE, DEFAULT_TEMPERATURE, MLPRule, RuleLike, get_rule, official_key_edits
+from depass_tl.replay.state import FINAL_HOOK, InitialState
 
 __all__ = ["run_with_depass", "replay"]
 
@@ -55,6 +56,29 @@ def names_filter_is_list(f: NamesFilter) -> bool:
     return f is not None and not callable(f)
 
 
+def _official_edits(rule: MLPRule, spec: ComponentSpec, init: InitialState, run: FrozenRun, *,
+                    ignore_special_token: bool, official_position0: bool) -> MLPRule:
+    """The rule with the official DePass code's key edits on its "component 0" (``tok0``, else ``rest``)."""
+    if not (ignore_special_token or official_position0):
+        return rule
+    if ignore_special_token and not isinstance(spec, TokenSpec):
+        raise DePassError(
+            f"ignore_special_token=True applies to token components (tokens()), as in the official DePass code, "
+            f"whose module, head, neuron and subspace paths never set it; got {type(spec).__name__}. For the official "
+            "position-0 convention of those paths pass official_position0=True instead."
+        )
+    if run.pad is not None and bool(run.pad[:, 0].any()):
+        raise DePassError(
+            "ignore_special_token= / official_position0= act on position 0, which is padding in a left-padded "
+            "row here; pad on the right (padding_side='right') or run the prompts one at a time."
+        )
+    labels = init.groups[0].labels
+    rest = [i for i, label in enumerate(labels) if label == REST or label.endswith("." + REST)]
+    row = rest[0] if rest else 0  # the official layouts put the rest of the residual first
+    return official_key_edits(rule, row, ignore_special_token=ignore_special_token,
+                              official_position0=official_position0)
+
+
 def _default_dtype(model_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if model_dtype == torch.float64 else torch.float32
 
@@ -71,6 +95,8 @@ def replay(
     to_single_token: Callable[[str], int] | None = None,
     chunk_size: int | None = None,
     max_memory: int | float | str | None = None,
+    ignore_special_token: bool = False,
+    official_position0: bool = False,
 ) -> DePassCache:
     """Replay components through a frozen run (capture once, replay many component sets).
 
@@ -85,6 +111,8 @@ def replay(
     if not dtype.is_floating_point:
         raise DePassError(f"dtype must be a floating-point torch dtype, got {dtype}.")
     init = spec.init(run, dtype)
+    rule = _official_edits(rule, spec, init, run, ignore_special_token=ignore_special_token,
+                           official_position0=official_position0)
     keep = _keep_fn(names_filter)
     budget = None if max_memory is None else parse_memory(max_memory)
     acts = replay_components(run, init, mlp_rule=rule, dtype=dtype, keep=keep, chunk_size=chunk_size, max_memory=budget)
@@ -136,6 +164,8 @@ def run_with_depass(
     padding_side: Literal["left", "right"] | None = None,
     chunk_size: int | None = None,
     max_memory: int | float | str | None = None,
+    ignore_special_token: bool = False,
+    official_position0: bool = False,
 ) -> tuple[Logits, DePassCache] | tuple[ClassLogits | Logits, DecompXResult]:
     """Run the model once, then decompose every residual-stream activation and the logits.
 
@@ -147,8 +177,9 @@ def run_with_depass(
         input: a string, a list of equal-length strings, or ``[batch, pos]`` token ids.
         components: what to attribute to (default :func:`depass_tl.tokens`: one per input token).
         mlp_rule: how an MLP's activation is split among components: ``softmax`` (DePass default),
-            ``ratio`` (frozen post/pre slope; linear), ``max``, the name of a registered rule, or a rule
-            object (:mod:`depass_tl.replay.rules`, e.g. ``Softmax(temperature=0.5)``).
+            ``ratio`` (frozen post/pre slope; linear), ``max``, ``taylor`` (the official DePass
+            ``taylor``: on gated MLPs split along the gate; linear), the name of a registered rule, or a
+            rule object (:mod:`depass_tl.replay.rules`, e.g. ``Softmax(temperature=0.5)``).
         temperature: softmax temperature for a rule given by name (default 0.1, as in DePass).
         names_filter: hook names to keep (a name, a list, or a predicate); ``unembed.hook_in`` is
             always kept for logit attribution. Default: every hook.
@@ -162,6 +193,13 @@ def run_with_depass(
         max_memory: a budget for the replay's own tensors (component states, stored hooks, working
             tensors; not the model or the captured run), e.g. ``"4GB"``: chunks are sized to fit, or a
             ``DePassError`` says what to drop (usually ``names_filter=[]``). See :mod:`depass_tl.memory`.
+        ignore_special_token: as the official DePass code's option of that name (token components,
+            competitive rules): ``tok0`` (BOS) gets no MLP share at positions > 0, and at position 0 its
+            MLP key is 1 (there it is the only token, so it keeps the MLP output). Default False.
+        official_position0: the official code's position-0 convention alone (it applies it always): its
+            first component, ``tok0`` for tokens() and ``rest`` for heads() / modules() / neurons(),
+            competes for every MLP neuron at position 0 with key 1 instead of its own key. With heads()
+            this reproduces the official head-level scores (:mod:`depass_tl.replay.rules.official`).
         head, token_type_ids, attention_mask, bias_policy: for a ``HookedEncoder`` (BERT) only:
             the call is forwarded to :func:`depass_tl.decompx.run_decompx` (DecompX), which needs a
             classification or MLM ``head``; see that function.
@@ -200,6 +238,8 @@ def run_with_depass(
             )
         if chunk_size is not None or max_memory is not None:
             raise DePassError("chunk_size= and max_memory= apply to the decoder replay; DecompX runs unchunked.")
+        if ignore_special_token or official_position0:
+            raise DePassError("ignore_special_token= and official_position0= are DePass options; DecompX has no MLP rule.")
         if head is None:
             raise DePassError(
                 "a HookedEncoder needs a head: pass head=depass_tl.decompx.SequenceClassificationHead(...) "
@@ -227,5 +267,7 @@ def run_with_depass(
         to_single_token=single_token_fn(model),
         chunk_size=chunk_size,
         max_memory=max_memory,
+        ignore_special_token=ignore_special_token,
+        official_position0=official_position0,
     )
     return run.logits, cache

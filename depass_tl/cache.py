@@ -127,7 +127,7 @@ class DePassCache(Mapping[str, Tensor]):
         """
         if hook is not None:
             name = self._resolve(hook)
-            return self._error(self._acts[name].sum(0), self.clean[name], relative)
+            return self._error(self._acts[name], self.clean[name], relative)
         errors = {name: self._error(v, self.clean[name], relative) for name, v in self._acts.items()}
         errors["logits"] = self._error(self._logits_last(), self.clean_last_logits, relative)
         return errors

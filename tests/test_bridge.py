@@ -28,6 +28,7 @@ from tests.tl_cases import cases_unless_bridge
 pytestmark = [requires_bridge, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 import depass_tl
+from depass_tl.replay.rules import rule_names
 from depass_tl import DePassError, UnsupportedModelError
 from depass_tl.backends import read_model_view
 from tests.bridge_models import (  # imports on TL 2 too (builds nothing at import); the guard skips the tests
@@ -36,7 +37,7 @@ from tests.bridge_models import (  # imports on TL 2 too (builds nothing at impo
 
 MODES = [False, True]
 MODE_IDS = ["raw", "compat"]
-RULES = ["softmax", "ratio", "max"]
+RULES = rule_names()  # every registered rule
 #: float32 models: max |Σ components − clean| relative to max |clean| (observed ≤ 1e-6).
 REL_TOL = 2e-5
 
