@@ -9,6 +9,7 @@ import torch
 
 import depass_tl.decompx.api as api_module
 from depass_tl.decompx import MLMHead, SequenceClassificationHead, hooked_encoder_from_hf_bert, run_decompx
+from depass_tl.backends import read_encoder
 from depass_tl.decompx.capture import capture_encoder
 from depass_tl.errors import DePassError, UnsupportedModelError
 
@@ -123,12 +124,13 @@ def test_not_an_encoder(clf32):
     dec = HookedTransformer(
         HookedTransformerConfig(d_model=16, d_head=4, n_heads=4, n_layers=1, n_ctx=8, d_vocab=50, act_fn="gelu", device="cpu")
     )
-    with pytest.raises(UnsupportedModelError, match="needs a transformer_lens.HookedEncoder, got HookedTransformer"):
+    with pytest.raises(UnsupportedModelError, match="DecompX needs a BERT encoder.*got HookedTransformer"):
         run_decompx(dec, clf32.tokens, head=clf32.head)
 
 
 def test_transformer_lens_4_without_hooked_encoder(clf32, monkeypatch):
-    """On TL 4 ``HookedEncoder`` is gone: importing still works, running says what to do."""
+    """On TL 4 ``HookedEncoder`` is gone: importing still works, the converter says what to do, and
+    DecompX still runs on the transformers model (its backend needs no TL class)."""
     import transformer_lens
 
     def removed(name):  # what TransformerLens 4's module __getattr__ does
@@ -140,9 +142,9 @@ def test_transformer_lens_4_without_hooked_encoder(clf32, monkeypatch):
         transformer_lens.HookedEncoder  # the simulation is in place
     importlib.reload(api_module)  # importing the module must not need HookedEncoder
     with pytest.raises(UnsupportedModelError, match="removed in TransformerLens 4.0.*transformer-lens<4"):
-        api_module.run_decompx(clf32.encoder, clf32.tokens, head=clf32.head)
-    with pytest.raises(UnsupportedModelError, match="removed in TransformerLens 4.0"):
         hooked_encoder_from_hf_bert(clf32.hf.state_dict(), clf32.hf.config)
+    logits, result = api_module.run_decompx(clf32.hf, clf32.tokens, attention_mask=clf32.attention_mask)
+    assert result.backend == "transformers" and torch.allclose(result.class_logits.sum(0), logits, atol=1e-5)
 
 
 def test_no_hooks_left_and_model_untouched(clf32):
@@ -156,8 +158,8 @@ def test_no_hooks_left_and_model_untouched(clf32):
     # a forward that raises inside the scoped hooks (token id out of range reaches the embedding)
     with pytest.raises(IndexError):
         capture_encoder(
-            enc, torch.tensor([[1, 500]]), token_type_ids=None, attention_mask=None,
-            dtype=torch.float32, with_mlm=False,
+            read_encoder(enc), torch.tensor([[1, 500]]), token_type_ids=None, attention_mask=None,
+            dtype=torch.float32, with_head=False,
         )
     assert _attached_hooks(enc) == 0
     after = enc.state_dict()
