@@ -59,7 +59,7 @@ requires_hooked = pytest.mark.skipif(
 _HERE = Path(__file__).parent
 
 #: What runs on TL 4 (paths relative to tests/); everything else in tests/ is not collected.
-_TL4_ALLOW = {"__init__.py", "conftest.py", "_tl_version.py", "bridge_models.py", "test_bridge.py",
+_TL4_ALLOW = {"__init__.py", "conftest.py", "_tl_version.py", "bridge_models.py", "test_bridge.py", "decompx",
               "test_tl_versions.py", "test_import_graph.py", "test_explorer.py", "test_explorer_browser.py"}
 
 #: TL 2.x: modules that need transformers 5 (tests/families.py builds HF configs with its arguments),

@@ -170,8 +170,6 @@ def run_decompx(
         head_approx = activation_approx(ffn_approx, F.gelu, "gelu", option="ffn_approx")
     else:
         head_approx = activation_approx(tanh_approx, torch.tanh, "tanh", option="tanh_approx")
-    if not isinstance(include_ffn, bool):
-        raise DePassError(f"include_ffn must be True or False, got {include_ffn!r}")
     _check_inputs(source, tokens, token_type_ids, attention_mask)
 
     if dtype is None:
