@@ -21,7 +21,8 @@ from depass_tl.decompx import run_decompx
 
 
 def _bias_decomp(V: torch.Tensor, b: torch.Tensor, mode: str) -> torch.Tensor:
-    """Official bias_decomposer: weights over axis -2 (the token axis k)."""
+    """Official bias_decomposer: weights over axis -2 (the token axis k). ``b`` is a bias ``[D]``, or a
+    per-row offset with a singleton k axis (``[B, i, 1, D]``, the LA paths)."""
     if mode == "absdot":
         w = (V * b).sum(-1).abs()
     elif mode == "norm":
@@ -37,21 +38,7 @@ def _bias_decomp(V: torch.Tensor, b: torch.Tensor, mode: str) -> torch.Tensor:
 def _gelu_tangent(zeta: torch.Tensor, post: torch.Tensor, X: torch.Tensor, mode: str) -> torch.Tensor:
     """Official GeLU_LA: slope Φ(ζ) + ζ φ(ζ), offset GELU(ζ) − slope ζ split with the bias weights of m·X."""
     m = 0.5 * (1 + torch.erf(zeta / math.sqrt(2))) + zeta * torch.exp(-zeta**2 / 2) / math.sqrt(2 * math.pi)
-    return _bias_decomp_rows(X * m.unsqueeze(2), post - m * zeta, mode)
-
-
-def _bias_decomp_rows(V: torch.Tensor, b: torch.Tensor, mode: str) -> torch.Tensor:
-    """The bias weights of the official LA paths: V [B, i, k, D], a per-row offset b [B, i, D]."""
-    if mode == "absdot":
-        w = torch.einsum("bikd,bid->bik", V, b).abs()
-    elif mode == "norm":
-        w = V.norm(dim=-1)
-    elif mode == "equal":
-        w = (V.norm(dim=-1) != 0).to(V.dtype)
-    else:
-        raise ValueError(mode)
-    w = w / (w.sum(-1, keepdim=True) + 1e-12)
-    return V + w.unsqueeze(-1) * b.unsqueeze(-2)
+    return _bias_decomp(X * m.unsqueeze(2), (post - m * zeta).unsqueeze(2), mode)
 
 
 def _oracle(hf, tokens, token_type_ids, attention_mask, mode, ffn_approx="zo", tanh_approx="zo", include_ffn=True):
@@ -147,7 +134,7 @@ def _oracle(hf, tokens, token_type_ids, attention_mask, mode, ffn_approx="zo", t
         P = P * (torch.tanh(p) / (p + 1e-12)).unsqueeze(1)
     else:  # official tanh LA: slope 1 − tanh², offset split like a bias over the tokens
         m = 1 - torch.tanh(p) ** 2
-        P = _bias_decomp_rows((P * m.unsqueeze(1))[:, None], (torch.tanh(p) - m * p)[:, None], mode)[:, 0]
+        P = _bias_decomp(P * m.unsqueeze(1), (torch.tanh(p) - m * p).unsqueeze(1), mode)
     Y = _bias_decomp(P @ hf.classifier.weight.T, hf.classifier.bias, mode)
     return layers, P, Y, out.logits
 
