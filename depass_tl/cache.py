@@ -195,10 +195,10 @@ class DePassCache(Decomposition):
 
         Examples:
             >>> import torch, depass_tl
-            >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-            >>> cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2,
-            ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
-            >>> _, dc = depass_tl.run_with_depass(HookedTransformer(cfg), torch.tensor([[1, 2, 3, 4]]))
+            >>> from depass_tl.toy import random_model
+            >>> cfg = dict(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+            ...            d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+            >>> _, dc = depass_tl.run_with_depass(random_model(**cfg), torch.tensor([[1, 2, 3, 4]]))
             >>> dc.group({"early": ["tok0", "tok1"], "late": r"tok[23]"}).labels
             ('early', 'late', 'bias')
 

@@ -283,6 +283,22 @@ def _act_fn(mlp: Any, name: str, layer: int) -> Any:
     )
 
 
+def _unflatten_positions(acts: dict[str, Tensor], shape: torch.Size) -> None:
+    """Give ``[batch * pos, d]`` hooks back their ``[batch, pos, d]`` shape.
+
+    Some Hugging Face blocks behind a TransformerBridge (OPT) flatten batch and position before the
+    MLP, so ``ln2.hook_scale``, ``mlp.hook_pre`` / ``hook_post`` and ``hook_mlp_out`` arrive as
+    ``[batch * pos, d]``. Every per-position hook the replay reads has three or more axes, so a
+    two-axis tensor with ``batch * pos`` rows is such a flattened one. MoE hooks are left alone: the
+    router's ``hook_expert_weights`` / ``hook_expert_indices`` are ``[batch * pos, ...]`` by design and
+    the experts' hooks have one row per routed token.
+    """
+    batch, pos = shape
+    for name, value in acts.items():
+        if value.ndim == 2 and value.shape[0] == batch * pos and "expert" not in name:
+            acts[name] = value.reshape(batch, pos, value.shape[1])
+
+
 def _frozen_coefficients(acts: dict[str, Tensor], view: ModelView, model: Any, tokens: Tensor) -> None:
     """Add the coefficients the replay needs that are functions of captured hooks (not TL hooks)."""
     for l, block in enumerate(view.blocks):
@@ -368,10 +384,10 @@ def capture(
 
     Examples:
         >>> import torch, depass_tl
-        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-        >>> cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2,
-        ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
-        >>> run = depass_tl.capture(HookedTransformer(cfg), torch.tensor([[1, 2, 3]]))
+        >>> from depass_tl.toy import random_model
+        >>> cfg = dict(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+        ...            d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+        >>> run = depass_tl.capture(random_model(**cfg), torch.tensor([[1, 2, 3]]))
         >>> run.acts["blocks.0.attn.hook_pattern"].shape
         torch.Size([1, 2, 3, 3])
     """
@@ -389,6 +405,7 @@ def capture(
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names, **kwargs)
     acts: dict[str, Tensor] = {name: cache[name].detach().clone() for name in names if name in cache}
+    _unflatten_positions(acts, tokens.shape)
     _check_residual_identity(acts, view)
     with torch.no_grad():
         _frozen_coefficients(acts, view, model, tokens)

@@ -22,15 +22,6 @@ from depass_tl.errors import DePassError, HookNotFoundError
 __all__ = ["Decomposition"]
 
 
-def _act_name(key: tuple[Any, ...]) -> str:
-    """TL's ``get_act_name`` on every TL version (``transformer_lens.utils`` is gone in TL 4)."""
-    try:
-        from transformer_lens.utilities import get_act_name
-    except ImportError:  # TL 2.x
-        from transformer_lens.utils import get_act_name  # type: ignore[no-redef]
-    return get_act_name(*key)
-
-
 class Decomposition(Mapping[str, Tensor]):
     """Read-only mapping hook name -> ``[component, batch, pos, d_model]``, plus labels and checks.
 
@@ -69,7 +60,9 @@ class Decomposition(Mapping[str, Tensor]):
 
     def _resolve(self, key: str | tuple[Any, ...]) -> str:
         if isinstance(key, tuple):
-            key = _act_name(key)
+            from depass_tl.backends import get_act_name  # TL's, on every TL version
+
+            key = get_act_name(*key)
         if key in self._acts:
             return key
         raise HookNotFoundError(self._missing(key))

@@ -15,6 +15,7 @@ does not import TransformerLens. The replay runs on the decoder replay's kernels
 """
 
 from depass_tl.decompx.approx import FFN_APPROX, TANH_APPROX, FFNApprox, TanhApprox
+from depass_tl.decompx._compat import hooked_encoder_class
 from depass_tl.decompx.api import run_decompx
 from depass_tl.decompx.bias import BIAS_POLICIES, BiasPolicy
 from depass_tl.decompx.convert import hooked_encoder_from_hf_bert
@@ -31,6 +32,7 @@ __all__ = [
     "SequenceClassificationHead",
     "TANH_APPROX",
     "TanhApprox",
+    "hooked_encoder_class",
     "hooked_encoder_from_hf_bert",
     "run_decompx",
 ]
