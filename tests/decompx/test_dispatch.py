@@ -9,7 +9,6 @@ import depass_tl
 from depass_tl import DePassError
 from depass_tl.decompx import DecompXResult, run_decompx
 from depass_tl.decomposition import Decomposition
-from tests._tl_version import HAS_HOOKED
 
 
 def test_run_with_depass_dispatches_to_decompx(clf64) -> None:
@@ -51,14 +50,10 @@ def test_encoder_errors(clf64) -> None:
 
 
 def _decoder():
-    if HAS_HOOKED:
-        from tests.models import make_model, random_tokens
+    from tests.models import make_model, random_tokens  # the installed TL's decoder class
 
-        model = make_model("gpt2")
-        return model, random_tokens(model)
-    from tests.bridge_models import bridge_tokens, build_bridge
-
-    return build_bridge("gpt2")[0], bridge_tokens()
+    model = make_model("gpt2")
+    return model, random_tokens(model)
 
 
 @pytest.mark.parametrize("kwargs, names", [
