@@ -13,6 +13,7 @@ from depass_tl.cache import DePassCache
 from depass_tl.capture import capture
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components import ComponentSpec, custom, heads, modules, neurons, sources, subspace, tokens
+from depass_tl.decomposition import Decomposition
 from depass_tl.errors import DePassError, UnsupportedModelError
 from depass_tl.reverse import ScalarAttribution, attribute, attribute_run, direction_target, logit_target
 from depass_tl import subspace_patching
@@ -22,6 +23,7 @@ __all__ = [
     "ComponentSpec",
     "DePassCache",
     "DePassError",
+    "Decomposition",
     "FrozenRun",
     "ScalarAttribution",
     "ScoreAttribution",

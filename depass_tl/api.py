@@ -161,6 +161,9 @@ def run_with_depass(
     token_type_ids: Tensor | None = None,
     attention_mask: Tensor | None = None,
     bias_policy: str = "bias",
+    ffn_approx: str = "zo",
+    tanh_approx: str = "zo",
+    include_ffn: bool = True,
     padding_side: Literal["left", "right"] | None = None,
     chunk_size: int | None = None,
     max_memory: int | float | str | None = None,
@@ -173,7 +176,7 @@ def run_with_depass(
     ``[component, batch, pos, d_model]``, summing exactly to the clean activation.
 
     Args:
-        model: a ``transformer_lens.HookedTransformer``.
+        model: a ``transformer_lens.HookedTransformer`` or ``TransformerBridge`` (or a BERT encoder, below).
         input: a string, a list of equal-length strings, or ``[batch, pos]`` token ids.
         components: what to attribute to (default :func:`depass_tl.tokens`: one per input token).
         mlp_rule: how an MLP's activation is split among components: ``softmax`` (DePass default),
@@ -200,14 +203,16 @@ def run_with_depass(
             first component, ``tok0`` for tokens() and ``rest`` for heads() / modules() / neurons(),
             competes for every MLP neuron at position 0 with key 1 instead of its own key. With heads()
             this reproduces the official head-level scores (:mod:`depass_tl.replay.rules.official`).
-        head, token_type_ids, attention_mask, bias_policy: for a ``HookedEncoder`` (BERT) only:
-            the call is forwarded to :func:`depass_tl.decompx.run_decompx` (DecompX), which needs a
-            classification or MLM ``head``; see that function.
+        head, token_type_ids, attention_mask, bias_policy, ffn_approx, tanh_approx, include_ffn: for
+            encoders (BERT: transformers' ``BertForSequenceClassification`` / ``BertForMaskedLM``, a
+            ``TransformerBridge`` wrapping a BERT, a ``HookedEncoder``) the call is forwarded to
+            :func:`depass_tl.decompx.run_decompx` (DecompX); see that function.
 
     Returns:
         ``(logits, cache)``: the model's clean logits ``[batch, pos, d_vocab]`` and a
-        :class:`~depass_tl.cache.DePassCache`; for a ``HookedEncoder``, the head's logits and a
-        :class:`~depass_tl.decompx.DecompXResult` (see :func:`depass_tl.decompx.run_decompx`).
+        :class:`~depass_tl.cache.DePassCache`; for an encoder, the head's logits and a
+        :class:`~depass_tl.decompx.DecompXResult` (see :func:`depass_tl.decompx.run_decompx`). Both
+        results are a :class:`~depass_tl.decomposition.Decomposition`.
 
     Raises:
         DePassError: bad input, unknown rule or hook, unsupported model (a wrong argument type:
@@ -233,24 +238,30 @@ def run_with_depass(
 
         if components is not None or get_rule(mlp_rule) != DEFAULT_RULE:
             raise DePassError(
-                "a HookedEncoder is decomposed by DecompX into token components with the GELU ratio rule; "
-                "components= and mlp_rule= do not apply. Drop them, or use depass_tl.decompx.run_decompx."
+                "an encoder (BERT) is decomposed by DecompX into token components; components= and mlp_rule= "
+                "do not apply (the FFN's linearisation is ffn_approx=). Drop them, or use "
+                "depass_tl.decompx.run_decompx."
             )
         if chunk_size is not None or max_memory is not None:
             raise DePassError("chunk_size= and max_memory= apply to the decoder replay; DecompX runs unchunked.")
         if ignore_special_token or official_position0:
             raise DePassError("ignore_special_token= and official_position0= are DePass options; DecompX has no MLP rule.")
-        if head is None:
-            raise DePassError(
-                "a HookedEncoder needs a head: pass head=depass_tl.decompx.SequenceClassificationHead(...) "
-                "or head=depass_tl.decompx.MLMHead.from_encoder(model, token_ids=[...])."
-            )
         return run_decompx(
-            model, input, head=head, token_type_ids=token_type_ids, attention_mask=attention_mask,
-            bias_policy=bias_policy, dtype=dtype, names_filter=names_filter,  # type: ignore[arg-type]
+            model, input, head=head, token_type_ids=token_type_ids, attention_mask=attention_mask,  # type: ignore[arg-type]
+            bias_policy=bias_policy, ffn_approx=ffn_approx, tanh_approx=tanh_approx, include_ffn=include_ffn,
+            dtype=dtype, names_filter=names_filter,  # type: ignore[arg-type]
         )
-    if head is not None or token_type_ids is not None or bias_policy != "bias":
-        raise DePassError("head=, token_type_ids= and bias_policy= are for HookedEncoder (BERT) models only.")
+    encoder_only = {
+        "head": head is not None, "token_type_ids": token_type_ids is not None, "bias_policy": bias_policy != "bias",
+        "ffn_approx": ffn_approx != "zo", "tanh_approx": tanh_approx != "zo", "include_ffn": include_ffn is not True,
+    }
+    given = [name for name, set_ in encoder_only.items() if set_]
+    if given:
+        raise DePassError(
+            f"{', '.join(n + '=' for n in given)} {'is' if len(given) == 1 else 'are'} for encoder (BERT, DecompX) "
+            "models only: transformers' BertForSequenceClassification / BertForMaskedLM, a BERT TransformerBridge "
+            "or a HookedEncoder."
+        )
     rule = get_rule(mlp_rule, temperature=temperature)
     n_layers = int(getattr(getattr(model, "cfg", None), "n_layers", 0))
     extra = set() if components is None else components.required_hooks(n_layers)

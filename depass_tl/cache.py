@@ -8,22 +8,25 @@ as ``("resid_post", 3)`` is accepted on lookup.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from depass_tl.errors import DePassError, HookNotFoundError
+from depass_tl.decomposition import Decomposition
+from depass_tl.errors import DePassError
 
 __all__ = ["DePassCache"]
 
 TokenLike = str | int | Sequence[int] | Sequence[str] | Tensor
 
 
-class DePassCache(Mapping[str, Tensor]):
+class DePassCache(Decomposition):
     """Read-only mapping hook name -> ``[component, batch, pos, d_model]``, plus labels and analysis.
+
+    A :class:`~depass_tl.decomposition.Decomposition` (mapping, ``labels``, ``clean``,
+    ``completeness_error``, ``component``), plus logit attribution.
 
     Attributes:
         labels: one label per component (axis 0 of every value), e.g. ``tok0 … tok{P-1}, bias``.
@@ -57,19 +60,15 @@ class DePassCache(Mapping[str, Tensor]):
         logits_soft_capped: bool,
         to_single_token: Callable[[str], int] | None,
     ) -> None:
-        if len(labels) % group_size:
-            raise ValueError("labels must split into groups of group_size")
-        self._acts = MappingProxyType(activations)
-        self.labels = labels
-        self.clean = MappingProxyType(clean)
+        super().__init__(
+            activations=activations, labels=labels, clean=clean, group_size=group_size, str_tokens=str_tokens
+        )
         self.clean_last_logits = clean_last_logits
         B, P = tokens.shape
         self.last_positions = torch.full((B,), P - 1, dtype=torch.long) if last_positions is None else last_positions
         self.tokens = tokens
-        self.str_tokens = str_tokens
         self._W_U = W_U
         self._b_U = b_U
-        self.group_size = group_size
         self.bias_rows = torch.arange(group_size - 1, len(labels), group_size)
         self.start_hook = start_hook
         self.mlp_rule = mlp_rule
@@ -77,26 +76,11 @@ class DePassCache(Mapping[str, Tensor]):
         self._to_single_token = to_single_token
 
     # ----------------------------------------------------------------------------------- mapping
-    def _resolve(self, key: str | tuple[Any, ...]) -> str:
-        if isinstance(key, tuple):
-            from depass_tl.backends import get_act_name
-
-            key = get_act_name(*key)
-        if key in self._acts:
-            return key
-        raise HookNotFoundError(
+    def _missing(self, key: str) -> str:
+        return (
             f"{key!r} is not in this DePassCache. Stored hooks: {', '.join(self._acts)}. "
             "Hooks before the start hook are never stored; others may have been left out by names_filter."
         )
-
-    def __getitem__(self, key: str | tuple[Any, ...]) -> Tensor:  # type: ignore[override]
-        return self._acts[self._resolve(key)]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._acts)
-
-    def __len__(self) -> int:
-        return len(self._acts)
 
     def __repr__(self) -> str:
         shape = tuple(next(iter(self._acts.values())).shape) if self._acts else ()
@@ -105,39 +89,10 @@ class DePassCache(Mapping[str, Tensor]):
             f"start={self.start_hook!r}, mlp_rule={self.mlp_rule!r})"
         )
 
-    @property
-    def n_components(self) -> int:
-        return len(self.labels)
-
-    def component(self, label: str) -> int:
-        """Index of the component with this label."""
-        try:
-            return self.labels.index(label)
-        except ValueError as e:
-            raise DePassError(f"no component labelled {label!r}; labels are {list(self.labels)}.") from e
-
     # ------------------------------------------------------------------------- completeness
-    def completeness_error(self, hook: str | None = None, *, relative: bool = False) -> dict[str, float] | float:
-        """Max ``|Σ_c component - clean activation|`` per stored hook (captum's convergence delta).
-
-        Args:
-            hook: one hook name (returns a float) or None (returns a dict over every stored hook plus
-                ``"logits"``, checked over the whole vocabulary at the last position).
-            relative: divide by the max absolute clean value at that hook.
-        """
-        if hook is not None:
-            name = self._resolve(hook)
-            return self._error(self._acts[name], self.clean[name], relative)
-        errors = {name: self._error(v, self.clean[name], relative) for name, v in self._acts.items()}
-        errors["logits"] = self._error(self._logits_last(), self.clean_last_logits, relative)
-        return errors
-
-    def _error(self, comps: Tensor, clean: Tensor, relative: bool) -> float:
-        """Max over groups of ``|Σ_(c in group) comps - clean|`` (each group is a full partition)."""
-        K = self.group_size
-        total = comps.reshape(comps.shape[0] // K, K, *comps.shape[1:]).sum(1)
-        err = float((total - clean.to(total.dtype)).abs().max())
-        return err / max(float(clean.abs().max()), 1e-30) if relative else err
+    def _outputs(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """``"logits"``: checked over the whole vocabulary at each prompt's last real position."""
+        return {"logits": (self._logits_last(), self.clean_last_logits)}
 
     def _final_at(self, pos: int) -> Tensor:
         """``unembed.hook_in`` at ``pos`` per prompt (``-1``: each prompt's last real token): ``[C, B, d]``."""
@@ -301,18 +256,7 @@ class DePassCache(Mapping[str, Tensor]):
         Columns: ``batch``, ``component``, ``label``, ``token`` (the token string for token components
         when known), ``attribution``.
         """
-        import pandas as pd
-
-        attrs = self.logit_attrs(tokens, incorrect_tokens=incorrect_tokens, pos=pos)
-        rows = []
-        for b in range(attrs.shape[1]):
-            for c, label in enumerate(self.labels):
-                token = None
-                if self.str_tokens is not None and label.startswith("tok") and label[3:].isdigit():
-                    token = self.str_tokens[b][int(label[3:])]
-                rows.append({"batch": b, "component": c, "label": label, "token": token,
-                             "attribution": float(attrs[c, b])})
-        return pd.DataFrame(rows)
+        return self._frame(self.logit_attrs(tokens, incorrect_tokens=incorrect_tokens, pos=pos))
 
     def to(self, device: str | torch.device) -> "DePassCache":
         """A copy with every tensor moved to ``device``."""

@@ -214,10 +214,15 @@ def test_moe_bridge_is_refused(compat: bool) -> None:
     assert _n_hooks(bridge) == 0
 
 
-def test_encoder_bridge_is_refused() -> None:
+def test_encoder_bridge_goes_to_decompx() -> None:
+    """A BERT Bridge is decomposed by DecompX (tests/decompx); the decoder replay refuses encoders."""
+    from depass_tl.backends.bridge import read_bridge_view
+
     bridge, _ = build_bridge("bert")
-    with pytest.raises(UnsupportedModelError, match="wraps an encoder .*HookedEncoder"):
+    with pytest.raises(DePassError, match="no classification head of its own, so DecompX needs a head"):
         depass_tl.run_with_depass(bridge, bridge_tokens())
+    with pytest.raises(UnsupportedModelError, match="wraps an encoder .*DecompX supports BERT"):
+        read_bridge_view(bridge)
 
 
 @pytest.mark.parametrize(
