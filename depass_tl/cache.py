@@ -15,11 +15,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from depass_tl.errors import DePassError, HookNotFoundError
+from depass_tl._checks import check_device
+from depass_tl.errors import DePassError, DePassTypeError, DePassValueError, HookNotFoundError
+from depass_tl.guard import Completeness, group_error
+from depass_tl.tokenization import AnswerTokens, answer_ids
 
 __all__ = ["DePassCache"]
 
-TokenLike = str | int | Sequence[int] | Sequence[str] | Tensor
+TokenLike = AnswerTokens
 
 
 class DePassCache(Mapping[str, Tensor]):
@@ -37,6 +40,8 @@ class DePassCache(Mapping[str, Tensor]):
         mlp_rule: the MLP allocation rule used.
         logits_soft_capped: True when the model soft-caps its logits; attributions are then of the
             pre-cap logits (``unembed.hook_out``), which is what sums exactly.
+        completeness: what the completeness guard measured when the replay ran (relative error per
+            stored hook and at the logits, and the tolerance; :class:`~depass_tl.guard.Completeness`).
     """
 
     def __init__(
@@ -56,6 +61,7 @@ class DePassCache(Mapping[str, Tensor]):
         mlp_rule: str,
         logits_soft_capped: bool,
         to_single_token: Callable[[str], int] | None,
+        completeness: Completeness | None = None,
     ) -> None:
         if len(labels) % group_size:
             raise ValueError("labels must split into groups of group_size")
@@ -75,6 +81,7 @@ class DePassCache(Mapping[str, Tensor]):
         self.mlp_rule = mlp_rule
         self.logits_soft_capped = logits_soft_capped
         self._to_single_token = to_single_token
+        self.completeness = Completeness() if completeness is None else completeness
 
     # ----------------------------------------------------------------------------------- mapping
     def _resolve(self, key: str | tuple[Any, ...]) -> str:
@@ -120,24 +127,33 @@ class DePassCache(Mapping[str, Tensor]):
     def completeness_error(self, hook: str | None = None, *, relative: bool = False) -> dict[str, float] | float:
         """Max ``|Σ_c component - clean activation|`` per stored hook (captum's convergence delta).
 
+        Each group of ``group_size`` components is a full partition and is summed on its own.
+
         Args:
             hook: one hook name (returns a float) or None (returns a dict over every stored hook plus
                 ``"logits"``, checked over the whole vocabulary at the last position).
             relative: divide by the max absolute clean value at that hook.
+
+        Examples:
+            >>> import torch, depass_tl
+            >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
+            >>> cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+            ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+            >>> _, dc = depass_tl.run_with_depass(HookedTransformer(cfg), torch.tensor([[1, 2, 3]]))
+            >>> dc.completeness_error("blocks.0.hook_resid_post") < 1e-5
+            True
         """
         if hook is not None:
             name = self._resolve(hook)
-            return self._error(self._acts[name].sum(0), self.clean[name], relative)
+            return self._error(self._acts[name], self.clean[name], relative)
         errors = {name: self._error(v, self.clean[name], relative) for name, v in self._acts.items()}
         errors["logits"] = self._error(self._logits_last(), self.clean_last_logits, relative)
         return errors
 
     def _error(self, comps: Tensor, clean: Tensor, relative: bool) -> float:
         """Max over groups of ``|Σ_(c in group) comps - clean|`` (each group is a full partition)."""
-        K = self.group_size
-        total = comps.reshape(comps.shape[0] // K, K, *comps.shape[1:]).sum(1)
-        err = float((total - clean.to(total.dtype)).abs().max())
-        return err / max(float(clean.abs().max()), 1e-30) if relative else err
+        miss, scale = group_error(comps, clean, self.group_size)
+        return miss / max(scale, 1e-30) if relative else miss
 
     def _final_at(self, pos: int) -> Tensor:
         """``unembed.hook_in`` at ``pos`` per prompt (``-1``: each prompt's last real token): ``[C, B, d]``."""
@@ -159,27 +175,8 @@ class DePassCache(Mapping[str, Tensor]):
 
     # ------------------------------------------------------------------------ logit attribution
     def _token_ids(self, tokens: TokenLike, batch: int) -> Tensor:
-        if isinstance(tokens, Tensor):
-            ids = tokens.to(self.tokens.device).long().flatten()
-        elif isinstance(tokens, (str, int)):
-            ids = torch.tensor([self._one_id(tokens)], device=self.tokens.device)
-        else:
-            ids = torch.tensor([self._one_id(t) for t in tokens], device=self.tokens.device)
-        if ids.numel() == 1:
-            ids = ids.expand(batch)
-        if ids.numel() != batch:
-            raise DePassError(f"give one answer token, or one per prompt ({batch}); got {ids.numel()}.")
-        d_vocab = self._W_U.shape[-1]
-        if int(ids.min()) < 0 or int(ids.max()) >= d_vocab:
-            raise DePassError(f"token ids must lie in [0, {d_vocab}); got {ids.tolist()}.")
-        return ids
-
-    def _one_id(self, token: str | int) -> int:
-        if isinstance(token, int):
-            return token
-        if self._to_single_token is None:
-            raise DePassError(f"the model has no tokenizer, so {token!r} cannot be looked up; pass a token id.")
-        return self._to_single_token(token)
+        ids = answer_ids(tokens, batch, self._W_U.shape[-1], self._to_single_token)
+        return ids.to(self.tokens.device)
 
     def logit_attrs(
         self, tokens: TokenLike, *, incorrect_tokens: TokenLike | None = None, pos: int = -1
@@ -250,24 +247,28 @@ class DePassCache(Mapping[str, Tensor]):
         Note: with the ``softmax`` or ``max`` MLP rules, grouping after the replay (summing shares) is
         not the same as replaying the grouped components (shares are not additive across groupings).
         """
-        import re
-
         if self.group_size != len(self.labels):
             raise DePassError("group() works on single-group caches (one partition); this cache has several groups.")
+        if not isinstance(groups, Mapping) or not groups:
+            raise DePassTypeError(f"groups must be a non-empty mapping new label -> pattern or labels; got {groups!r}.")
         members: dict[str, list[int]] = {name: [] for name in groups}
-        claimed: set[int] = set()
+        owner: dict[int, str] = {}
         for name, rule in groups.items():
-            for c, label in enumerate(self.labels[:-1]):
-                if c in claimed:
-                    continue
-                hit = re.fullmatch(rule, label) is not None if isinstance(rule, str) else label in rule
-                if hit:
-                    members[name].append(c)
-                    claimed.add(c)
+            hits = self._group_hits(name, rule)
+            members[name] = [c for c in hits if c not in owner]
+            owner.update((c, name) for c in members[name])
             if not isinstance(rule, str) and self.labels[-1] in rule:
-                raise DePassError(f"the {self.labels[-1]!r} component cannot be grouped; leave it out of {name!r}.")
+                raise DePassValueError(f"the {self.labels[-1]!r} component cannot be grouped; leave it out of {name!r}.")
+            if not members[name] and hits:
+                taken = sorted({owner[c] for c in hits})
+                raise DePassValueError(
+                    f"group {name!r} matches only components that earlier groups took ({', '.join(map(repr, taken))}): "
+                    "each component joins the first group that matches it. Put the narrower group first, or narrow "
+                    "the earlier pattern."
+                )
             if not members[name]:
-                raise DePassError(f"group {name!r} matches no component; labels are {list(self.labels)}.")
+                raise DePassValueError(f"group {name!r} matches no component; labels are {list(self.labels)}.")
+        claimed = set(owner)
         rest = [c for c in range(len(self.labels) - 1) if c not in claimed]
         new_labels = tuple(members) + tuple(self.labels[c] for c in rest) + (self.labels[-1],)
         if len(set(new_labels)) != len(new_labels):
@@ -292,7 +293,27 @@ class DePassCache(Mapping[str, Tensor]):
             mlp_rule=self.mlp_rule,
             logits_soft_capped=self.logits_soft_capped,
             to_single_token=self._to_single_token,
+            completeness=self.completeness,
         )
+
+    def _group_hits(self, name: str, rule: Any) -> list[int]:
+        """The non-bias components a group's pattern (a regular expression) or list of labels matches."""
+        import re
+
+        if isinstance(rule, str):
+            try:
+                pattern = re.compile(rule)
+            except re.error as e:
+                raise DePassValueError(f"group {name!r}: {rule!r} is not a valid regular expression ({e}).") from e
+            return [c for c, label in enumerate(self.labels[:-1]) if pattern.fullmatch(label)]
+        if not isinstance(rule, (list, tuple, set, frozenset)) or not all(isinstance(x, str) for x in rule):
+            raise DePassTypeError(
+                f"group {name!r} must be a regular expression (str) or a list of labels; got {rule!r}."
+            )
+        unknown = [x for x in rule if x not in self.labels]
+        if unknown:
+            raise DePassValueError(f"group {name!r} lists unknown labels {unknown}; labels are {list(self.labels)}.")
+        return [c for c, label in enumerate(self.labels[:-1]) if label in rule]
 
     # ------------------------------------------------------------------------------- export
     def to_dataframe(self, tokens: TokenLike, *, incorrect_tokens: TokenLike | None = None, pos: int = -1) -> Any:
@@ -315,7 +336,12 @@ class DePassCache(Mapping[str, Tensor]):
         return pd.DataFrame(rows)
 
     def to(self, device: str | torch.device) -> "DePassCache":
-        """A copy with every tensor moved to ``device``."""
+        """A copy with every tensor moved to ``device``.
+
+        Raises:
+            DePassValueError: not a device, or one this machine does not have (e.g. ``"cuda"`` without CUDA).
+        """
+        device = check_device(device)
         return DePassCache(
             activations={k: v.to(device) for k, v in self._acts.items()},
             labels=self.labels,
@@ -331,4 +357,5 @@ class DePassCache(Mapping[str, Tensor]):
             mlp_rule=self.mlp_rule,
             logits_soft_capped=self.logits_soft_capped,
             to_single_token=self._to_single_token,
+            completeness=self.completeness,
         )
