@@ -60,7 +60,8 @@ _HERE = Path(__file__).parent
 
 #: What runs on TL 4 (paths relative to tests/); everything else in tests/ is not collected.
 _TL4_ALLOW = {"__init__.py", "conftest.py", "_tl_version.py", "bridge_models.py", "test_bridge.py",
-              "test_tl_versions.py", "test_import_graph.py", "test_explorer.py", "test_explorer_browser.py"}
+              "test_tl_versions.py", "test_import_graph.py", "test_explorer.py", "test_explorer_browser.py",
+              "model_classes.py", "test_bad_input.py", "test_guard.py", "test_foreign_hooks.py", "test_threads.py"}
 
 #: TL 2.x: modules that need transformers 5 (tests/families.py builds HF configs with its arguments),
 #: and the notebooks, which CI executes once, in the TL 3.x environment.
