@@ -96,7 +96,7 @@ def replay(
     spec.check_captured(run)
     init = spec.init(run, dtype)
     _check_names(names_filter, init.stored_hook_names(run.view))
-    check_edits(run.edited_hooks, [g.start_hook for g in init.groups], run.view, rule)
+    check_edits(run.edited_hooks, [g.start_hook for g in init.groups], run.view, rule, run.hook_aliases)
     keep = _keep_fn(names_filter)
     budget = None if max_memory is None else parse_memory(max_memory)
     acts = replay_components(run, init, mlp_rule=rule, dtype=dtype, keep=keep, chunk_size=chunk_size, max_memory=budget)

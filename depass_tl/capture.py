@@ -269,6 +269,7 @@ def capture(
     return FrozenRun.build(
         tokens=tokens, logits=logits.detach(), acts=acts, view=view, str_tokens=str_tokens, attention_mask=mask,
         foreign_hooks=tuple(foreign), edited_hooks=tuple(n for n in foreign if n in edited),
+        hook_aliases={name: tuple(names) for name, (_, names) in foreign.items()},
     )
 
 
@@ -287,20 +288,20 @@ def _display_name(names: list[str]) -> str:
     return min(names, key=rank)
 
 
-def _foreign_hook_points(hook_dict: dict[str, Any]) -> dict[str, Any]:
-    """Hook points holding forward hooks when depass_tl starts (the user's), by display name."""
+def _foreign_hook_points(hook_dict: dict[str, Any]) -> dict[str, tuple[Any, list[str]]]:
+    """Hook points holding forward hooks when depass_tl starts (the user's): display name -> (point, names)."""
     aliases: dict[int, tuple[Any, list[str]]] = {}
     for name, point in hook_dict.items():
         aliases.setdefault(id(point), (point, []))[1].append(name)
     return {
-        _display_name(names): point
+        _display_name(names): (point, names)
         for point, names in aliases.values()
         if getattr(point, "_forward_hooks", None) or getattr(point, "_forward_pre_hooks", None)
     }
 
 
 @contextmanager
-def _edit_probes(points: dict[str, Any]) -> Iterator[set[str]]:
+def _edit_probes(points: dict[str, tuple[Any, list[str]]]) -> Iterator[set[str]]:
     """Record which of ``points`` (hook points with the user's hooks) change the activation in the run.
 
     Around each point, a forward pre-hook placed before every other keeps a copy of the input, and a
@@ -326,7 +327,7 @@ def _edit_probes(points: dict[str, Any]) -> Iterator[set[str]]:
         return before, after
 
     try:
-        for name, point in points.items():
+        for name, (point, _) in points.items():
             before, after = probes(name)
             handles.append(point.register_forward_pre_hook(before, prepend=True))
             handles.append(point.register_forward_hook(after))

@@ -38,7 +38,7 @@ likely cause when a sum misses.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import torch
@@ -63,6 +63,8 @@ class FrozenRun:
         foreign_hooks: the model's hook points that held hooks of the user's during the capture (one
             name each, TransformerLens's when it has several).
         edited_hooks: those of ``foreign_hooks`` whose hooks changed the activation (output != input).
+        hook_aliases: every name of each of ``foreign_hooks`` (a ``TransformerBridge`` registers some hook
+            points under several names, e.g. ``blocks.0.hook_resid_mid`` is ``blocks.0.ln2.hook_in``).
     """
 
     tokens: Tensor
@@ -73,6 +75,7 @@ class FrozenRun:
     attention_mask: Tensor | None = None
     foreign_hooks: tuple[str, ...] = ()
     edited_hooks: tuple[str, ...] = ()
+    hook_aliases: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
     @staticmethod
     def build(
@@ -85,10 +88,11 @@ class FrozenRun:
         attention_mask: Tensor | None = None,
         foreign_hooks: tuple[str, ...] = (),
         edited_hooks: tuple[str, ...] = (),
+        hook_aliases: Mapping[str, tuple[str, ...]] | None = None,
     ) -> "FrozenRun":
         frozen_strs = None if str_tokens is None else tuple(tuple(s) for s in str_tokens)
         return FrozenRun(tokens, logits, MappingProxyType(dict(acts)), view, frozen_strs, attention_mask,
-                         tuple(foreign_hooks), tuple(edited_hooks))
+                         tuple(foreign_hooks), tuple(edited_hooks), MappingProxyType(dict(hook_aliases or {})))
 
     @property
     def pad(self) -> Tensor | None:

@@ -27,7 +27,7 @@ Examples:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from depass_tl.errors import ForeignHookError
 from depass_tl.model_view import MLPView, ModelView
@@ -104,14 +104,15 @@ def start_position(start_hook: str) -> int:
     return 4 * int(m.group(1)) + {"pre": 0, "mid": 2, "post": 4}[m.group(2)]
 
 
-def _absorbed(name: str, start: int) -> bool:
-    position = hook_position(name)
-    return position is not None and position <= start
+def _position(names: Sequence[str]) -> int | None:
+    """The latest :func:`hook_position` among a hook point's names (None if none is known)."""
+    known = [p for p in map(hook_position, names) if p is not None]
+    return max(known) if known else None
 
 
-def _later_start(name: str, view: ModelView) -> str | None:
-    """The first start hook at or after ``name`` (where components could start to include its edit)."""
-    position = hook_position(name)
+def _later_start(names: Sequence[str], view: ModelView) -> str | None:
+    """The first start hook at or after a hook point (where components could start to include its edit)."""
+    position = _position(names)
     if position is None:
         return None
     l, where = divmod(max(position, 0), 4)
@@ -123,14 +124,22 @@ def _later_start(name: str, view: ModelView) -> str | None:
     return f"blocks.{l}.hook_resid_post"
 
 
-def check_edits(edited: Sequence[str], starts: Sequence[str], view: ModelView, rule: MLPRule) -> None:
+def check_edits(
+    edited: Sequence[str], starts: Sequence[str], view: ModelView, rule: MLPRule,
+    aliases: Mapping[str, Sequence[str]] | None = None,
+) -> None:
     """Refuse edits a replay cannot follow (see the module docstring).
+
+    A hook point registered under several names (a ``TransformerBridge``'s aliases) is frozen if one of
+    its names is, and sits where its latest name does: ``blocks.l.hook_resid_mid`` of a Bridge is its
+    ``ln2.hook_in``, the MLP norm's input, whose edit does not reach the residual stream.
 
     Args:
         edited: hook names whose foreign hooks changed the activation (``FrozenRun.edited_hooks``).
         starts: the start hooks of the replay's groups (the earliest decides what is absorbed).
         view: the model's weights view.
         rule: the MLP rule of the replay.
+        aliases: every name of each edited hook point (``FrozenRun.hook_aliases``).
 
     Raises:
         ForeignHookError: names every refused hook, and how to run the edit instead.
@@ -139,10 +148,16 @@ def check_edits(edited: Sequence[str], starts: Sequence[str], view: ModelView, r
         return
     first = min(starts, key=start_position)
     start = start_position(first)
-    refused = [n for n in edited if not is_frozen(n, view, rule) and not _absorbed(n, start)]
+    names = {name: tuple((aliases or {}).get(name, ())) or (name,) for name in edited}
+
+    def followed(name: str) -> bool:
+        position = _position(names[name])
+        return any(is_frozen(n, view, rule) for n in names[name]) or (position is not None and position <= start)
+
+    refused = [n for n in edited if not followed(n)]
     if not refused:
         return
-    later = [s for s in (_later_start(n, view) for n in refused) if s is not None]
+    later = [s for s in (_later_start(names[n], view) for n in refused) if s is not None]
     fix = "remove them (model.reset_hooks())"
     if len(later) == len(refused):
         last = max(later, key=start_position)
@@ -150,8 +165,12 @@ def check_edits(edited: Sequence[str], starts: Sequence[str], view: ModelView, r
             f", or start the components at or after the last edit so the edited activations are part of the "
             f"starting state, e.g. components=depass_tl.tokens(start={last!r})"
         )
+    shown = [  # an alias is named where it is what places the hook later than its name says
+        n if _position(names[n]) == hook_position(n) else f"{n} (= {max(names[n], key=lambda a: hook_position(a) or -2)})"
+        for n in refused
+    ]
     raise ForeignHookError(
-        f"hooks attached to the model edit {', '.join(refused)}, which the replay recomputes from the components "
+        f"hooks attached to the model edit {', '.join(shown)}, which the replay recomputes from the components "
         f"after their start ({first}); the components could not sum to the hooked model's output. To attribute "
         f"the edited model, {fix}. Edits of frozen coefficients (attention patterns and scores, queries and keys, "
         "norm scales, mlp.hook_post under most rules) are replayed exactly; see docs/reliability.md."

@@ -141,7 +141,8 @@ def likely_causes(foreign_hooks: Sequence[str]) -> str:
 
 
 def _verdict(
-    errors: dict[str, tuple[float, float]], rtol: float, where: str, foreign_hooks: Sequence[str], how: str
+    errors: dict[str, tuple[float, float]], rtol: float, where: str, foreign_hooks: Sequence[str], how: str,
+    scale_name: str = "max |clean|",
 ) -> Completeness:
     relative = {}
     for name, (miss, scale) in errors.items():
@@ -152,7 +153,7 @@ def _verdict(
         miss, scale = errors[name]
         raise CompletenessError(
             f"the {where} does not sum to the clean run: at {name} the components miss by {miss:.3g} "
-            f"({relative[name]:.2g} of max |clean| = {scale:.3g}; the tolerance is {rtol:.0e} for {how}). "
+            f"({relative[name]:.2g} of {scale_name} = {scale:.3g}; the tolerance is {rtol:.0e} for {how}). "
             f"{len(bad)} of {len(errors)} checks fail. Likely cause: {likely_causes(foreign_hooks)}. "
             "Nothing was returned."
         )
@@ -209,4 +210,4 @@ def check_values(
     grouped = values.reshape(values.shape[0] // K, K, *values.shape[1:])
     miss, _ = group_error(values, target, K)
     scale = float(torch.maximum(grouped.abs().sum(1), target.abs().to(grouped.dtype)).amax()) if values.numel() else 0.0
-    return _verdict({name: (miss, scale)}, rtol, "attribution", foreign_hooks, how)
+    return _verdict({name: (miss, scale)}, rtol, "attribution", foreign_hooks, how, "the size of the shares")

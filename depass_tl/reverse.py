@@ -225,7 +225,7 @@ def attribute_run(
     init = spec.init(run, dtype)
     chosen = choose_mode(run, init, rule, mode)
     _check_target_hook(target, init.stored_hook_names(run.view))
-    check_edits(run.edited_hooks, [g.start_hook for g in init.groups], run.view, rule)
+    check_edits(run.edited_hooks, [g.start_hook for g in init.groups], run.view, rule, run.hook_aliases)
     r = _resolve(run, target, dtype, to_single_token)
     K = init.group_size
     budget = None if max_memory is None else parse_memory(max_memory)
@@ -279,7 +279,7 @@ def _reverse_tokens(
     """Reverse mode for :func:`depass_tl.tokens` without the dense start (:func:`reverse_token_values`)."""
     entry = stage_index(*parse_start_hook(spec.start, run.view))
     _check_target_hook(target, stored_hook_names(run.view, entry, entry, spec.start))
-    check_edits(run.edited_hooks, [spec.start], run.view, rule)
+    check_edits(run.edited_hooks, [spec.start], run.view, rule, run.hook_aliases)
     r = _resolve(run, target, dtype, to_single_token)
     values = reverse_token_values(run, spec.start, target.hook, r.pos, r.direction, dtype, rule)
     labels = tuple(f"tok{p}" for p in range(run.n_pos)) + ("bias",)
