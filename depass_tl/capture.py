@@ -28,7 +28,7 @@ from depass_tl.backends import backend_for, read_model_view
 from depass_tl.coefficients import FrozenRun
 from depass_tl.errors import DePassError, UnsupportedModelError
 from depass_tl.foreign_hooks import hook_position
-from depass_tl.model_state import check_finite, check_model_state, model_lock
+from depass_tl.model_state import check_finite, check_model_state, check_real_weights, model_lock
 from depass_tl.model_view import ModelView, MoEView, NormView
 from depass_tl.tokenization import single_token_fn, to_tokens, tokens_and_mask
 
@@ -239,8 +239,9 @@ def capture(
     """
     backend_for(model)  # an object some backend reads, before looking inside it
     with model_lock(model):
+        check_real_weights(model)
+        view = read_model_view(model)  # refuses what the replay does not handle, before the weights are scanned
         check_model_state(model)
-        view = read_model_view(model)
         tokens, mask = tokens_and_mask(
             model, input, prepend_bos=prepend_bos, padding_side=padding_side, attention_mask=attention_mask
         )

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from depass_tl.errors import ModelStateError
 
-__all__ = ["model_lock", "check_model_state", "check_finite"]
+__all__ = ["model_lock", "check_real_weights", "check_model_state", "check_finite"]
 
 _LOCKS: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
@@ -62,12 +62,11 @@ def _random_in_training(module: torch.nn.Module) -> str | None:
     return f"a {type(module).__name__} from {origin.split('.')[0]}, whose forward may apply dropout in training mode"
 
 
-def check_model_state(model: Any) -> None:
-    """Refuse a model with weights on the ``meta`` device, NaN or inf weights, or a module that is random
-    in training mode.
+def check_real_weights(model: Any) -> None:
+    """Refuse a model with weights on the ``meta`` device (before anything reads them).
 
     Raises:
-        ModelStateError: says which parameter or module, and what to do.
+        ModelStateError: names a parameter, and says how to load weights.
     """
     if not isinstance(model, torch.nn.Module):
         return
@@ -78,6 +77,17 @@ def check_model_state(model: Any) -> None:
                 "nothing to run. Load real weights first, e.g. model.to_empty(device='cpu') then "
                 "model.load_state_dict(...), or build the model with from_pretrained / boot_transformers."
             )
+
+
+def check_model_state(model: Any) -> None:
+    """Refuse a model with NaN or inf weights, or a module that is random in training mode (after
+    :func:`check_real_weights`).
+
+    Raises:
+        ModelStateError: says which parameter or module, and what to do.
+    """
+    if not isinstance(model, torch.nn.Module):
+        return
     _check_finite_weights(model)
     for name, module in model.named_modules():
         if not module.training:

@@ -192,7 +192,7 @@ CASES: list[tuple[str, Callable[[Ctx], Any], type[Exception], str]] = [
     ("foreign edit of hook_mlp_out", lambda c: _foreign_edit(c, B + "hook_mlp_out"), ForeignHookError,
      r"edit blocks\.1\.hook_mlp_out.*model\.reset_hooks\(\)"),
     ("foreign edit of hook_resid_mid", lambda c: _foreign_edit(c, B + "hook_resid_mid"), ForeignHookError,
-     r"blocks\.1\.hook_resid_mid.*tokens\(start='blocks\.1\.hook_resid_mid'\)"),
+     r"blocks\.1\.hook_resid_mid.*tokens\(start='blocks\.1\.hook_resid_(mid|post)'\)"),  # Bridge: post
     ("foreign edit of attn.hook_z", lambda c: _foreign_edit(c, B + "attn.hook_z"), ForeignHookError, "attn.hook_z"),
     ("foreign edit after the last block", lambda c: _foreign_edit(c, "ln_final.hook_normalized"), ForeignHookError,
      r"edit ln_final\.hook_normalized.*remove them \(model\.reset_hooks\(\)\)\. "),
