@@ -217,10 +217,10 @@ def run_with_depass(
 
     Examples:
         >>> import torch, depass_tl
-        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-        >>> cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=16, d_head=4, n_heads=4,
-        ...                               d_mlp=32, d_vocab=50, act_fn="gelu_new", seed=0)
-        >>> model = HookedTransformer(cfg)
+        >>> from depass_tl.toy import random_model
+        >>> cfg = dict(n_layers=2, d_model=16, n_ctx=16, d_head=4, n_heads=4,
+        ...            d_mlp=32, d_vocab=50, act_fn="gelu_new", seed=0)
+        >>> model = random_model(**cfg)
         >>> logits, dc = depass_tl.run_with_depass(model, torch.tensor([[3, 1, 4, 1, 5]]))
         >>> dc["blocks.1.hook_resid_post"].shape
         torch.Size([6, 1, 5, 16])

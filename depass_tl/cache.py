@@ -86,9 +86,9 @@ class DePassCache(Mapping[str, Tensor]):
     # ----------------------------------------------------------------------------------- mapping
     def _resolve(self, key: str | tuple[Any, ...]) -> str:
         if isinstance(key, tuple):
-            from transformer_lens import utils
+            from depass_tl.backends import get_act_name
 
-            key = utils.get_act_name(*key)
+            key = get_act_name(*key)
         if key in self._acts:
             return key
         raise HookNotFoundError(
@@ -136,10 +136,10 @@ class DePassCache(Mapping[str, Tensor]):
 
         Examples:
             >>> import torch, depass_tl
-            >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-            >>> cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2,
-            ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
-            >>> _, dc = depass_tl.run_with_depass(HookedTransformer(cfg), torch.tensor([[1, 2, 3]]))
+            >>> from depass_tl.toy import random_model
+            >>> model = random_model(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2, d_mlp=16, d_vocab=20,
+            ...                      act_fn="gelu", seed=0)
+            >>> _, dc = depass_tl.run_with_depass(model, torch.tensor([[1, 2, 3]]))
             >>> dc.completeness_error("blocks.0.hook_resid_post") < 1e-5
             True
         """
@@ -237,10 +237,10 @@ class DePassCache(Mapping[str, Tensor]):
 
         Examples:
             >>> import torch, depass_tl
-            >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-            >>> cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2,
-            ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
-            >>> _, dc = depass_tl.run_with_depass(HookedTransformer(cfg), torch.tensor([[1, 2, 3, 4]]))
+            >>> from depass_tl.toy import random_model
+            >>> cfg = dict(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+            ...            d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+            >>> _, dc = depass_tl.run_with_depass(random_model(**cfg), torch.tensor([[1, 2, 3, 4]]))
             >>> dc.group({"early": ["tok0", "tok1"], "late": r"tok[23]"}).labels
             ('early', 'late', 'bias')
 

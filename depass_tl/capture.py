@@ -133,6 +133,22 @@ def _act_fn(mlp: Any, name: str, layer: int) -> Any:
     )
 
 
+def _unflatten_positions(acts: dict[str, Tensor], shape: torch.Size) -> None:
+    """Give ``[batch * pos, d]`` hooks back their ``[batch, pos, d]`` shape.
+
+    Some Hugging Face blocks behind a TransformerBridge (OPT) flatten batch and position before the
+    MLP, so ``ln2.hook_scale``, ``mlp.hook_pre`` / ``hook_post`` and ``hook_mlp_out`` arrive as
+    ``[batch * pos, d]``. Every per-position hook the replay reads has three or more axes, so a
+    two-axis tensor with ``batch * pos`` rows is such a flattened one. MoE hooks are left alone: the
+    router's ``hook_expert_weights`` / ``hook_expert_indices`` are ``[batch * pos, ...]`` by design and
+    the experts' hooks have one row per routed token.
+    """
+    batch, pos = shape
+    for name, value in acts.items():
+        if value.ndim == 2 and value.shape[0] == batch * pos and "expert" not in name:
+            acts[name] = value.reshape(batch, pos, value.shape[1])
+
+
 def _frozen_coefficients(acts: dict[str, Tensor], view: ModelView, model: Any, tokens: Tensor) -> None:
     """Add the coefficients the replay needs that are functions of captured hooks (not TL hooks)."""
     for l, block in enumerate(view.blocks):
@@ -230,10 +246,10 @@ def capture(
 
     Examples:
         >>> import torch, depass_tl
-        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-        >>> cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2,
-        ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
-        >>> run = depass_tl.capture(HookedTransformer(cfg), torch.tensor([[1, 2, 3]]))
+        >>> from depass_tl.toy import random_model
+        >>> cfg = dict(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+        ...            d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+        >>> run = depass_tl.capture(random_model(**cfg), torch.tensor([[1, 2, 3]]))
         >>> run.acts["blocks.0.attn.hook_pattern"].shape
         torch.Size([1, 2, 3, 3])
     """
@@ -260,6 +276,7 @@ def capture(
         str_tokens = None
         if getattr(model, "tokenizer", None) is not None:
             str_tokens = [model.to_str_tokens(row) for row in tokens]
+    _unflatten_positions(acts, tokens.shape)
     check_finite(logits, acts, sorted(acts, key=_forward_order))
     _check_residual_identity(acts, view, edited)
     with torch.no_grad():

@@ -9,8 +9,9 @@ logits or a captured activation (an overflow, or a hook that writes them).
 **Training mode.** A module left in training mode is refused when it can make the clean run random:
 a dropout module with ``p > 0``, or any module whose class is not TransformerLens's or a plain
 ``torch.nn`` layer (Hugging Face modules behind a ``TransformerBridge`` apply dropout in training
-mode inside their ``forward``). ``HookedTransformer`` has no dropout: built from a config it starts in
-training mode and computes exactly what it computes after ``model.eval()``, so it is accepted.
+mode inside their ``forward``). ``HookedTransformer`` and TL's native Bridge have no dropout: built
+from a config they start in training mode and compute exactly what they compute after
+``model.eval()``, so they are accepted.
 
 **Threads.** The replay is pure tensor code, but a capture runs the model with hooks attached, and
 hooks are shared by every thread calling that model. :func:`model_lock` gives one re-entrant lock per

@@ -327,10 +327,10 @@ def attribute(
     Examples:
         >>> import torch
         >>> from depass_tl.reverse import attribute
-        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-        >>> cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=16, d_head=4, n_heads=4,
-        ...                               d_mlp=32, d_vocab=50, act_fn="gelu_new", seed=0)
-        >>> model = HookedTransformer(cfg)
+        >>> from depass_tl.toy import random_model
+        >>> cfg = dict(n_layers=2, d_model=16, n_ctx=16, d_head=4, n_heads=4,
+        ...            d_mlp=32, d_vocab=50, act_fn="gelu_new", seed=0)
+        >>> model = random_model(**cfg)
         >>> toks = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8]])
         >>> att = attribute(model, toks, target=7)
         >>> att.mode, att.values.shape

@@ -1,11 +1,12 @@
-"""One small float32 model per TransformerLens model class the installed TL has, with a tokenizer.
+"""Small float32 models of every model class the installed TL has, with a tokenizer.
 
 Tests that must hold on every model class parametrise over :data:`CLASSES`:
 
-* ``hooked``: a 2-layer GPT-2-like ``HookedTransformer`` (tests/models.py, random biases and norm
-  weights) with an offline word-level tokenizer (TL 2.x / 3.x);
-* ``bridge``: a 2-layer random GPT-2 booted as a ``TransformerBridge`` from a local folder with its
-  word-level tokenizer (tests/bridge_models.py; TL 3.x / 4.x).
+* ``random_model``: a 2-layer GPT-2-like model from the test factory (tests/models.py: a
+  ``HookedTransformer`` on TL 2.x / 3.x, a TL-native ``TransformerBridge`` on TL 4; random biases and
+  norm weights) with an offline word-level tokenizer;
+* ``bridge``: a 2-layer random Hugging Face GPT-2 booted as a ``TransformerBridge`` from a local folder
+  with its word-level tokenizer (tests/bridge_models.py; TL 3.x / 4.x).
 
 Both tokenizers know the words of :func:`known_word` and map anything else to ``<unk>``.
 """
@@ -20,23 +21,22 @@ from typing import Any
 import pytest
 import torch
 
-from tests._tl_version import requires_bridge, requires_hooked
+from tests._tl_version import requires_bridge
 
 __all__ = ["CLASSES", "model_of", "known_word", "n_hooks", "snapshot", "assert_untouched"]
 
-CLASSES = [pytest.param("hooked", marks=requires_hooked), pytest.param("bridge", marks=requires_bridge)]
-_HOOKED_WORDS = [f" w{i}" for i in range(37)]  # with <bos> <pad> <unk>: 40 = d_vocab
+CLASSES = ["random_model", pytest.param("bridge", marks=requires_bridge)]
+_WORDS = [f" w{i}" for i in range(37)]  # with <bos> <pad> <unk>: 40 = d_vocab
 
 
 @functools.cache
 def _cached(kind: str) -> tuple[Any, torch.Tensor]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if kind == "hooked":
+        if kind == "random_model":
             from tests.models import make_model, random_tokens, word_tokenizer
 
-            model = make_model("gpt2", dtype=torch.float32)
-            model.set_tokenizer(word_tokenizer(_HOOKED_WORDS), default_padding_side="right")
+            model = make_model("gpt2", dtype=torch.float32, tokenizer=word_tokenizer(_WORDS))
             return model, random_tokens(model, batch=2, pos=6)
         from tests.bridge_models import bridge_tokens, build_bridge
 

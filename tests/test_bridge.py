@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests._tl_version import HAS_HOOKED, TL_VERSION, requires_bridge
+from tests.tl_cases import cases_unless_bridge
 
 pytestmark = [requires_bridge, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -361,7 +362,7 @@ def test_engine_matches_hf_weight_reference(family: str) -> None:
 
 
 @pytest.mark.skipif(not HAS_HOOKED, reason=f"needs HookedTransformer (TL < 4); installed TransformerLens {TL_VERSION}")
-@pytest.mark.parametrize("family", ["gpt2", "llama", "neox", "qwen2", "gemma2"])
+@cases_unless_bridge("family", ["gpt2", "llama", "neox", "qwen2", "gemma2"])  # TL 4: one skip, not five
 def test_compat_bridge_equals_hooked_transformer(family: str) -> None:
     """TL 3: a compatibility-mode Bridge and the HookedTransformer from the same weights (same processing)
     give the same decomposition at every hook."""

@@ -10,14 +10,15 @@ import pytest
 import torch
 
 import depass_tl
-from depass_tl import DePassError
+from depass_tl import DePassError, UnsupportedModelError
 from depass_tl.api import replay
 from depass_tl.capture import capture
 from depass_tl.memory import PeakMemory, format_bytes, parse_memory
 from depass_tl.replay.engine import replay_components
 from depass_tl.replay.plan import DEFAULT_CAUSAL_SPLITS, plan_chunks, row_starts
-from tests.families import FAMILIES, HT_CONFIG_FEATURES, build_family, build_ht, family_tokens
+from tests.families import FAMILIES, HT_CONFIG_FEATURES, HT_FEATURE_TWINS, build_family, build_ht, family_tokens
 from tests.models import ARCHS, make_model, random_tokens
+from tests.tl_cases import bridge_refusal, buildable_cases, norm_atol
 
 RULES = ["softmax", "ratio", "max"]
 
@@ -60,9 +61,13 @@ def test_chunked_families(family: str, rule: str) -> None:
     _assert_same(got, _reference(run, depass_tl.tokens(), rule), atol=1e-10)
 
 
-@pytest.mark.parametrize("name", sorted(HT_CONFIG_FEATURES))
+@pytest.mark.parametrize("name", buildable_cases(dict(sorted(HT_CONFIG_FEATURES.items())), twins=HT_FEATURE_TWINS))
 def test_chunked_config_features(name: str) -> None:
     model = build_ht(name)
+    if bridge_refusal(model):  # TL 4: what depass_tl refuses on the Bridge (MoE, SoLU) must be refused
+        with pytest.raises(UnsupportedModelError, match=bridge_refusal(model)):
+            capture(model, random_tokens(model, pos=6))
+        return
     run = capture(model, random_tokens(model, pos=6))
     moe = getattr(model.cfg, "num_experts", None)
     for rule in ["ratio"] if moe else RULES:
@@ -119,8 +124,8 @@ def test_api_keywords_and_completeness() -> None:
     logits, dc = depass_tl.run_with_depass(model, toks, chunk_size=2, names_filter=["blocks.1.hook_resid_post"])
     _, ref = depass_tl.run_with_depass(model, toks, names_filter=["blocks.1.hook_resid_post"])
     torch.testing.assert_close(dc["blocks.1.hook_resid_post"], ref["blocks.1.hook_resid_post"], rtol=0, atol=1e-12)
-    assert max(dc.completeness_error().values()) < 1e-10
-    torch.testing.assert_close(dc.logit_attrs(3).sum(0), logits[:, -1, 3], rtol=0, atol=1e-10)
+    assert max(dc.completeness_error().values()) < norm_atol(model, 1e-10, logits)
+    torch.testing.assert_close(dc.logit_attrs(3).sum(0), logits[:, -1, 3], rtol=0, atol=norm_atol(model, 1e-10, logits))
 
 
 @pytest.mark.parametrize("rule", RULES)

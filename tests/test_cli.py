@@ -197,3 +197,20 @@ def test_runs_as_a_module_in_a_fresh_process() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "Tokens: top 3 of 15" in proc.stdout and "Heads: top 3 of 12" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_a_local_hugging_face_folder_loads_as_a_bridge(capsys) -> None:
+    """Any causal LM saved with its tokenizer (here a random GPT-2) works offline through the Bridge (TL >= 3)."""
+    from tests._tl_version import HAS_BRIDGE, TL_VERSION
+
+    if not HAS_BRIDGE:
+        pytest.skip(f"needs TransformerBridge (TL >= 3); installed TransformerLens {TL_VERSION}")
+    from tests.bridge_models import local_folder
+
+    folder = local_folder("gpt2")
+    rc, out, err = _run(capsys, " t5 t7 t9 t11", "--target", " t3", "--contrast", " t4", "--model", str(folder),
+                        "--top", "3")
+    assert rc == 0, err
+    assert "(TransformerBridge.boot_transformers)" in out and "Heads: top 3 of" in out
+    errs = [float(e) for e in re.findall(r"\|sum - clean\| = (\S+);", out)]
+    assert len(errs) == 2 and max(errs) < 1e-4

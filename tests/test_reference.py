@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import functools
 import warnings
+from typing import Any
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from tests.models import config_model
+
+from tests.tl_cases import norm_tol
 from tests.reference import (
     MLP_RULES,
     hooked_ratio_reference,
@@ -65,11 +68,9 @@ CONFIGS: dict[str, dict] = {
 
 
 @functools.lru_cache(maxsize=None)
-def model_and_tokens(name: str) -> tuple[HookedTransformer, torch.Tensor]:
+def model_and_tokens(name: str) -> tuple[Any, torch.Tensor]:
     seed = sorted(CONFIGS).index(name) + 10
-    cfg = HookedTransformerConfig(**BASE, **CONFIGS[name], seed=seed)
-    model = HookedTransformer(cfg)
-    model.eval()
+    model = config_model(**BASE, **CONFIGS[name], seed=seed)
     randomise_norms_and_biases(model, seed=seed + 1000)
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, D_VOCAB, (N_BATCH, N_POS), generator=gen)
@@ -101,7 +102,8 @@ def test_reference_complete(name: str, rule: str) -> None:
     for hook, comps in result.items():
         clean = logits if hook == "logits" else cache[hook]
         assert comps.shape == (N_POS + 1, *clean.shape), hook
-        torch.testing.assert_close(comps.sum(0), clean, atol=1e-12, rtol=0, msg=hook)
+        atol = norm_tol(model, 1e-12 / float(clean.abs().max())) * float(clean.abs().max())  # float32 RMS: relative
+        torch.testing.assert_close(comps.sum(0), clean, atol=atol, rtol=0, msg=hook)
 
 
 @pytest.mark.parametrize(("name", "rule"), CASES, ids=IDS)

@@ -14,6 +14,7 @@ from depass_tl.replay.rules import (
     DEFAULT_RULE, MLPRule, Ratio, RuleStats, Softmax, get_rule, register_rule, rule_names, unregister_rule,
 )
 from tests.models import make_model, random_tokens
+from tests.tl_cases import norm_atol
 
 
 class EqualStats(RuleStats):
@@ -109,9 +110,9 @@ def test_custom_rule_chunked_and_unregistered(equal: Equal, arch: str) -> None:
     """The rule object works unregistered too, sums exactly, and chunking (two passes) changes nothing."""
     model = make_model(arch, n_layers=2)
     toks = random_tokens(model, batch=2, pos=7)
-    _, named = depass_tl.run_with_depass(model, toks, mlp_rule="equal")
+    logits, named = depass_tl.run_with_depass(model, toks, mlp_rule="equal")
     _, obj = depass_tl.run_with_depass(model, toks, mlp_rule=Equal(), chunk_size=2)
-    assert max(named.completeness_error().values()) < 1e-10
+    assert max(named.completeness_error().values()) < norm_atol(model, 1e-10, logits)  # float32 RMS on the Bridge
     for hook in named:
         torch.testing.assert_close(obj[hook], named[hook], rtol=0, atol=1e-12)
     with pytest.raises(DePassError, match="not linear"):

@@ -39,7 +39,7 @@ from depass_tl.model_view import ModelView
 
 __all__ = [
     "Backend", "Method", "backends", "backend_for", "read_model_view", "register_backend", "unregister_backend",
-    "install_targets", "class_named", "tl_version",
+    "install_targets", "class_named", "get_act_name", "tl_version",
 ]
 
 _REGISTRY: Registry[Backend] = Registry("backend", Backend)
@@ -144,3 +144,16 @@ def tl_version() -> str:
         except PackageNotFoundError:
             continue
     return "not installed"
+
+
+def get_act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
+    """TL's ``get_act_name`` (``("resid_post", 3)`` -> ``blocks.3.hook_resid_post``) on every TL version.
+
+    It is ``transformer_lens.utilities.get_act_name`` on TL 3.x / 4.x (TL 4 removed ``transformer_lens.utils``)
+    and ``transformer_lens.utils.get_act_name`` on TL 2.x.
+    """
+    try:
+        from transformer_lens.utilities import get_act_name as tl_get_act_name
+    except ImportError:  # TL 2.x
+        from transformer_lens.utils import get_act_name as tl_get_act_name  # type: ignore[no-redef]
+    return tl_get_act_name(name, layer, layer_type)

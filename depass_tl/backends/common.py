@@ -43,7 +43,7 @@ def check_supported(cfg: Any) -> None:
         )
     arch = _get(cfg, "original_architecture", None) or _get(cfg, "architecture", None)  # Bridge: architecture
     try:
-        from transformer_lens.loading_from_pretrained import POST_NORM_ARCHITECTURES  # type: ignore
+        from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES  # type: ignore  (TL 3.x, 4.x)
     except ImportError:  # older TL: no post-norm decoder architectures at all
         POST_NORM_ARCHITECTURES = ()
     if arch is not None and arch in POST_NORM_ARCHITECTURES:

@@ -75,10 +75,10 @@ def custom(hook: str, tensor: Tensor, labels: list[str] | tuple[str, ...]) -> Cu
 
     Examples:
         >>> import torch, depass_tl
-        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-        >>> cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
-        ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
-        >>> model = HookedTransformer(cfg)
+        >>> from depass_tl.toy import random_model
+        >>> cfg = dict(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+        ...            d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+        >>> model = random_model(**cfg)
         >>> toks = torch.tensor([[1, 2, 3]])
         >>> _, cache = model.run_with_cache(toks)
         >>> h = cache["blocks.0.hook_resid_post"]

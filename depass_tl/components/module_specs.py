@@ -106,10 +106,10 @@ def heads(layer: int | Iterable[int] | None = None) -> HeadSpec:
 
     Examples:
         >>> import torch, depass_tl
-        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-        >>> cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
-        ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
-        >>> _, dc = depass_tl.run_with_depass(HookedTransformer(cfg), torch.tensor([[1, 2, 3]]),
+        >>> from depass_tl.toy import random_model
+        >>> cfg = dict(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+        ...            d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+        >>> _, dc = depass_tl.run_with_depass(random_model(**cfg), torch.tensor([[1, 2, 3]]),
         ...                                   components=depass_tl.heads(layer=1))
         >>> dc.labels
         ('L1H0', 'L1H1', 'rest', 'bias')
@@ -153,10 +153,10 @@ def modules(layer: int | Iterable[int] | None = None) -> ModuleSpec:
 
     Examples:
         >>> import torch, depass_tl
-        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-        >>> cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
-        ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
-        >>> _, dc = depass_tl.run_with_depass(HookedTransformer(cfg), torch.tensor([[1, 2, 3]]),
+        >>> from depass_tl.toy import random_model
+        >>> cfg = dict(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+        ...            d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+        >>> _, dc = depass_tl.run_with_depass(random_model(**cfg), torch.tensor([[1, 2, 3]]),
         ...                                   components=depass_tl.modules(layer=0))
         >>> dc.labels
         ('L0.attn', 'L0.mlp', 'rest', 'bias')
@@ -234,10 +234,10 @@ def neurons(
 
     Examples:
         >>> import torch, depass_tl
-        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-        >>> cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
-        ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
-        >>> _, dc = depass_tl.run_with_depass(HookedTransformer(cfg), torch.tensor([[1, 2, 3]]),
+        >>> from depass_tl.toy import random_model
+        >>> cfg = dict(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+        ...            d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+        >>> _, dc = depass_tl.run_with_depass(random_model(**cfg), torch.tensor([[1, 2, 3]]),
         ...                                   components=depass_tl.neurons(0, idx=[3, 7]))
         >>> dc.labels
         ('L0N3', 'L0N7', 'L0.mlp_rest', 'rest', 'bias')

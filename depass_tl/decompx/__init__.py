@@ -10,6 +10,7 @@ Importing this package does not import TransformerLens; on TransformerLens 4 (no
 ``HookedEncoder``) :func:`run_decompx` raises :class:`~depass_tl.errors.UnsupportedModelError`.
 """
 
+from depass_tl.decompx._compat import hooked_encoder_class
 from depass_tl.decompx.api import run_decompx
 from depass_tl.decompx.bias import BIAS_POLICIES, BiasPolicy
 from depass_tl.decompx.convert import hooked_encoder_from_hf_bert
@@ -22,6 +23,7 @@ __all__ = [
     "DecompXResult",
     "MLMHead",
     "SequenceClassificationHead",
+    "hooked_encoder_class",
     "hooked_encoder_from_hf_bert",
     "run_decompx",
 ]

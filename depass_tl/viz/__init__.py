@@ -27,10 +27,10 @@ The explorer (:mod:`depass_tl.viz.explorer`): ``capture`` once with ``extra_hook
 Examples:
     >>> import torch, depass_tl
     >>> from depass_tl import viz
-    >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-    >>> cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2,
-    ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
-    >>> _, dc = depass_tl.run_with_depass(HookedTransformer(cfg), torch.tensor([[1, 2, 3]]))
+    >>> from depass_tl.toy import random_model
+    >>> cfg = dict(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+    ...            d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+    >>> _, dc = depass_tl.run_with_depass(random_model(**cfg), torch.tensor([[1, 2, 3]]))
     >>> viz.token_heatmap_data(dc, 4, incorrect_tokens=5).title
     'Which tokens drive logit(#4) − logit(#5)'
 """

@@ -16,10 +16,10 @@ and the page shows ``target − contrast`` by subtraction, which equals
 Examples:
     >>> import torch, depass_tl
     >>> from depass_tl import viz
-    >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-    >>> cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
-    ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
-    >>> model = HookedTransformer(cfg)
+    >>> from depass_tl.toy import random_model
+    >>> cfg = dict(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+    ...            d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+    >>> model = random_model(**cfg)
     >>> run = depass_tl.capture(model, torch.tensor([[1, 2, 3]]), extra_hooks=viz.explorer_hooks(2))
     >>> caches = viz.explorer_caches(run, progress=False)
     >>> data = viz.explorer_data(caches, target=5, contrast=7, top_k=3)

@@ -65,10 +65,10 @@ component an equal share:
 >>> get_rule("equal").share(keys, torch.tensor([[[6.0]]]), torch.tensor([2]), 3).flatten().tolist()
 [3.0, 0.0, 3.0]
 >>> import depass_tl
->>> from transformer_lens import HookedTransformer, HookedTransformerConfig
->>> cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2, d_mlp=16,
-...                               d_vocab=20, act_fn="gelu", seed=0)
->>> _, dc = depass_tl.run_with_depass(HookedTransformer(cfg), torch.tensor([[1, 2, 3]]), mlp_rule="equal")
+>>> from depass_tl.toy import random_model
+>>> cfg = dict(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2, d_mlp=16,
+...            d_vocab=20, act_fn="gelu", seed=0)
+>>> _, dc = depass_tl.run_with_depass(random_model(**cfg), torch.tensor([[1, 2, 3]]), mlp_rule="equal")
 >>> dc.mlp_rule, max(dc.completeness_error().values()) < 1e-4
 ('equal', True)
 >>> unregister_rule("equal")
