@@ -19,7 +19,7 @@ from depass_tl.decompx.heads import MLMHead, SequenceClassificationHead
 from depass_tl.decompx.result import DecompXResult
 from depass_tl.errors import DePassError, DePassValueError, HookNotFoundError
 from depass_tl.foreign_hooks import check_edits
-from depass_tl.guard import Completeness, check_replay, completeness_rtol
+from depass_tl.guard import Completeness, check_replay, tolerance
 from depass_tl.memory import parse_memory
 from depass_tl.replay.engine import replay_components
 from depass_tl.replay.rules import DEFAULT_RULE, DEFAULT_TEMPERATURE, RuleLike, get_rule
@@ -145,14 +145,11 @@ def _guard(
     cap = view.output_logits_soft_cap
     if cap is not None:
         logits = cap * torch.tanh(logits / cap)
+    rtol, how = tolerance(dtype, view.dtype)
     return check_replay(
-        acts, clean, group_size, logits=(logits, run.logits[rows, last_pos]), rtol=completeness_rtol(dtype, view.dtype),
-        how=f"{_dtype_name(dtype)} components of a {_dtype_name(view.dtype)} model", foreign_hooks=run.foreign_hooks,
+        acts, clean, group_size, logits=(logits, run.logits[rows, last_pos]), rtol=rtol, how=how,
+        foreign_hooks=run.foreign_hooks,
     )
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
 
 
 @checked(hints={

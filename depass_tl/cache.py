@@ -160,7 +160,7 @@ class DePassCache(Mapping[str, Tensor]):
         final = self._acts["unembed.hook_in"]
         P = final.shape[2]
         if not -P <= pos < P:
-            raise DePassError(f"pos {pos} is out of range for {P} positions.")
+            raise DePassValueError(f"pos {pos} is out of range for {P} positions.")
         if pos != -1:
             return final[:, :, pos]
         idx = self.last_positions.to(final.device)

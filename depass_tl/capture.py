@@ -2,15 +2,18 @@
 
 This is the only module that registers hooks. It uses ``model.run_with_cache`` (whose hooks live in a
 ``model.hooks(...)`` context and are removed in a ``finally``, also when the forward raises), keeps
-only the hooks the replay needs, and never modifies the model. Hooks the user attached before the
-call stay where they are and take part in the run; where they change an activation, that is
-recorded (``FrozenRun.edited_hooks``) by a probe around each such hook point, removed in a
-``finally`` too (:mod:`depass_tl.foreign_hooks` says which edits a replay follows). A capture holds
-the model's lock (:func:`depass_tl.model_state.model_lock`) from reading the model to the end of the
-forward pass, so captures of one model from several threads never see each other's hooks. ``HookedTransformer`` and
+only the hooks the replay needs, and never modifies the model. ``HookedTransformer`` and
 ``TransformerBridge`` are captured by the same code: the Bridge registers the HookedTransformer hook
 names in both of its modes, and :func:`depass_tl.backends.read_model_view` absorbs the weight
 differences. TL 2.x has no ``unembed.hook_in``; it is rebuilt from the frozen final norm scale.
+
+Hooks the user attached before the call stay where they are and take part in the run; where they
+change an activation, that is recorded (``FrozenRun.edited_hooks``) by a probe around each such hook
+point, removed in a ``finally`` too (:mod:`depass_tl.foreign_hooks` says which edits a replay
+follows). A capture holds the model's lock (:func:`depass_tl.model_state.model_lock`) from reading
+the model to the end of the forward pass, so captures of one model from several threads never see
+each other's hooks. The model is checked first (:mod:`depass_tl.model_state`: real, finite weights,
+nothing random in training mode) and the clean run after (no NaN or inf).
 """
 
 from __future__ import annotations

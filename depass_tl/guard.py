@@ -38,8 +38,8 @@ from torch import Tensor
 from depass_tl.errors import CompletenessError, DePassValueError
 
 __all__ = [
-    "RTOL_BY_DTYPE", "RTOL_BY_PRECISION", "Completeness", "completeness_rtol", "group_error", "check_replay",
-    "check_values", "likely_causes",
+    "RTOL_BY_DTYPE", "RTOL_BY_PRECISION", "Completeness", "completeness_rtol", "tolerance", "group_error",
+    "check_replay", "check_values", "likely_causes",
 ]
 
 #: Relative tolerance per dtype (the accumulation dtype and the model's dtype both count).
@@ -74,6 +74,15 @@ def completeness_rtol(dtype: torch.dtype, model_dtype: torch.dtype, precision: s
             f"no completeness tolerance for {missing[0]}; use one of {', '.join(map(str, RTOL_BY_DTYPE))}."
         )
     return max(RTOL_BY_DTYPE[dtype], RTOL_BY_DTYPE[model_dtype], RTOL_BY_PRECISION[precision])
+
+
+def tolerance(dtype: torch.dtype, model_dtype: torch.dtype, precision: str = "exact", *,
+              of: str = "components") -> tuple[float, str]:
+    """``(rtol, what it is for)``: :func:`completeness_rtol` and the phrase error messages show, e.g.
+    ``"float32 components of a bfloat16 model"``."""
+    names = [str(d).replace("torch.", "") for d in (dtype, model_dtype)]
+    mode = "" if precision == "exact" else f", precision={precision!r}"
+    return completeness_rtol(dtype, model_dtype, precision), f"{names[0]} {of} of a {names[1]} model{mode}"
 
 
 @dataclass(frozen=True)

@@ -111,8 +111,9 @@ def _check_finite_weights(model: torch.nn.Module) -> None:
     params = list(model.named_parameters())
     versions = tuple((p.data_ptr(), p._version) for _, p in params)
     try:
-        if _FINITE.get(model) == versions:
-            return
+        with _LOCKS_GUARD:
+            if _FINITE.get(model) == versions:
+                return
     except TypeError:  # not weakly referenceable: scan every time
         pass
     bad = _non_finite(params)
@@ -123,7 +124,8 @@ def _check_finite_weights(model: torch.nn.Module) -> None:
             "(torch.isfinite(p).all() for p in model.parameters())."
         )
     try:
-        _FINITE[model] = versions
+        with _LOCKS_GUARD:
+            _FINITE[model] = versions
     except TypeError:
         pass
 

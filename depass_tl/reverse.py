@@ -27,17 +27,17 @@ from torch import Tensor
 from depass_tl._checks import checked
 from depass_tl._types import COMPONENTS_HINT, TOKENS_HINT, Model, TextOrTokens
 from depass_tl.capture import capture, single_token_fn
-from depass_tl.tokenization import AnswerTokens, answer_ids
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components import ComponentSpec, TokenSpec
 from depass_tl.errors import DePassError, DePassTypeError, DePassValueError
 from depass_tl.foreign_hooks import check_edits
-from depass_tl.guard import check_values, completeness_rtol
+from depass_tl.guard import check_values, tolerance
 from depass_tl.memory import parse_memory
 from depass_tl.replay.engine import replay_components
 from depass_tl.replay.reverse import forward_cost, project, reverse_token_values, reverse_values
 from depass_tl.replay.rules import DEFAULT_TEMPERATURE, MLPRule, RuleLike, get_rule, iter_rules
 from depass_tl.replay.state import FINAL_HOOK, InitialState, parse_start_hook, stage_index, stored_hook_names
+from depass_tl.tokenization import AnswerTokens, answer_ids
 
 __all__ = ["ScalarTarget", "logit_target", "direction_target", "ScalarAttribution", "attribute", "attribute_run"]
 
@@ -260,10 +260,10 @@ def _checked_result(
     if r.offset is not None:
         clean = clean + r.offset.to(clean.device)
     check = clean if r.model_value is None else r.model_value
+    rtol, how = tolerance(dtype, run.view.dtype, of="shares")
     check_values(
-        values.detach(), check.to(values.device), K, rtol=completeness_rtol(dtype, run.view.dtype),
-        how=f"{str(dtype).replace('torch.', '')} shares of a {str(run.view.dtype).replace('torch.', '')} model",
-        foreign_hooks=run.foreign_hooks, name=f"the target ({mode} mode, {target.hook})",
+        values.detach(), check.to(values.device), K, rtol=rtol, how=how, foreign_hooks=run.foreign_hooks,
+        name=f"the target ({mode} mode, {target.hook})",
     )
     return ScalarAttribution(values.detach(), labels, clean, K, mode, rule.name)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -58,9 +60,15 @@ def _attributed(model: Any, toks: torch.Tensor, **kwargs: Any) -> torch.Tensor:
     return dc.logit_attrs(ANSWER).sum(0) - hooked
 
 
-def _with_edit(model: Any, name: str, fn: Any = _scale):
-    model.hook_dict[name].add_hook(fn)
-    return model
+@contextmanager
+def _attached(model: Any, *names: str, fn: Any = _scale) -> Iterator[Any]:
+    """The user's hooks ``fn`` on ``names`` for the ``with`` block (``model.reset_hooks()`` after)."""
+    for name in names:
+        model.hook_dict[name].add_hook(fn)
+    try:
+        yield model
+    finally:
+        model.reset_hooks()
 
 
 @pytest.mark.parametrize("kind", CLASSES)
@@ -72,8 +80,7 @@ def test_edits_of_frozen_coefficients_are_replayed_exactly(kind: str, mlp: str, 
     name = f"blocks.1.{suffix}"
     with torch.no_grad():
         plain = model(toks)
-    _with_edit(model, name)
-    try:
+    with _attached(model, name):
         with torch.no_grad():
             matters = float((model(toks) - plain).abs().max()) > 1e-3
         # the edit matters, except on TL's native Bridge, whose attention never reads hook_attn_scores' output
@@ -85,8 +92,6 @@ def test_edits_of_frozen_coefficients_are_replayed_exactly(kind: str, mlp: str, 
             return
         gap = _attributed(model, toks, mlp_rule=rule)
         assert float(gap.abs().max()) < 1e-4
-    finally:
-        model.reset_hooks()
 
 
 @pytest.mark.parametrize("kind", CLASSES)
@@ -94,15 +99,12 @@ def test_edits_of_frozen_coefficients_are_replayed_exactly(kind: str, mlp: str, 
 def test_value_path_edits_after_the_start_are_refused_by_name(kind: str, suffix: str) -> None:
     model, toks = model_of(kind)
     name = f"blocks.1.{suffix}"
-    _with_edit(model, name)
-    try:
+    with _attached(model, name):
         with pytest.raises(ForeignHookError, match=rf"edit {name.replace('.', '[.]')}( \(= [^)]*\))?, which the replay "
                                                    r"recomputes.*remove them \(model\.reset_hooks\(\)\), or start the"):
             depass_tl.run_with_depass(model, toks)
         with pytest.raises(ForeignHookError, match=name.replace(".", "[.]")):
             depass_tl.attribute(model, toks, target=ANSWER)  # reverse mode refuses them too
-    finally:
-        model.reset_hooks()
     assert n_hooks(model) == 0
 
 
@@ -135,35 +137,26 @@ def test_edits_before_the_start_are_part_of_the_starting_state(kind: str, suffix
 def test_read_only_and_in_place_hooks(kind: str) -> None:
     model, toks = model_of(kind)
     seen: list[str] = []
-    model.hook_dict["blocks.1.hook_mlp_out"].add_hook(lambda x, hook: seen.append(hook.name))
-    try:
+    with _attached(model, "blocks.1.hook_mlp_out", fn=lambda x, hook: seen.append(hook.name)):
         run = depass_tl.capture(model, toks)
         assert "blocks.1.hook_mlp_out" in run.foreign_hooks and run.edited_hooks == ()
         assert float(_attributed(model, toks).abs().max()) < 1e-4
         assert len(seen) == 3 and n_hooks(model) == 1  # the user's hook ran every time and is still there
-    finally:
-        model.reset_hooks()
+
     def in_place(x: torch.Tensor, hook: Any) -> None:
         x.mul_(2.0)  # returns nothing: TransformerLens keeps the (changed) tensor
 
-    model.hook_dict["blocks.1.hook_attn_out"].add_hook(in_place)
-    try:
+    with _attached(model, "blocks.1.hook_attn_out", fn=in_place):
         with pytest.raises(ForeignHookError, match=r"edit blocks\.1\.hook_attn_out"):
             depass_tl.run_with_depass(model, toks)
-    finally:
-        model.reset_hooks()
 
 
 @pytest.mark.parametrize("kind", CLASSES)
 def test_the_error_names_the_transformerlens_hook_and_every_refused_one(kind: str) -> None:
     model, toks = model_of(kind)
-    for name in ("blocks.0.hook_mlp_out", "blocks.1.attn.hook_z", "blocks.1.attn.hook_pattern"):
-        _with_edit(model, name)
-    try:
+    with _attached(model, "blocks.0.hook_mlp_out", "blocks.1.attn.hook_z", "blocks.1.attn.hook_pattern"):
         with pytest.raises(ForeignHookError) as info:
             depass_tl.run_with_depass(model, toks)
-    finally:
-        model.reset_hooks()
     message = str(info.value)
     assert "edit blocks.0.hook_mlp_out, blocks.1.attn.hook_z, which" in message  # not the frozen pattern
     assert "tokens(start='blocks.1.hook_resid_mid')" in message
@@ -172,12 +165,9 @@ def test_the_error_names_the_transformerlens_hook_and_every_refused_one(kind: st
 @requires_bridge
 def test_bridge_aliases_are_named_as_transformerlens_names() -> None:
     model, toks = model_of("bridge")
-    _with_edit(model, "blocks.1.mlp.hook_out")  # the Bridge's own name of hook_mlp_out
-    try:
+    with _attached(model, "blocks.1.mlp.hook_out"):  # the Bridge's own name of hook_mlp_out
         with pytest.raises(ForeignHookError, match=r"edit blocks\.1\.hook_mlp_out, which"):
             depass_tl.run_with_depass(model, toks)
-    finally:
-        model.reset_hooks()
 
 
 @pytest.mark.parametrize("kind", CLASSES)
@@ -187,13 +177,10 @@ def test_probes_are_removed_when_the_forward_raises(kind: str) -> None:
     def boom(x: torch.Tensor, hook: Any) -> None:
         raise RuntimeError("boom in the user's hook")
 
-    model.hook_dict["blocks.1.hook_mlp_out"].add_hook(boom)
-    try:
+    with _attached(model, "blocks.1.hook_mlp_out", fn=boom):
         with pytest.raises(RuntimeError, match="boom"):
             depass_tl.run_with_depass(model, toks)
         assert n_hooks(model) == 1  # only the user's
-    finally:
-        model.reset_hooks()
 
 
 # ------------------------------------------------------------------------------ training mode
