@@ -18,7 +18,9 @@ from depass_tl.components import ComponentSpec, TokenSpec
 from depass_tl.components.base import REST
 from depass_tl.decompx.heads import MLMHead, SequenceClassificationHead
 from depass_tl.decompx.result import DecompXResult
-from depass_tl.errors import DePassError
+from depass_tl.errors import DePassError, DePassValueError, HookNotFoundError
+from depass_tl.foreign_hooks import check_edits
+from depass_tl.guard import Completeness, check_replay, tolerance
 from depass_tl.memory import parse_memory
 from depass_tl.replay.engine import replay_components
 from depass_tl.replay.rules import DEFAULT_RULE, DEFAULT_TEMPERATURE, MLPRule, RuleLike, get_rule, official_key_edits
@@ -41,15 +43,22 @@ def _keep_fn(names_filter: NamesFilter) -> Callable[[str], bool]:
     return lambda name: name in wanted
 
 
-def _check_names(keep_names: NamesFilter, stored: dict[str, Tensor]) -> None:
-    if names_filter_is_list(keep_names):
-        missing = sorted(set([keep_names] if isinstance(keep_names, str) else keep_names) - set(stored))  # type: ignore[arg-type]
-        if missing:
-            raise DePassError(
-                f"names_filter asked for hooks the replay does not produce: {missing}. Valid names are "
-                "blocks.{l}.hook_resid_pre|resid_mid|attn_out|mlp_out|resid_post and unembed.hook_in, "
-                "at or after the start hook."
-            )
+def _check_names(keep_names: NamesFilter, stored: Sequence[str]) -> None:
+    """Before the replay: every name a names_filter list asks for is a hook this replay stores."""
+    if not names_filter_is_list(keep_names):
+        return
+    asked = [keep_names] if isinstance(keep_names, str) else list(keep_names)  # type: ignore[arg-type]
+    missing = [name for name in asked if name not in stored]
+    if missing:
+        import difflib
+
+        guesses = {name: difflib.get_close_matches(name, stored, n=1) for name in missing}
+        hints = "".join(f" ({name!r}: did you mean {g[0]!r}?)" for name, g in guesses.items() if g)
+        raise HookNotFoundError(
+            f"names_filter asked for hooks this replay does not produce: {missing}{hints}. It produces "
+            f"{stored[0]} ... {stored[-1]} ({len(stored)} hooks: blocks.{{l}}.hook_resid_pre|resid_mid|attn_out|"
+            "mlp_out|resid_post at or after the start hook, and unembed.hook_in)."
+        )
 
 
 def names_filter_is_list(f: NamesFilter) -> bool:
@@ -109,14 +118,16 @@ def replay(
     rule = get_rule(mlp_rule, temperature=temperature)
     dtype = _default_dtype(run.view.dtype) if dtype is None else dtype
     if not dtype.is_floating_point:
-        raise DePassError(f"dtype must be a floating-point torch dtype, got {dtype}.")
+        raise DePassValueError(f"dtype must be a floating-point torch dtype, got {dtype}.")
+    spec.check_captured(run)
     init = spec.init(run, dtype)
+    _check_names(names_filter, init.stored_hook_names(run.view))
+    check_edits(run.edited_hooks, [g.start_hook for g in init.groups], run.view, rule, run.hook_aliases)
     rule = _official_edits(rule, spec, init, run, ignore_special_token=ignore_special_token,
                            official_position0=official_position0)
     keep = _keep_fn(names_filter)
     budget = None if max_memory is None else parse_memory(max_memory)
     acts = replay_components(run, init, mlp_rule=rule, dtype=dtype, keep=keep, chunk_size=chunk_size, max_memory=budget)
-    _check_names(names_filter, acts)
     clean = {name: run.get(name) for name in acts}
     last_pos = run.last_real_positions
     rows = torch.arange(run.batch, device=run.tokens.device)
@@ -125,6 +136,7 @@ def replay(
     else:  # decompose the pre-cap logits: they are what sums exactly
         final = run.get(FINAL_HOOK)[rows, last_pos]
         last = final @ run.view.W_U + (0 if run.view.b_U is None else run.view.b_U)
+    completeness = _guard(run, acts, clean, init.group_size, dtype)
     return DePassCache(
         activations=acts,
         labels=init.labels,
@@ -140,6 +152,31 @@ def replay(
         mlp_rule=rule.name,
         logits_soft_capped=run.view.output_logits_soft_cap is not None,
         to_single_token=to_single_token,
+        completeness=completeness,
+    )
+
+
+def _guard(
+    run: FrozenRun, acts: dict[str, Tensor], clean: dict[str, Tensor], group_size: int, dtype: torch.dtype
+) -> Completeness:
+    """The completeness guard (:mod:`depass_tl.guard`) on a forward replay: every stored hook, and the
+    model's logits at each prompt's last real position (after the soft cap, if any)."""
+    view = run.view
+    rows = torch.arange(run.batch, device=run.tokens.device)
+    last_pos = run.last_real_positions
+    final = acts[FINAL_HOOK]
+    at_last = final[:, rows.to(final.device), last_pos.to(final.device)]  # [component, batch, d_model]
+    summed = at_last.reshape(-1, group_size, *at_last.shape[1:]).sum(1)  # [group, batch, d_model]
+    logits = summed @ view.W_U.to(device=summed.device, dtype=dtype)
+    if view.b_U is not None:
+        logits = logits + view.b_U.to(device=summed.device, dtype=dtype)
+    cap = view.output_logits_soft_cap
+    if cap is not None:
+        logits = cap * torch.tanh(logits / cap)
+    rtol, how = tolerance(dtype, view.dtype)
+    return check_replay(
+        acts, clean, group_size, logits=(logits, run.logits[rows, last_pos]), rtol=rtol, how=how,
+        foreign_hooks=run.foreign_hooks,
     )
 
 

@@ -14,12 +14,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from depass_tl._checks import check_device
 from depass_tl.decomposition import Decomposition
-from depass_tl.errors import DePassError
+from depass_tl.errors import DePassError, DePassTypeError, DePassValueError, HookNotFoundError
+from depass_tl.guard import Completeness
+from depass_tl.tokenization import AnswerTokens, answer_ids
 
 __all__ = ["DePassCache"]
 
-TokenLike = str | int | Sequence[int] | Sequence[str] | Tensor
+TokenLike = AnswerTokens
 
 
 class DePassCache(Decomposition):
@@ -40,6 +43,8 @@ class DePassCache(Decomposition):
         mlp_rule: the MLP allocation rule used.
         logits_soft_capped: True when the model soft-caps its logits; attributions are then of the
             pre-cap logits (``unembed.hook_out``), which is what sums exactly.
+        completeness: what the completeness guard measured when the replay ran (relative error per
+            stored hook and at the logits, and the tolerance; :class:`~depass_tl.guard.Completeness`).
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class DePassCache(Decomposition):
         mlp_rule: str,
         logits_soft_capped: bool,
         to_single_token: Callable[[str], int] | None,
+        completeness: Completeness | None = None,
     ) -> None:
         super().__init__(
             activations=activations, labels=labels, clean=clean, group_size=group_size, str_tokens=str_tokens
@@ -74,6 +80,7 @@ class DePassCache(Decomposition):
         self.mlp_rule = mlp_rule
         self.logits_soft_capped = logits_soft_capped
         self._to_single_token = to_single_token
+        self.completeness = Completeness() if completeness is None else completeness
 
     # ----------------------------------------------------------------------------------- mapping
     def _missing(self, key: str) -> str:
@@ -99,7 +106,7 @@ class DePassCache(Decomposition):
         final = self._acts["unembed.hook_in"]
         P = final.shape[2]
         if not -P <= pos < P:
-            raise DePassError(f"pos {pos} is out of range for {P} positions.")
+            raise DePassValueError(f"pos {pos} is out of range for {P} positions.")
         if pos != -1:
             return final[:, :, pos]
         idx = self.last_positions.to(final.device)
@@ -114,27 +121,8 @@ class DePassCache(Decomposition):
 
     # ------------------------------------------------------------------------ logit attribution
     def _token_ids(self, tokens: TokenLike, batch: int) -> Tensor:
-        if isinstance(tokens, Tensor):
-            ids = tokens.to(self.tokens.device).long().flatten()
-        elif isinstance(tokens, (str, int)):
-            ids = torch.tensor([self._one_id(tokens)], device=self.tokens.device)
-        else:
-            ids = torch.tensor([self._one_id(t) for t in tokens], device=self.tokens.device)
-        if ids.numel() == 1:
-            ids = ids.expand(batch)
-        if ids.numel() != batch:
-            raise DePassError(f"give one answer token, or one per prompt ({batch}); got {ids.numel()}.")
-        d_vocab = self._W_U.shape[-1]
-        if int(ids.min()) < 0 or int(ids.max()) >= d_vocab:
-            raise DePassError(f"token ids must lie in [0, {d_vocab}); got {ids.tolist()}.")
-        return ids
-
-    def _one_id(self, token: str | int) -> int:
-        if isinstance(token, int):
-            return token
-        if self._to_single_token is None:
-            raise DePassError(f"the model has no tokenizer, so {token!r} cannot be looked up; pass a token id.")
-        return self._to_single_token(token)
+        ids = answer_ids(tokens, batch, self._W_U.shape[-1], self._to_single_token)
+        return ids.to(self.tokens.device)
 
     def logit_attrs(
         self, tokens: TokenLike, *, incorrect_tokens: TokenLike | None = None, pos: int = -1
@@ -205,24 +193,28 @@ class DePassCache(Decomposition):
         Note: with the ``softmax`` or ``max`` MLP rules, grouping after the replay (summing shares) is
         not the same as replaying the grouped components (shares are not additive across groupings).
         """
-        import re
-
         if self.group_size != len(self.labels):
             raise DePassError("group() works on single-group caches (one partition); this cache has several groups.")
+        if not isinstance(groups, Mapping) or not groups:
+            raise DePassTypeError(f"groups must be a non-empty mapping new label -> pattern or labels; got {groups!r}.")
         members: dict[str, list[int]] = {name: [] for name in groups}
-        claimed: set[int] = set()
+        owner: dict[int, str] = {}
         for name, rule in groups.items():
-            for c, label in enumerate(self.labels[:-1]):
-                if c in claimed:
-                    continue
-                hit = re.fullmatch(rule, label) is not None if isinstance(rule, str) else label in rule
-                if hit:
-                    members[name].append(c)
-                    claimed.add(c)
+            hits = self._group_hits(name, rule)
+            members[name] = [c for c in hits if c not in owner]
+            owner.update((c, name) for c in members[name])
             if not isinstance(rule, str) and self.labels[-1] in rule:
-                raise DePassError(f"the {self.labels[-1]!r} component cannot be grouped; leave it out of {name!r}.")
+                raise DePassValueError(f"the {self.labels[-1]!r} component cannot be grouped; leave it out of {name!r}.")
+            if not members[name] and hits:
+                taken = sorted({owner[c] for c in hits})
+                raise DePassValueError(
+                    f"group {name!r} matches only components that earlier groups took ({', '.join(map(repr, taken))}): "
+                    "each component joins the first group that matches it. Put the narrower group first, or narrow "
+                    "the earlier pattern."
+                )
             if not members[name]:
-                raise DePassError(f"group {name!r} matches no component; labels are {list(self.labels)}.")
+                raise DePassValueError(f"group {name!r} matches no component; labels are {list(self.labels)}.")
+        claimed = set(owner)
         rest = [c for c in range(len(self.labels) - 1) if c not in claimed]
         new_labels = tuple(members) + tuple(self.labels[c] for c in rest) + (self.labels[-1],)
         if len(set(new_labels)) != len(new_labels):
@@ -247,7 +239,27 @@ class DePassCache(Decomposition):
             mlp_rule=self.mlp_rule,
             logits_soft_capped=self.logits_soft_capped,
             to_single_token=self._to_single_token,
+            completeness=self.completeness,
         )
+
+    def _group_hits(self, name: str, rule: Any) -> list[int]:
+        """The non-bias components a group's pattern (a regular expression) or list of labels matches."""
+        import re
+
+        if isinstance(rule, str):
+            try:
+                pattern = re.compile(rule)
+            except re.error as e:
+                raise DePassValueError(f"group {name!r}: {rule!r} is not a valid regular expression ({e}).") from e
+            return [c for c, label in enumerate(self.labels[:-1]) if pattern.fullmatch(label)]
+        if not isinstance(rule, (list, tuple, set, frozenset)) or not all(isinstance(x, str) for x in rule):
+            raise DePassTypeError(
+                f"group {name!r} must be a regular expression (str) or a list of labels; got {rule!r}."
+            )
+        unknown = [x for x in rule if x not in self.labels]
+        if unknown:
+            raise DePassValueError(f"group {name!r} lists unknown labels {unknown}; labels are {list(self.labels)}.")
+        return [c for c, label in enumerate(self.labels[:-1]) if label in rule]
 
     # ------------------------------------------------------------------------------- export
     def to_dataframe(self, tokens: TokenLike, *, incorrect_tokens: TokenLike | None = None, pos: int = -1) -> Any:
@@ -259,7 +271,12 @@ class DePassCache(Decomposition):
         return self._frame(self.logit_attrs(tokens, incorrect_tokens=incorrect_tokens, pos=pos))
 
     def to(self, device: str | torch.device) -> "DePassCache":
-        """A copy with every tensor moved to ``device``."""
+        """A copy with every tensor moved to ``device``.
+
+        Raises:
+            DePassValueError: not a device, or one this machine does not have (e.g. ``"cuda"`` without CUDA).
+        """
+        device = check_device(device)
         return DePassCache(
             activations={k: v.to(device) for k, v in self._acts.items()},
             labels=self.labels,
@@ -275,4 +292,5 @@ class DePassCache(Decomposition):
             mlp_rule=self.mlp_rule,
             logits_soft_capped=self.logits_soft_capped,
             to_single_token=self._to_single_token,
+            completeness=self.completeness,
         )

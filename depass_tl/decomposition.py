@@ -18,6 +18,7 @@ from typing import Any
 from torch import Tensor
 
 from depass_tl.errors import DePassError, HookNotFoundError
+from depass_tl.guard import group_error
 
 __all__ = ["Decomposition"]
 
@@ -110,10 +111,8 @@ class Decomposition(Mapping[str, Tensor]):
 
     def _error(self, comps: Tensor, clean: Tensor, relative: bool) -> float:
         """Max over groups of ``|Σ_(c in group) comps - clean|`` (each group is a full partition)."""
-        K = self.group_size
-        total = comps.reshape(comps.shape[0] // K, K, *comps.shape[1:]).sum(1)
-        err = float((total - clean.to(total.dtype)).abs().max())
-        return err / max(float(clean.abs().max()), 1e-30) if relative else err
+        miss, scale = group_error(comps, clean, self.group_size)
+        return miss / max(scale, 1e-30) if relative else miss
 
     # ------------------------------------------------------------------------------- export
     def _frame(self, attrs: Tensor) -> Any:

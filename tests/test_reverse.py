@@ -174,10 +174,10 @@ def test_token_fast_path_equals_generic_reverse(start: str) -> None:
     spec = depass_tl.tokens(start=start)
     fast = attribute_run(run, logit_target(3, incorrect_tokens=1), spec, mode="reverse")
     init = spec.init(run, torch.float64)
-    pos, direction, offset = _resolve(run, logit_target(3, incorrect_tokens=1), torch.float64, None)
-    generic = _reverse(run, init, "unembed.hook_in", pos, direction, torch.float64)
-    if offset is not None:  # None when the model has no unembedding bias (the TL-native Bridge)
-        generic[-1] += offset
+    r = _resolve(run, logit_target(3, incorrect_tokens=1), torch.float64, None)
+    generic = _reverse(run, init, "unembed.hook_in", r.pos, r.direction, torch.float64)
+    if r.offset is not None:  # None when the model has no unembedding bias (the TL-native Bridge)
+        generic[-1] += r.offset
     torch.testing.assert_close(fast.values, generic, rtol=0, atol=ATOL)
     assert fast.labels == init.labels
     assert fast.completeness_error() < norm_tol(model, ATOL)

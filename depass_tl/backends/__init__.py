@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import threading
 from typing import Any
 
 from depass_tl._registry import Registry
@@ -45,19 +46,23 @@ __all__ = [
 
 _REGISTRY: Registry[Backend] = Registry("backend", Backend)
 _discovered = False
+_DISCOVERY = threading.RLock()
 
 
 def _discover() -> None:
-    """Import every module of this package once and register its ``BACKEND``."""
+    """Import every module of this package once and register its ``BACKEND`` (once, also from several threads)."""
     global _discovered
     if _discovered:
         return
-    _discovered = True
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        backend = getattr(module, "BACKEND", None)
-        if isinstance(backend, Backend) and _REGISTRY.get(backend.name) is None:
-            _REGISTRY.add(backend.name, backend)
+    with _DISCOVERY:
+        if _discovered:
+            return
+        for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+            module = importlib.import_module(f"{__name__}.{info.name}")
+            backend = getattr(module, "BACKEND", None)
+            if isinstance(backend, Backend) and _REGISTRY.get(backend.name) is None:
+                _REGISTRY.add(backend.name, backend)
+        _discovered = True  # only now: another thread must not see a half-filled registry
 
 
 def register_backend(backend: Backend, *, replace: bool = False) -> None:
