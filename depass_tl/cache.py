@@ -136,7 +136,7 @@ class DePassCache(Mapping[str, Tensor]):
         """Max over groups of ``|Σ_(c in group) comps - clean|`` (each group is a full partition)."""
         K = self.group_size
         total = comps.reshape(comps.shape[0] // K, K, *comps.shape[1:]).sum(1)
-        err = float((total - clean.to(total.dtype)).abs().max())
+        err = float((total - clean.to(device=total.device, dtype=total.dtype)).abs().max())
         return err / max(float(clean.abs().max()), 1e-30) if relative else err
 
     def _final_at(self, pos: int) -> Tensor:
@@ -152,19 +152,21 @@ class DePassCache(Mapping[str, Tensor]):
 
     def _logits_last(self) -> Tensor:
         final = self._final_at(-1)  # [component, batch, d_model]
-        logits = final @ self._W_U.to(final.dtype)
+        logits = final @ self._W_U.to(device=final.device, dtype=final.dtype)
         if self._b_U is not None:
-            logits[self.bias_rows] += self._b_U.to(final.dtype)
+            logits[self.bias_rows] += self._b_U.to(device=final.device, dtype=final.dtype)
         return logits
 
     # ------------------------------------------------------------------------ logit attribution
     def _token_ids(self, tokens: TokenLike, batch: int) -> Tensor:
+        """Answer ids ``[batch]`` on the unembedding's device (which a split model need not share with the tokens)."""
+        device = self._W_U.device
         if isinstance(tokens, Tensor):
-            ids = tokens.to(self.tokens.device).long().flatten()
+            ids = tokens.to(device).long().flatten()
         elif isinstance(tokens, (str, int)):
-            ids = torch.tensor([self._one_id(tokens)], device=self.tokens.device)
+            ids = torch.tensor([self._one_id(tokens)], device=device)
         else:
-            ids = torch.tensor([self._one_id(t) for t in tokens], device=self.tokens.device)
+            ids = torch.tensor([self._one_id(t) for t in tokens], device=device)
         if ids.numel() == 1:
             ids = ids.expand(batch)
         if ids.numel() != batch:
@@ -207,9 +209,9 @@ class DePassCache(Mapping[str, Tensor]):
             direction = direction - self._W_U[:, bad].to(x.dtype)
             if self._b_U is not None:
                 offset = offset - self._b_U[bad].to(x.dtype)  # type: ignore[operator]
-        attrs = torch.einsum("cbd,db->cb", x, direction)
+        attrs = torch.einsum("cbd,db->cb", x, direction.to(x.device))
         if offset is not None:
-            attrs[self.bias_rows] += offset
+            attrs[self.bias_rows] += offset.to(x.device)
         return attrs
 
     def unembed_direction(self, tokens: TokenLike, *, incorrect_tokens: TokenLike | None = None) -> Tensor:

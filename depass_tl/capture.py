@@ -22,6 +22,7 @@ from depass_tl.backends import read_model_view
 from depass_tl.coefficients import FrozenRun
 from depass_tl.errors import DePassError, UnsupportedModelError
 from depass_tl.model_view import ModelView, MoEView, NormView
+from depass_tl.replay.device import block_device, norm_device
 
 __all__ = ["capture", "to_tokens", "tokens_and_mask", "single_token_fn"]
 
@@ -332,6 +333,30 @@ def _apply_norm_clean(x: Tensor, scale: Tensor | None, norm: NormView) -> Tensor
     return x
 
 
+def _place_on_block_devices(acts: dict[str, Tensor], view: ModelView) -> None:
+    """Move each frozen tensor to the device of the weights that read it (no-op on one device).
+
+    A model split over devices (TL's ``n_devices``, an HF ``device_map``) records some hooks on the
+    device of the previous block: a Bridge block's ``hook_resid_pre`` is its input, captured before
+    accelerate moves it. Afterwards ``blocks.{l}.*`` lives on block l's device, the embeddings on
+    block 0's, and ``unembed.hook_in`` / ``ln_final.hook_scale`` on the final norm's, so every
+    component spec and the replay combine tensors of one device.
+    """
+    devices = [block_device(b) for b in view.blocks]
+    final = norm_device(view.ln_final, devices[-1])
+    for name, t in acts.items():
+        if name.startswith("blocks."):
+            dev = devices[int(name.split(".", 2)[1])]
+        elif name in ("hook_embed", "hook_pos_embed"):
+            dev = devices[0]
+        elif name in ("unembed.hook_in", "ln_final.hook_scale"):
+            dev = final
+        else:
+            continue
+        if t.device != dev:
+            acts[name] = t.to(dev)
+
+
 def _check_residual_identity(acts: dict[str, Tensor], view: ModelView) -> None:
     """The clean cache must satisfy resid_pre + attn_out (+ mlp_out) = resid_post (TL issue #1639)."""
     for l, block in enumerate(view.blocks):
@@ -406,6 +431,7 @@ def capture(
         logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names, **kwargs)
     acts: dict[str, Tensor] = {name: cache[name].detach().clone() for name in names if name in cache}
     _unflatten_positions(acts, tokens.shape)
+    _place_on_block_devices(acts, view)
     _check_residual_identity(acts, view)
     with torch.no_grad():
         _frozen_coefficients(acts, view, model, tokens)
