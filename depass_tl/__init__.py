@@ -12,6 +12,7 @@ from depass_tl.attention_scores import ScoreAttribution, attention_score_attrs
 from depass_tl.cache import DePassCache
 from depass_tl.capture import capture
 from depass_tl.coefficients import FrozenRun
+from depass_tl.dataset import read_results, run_dataset
 from depass_tl.components import ComponentSpec, custom, heads, modules, neurons, sources, subspace, tokens
 from depass_tl.decomposition import Decomposition
 from depass_tl.errors import DePassError, UnsupportedModelError
@@ -37,11 +38,13 @@ __all__ = [
     "heads",
     "logit_target",
     "modules",
+    "read_results",
     "neurons",
     "sources",
     "subspace",
     "subspace_patching",
     "replay",
+    "run_dataset",
     "run_with_depass",
     "tokens",
 ]

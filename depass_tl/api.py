@@ -132,9 +132,11 @@ def replay(
     last_pos = run.last_real_positions
     rows = torch.arange(run.batch, device=run.tokens.device)
     if run.view.output_logits_soft_cap is None:
-        last = run.logits[rows, last_pos]
+        dev = run.logits.device  # a model split over devices: the unembedding's, not the tokens'
+        last = run.logits[rows.to(dev), last_pos.to(dev)]
     else:  # decompose the pre-cap logits: they are what sums exactly
-        final = run.get(FINAL_HOOK)[rows, last_pos]
+        final = run.get(FINAL_HOOK)
+        final = final[rows.to(final.device), last_pos.to(final.device)].to(run.view.W_U.device)
         last = final @ run.view.W_U + (0 if run.view.b_U is None else run.view.b_U)
     completeness = _guard(run, acts, clean, init.group_size, dtype)
     return DePassCache(

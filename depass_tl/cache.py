@@ -114,15 +114,15 @@ class DePassCache(Decomposition):
 
     def _logits_last(self) -> Tensor:
         final = self._final_at(-1)  # [component, batch, d_model]
-        logits = final @ self._W_U.to(final.dtype)
+        logits = final @ self._W_U.to(device=final.device, dtype=final.dtype)
         if self._b_U is not None:
-            logits[self.bias_rows] += self._b_U.to(final.dtype)
+            logits[self.bias_rows] += self._b_U.to(device=final.device, dtype=final.dtype)
         return logits
 
     # ------------------------------------------------------------------------ logit attribution
     def _token_ids(self, tokens: TokenLike, batch: int) -> Tensor:
-        ids = answer_ids(tokens, batch, self._W_U.shape[-1], self._to_single_token)
-        return ids.to(self.tokens.device)
+        """Answer ids ``[batch]`` on the unembedding's device (which a split model need not share with the tokens)."""
+        return answer_ids(tokens, batch, self._W_U.shape[-1], self._to_single_token).to(self._W_U.device)
 
     def logit_attrs(
         self, tokens: TokenLike, *, incorrect_tokens: TokenLike | None = None, pos: int = -1
@@ -150,9 +150,9 @@ class DePassCache(Decomposition):
             direction = direction - self._W_U[:, bad].to(x.dtype)
             if self._b_U is not None:
                 offset = offset - self._b_U[bad].to(x.dtype)  # type: ignore[operator]
-        attrs = torch.einsum("cbd,db->cb", x, direction)
+        attrs = torch.einsum("cbd,db->cb", x, direction.to(x.device))
         if offset is not None:
-            attrs[self.bias_rows] += offset
+            attrs[self.bias_rows] += offset.to(x.device)
         return attrs
 
     def unembed_direction(self, tokens: TokenLike, *, incorrect_tokens: TokenLike | None = None) -> Tensor:

@@ -33,6 +33,7 @@ from depass_tl.errors import DePassError, UnsupportedModelError
 from depass_tl.foreign_hooks import hook_position
 from depass_tl.model_state import check_finite, check_model_state, check_real_weights, model_lock
 from depass_tl.model_view import ModelView, MoEView, NormView
+from depass_tl.replay.device import block_device, norm_device
 from depass_tl.tokenization import single_token_fn, to_tokens, tokens_and_mask
 
 __all__ = ["capture", "to_tokens", "tokens_and_mask", "single_token_fn"]  # the last three: depass_tl.tokenization
@@ -185,6 +186,30 @@ def _apply_norm_clean(x: Tensor, scale: Tensor | None, norm: NormView) -> Tensor
     return x
 
 
+def _place_on_block_devices(acts: dict[str, Tensor], view: ModelView) -> None:
+    """Move each frozen tensor to the device of the weights that read it (no-op on one device).
+
+    A model split over devices (TL's ``n_devices``, an HF ``device_map``) records some hooks on the
+    device of the previous block: a Bridge block's ``hook_resid_pre`` is its input, captured before
+    accelerate moves it. Afterwards ``blocks.{l}.*`` lives on block l's device, the embeddings on
+    block 0's, and ``unembed.hook_in`` / ``ln_final.hook_scale`` on the final norm's, so every
+    component spec and the replay combine tensors of one device.
+    """
+    devices = [block_device(b) for b in view.blocks]
+    final = norm_device(view.ln_final, devices[-1])
+    for name, t in acts.items():
+        if name.startswith("blocks."):
+            dev = devices[int(name.split(".", 2)[1])]
+        elif name in ("hook_embed", "hook_pos_embed"):
+            dev = devices[0]
+        elif name in ("unembed.hook_in", "ln_final.hook_scale"):
+            dev = final
+        else:
+            continue
+        if t.device != dev:
+            acts[name] = t.to(dev)
+
+
 _IDENTITY_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
 
 
@@ -281,6 +306,7 @@ def capture(
             str_tokens = [model.to_str_tokens(row) for row in tokens]
     _unflatten_positions(acts, tokens.shape)
     check_finite(logits, acts, sorted(acts, key=_forward_order))
+    _place_on_block_devices(acts, view)
     _check_residual_identity(acts, view, edited)
     with torch.no_grad():
         _frozen_coefficients(acts, view, model, tokens)

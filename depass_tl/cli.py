@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                           f"switch the answer and contrast among the top {EXPLORER_TOP_K} predictions and the MLP rule")
     att.add_argument("--png", default=None, metavar="PATH",
                      help="write the figures as .png (several figures: PATH-stem-<figure>.png)")
+    from depass_tl.cli_dataset import add_parser as add_dataset_parser  # `depass-tl dataset` (its own module)
+
+    add_dataset_parser(sub)
     return parser
 
 
@@ -458,7 +461,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        lines = attribute(args)
+        if args.command == "dataset":
+            from depass_tl.cli_dataset import dataset
+
+            lines = dataset(args)
+        else:
+            lines = attribute(args)
     except DePassError as e:
         sys.stderr.write(_error_line(str(e), args))
         return 2

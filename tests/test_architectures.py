@@ -252,7 +252,6 @@ def test_pattern_only_features_need_nothing(feature: str) -> None:
 @pytest.mark.parametrize(
     "fields, match",
     [
-        (dict(n_devices=2), r"cfg.n_devices=2: .* Load the model on one device"),
         (dict(load_in_4bit=True), r"cfg.load_in_4bit=True: .* unquantised"),
         (dict(original_architecture="Olmo2ForCausalLM"), r"original_architecture='Olmo2ForCausalLM' is a post-norm"),
     ],
