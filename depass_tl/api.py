@@ -175,7 +175,7 @@ def _guard(
     cap = view.output_logits_soft_cap
     if cap is not None:
         logits = cap * torch.tanh(logits / cap)
-    rtol, how = tolerance(dtype, view.dtype)
+    rtol, how = tolerance(dtype, view.clean_run_dtype)
     return check_replay(
         acts, clean, group_size, logits=(logits, run.logits[rows, last_pos]), rtol=rtol, how=how,
         foreign_hooks=run.foreign_hooks,

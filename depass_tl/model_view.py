@@ -112,7 +112,10 @@ class ModelView:
     """Everything the replay reads from a model, as tensors and plain values.
 
     ``backend`` names the backend the view was read by (:attr:`depass_tl.backends.Backend.name`, e.g.
-    ``"HookedTransformer"``; metadata only, the replay ignores it).
+    ``"HookedTransformer"``; metadata only, the replay ignores it). ``clean_dtype`` is the lowest
+    precision the model's own forward pass computes in: ``dtype`` except where the model's modules cast
+    (e.g. a float64 Bridge whose Hugging Face / TL-native RMS norms normalise in float32); the
+    completeness guard's tolerance reads it, since no replay reproduces the clean run's rounding.
     """
 
     blocks: tuple[BlockView, ...]
@@ -129,6 +132,12 @@ class ModelView:
     dtype: torch.dtype
     device: torch.device
     backend: str = "HookedTransformer"
+    clean_dtype: torch.dtype | None = None
+
+    @property
+    def clean_run_dtype(self) -> torch.dtype:
+        """``clean_dtype`` when set, else ``dtype``."""
+        return self.dtype if self.clean_dtype is None else self.clean_dtype
 
 
 @dataclass(frozen=True)

@@ -260,7 +260,7 @@ def _checked_result(
     if r.offset is not None:
         clean = clean + r.offset.to(clean.device)
     check = clean if r.model_value is None else r.model_value
-    rtol, how = tolerance(dtype, run.view.dtype, of="shares")
+    rtol, how = tolerance(dtype, run.view.clean_run_dtype, of="shares")
     check_values(
         values.detach(), check.to(values.device), K, rtol=rtol, how=how, foreign_hooks=run.foreign_hooks,
         name=f"the target ({mode} mode, {target.hook})",

@@ -195,7 +195,17 @@ def read_bridge_view(model: Any) -> ModelView:
         dtype=W_U.dtype,
         device=W_U.device,
         backend="TransformerBridge",
+        clean_dtype=_clean_dtype(model, W_U.dtype),
     )
+
+
+def _clean_dtype(model: Any, dtype: torch.dtype) -> torch.dtype:
+    """float32 for a float64 model with RMS norms that cast to float32 (Hugging Face's Llama-family
+    ``*RMSNorm`` and TL's ``NativeRMSNorm`` normalise in float32 whatever the model's dtype), else ``dtype``."""
+    if dtype != torch.float64:
+        return dtype
+    casts = any(type(m).__name__.endswith("RMSNorm") and "Pre" not in type(m).__name__ for m in model.modules())
+    return torch.float32 if casts else dtype
 
 
 def is_bridge(model: Any) -> bool:

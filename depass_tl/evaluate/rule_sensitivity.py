@@ -12,10 +12,10 @@ when they do not, the answer depends on how MLPs are credited, and no single rul
 Examples:
     >>> import torch
     >>> from depass_tl.evaluate import rule_sensitivity
-    >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-    >>> cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=8, d_head=4, n_heads=4, d_mlp=32,
-    ...                               d_vocab=20, act_fn="silu", gated_mlp=True, seed=0)
-    >>> rs = rule_sensitivity(HookedTransformer(cfg), torch.tensor([[1, 2, 3, 4, 5]]), 7, k=2, progress=False)
+    >>> from depass_tl.toy import random_model
+    >>> model = random_model(n_layers=2, d_model=16, n_ctx=8, d_head=4, n_heads=4, d_mlp=32,
+    ...                      d_vocab=20, act_fn="silu", gated_mlp=True, seed=0)
+    >>> rs = rule_sensitivity(model, torch.tensor([[1, 2, 3, 4, 5]]), 7, k=2, progress=False)
     >>> rs.variants[:4], rs.reference
     (('softmax T=0.01', 'softmax T=0.1', 'softmax T=1', 'softmax T=10'), 'softmax T=0.1')
     >>> list(rs.to_dataframe().columns)[:4]
