@@ -12,24 +12,37 @@ TransformerLens's own ``hook_attn_scores`` exactly; the function checks that and
 Rotary embeddings are linear per position and are applied per component with the model's own
 ``apply_rotary``; GQA heads read their shared key/query head. Score features that are not linear in
 the input are refused: QK norms, ``clip_qkv``, score soft caps, ALiBi / relative position biases,
-log-n query scaling, split q/k/v inputs, shortformer positions. Only ``HookedTransformer`` is
-supported (the function calls its attention modules). Padded batches work with right padding; with
-left padding on a rotary model TL shifts the positions by the mask, which the DePassCache does not
-record, so the final check raises.
+log-n query scaling, split q/k/v inputs, shortformer positions.
+
+Both model classes are supported. On a ``HookedTransformer`` the parts are checked against TL's
+``hook_attn_scores``. On a ``TransformerBridge`` (whose ``hook_attn_scores`` is not always the
+pre-softmax score: TL 4's native model hooks the pattern there) the clean score is ``q · k /
+attn_scale`` from the cached ``hook_q``/``hook_k`` (``hook_rot_q``/``hook_rot_k`` with rotary
+embeddings), and that score is itself checked against the model's own attention pattern: the
+softmax of the query's row of scores must reproduce ``hook_pattern``. Rotary embeddings on the
+Bridge are supported where it hooks the rotated queries and keys and their ``cos``/``sin`` tables
+(Llama-style rotate-half; checked against ``hook_rot_k``); other Bridges with rotary embeddings
+(NeoX's partial rotary hooks no rotated keys) and attention sinks are refused. Padded batches work
+with right padding; with left padding on a rotary model TL shifts the positions by the mask, which
+the DePassCache does not record, so the final check raises.
 
 Examples:
+    On the induction toy (a HookedTransformer on TL 2.x / 3.x, a TransformerBridge on TL 4), the
+    induction heads' keys on a repeated sequence are built by the previous-token head L0H0:
+
     >>> import torch, depass_tl
+    >>> from depass_tl import toy
     >>> from depass_tl.attention_scores import attention_score_attrs
-    >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-    >>> cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, n_ctx=8, d_vocab=10,
-    ...                               attn_only=True, act_fn=None, normalization_type="LN", seed=0)
-    >>> model = HookedTransformer(cfg)
-    >>> tokens = torch.tensor([[1, 2, 3, 4, 5]])
+    >>> from depass_tl.toy.data import repeated_sequences
+    >>> model, _ = toy.load("induction")
+    >>> tokens = repeated_sequences(1, half_len=8, d_vocab=model.cfg.d_vocab, seed=0)  # BOS, 8 tokens, same 8
     >>> _, dc = depass_tl.run_with_depass(model, tokens, components=depass_tl.heads(0))
     >>> _, cache = model.run_with_cache(tokens)
-    >>> att = attention_score_attrs(model, dc, cache, layer=1, key_pos=2)
-    >>> att.values.shape, att.labels[-1], att.completeness_error() < 1e-5
-    (torch.Size([4, 1, 2]), 'bias', True)
+    >>> att = attention_score_attrs(model, dc, cache, layer=1, key_pos=9)  # the token after the earlier copy
+    >>> att.values.shape, att.labels[-1], att.completeness_error() < 1e-4
+    (torch.Size([6, 1, 4]), 'bias', True)
+    >>> [att.labels[int(c)] for c in att.values[:, 0].argmax(0)]
+    ['L0H0', 'L0H0', 'L0H0', 'L0H0']
 """
 
 from __future__ import annotations
@@ -41,9 +54,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from depass_tl.cache import DePassCache
-from depass_tl.errors import DePassError, HookNotFoundError
 from depass_tl.backends import read_model_view
+from depass_tl.backends.bridge import is_bridge, optional_tensor
+from depass_tl.cache import DePassCache
+from depass_tl.errors import CompletenessError, DePassError, HookNotFoundError
 from depass_tl.replay.norm import apply_norm
 
 __all__ = ["ScoreAttribution", "attention_score_attrs"]
@@ -150,17 +164,116 @@ def _rotary_matrix(attn: Any, pos: int, n_pos: int, dtype: torch.dtype) -> Tenso
     return out[:, 0, 0, :].to(dtype)
 
 
+def _rotate_half_matrix(cos: Tensor, sin: Tensor, d_head: int) -> Tensor:
+    """``R [d_head, d_head]`` with ``v @ R = v·cos + rotate_half(v)·sin`` on the first ``len(cos)`` dims (Llama)."""
+    rd = cos.shape[-1]
+    eye = torch.eye(d_head, dtype=cos.dtype, device=cos.device)
+    x = eye[:, :rd]
+    rotated = eye.clone()
+    rotated[:, :rd] = x * cos + torch.cat([-x[:, rd // 2:], x[:, : rd // 2]], -1) * sin
+    return rotated
+
+
+def _per_head(t: Tensor, n_heads: int) -> Tensor:
+    """GQA: expand ``[n_kv, ...]`` to ``[n_heads, ...]`` (each query head reads its shared key head)."""
+    return t if t.shape[0] == n_heads else t.repeat_interleave(n_heads // t.shape[0], dim=0)
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """What the split is checked against, from the clean run of one model class."""
+
+    whole: Tensor  # [batch, head, d_head]: the side that is kept whole, at its position
+    clean: Tensor  # [batch, head]: the clean scores
+    rotation: list[Tensor] | None  # per prompt: R of the split side's position (rotary), else None
+    attn_scale: float
+
+
+def _hooked_reference(model: Any, cache: Any, layer: int, side: str, heads: list[int], q_pos: Tensor, k_pos: Tensor,
+                      n_pos: int, dtype: torch.dtype) -> _Reference:
+    attn, cfg = model.blocks[layer].attn, model.cfg
+    rotary = cfg.positional_embedding_type == "rotary"
+    name = ("hook_rot_k" if side == "query" else "hook_rot_q") if rotary else ("hook_k" if side == "query" else "hook_q")
+    whole = _per_head_cache(cache[f"blocks.{layer}.attn.{name}"], cfg.n_heads)  # [batch, pos, head, d_head]
+    scores = cache[f"blocks.{layer}.attn.hook_attn_scores"]  # [batch, head, query, key]
+    rows = torch.arange(q_pos.shape[0])
+    other = q_pos if side == "key" else k_pos
+    split = k_pos if side == "key" else q_pos
+    rotation = [_rotary_matrix(attn, int(p), n_pos, dtype) for p in split] if rotary else None
+    clean = scores[rows[:, None], torch.tensor(heads)[None], q_pos[:, None], k_pos[:, None]]
+    return _Reference(whole[rows, other][:, heads].to(dtype), clean.to(dtype), rotation, float(attn.attn_scale))
+
+
+def _per_head_cache(t: Tensor, n_heads: int) -> Tensor:
+    """GQA: a cached ``[batch, pos, n_kv, d_head]`` key expanded to ``n_heads``."""
+    return t if t.shape[2] == n_heads else t.repeat_interleave(n_heads // t.shape[2], dim=2)
+
+
+def _bridge_reference(model: Any, cache: Any, layer: int, side: str, heads: list[int], q_pos: Tensor, k_pos: Tensor,
+                      dtype: torch.dtype) -> _Reference:
+    cfg, prefix = model.cfg, f"blocks.{layer}.attn."
+    if getattr(cfg, "use_attention_sinks", False):
+        raise DePassError("attention_score_attrs on a TransformerBridge cannot check scores against a pattern with "
+                          "attention sinks (use_attention_sinks=True); use a HookedTransformer.")
+    rotary = cfg.positional_embedding_type == "rotary"
+    if rotary and not all(prefix + n in cache for n in ("hook_rot_q", "hook_rot_k", "hook_cos", "hook_sin")):
+        raise DePassError(
+            f"attention_score_attrs: this TransformerBridge ({getattr(cfg, 'architecture', None) or type(model).__name__}) "
+            "has rotary embeddings but does not hook the rotated queries and keys (hook_rot_q / hook_rot_k) and their "
+            "cos / sin tables, so a key cannot be rotated per component; use a HookedTransformer for this model."
+        )
+    q = _per_head_cache(cache[prefix + ("hook_rot_q" if rotary else "hook_q")], cfg.n_heads).to(torch.float64)
+    k = _per_head_cache(cache[prefix + ("hook_rot_k" if rotary else "hook_k")], cfg.n_heads).to(torch.float64)
+    attn_scale = float(cfg.attn_scale) if getattr(cfg, "attn_scale", -1.0) > 0 else cfg.d_head ** 0.5
+    pattern = cache[prefix + "hook_pattern"]  # [batch, head, query, key]
+    rows, head_idx = torch.arange(q_pos.shape[0]), torch.tensor(heads)
+    q_rows = q[rows, q_pos][:, heads]  # [batch, head, d_head]
+    row_scores = torch.einsum("bhe,bkhe->bhk", q_rows, k[:, :, heads]) / attn_scale  # every key of the query's row
+    row_pattern = pattern[rows[:, None], head_idx[None], q_pos[:, None]].to(torch.float64)  # [batch, head, key]
+    seen = row_pattern > 0
+    rebuilt = torch.where(seen, row_scores, torch.full_like(row_scores, -torch.inf)).softmax(-1)
+    miss = float((rebuilt - row_pattern).abs().max())
+    if miss > 1e-3:
+        raise DePassError(
+            f"attention_score_attrs: q · k / {attn_scale:.4g} from this TransformerBridge's hook_q / hook_k does not "
+            f"reproduce its attention pattern (off by {miss:.3g}); its scores have a term the split does not model "
+            "(e.g. a scale other than sqrt(d_head) or a bias), so it is refused."
+        )
+    rotation = None
+    split = k_pos if side == "key" else q_pos
+    if rotary:
+        cos, sin = cache[prefix + "hook_cos"], cache[prefix + "hook_sin"]  # [batch or 1, pos, rotary_dim]
+        rotation = [_rotate_half_matrix(cos[min(i, cos.shape[0] - 1), p].double(), sin[min(i, sin.shape[0] - 1), p].double(),
+                                        cfg.d_head) for i, p in enumerate(split.tolist())]
+        name = "k" if side == "key" else "q"
+        plain, turned = cache[prefix + f"hook_{name}"], cache[prefix + f"hook_rot_{name}"]
+        for i, p in enumerate(split.tolist()):
+            if not torch.allclose(plain[i, p].double() @ rotation[i], turned[i, p].double(), rtol=1e-4, atol=1e-4):
+                raise DePassError(
+                    "attention_score_attrs: this TransformerBridge's rotary embedding is not the rotate-half kind its "
+                    "hook_cos / hook_sin imply (hook_rot_k does not match); use a HookedTransformer for this model."
+                )
+        rotation = [r.to(dtype) for r in rotation]
+    other = (q if side == "key" else k)[rows, q_pos if side == "key" else k_pos][:, heads]
+    clean = (q_rows * k[rows, k_pos][:, heads]).sum(-1) / attn_scale
+    return _Reference(other.to(dtype), clean.to(dtype), rotation, attn_scale)
+
+
 def _check_complete(result: ScoreAttribution, eps: float) -> None:
     v = result.values
     groups = v.reshape(-1, result.group_size, *v.shape[1:])
     miss = (groups.sum(1) - result.clean).abs()  # [group, batch, head]
     allowed = _CHECK_ULPS * eps * (groups.abs().sum(1) + result.clean.abs())
-    if bool((miss > allowed).any()):
-        raise DePassError(
+    if not bool((miss <= allowed).all()):  # NaN fails too
+        raise CompletenessError(
             f"the split scores miss TransformerLens's hook_attn_scores by up to {float(miss.max()):.3g} (allowed "
             f"{float(allowed.max()):.3g}): the DePassCache and the ActivationCache must come from the same model and "
             "input (rotary models: without left padding, whose shifted positions the DePassCache does not record)."
         )
+
+
+def _model_dtype(model: Any) -> torch.dtype:
+    return next(model.parameters()).dtype
 
 
 def _layer_input(dc: DePassCache, layer: int) -> Tensor:
@@ -191,7 +304,7 @@ def attention_score_attrs(
     """Split attention scores of ``layer`` over the components of ``dc``, on the key or the query side.
 
     Args:
-        model: The ``HookedTransformer`` both runs came from.
+        model: The ``HookedTransformer`` or ``TransformerBridge`` both runs came from.
         dc: A :class:`DePassCache` holding layer ``layer``'s input (``blocks.{layer}.hook_resid_pre``
             or ``blocks.{layer-1}.hook_resid_post``); e.g. ``run_with_depass(model, tokens,
             components=depass_tl.heads(layer - 1))``.
@@ -209,19 +322,13 @@ def attention_score_attrs(
         clean score (checked; a mismatch raises).
 
     Raises:
-        DePassError: On a model other than ``HookedTransformer``, a score that is not linear in the layer
+        DePassError: On a model other than those two, a score that is not linear in the layer
             input (see the module docstring), bad positions (padding, a key after the query in causal
             attention, outside a local window, a masked score), or a missing hook.
     """
-    try:
-        from transformer_lens import HookedTransformer
-    except ImportError as err:  # TL 4.x removed HookedTransformer
-        raise DePassError("attention_score_attrs needs transformer_lens.HookedTransformer (TL 2.x / 3.x); the "
-                          "installed TransformerLens has none.") from err
-    if not isinstance(model, HookedTransformer):
+    if not (is_bridge(model) or any(c.__name__ == "HookedTransformer" for c in type(model).__mro__)):
         raise DePassError(
-            f"attention_score_attrs supports HookedTransformer models (it calls their attention modules); got "
-            f"{type(model).__name__}."
+            f"attention_score_attrs supports HookedTransformer and TransformerBridge models; got {type(model).__name__}."
         )
     cfg = model.cfg
     _refuse_nonlinear(cfg)
@@ -238,57 +345,49 @@ def attention_score_attrs(
     last = dc.last_positions.detach().cpu().to(torch.long)
     q_pos = _positions(query_pos, n_pos, last, "query_pos")
     k_pos = _positions(key_pos, n_pos, last, "key_pos")
-    if cfg.attention_dir == "causal" and bool((k_pos > q_pos).any()):
+    if getattr(cfg, "attention_dir", "causal") == "causal" and bool((k_pos > q_pos).any()):
         raise DePassError(f"key_pos {k_pos.tolist()} is after query_pos {q_pos.tolist()}: causal attention never "
                           "looks ahead, so that score is masked.")
 
-    attn = model.blocks[layer].attn
     if getattr(cfg, "use_local_attn", False) and cfg.attn_types[layer] == "local":
         if bool((q_pos - k_pos >= cfg.window_size).any()):
             raise DePassError(f"layer {layer} is a local-attention layer with window {cfg.window_size}: query "
                               f"{q_pos.tolist()} never sees key {k_pos.tolist()} (the score is masked).")
-    rotary = cfg.positional_embedding_type == "rotary"
-    prefix = f"blocks.{layer}.attn."
-    whole_name = ("hook_rot_k" if side == "query" else "hook_rot_q") if rotary else ("hook_k" if side == "query" else "hook_q")
+    attn = model.blocks[layer].attn
+    dtype = x_all.dtype
     try:
-        whole = cache[prefix + whole_name]  # [batch, pos, n_(kv_)heads, d_head]
-        scores = cache[prefix + "hook_attn_scores"]  # [batch, head, query, key]
+        if is_bridge(model):
+            ref = _bridge_reference(model, cache, layer, side, head_list, q_pos, k_pos, dtype)
+        else:
+            ref = _hooked_reference(model, cache, layer, side, head_list, q_pos, k_pos, n_pos, dtype)
         norm = read_model_view(model).blocks[layer].ln1
         scale = None if norm.kind == "none" else cache[f"blocks.{layer}.ln1.hook_scale"]  # [batch, pos, 1]
     except KeyError as err:
         raise DePassError(f"the ActivationCache lacks {err}; pass the full model.run_with_cache(tokens) cache.") from err
-    if whole.shape[2] != cfg.n_heads:  # GQA: keys/values cached per kv head
-        whole = whole.repeat_interleave(cfg.n_heads // whole.shape[2], dim=2)
+    if not bool(torch.isfinite(ref.clean).all()):
+        raise DePassError(
+            f"the clean score from query {q_pos.tolist()} to key {k_pos.tolist()} is masked (-inf) for some prompt: "
+            "the key is padding or outside the attention window."
+        )
 
     rows = torch.arange(batch)
     split_pos = k_pos if side == "key" else q_pos
-    dtype = x_all.dtype
     x = x_all[:, rows, split_pos]  # [component, batch, d_model]
     if scale is not None and scale.ndim == 4:  # use_attn_in: one copy of the input per head, same scale
         scale = scale[:, :, 0]
     scale_at = None if scale is None else scale[rows, split_pos].to(dtype)[:, None, :]  # [batch, 1, 1]
     normed = apply_norm(x[:, :, None], scale_at, norm, dc.bias_rows.to(x.device))[:, :, 0]  # [comp, batch, d]
-    W = (attn.W_K if side == "key" else attn.W_Q)[head_list].to(dtype)  # [head, d_model, d_head]
-    b = (attn.b_K if side == "key" else attn.b_Q)[head_list].to(dtype)  # [head, d_head]
-    parts = torch.einsum("cbd,hde->cbhe", normed, W)
-    parts[dc.bias_rows] += b
-    if rotary:  # rotation at a position is a linear map R_p of d_head: exact per component
-        rotated = torch.empty_like(parts)
-        for i in range(batch):
-            rotated[:, i] = parts[:, i] @ _rotary_matrix(attn, int(split_pos[i]), n_pos, dtype).to(parts.device)
-        parts = rotated
-    other_pos = q_pos if side == "key" else k_pos
-    other = whole[rows, other_pos][:, head_list].to(dtype)  # [batch, head, d_head]
-    values = (parts * other).sum(-1) / attn.attn_scale  # [component, batch, head]
-    clean = scores[rows[:, None], torch.tensor(head_list)[None], q_pos[:, None], k_pos[:, None]]  # [batch, head]
+    W = _per_head(optional_tensor(attn, "W_K" if side == "key" else "W_Q"), cfg.n_heads)[head_list].to(dtype)
+    b = optional_tensor(attn, "b_K" if side == "key" else "b_Q")  # None: no bias (Bridge)
+    parts = torch.einsum("cbd,hde->cbhe", normed, W)  # [component, batch, head, d_head]
+    if b is not None:
+        parts[dc.bias_rows] += _per_head(b, cfg.n_heads)[head_list].to(dtype)
+    if ref.rotation is not None:  # rotation at a position is a linear map R_p of d_head: exact per component
+        parts = torch.stack([parts[:, i] @ ref.rotation[i].to(parts.device) for i in range(batch)], 1)
+    values = (parts * ref.whole).sum(-1) / ref.attn_scale  # [component, batch, head]
     result = ScoreAttribution(
         values=values, labels=tuple(dc.labels), layer=layer, heads=tuple(head_list), side=side,
-        query_pos=q_pos, key_pos=k_pos, clean=clean.to(dtype), group_size=dc.group_size,
+        query_pos=q_pos, key_pos=k_pos, clean=ref.clean, group_size=dc.group_size,
     )
-    if not bool(torch.isfinite(clean).all()):
-        raise DePassError(
-            f"the clean score from query {q_pos.tolist()} to key {k_pos.tolist()} is masked (-inf) for some prompt: "
-            "the key is padding or outside the attention window."
-        )
-    _check_complete(result, torch.finfo(cfg.dtype).eps)
+    _check_complete(result, torch.finfo(_model_dtype(model)).eps)
     return result

@@ -12,8 +12,11 @@ By default it uses the shipped ``ioi`` toy model (no download)::
 
     depass-tl attribute "When Mary and John went to the store, John gave a drink to" --target " Mary"
 
-``--model`` takes a toy model name (``ioi``, ``induction``, ``facts``) or any TransformerLens model
-name (``gpt2``; loaded with ``HookedTransformer.from_pretrained``, which needs the Hugging Face hub).
+``--model`` takes a toy model name (``ioi``, ``induction``, ``facts``; a ``HookedTransformer`` on
+TransformerLens 2.x / 3.x, a ``TransformerBridge`` on 4.x), any TransformerLens model name (``gpt2``;
+``HookedTransformer.from_pretrained`` on TL 2.x / 3.x, ``TransformerBridge.boot_transformers`` on TL 4,
+both from the Hugging Face hub), or a local Hugging Face model folder with its tokenizer (loaded as a
+``TransformerBridge``, TL 3.x / 4.x).
 Errors on user input print one line, ``depass-tl: error: ...``, and exit with status 2.
 """
 
@@ -24,7 +27,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["main", "build_parser"]
 
@@ -52,9 +55,16 @@ def _components_arg(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(parts))
 
 
+class _Parser(argparse.ArgumentParser):
+    """``argparse`` with the house error format: one line on stderr, exit status 2 (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {PROG} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``argparse`` parser of ``depass-tl``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Exact attribution of a logit to tokens and heads by a decomposed forward pass (DePass).",
     )
@@ -88,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                           f"switch the answer and contrast among the top {EXPLORER_TOP_K} predictions and the MLP rule")
     att.add_argument("--png", default=None, metavar="PATH",
                      help="write the figures as .png (several figures: PATH-stem-<figure>.png)")
+    from depass_tl.cli_dataset import add_parser as add_dataset_parser  # `depass-tl dataset` (its own module)
+
+    add_dataset_parser(sub)
     return parser
 
 
@@ -103,11 +116,30 @@ class _Loaded:
     decode: Callable[[int], str]  # token id -> its string
 
 
+MAX_QUOTED = 80  # user text longer than this is shortened in error lines
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _shorten(text: str) -> str:
+    """A long piece of user text as its start, its end and its length."""
+    return text if len(text) <= MAX_QUOTED else f"{text[:50]}…{text[-20:]} ({len(text)} characters)"
+
+
+def _error_line(message: str, args: argparse.Namespace | None) -> str:
+    """The one error line: the message on one line, with long user text (the prompt, tokens) shortened."""
+    line = _one_line(message)
+    for text in (getattr(args, "prompt", None), getattr(args, "target", None), getattr(args, "contrast", None)):
+        if isinstance(text, str) and len(text) > MAX_QUOTED:
+            for form in (repr(text), _one_line(repr(text)), text, _one_line(text)):
+                line = line.replace(form, repr(_shorten(text)))
+    return f"{PROG}: error: {line}\n"
+
+
 def _check_args(args: argparse.Namespace) -> None:
+    from depass_tl._checks import check_device
     from depass_tl.errors import DePassError
 
     if not args.prompt.strip():
@@ -120,6 +152,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise DePassError(f"--top must be at least 1, got {args.top}.")
     if not args.temperature > 0:
         raise DePassError(f"--temperature must be > 0, got {args.temperature}.")
+    check_device(args.device)
     for flag, path, suffix in (("--html", args.html, ".html"), ("--png", args.png, ".png")):
         if path is None:
             continue
@@ -152,32 +185,57 @@ def _load_toy(args: argparse.Namespace) -> _Loaded:
     tokens = enc.encode(args.prompt)
     target = token("--target", args.target)
     contrast = None if args.contrast is None else token("--contrast", args.contrast)
-    return _Loaded(model, tokens, tuple(enc.to_str_tokens(tokens)), target, contrast, f"toy model {args.model!r}",
-                   lambda i: enc.vocab[i])
+    return _Loaded(model, tokens, tuple(enc.to_str_tokens(tokens)), target, contrast,
+                   f"toy model {args.model!r}", lambda i: enc.vocab[i])
+
+
+def _official_name(name: str) -> str | None:
+    """TL's official name for ``name`` (None if TL does not know it); TL 4 moved the resolver."""
+    try:
+        from transformer_lens.supported_models import get_official_model_name  # TL 4
+    except ImportError:
+        from transformer_lens.loading_from_pretrained import get_official_model_name  # TL 2.x / 3.x
+    try:
+        return get_official_model_name(name)
+    except ValueError:
+        return None
+
+
+def _pretrained(name: str, device: str, local: bool) -> tuple[Any, str]:
+    """``HookedTransformer.from_pretrained`` (TL 2.x / 3.x) or ``TransformerBridge.boot_transformers`` (TL 4,
+    and local folders on TL 3.x: ``from_pretrained`` needs an official model name)."""
+    import warnings
+
+    from depass_tl.toy import default_model_class
+
+    if default_model_class() == "hooked" and not (local and _has("transformer_lens.model_bridge")):
+        from transformer_lens import HookedTransformer
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TL 3.9 deprecates from_pretrained
+            return HookedTransformer.from_pretrained(name, device=device), "HookedTransformer.from_pretrained"
+    from transformer_lens.model_bridge import TransformerBridge
+
+    return TransformerBridge.boot_transformers(name, device=device), "TransformerBridge.boot_transformers"
 
 
 def _load_tl(args: argparse.Namespace) -> _Loaded:
-    from transformer_lens import HookedTransformer
-    from transformer_lens import loading_from_pretrained as loading
-
     from depass_tl.errors import DePassError
     from depass_tl.toy import available
 
-    if not (Path(args.model) / "config.json").exists():
-        try:
-            loading.get_official_model_name(args.model)
-        except ValueError:
-            raise DePassError(
-                f"unknown model {args.model!r}: not a toy model ({', '.join(available())}) and not a TransformerLens "
-                "model name (see transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES)."
-            ) from None
+    local = (Path(args.model) / "config.json").exists()
+    if not local and _official_name(args.model) is None:
+        raise DePassError(
+            f"unknown model {args.model!r}: not a toy model ({', '.join(available())}), not a TransformerLens model "
+            "name (see transformer_lens.supported_models.OFFICIAL_MODEL_NAMES) and not a folder with a config.json."
+        )
     try:
-        model = HookedTransformer.from_pretrained(args.model, device=args.device)
+        model, how = _pretrained(args.model, args.device, local)
     except Exception as e:  # network, hub, or weight-conversion failures: report them on one line
         first = _one_line((str(e).strip().splitlines() or [""])[0])[:300]
         raise DePassError(
-            f"could not load {args.model!r} with HookedTransformer.from_pretrained ({type(e).__name__}: {first}). "
-            f"It downloads from the Hugging Face hub; check the connection, or use a toy model offline "
+            f"could not load {args.model!r} ({type(e).__name__}: {first}). Models other than the toys come from "
+            f"the Hugging Face hub (or a local folder); check the connection, or use a toy model offline "
             f"(--model {' | '.join(available())})."
         ) from e
     model.eval()
@@ -193,7 +251,7 @@ def _load_tl(args: argparse.Namespace) -> _Loaded:
     target = token("--target", args.target)
     contrast = None if args.contrast is None else token("--contrast", args.contrast)
     strs = tuple(model.to_str_tokens(tokens[0]))
-    return _Loaded(model, tokens, strs, target, contrast, f"TransformerLens model {args.model!r}",
+    return _Loaded(model, tokens, strs, target, contrast, f"{args.model!r} ({how})",
                    lambda i: str(model.to_single_str_token(i)))
 
 
@@ -403,9 +461,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        lines = attribute(args)
+        if args.command == "dataset":
+            from depass_tl.cli_dataset import dataset
+
+            lines = dataset(args)
+        else:
+            lines = attribute(args)
     except DePassError as e:
-        sys.stderr.write(f"{PROG}: error: {_one_line(str(e))}\n")
+        sys.stderr.write(_error_line(str(e), args))
         return 2
     sys.stdout.write("\n".join(lines).rstrip() + "\n")
     return 0

@@ -32,49 +32,34 @@ from typing import Literal
 
 import torch
 
-from depass_tl.errors import DePassError
+from depass_tl.errors import DePassValueError
+from depass_tl.guard import RTOL_BY_PRECISION, completeness_rtol
 
 __all__ = ["Precision", "PRECISIONS", "check_precision", "matmul_precision", "completeness_tolerance"]
 
 Precision = Literal["exact", "fast"]
-PRECISIONS: tuple[str, ...] = ("exact", "fast")
-
-# relative completeness a correct replay stays below, per accumulation dtype (exact) ...
-_EXACT_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
-# ... and for precision="fast" (TF32 inputs: 2**-11 relative rounding per product, summed over d_model)
-_FAST_TOLERANCE = {torch.float32: 1e-2}
-
+PRECISIONS: tuple[str, ...] = tuple(RTOL_BY_PRECISION)  # ("exact", "fast")
 
 def check_precision(precision: object) -> str:
     """``precision`` if it is a known mode, else a :class:`~depass_tl.errors.DePassError` naming the modes."""
     if not isinstance(precision, str) or precision not in PRECISIONS:
-        raise DePassError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}; got {precision!r}.")
+        raise DePassValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}; got {precision!r}.")
     return precision
 
 
 def completeness_tolerance(dtype: torch.dtype, precision: str = "exact", model_dtype: torch.dtype | None = None) -> float:
     """The relative completeness error a correct replay stays below, for its accumulation ``dtype``,
-    ``precision`` and the model's dtype (the one place that says so; the completeness guard and the
-    tests read it).
-
-    The components sum to the clean run as the model computed it: a bfloat16 model's clean activations
-    carry bfloat16 rounding however precisely the components are accumulated, so the coarser of the two
-    dtypes decides.
+    ``precision`` and the model's dtype: the completeness guard's
+    :func:`~depass_tl.guard.completeness_rtol` (one place says it; the tests read it here too).
 
     Examples:
         >>> completeness_tolerance(torch.float64)
         1e-09
-        >>> completeness_tolerance(torch.float32, "exact", model_dtype=torch.bfloat16)
-        0.05
+        >>> completeness_tolerance(torch.float32, "exact", model_dtype=torch.bfloat16) > 1e-3
+        True
     """
     check_precision(precision)
-    worst = dtype
-    if model_dtype is not None and model_dtype.is_floating_point and torch.finfo(model_dtype).eps > torch.finfo(dtype).eps:
-        worst = model_dtype
-    exact = _EXACT_TOLERANCE.get(worst, 1e-2)
-    if precision == "exact":
-        return exact
-    return max(exact, _FAST_TOLERANCE.get(worst, exact))
+    return completeness_rtol(dtype, dtype if model_dtype is None else model_dtype, precision)
 
 
 def _cuda_matmul():  # type: ignore[no-untyped-def]

@@ -3,10 +3,12 @@
 The suite targets three environments (TL 2.18, 3.9, 4.x). Some test modules cannot run on every
 version, and the reason is the *test's* dependency, never a depass_tl failure:
 
-* TL 4 removed ``HookedTransformer`` and ``HookedEncoder``: every module that builds one is not
-  collected. TL 4 runs the Bridge suite (tests/test_bridge.py: completeness, API, errors, hygiene
-  and an independent reference on Bridge models) and tests/test_tl_versions.py. This is an
-  allow-list, so a new HookedTransformer-only test module is not collected on TL 4 by accident.
+* TL 4 removed ``HookedTransformer`` and ``HookedEncoder``. The suite builds its models through
+  tests/models.py (``make_model`` / ``config_model``: a TL-native ``TransformerBridge`` from the same
+  config fields) and tests/families.py (the same random HF models booted as Bridges), so every module
+  runs there; a config the Bridge cannot build skips with the field named, and what depass_tl refuses
+  on the Bridge is asserted. Not collected on TL 4: :data:`_TL4_IGNORE` (nothing today; tests/decompx
+  runs DecompX on transformers' BERT and the BERT Bridge there, and skips its ``HookedEncoder`` cases).
 * TL 2.x ships transformers 4.x, whose model configs reject the transformers-5 arguments of
   tests/families.py; TL 2.x has no Bridge (tests/test_bridge.py guards itself).
 
@@ -58,19 +60,14 @@ requires_hooked = pytest.mark.skipif(
 
 _HERE = Path(__file__).parent
 
-#: What runs on TL 4 (paths relative to tests/); everything else in tests/ is not collected.
-_TL4_ALLOW = {"__init__.py", "conftest.py", "_tl_version.py", "bridge_models.py", "test_bridge.py",
-              "test_tl_versions.py", "test_import_graph.py", "test_explorer.py", "test_explorer_browser.py"}
+#: TL 4: modules not collected, each with why (paths relative to tests/). Nothing today: tests/decompx
+#: runs on transformers' BERT and the BERT Bridge there.
+_TL4_IGNORE: dict[str, str] = {}
 
 #: TL 2.x: modules that need transformers 5 (tests/families.py builds HF configs with its arguments),
 #: and the notebooks, which CI executes once, in the TL 3.x environment.
 _TL2_IGNORE = ["families.py", "test_architectures.py", "test_families.py", "test_weight_processing.py",
                "test_notebooks.py"]
-
-_TOY_STATE = (
-    "depass_tl.toy.load cannot load the shipped TL-3 state dicts (their attn.mask buffers are saved with "
-    "shape [0, 0]; TL 2.x builds [n_ctx, n_ctx] and load_state_dict(strict=True) refuses them)"
-)
 
 
 def _no_field(field: str) -> str:
@@ -93,9 +90,9 @@ _TL2_XFAIL: dict[str, str] = {
     "tests/test_chunking.py::test_chunked_config_features[attention_sinks]": _no_field("use_attention_sinks"),
     "tests/test_chunking.py::test_chunked_config_features[clip_qkv]": _no_field("clip_qkv"),
     "tests/test_chunking.py::test_chunked_config_features[moe]": _no_field("norm_topk_prob"),
-    "tests/test_reverse.py::test_reverse_config_features[attention_sinks]": _no_field("use_attention_sinks"),
-    "tests/test_reverse.py::test_reverse_config_features[clip_qkv]": _no_field("clip_qkv"),
-    "tests/test_reverse.py::test_reverse_config_features[moe]": _no_field("norm_topk_prob"),
+    "tests/test_reverse.py::test_reverse_config_features[attention_sinks-": _no_field("use_attention_sinks"),
+    "tests/test_reverse.py::test_reverse_config_features[clip_qkv-": _no_field("clip_qkv"),
+    "tests/test_reverse.py::test_reverse_config_features[moe-": _no_field("norm_topk_prob"),
     "tests/test_attention_scores.py::test_every_config_feature_is_exact_or_refused[attention_sinks]": (
         _no_field("use_attention_sinks")
     ),
@@ -104,58 +101,8 @@ _TL2_XFAIL: dict[str, str] = {
     "tests/test_attention_scores.py::test_dynamic_ntk_rotary_tables_match_the_clean_run": (
         _no_field("use_dynamic_ntk_rope")
     ),
-    # everything below loads a shipped toy model
-    "depass_tl/toy/__init__.py::depass_tl.toy": _TOY_STATE,
-    "depass_tl/toy/loading.py::depass_tl.toy.loading.load": _TOY_STATE,
-    "tests/toy/test_load.py::test_load_builds_documented_config": _TOY_STATE,
-    "tests/toy/test_load.py::test_load_works_offline_without_pickle": _TOY_STATE,
-    "tests/toy/test_load.py::test_loads_are_independent_copies": _TOY_STATE,
-    "tests/toy/test_quality.py::test_facts_are_recalled_through_the_mlps": _TOY_STATE,
-    "tests/toy/test_quality.py::test_induction_copies_the_repeated_half": _TOY_STATE,
-    "tests/toy/test_quality.py::test_ioi_canonical_prompt": _TOY_STATE,
-    "tests/toy/test_quality.py::test_ioi_heldout_accuracy_at_least_90_percent": _TOY_STATE,
-    "tests/evaluate/test_suite.py::test_suite_end_to_end_on_the_ioi_toy_model": _TOY_STATE,
-    "tests/test_cli.py::test_attribute_prints_the_librarys_numbers": _TOY_STATE,
-    "tests/test_cli.py::test_options_reach_the_library": _TOY_STATE,
-    "tests/test_cli.py::test_runs_as_a_module_in_a_fresh_process": _TOY_STATE,
-    "tests/test_cli.py::test_bad_input_is_one_line_and_status_2[argv12-": _TOY_STATE,
-    "tests/test_cli.py::test_bad_input_is_one_line_and_status_2[argv2-": _TOY_STATE,
-    "tests/test_cli.py::test_bad_input_is_one_line_and_status_2[argv3-": _TOY_STATE,
-    "tests/test_cli.py::test_bad_input_is_one_line_and_status_2[argv4-": _TOY_STATE,
-    "tests/test_cli.py::test_bad_input_is_one_line_and_status_2[argv6-": _TOY_STATE,
-    "tests/test_viz.py::test_flow_data_is_an_exact_split_of_the_residual_projection": _TOY_STATE,
-    "tests/test_viz.py::test_flow_token_names_and_errors": _TOY_STATE,
-    "tests/test_viz.py::test_head_grid_data_over_every_layer": _TOY_STATE,
-    "tests/test_viz.py::test_head_grid_one_layer_and_sources": _TOY_STATE,
-    "tests/test_viz.py::test_missing_viz_extra_names_the_install": _TOY_STATE,
-    "tests/test_viz.py::test_plot_data_needs_no_plotting_library": _TOY_STATE,
-    "tests/test_viz.py::test_token_heatmap_attrs_argument_and_fallback_labels": _TOY_STATE,
-    "tests/test_viz.py::test_token_heatmap_data_is_the_token_attribution": _TOY_STATE,
-    "tests/test_viz.py::test_token_heatmap_refuses_caches_without_token_components": _TOY_STATE,
-    "tests/test_viz.py::test_plotly_figures_carry_the_data_on_a_symmetric_scale": _TOY_STATE,
-    "tests/test_viz.py::test_matplotlib_figures_use_a_symmetric_scale": _TOY_STATE,
-    "tests/test_viz.py::test_save_html": _TOY_STATE,
-    "tests/test_viz.py::test_save_png_from_matplotlib": _TOY_STATE,
-    "tests/test_viz.py::test_save_png_from_plotly_without_an_exporter_names_the_fix": _TOY_STATE,
-    "tests/test_cli.py::test_html_is_the_explorer_from_one_capture_and_png_the_figures": _TOY_STATE,
-    "tests/test_cli.py::test_html_needs_no_plotting_library": _TOY_STATE,
-    "tests/test_viz.py::test_plotly_figures_are_labelled_in_words_and_follow_the_window_width": _TOY_STATE,
-    "tests/test_viz.py::test_matplotlib_figures_carry_the_same_words_at_print_size": _TOY_STATE,
-    "tests/toy/test_quality.py::test_induction_copies_the_repeated_half_at_any_length": _TOY_STATE,
-    "tests/toy/test_quality.py::test_induction_circuit_previous_token_head_and_induction_head": _TOY_STATE,
-    "tests/toy/test_quality.py::test_induction_metrics_in_json_match_the_model": _TOY_STATE,
 }
 
-
-def _toy_models_load() -> bool:
-    """Whether ``depass_tl.toy.load`` works on this TL (the ``_TOY_STATE`` xfails apply only while it fails)."""
-    try:
-        from depass_tl.toy import load
-
-        load("induction")
-    except (RuntimeError, ImportError):  # TL 2.x: load_state_dict refuses the TL-3 attn.mask buffers
-        return False
-    return True
 
 
 def _xfail_reason(nodeid: str) -> str | None:
@@ -167,8 +114,7 @@ def _xfail_reason(nodeid: str) -> str | None:
 
 def _collect_ignore() -> list[str]:
     if TL_MAJOR >= 4:
-        return sorted(p.name for p in _HERE.iterdir()
-                      if p.name not in _TL4_ALLOW and (p.suffix == ".py" or (p.is_dir() and p.name != "__pycache__")))
+        return sorted(_TL4_IGNORE)
     if TL_MAJOR < 3:
         return list(_TL2_IGNORE)
     return []
@@ -182,8 +128,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Mark the TL-version-specific tests ``xfail(strict=True)`` with their reason."""
     if TL_MAJOR >= 3:
         return
-    toy_ok = _toy_models_load()
     for item in items:
         reason = _xfail_reason(item.nodeid)
-        if reason is not None and not (toy_ok and reason == _TOY_STATE):
+        if reason is not None:
             item.add_marker(pytest.mark.xfail(strict=True, reason=f"TransformerLens {TL_VERSION}: {reason}"))

@@ -20,7 +20,9 @@ from tests._tl_version import HAS_BRIDGE, HAS_HOOKED, TL_VERSION
 
 __all__ = ["KINDS", "Case", "explorer_case"]
 
-KINDS = ("hooked", "bridge")
+#: The model classes the installed TL has (TL 2.x: hooked; 3.x: both; 4.x: bridge), so nothing is
+#: parametrised that can only skip; ``explorer_case`` still skips a kind asked for by name where it is missing.
+KINDS = tuple(kind for kind, present in (("hooked", HAS_HOOKED), ("bridge", HAS_BRIDGE)) if present)
 WORDS = [" When", " Mary", " and", " John", " went", " to", " the", " store", " then", " gave", " a", " drink"]
 PROMPT = " When Mary and John went to the store then John gave a drink to"
 

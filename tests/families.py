@@ -12,6 +12,12 @@ Two factories live here, both seeded and hub-free:
 * :func:`build_ht` builds a random ``HookedTransformer`` from one of the config dicts in
   :data:`HT_CONFIG_FEATURES` (one per TL config feature) and randomises its norm weights and biases.
 
+On TL 4 (no ``HookedTransformer``) the same factories build ``TransformerBridge`` models: a family is
+the same random HF model booted with ``TransformerBridge.boot_transformers`` (the from_pretrained
+processing flags become ``enable_compatibility_mode()``, which applies all of them together), and a
+config feature is a TL-native Bridge (``boot_native``); a feature that class cannot build skips the
+test with the field named (tests/models.py).
+
 Both are cached per argument tuple (``functools.cache``), so a pytest session builds each model
 once. The returned models are shared between callers: never modify them in a test.
 
@@ -39,13 +45,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 import transformers as tr
 from torch import nn
-from transformer_lens import HookedTransformer, HookedTransformerConfig
-from transformer_lens import loading_from_pretrained as tl_loading
-from transformer_lens.pretrained.weight_conversions import convert_gemma_weights
 
 from depass_tl.errors import DePassError, UnsupportedModelError
+from tests._tl_version import HAS_HOOKED, TL_VERSION
+from tests.models import _is_bias, _is_norm_weight, config_model
+from tests.tl_cases import BRIDGE_REFUSALS
+
+if HAS_HOOKED:
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens import loading_from_pretrained as tl_loading
+    from transformer_lens.pretrained.weight_conversions import convert_gemma_weights
 
 __all__ = [
+    "BRIDGE_REFUSED_FAMILIES",
     "FAMILIES",
     "FAMILY_SPECS",
     "HT_CONFIG_FEATURES",
@@ -258,10 +270,19 @@ UNSUPPORTED_FAMILIES: dict[str, str] = {
         "supported') and get_pretrained_state_dict has no Falcon weight converter; load it with "
         "TransformerBridge.boot_transformers instead"
     ),
+} if HAS_HOOKED else {}
+
+#: TL 4: families that depass_tl refuses on a TransformerBridge, with the refusal (a regex of its
+#: UnsupportedModelError; tests/test_architectures.py asserts it): MoE blocks expose no expert weights or
+#: hooks there, and GPT-J / Falcon blocks share one norm between attention and MLP.
+BRIDGE_REFUSED_FAMILIES: dict[str, str] = {} if HAS_HOOKED else {
+    "mixtral": BRIDGE_REFUSALS["moe"], "gptj": BRIDGE_REFUSALS["shared_norm"], "falcon": BRIDGE_REFUSALS["shared_norm"],
 }
 
-#: Names accepted by :func:`build_family`, in a fixed order (use as pytest parameters).
-FAMILIES: tuple[str, ...] = tuple(name for name in FAMILY_SPECS if name not in UNSUPPORTED_FAMILIES)
+#: Names accepted by :func:`build_family` that depass_tl decomposes on the installed TL, in a fixed order.
+FAMILIES: tuple[str, ...] = tuple(
+    name for name in FAMILY_SPECS if name not in UNSUPPORTED_FAMILIES and name not in BRIDGE_REFUSED_FAMILIES
+)
 
 
 def from_pretrained_flags(family: str) -> dict[str, bool]:
@@ -435,6 +456,15 @@ def build_family(
         raise DePassError(f"dtype {dtype} is not supported here; use torch.float32 or torch.float64")
     spec = FAMILY_SPECS[family]
     hf_model = _build_hf(family, dtype, seed)
+    if not HAS_HOOKED:
+        if center_unembed and not from_pretrained_flags(family)["center_unembed"]:
+            raise DePassError(
+                f"center_unembed=True with an output logit soft cap ({family}) changes the capped logits; pass "
+                "center_unembed=False (HookedTransformer.from_pretrained does the same)"
+            )
+        flags = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed,
+                     fold_value_biases=fold_value_biases)
+        return _boot_family(family, dtype, seed, _compat_mode(family, flags)), hf_model
     folder = hf_config_folder(family)
 
     if spec.tl_config is None:
@@ -469,6 +499,33 @@ def build_family(
     model.eval()
     model.requires_grad_(False)
     return model, hf_model
+
+
+def _compat_mode(family: str, flags: dict[str, bool]) -> bool:
+    """TL 4: no processing (raw Bridge) or all of from_pretrained's (compatibility mode); nothing between."""
+    if not any(flags.values()):
+        return False
+    if flags == from_pretrained_flags(family):
+        return True
+    import pytest
+
+    pytest.skip(
+        f"impossible on TransformerLens {TL_VERSION}: a TransformerBridge processes weights all together "
+        f"(enable_compatibility_mode); the single HookedTransformer processing flags {flags} do not exist there"
+    )
+
+
+@functools.cache
+def _boot_family(family: str, dtype: torch.dtype, seed: int, compat: bool) -> Any:
+    """TL 4: the family's HF model (same weights as :func:`_build_hf`) booted as a ``TransformerBridge``."""
+    from tests.bridge_models import boot_folder, save_hf_model
+
+    folder = save_hf_model(_build_hf(family, dtype, seed))
+    bridge = boot_folder(folder, compat=compat, dtype=dtype)
+    hf_config = bridge.original_model.config
+    if getattr(hf_config, "_experts_implementation", None):  # grouped_mm has no float64 (as in _hf_config)
+        hf_config._experts_implementation = "eager"
+    return bridge
 
 
 # --------------------------------------------------------------------------------------------------
@@ -534,6 +591,18 @@ HT_CONFIG_FEATURES: dict[str, dict[str, Any]] = {
 }
 
 
+#: TL 4: config features the TL-native Bridge cannot build, tested on the HF family that has them (booted
+#: as a TransformerBridge in the requested dtype, unprocessed) by :func:`build_ht`.
+HT_FEATURE_TWINS: dict[str, str] = {} if HAS_HOOKED else {
+    "parallel_attn_mlp": "neox",  # parallel attention and MLP, partial rotary
+    "gemma2_like": "gemma2",  # pre+post RMS norms, both soft caps, GQA, local/global attention
+    "moe": "mixtral",  # mixture of experts (depass_tl refuses it on the Bridge)
+    "local_attn": "mistral",  # sliding-window attention
+    "alibi": "bloom",  # ALiBi
+    "post_embedding_ln": "bloom",  # LayerNorm after the embedding
+}
+
+
 @functools.cache
 def build_ht(name: str, *, dtype: torch.dtype = torch.float64, seed: int = SEED) -> HookedTransformer:
     """Build a seeded random HookedTransformer for one entry of :data:`HT_CONFIG_FEATURES`.
@@ -558,20 +627,18 @@ def build_ht(name: str, *, dtype: torch.dtype = torch.float64, seed: int = SEED)
         raise DePassError(f"unknown config {name!r}; pick one of {sorted(HT_CONFIG_FEATURES)}")
     if dtype not in (torch.float32, torch.float64):
         raise DePassError(f"dtype {dtype} is not supported here; use torch.float32 or torch.float64")
-    cfg = HookedTransformerConfig(**HT_CONFIG_FEATURES[name], dtype=dtype, seed=seed, device="cpu",
-                                  init_weights=True)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        model = HookedTransformer(cfg)
-    _cast_moe_experts(model)
+    if name in HT_FEATURE_TWINS:
+        return _boot_family(HT_FEATURE_TWINS[name], dtype, seed, False)
+    model = config_model(**HT_CONFIG_FEATURES[name], dtype=dtype, seed=seed, init_weights=True)
+    if HAS_HOOKED:
+        _cast_moe_experts(model)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for param_name, param in model.named_parameters():
-            leaf = param_name.rsplit(".", 1)[-1]
             noise = torch.randn(param.shape, generator=generator, dtype=torch.float64).to(dtype)
-            if leaf == "w" and param.ndim == 1:  # norm gains
+            if _is_norm_weight(model, param_name, param):  # norm gains
                 param.copy_(1.0 + NORM_STD * noise)
-            elif leaf.startswith(("b", "_b")) or leaf == "sinks":
+            elif _is_bias(model, param_name) or param_name.endswith("sinks"):
                 param.copy_(BIAS_STD * noise)
     model.eval()
     model.requires_grad_(False)

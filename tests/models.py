@@ -1,7 +1,12 @@
-"""Small random HookedTransformers for tests (no downloads).
+"""Small random models of the installed TransformerLens for tests (no downloads).
 
-TL initialises LN weights to 1 and every bias to 0, which would hide bias and LN bugs; ``randomise``
-gives them random values (in place, on a model the test owns).
+``make_model`` builds a ``HookedTransformer`` on TL 2.x / 3.x and a TL-native ``TransformerBridge``
+(``TransformerBridge.boot_native``) on TL 4.x from the same ``HookedTransformerConfig`` fields, through
+:func:`depass_tl.toy.random_model`. A config the native Bridge cannot build skips the test with the
+field named (tests/tl_cases.py, which also holds the per-TL cases, refusals and tolerances).
+
+TL initialises norm weights to 1 and every bias to 0, which would hide bias and norm bugs; ``randomise``
+gives them random values (in place, on a model the test owns), on either model class.
 """
 
 from __future__ import annotations
@@ -9,8 +14,13 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from depass_tl.backends.bridge import is_bridge
+from depass_tl.toy.random_model import random_model
+from tests._tl_version import TL_VERSION
+from tests.tl_cases import skip_unless_buildable
 
 ARCHS: dict[str, dict[str, Any]] = {
     "gpt2": dict(normalization_type="LN", act_fn="gelu_new", positional_embedding_type="standard"),
@@ -38,7 +48,7 @@ def make_model(
     dtype: torch.dtype = torch.float64,
     seed: int = 0,
     **overrides: Any,
-) -> HookedTransformer:
+) -> Any:
     """A seeded random model of the given architecture family, with random biases and LN weights."""
     kwargs: dict[str, Any] = dict(ARCHS[arch])
     kwargs.update(overrides)
@@ -48,31 +58,52 @@ def make_model(
         kwargs["n_key_value_heads"] = 1
     if "rotary_dim" in kwargs:
         kwargs["rotary_dim"] = min(kwargs["rotary_dim"], d_model // n_heads)
-    cfg = HookedTransformerConfig(
+    model = config_model(
         n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads, d_mlp=d_mlp,
-        d_vocab=d_vocab, n_ctx=n_ctx, dtype=dtype, seed=seed, device="cpu", **kwargs,
+        d_vocab=d_vocab, n_ctx=n_ctx, dtype=dtype, seed=seed, **kwargs,
     )
+    randomise(model, seed=seed)
+    return model
+
+
+def config_model(*, tokenizer: Any = None, default_padding_side: str = "right", **config: Any) -> Any:
+    """A model of the installed TL from ``HookedTransformerConfig`` fields (skips if the class cannot build it).
+
+    TL's own initialisation (norm weights 1, biases 0): call :func:`randomise` for random ones.
+    """
+    skip_unless_buildable(config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = HookedTransformer(cfg)
-    randomise(model, seed=seed)
-    return model.eval()
+        return random_model(tokenizer=tokenizer, default_padding_side=default_padding_side, **config)
 
 
-def randomise(model: HookedTransformer, *, seed: int = 0, scale: float = 0.5) -> None:
+def _is_norm_weight(model: Any, name: str, param: torch.Tensor) -> bool:
+    leaf = name.rsplit(".", 1)[-1]
+    if is_bridge(model):  # native modules: blocks.0.ln1.weight, ln_final.weight, blocks.0.mlp.ln.weight
+        return leaf == "weight" and param.ndim == 1
+    return leaf == "w" and param.ndim == 1
+
+
+def _is_bias(model: Any, name: str) -> bool:
+    leaf = name.rsplit(".", 1)[-1]
+    if is_bridge(model):
+        return leaf == "bias"
+    return leaf.startswith("b") or leaf.startswith("_b")
+
+
+def randomise(model: Any, *, seed: int = 0, scale: float = 0.5) -> None:
     """Give every bias and norm weight a random value (they start at 0/1 in TL)."""
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
             noise = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype) * scale
-            if leaf in ("w",) and ("ln" in name):
+            if _is_norm_weight(model, name, p):
                 p.copy_(1 + noise)
-            elif leaf.startswith("b") or leaf.startswith("_b"):
+            elif _is_bias(model, name):
                 p.copy_(noise)
 
 
-def random_tokens(model: HookedTransformer, batch: int = 2, pos: int = 6, seed: int = 0) -> torch.Tensor:
+def random_tokens(model: Any, batch: int = 2, pos: int = 6, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, model.cfg.d_vocab, (batch, pos), generator=gen)
 
@@ -98,3 +129,35 @@ def word_tokenizer(words: list[str]) -> Any:
     folder = tempfile.mkdtemp(prefix="depass_tok_")
     fast.save_pretrained(folder)
     return AutoTokenizer.from_pretrained(folder)
+
+
+def processed(model: Any, *, fold_ln: bool = True) -> Any:
+    """A copy with from_pretrained's weight processing (center_unembed off under a logit soft cap).
+
+    HookedTransformer: ``load_and_process_state_dict`` with fold_ln, center_writing_weights, center_unembed
+    and fold_value_biases. TransformerBridge: ``enable_compatibility_mode()``, which applies the same
+    processing all together (``fold_ln=False`` has no Bridge equivalent: the test is skipped).
+    """
+    import copy
+
+    out = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if is_bridge(model):
+            if not fold_ln:
+                pytest.skip(f"impossible on TransformerLens {TL_VERSION}: a TransformerBridge's weight processing "
+                            "(enable_compatibility_mode) always folds the norms; fold_ln=False does not exist there")
+            try:
+                out.enable_compatibility_mode(disable_warnings=True)
+            except AssertionError as err:  # TL 4.3 asserts when a weight it folds into is absent from the model
+                if "not found at key" not in str(err):
+                    raise
+                pytest.skip(f"impossible on TransformerLens {TL_VERSION}: enable_compatibility_mode() fails on this "
+                            f"TL-native model ({err}: the weight it would fold into does not exist, e.g. the gated "
+                            "MLP's bias or a SoLU MLP's inner LayerNorm)")
+        else:
+            out.load_and_process_state_dict(
+                copy.deepcopy(model.state_dict()), fold_ln=fold_ln, center_writing_weights=True,
+                center_unembed=not model.cfg.output_logits_soft_cap > 0, fold_value_biases=True,
+            )
+    return out.eval()

@@ -24,31 +24,60 @@ MLP rules (``mlp_rule``):
   Gated MLP: post_c = act(hook_pre) * (ln2_c @ W_in) (+ b_in for ``bias``).
 * ``"max"``: all of the (split) post goes to the active component with the largest gamma_c,
   lowest index on ties; nothing active: ``bias``.
+* ``"taylor"`` (the official DePass code's): standard MLP: as ``"ratio"``. Gated MLP:
+  post_c = act(g) / g * pre_linear * (ln2_c @ W_gate), g = the clean hook_pre and pre_linear the
+  clean hook_pre_linear (g == 0: all of post - b_in to ``bias``); b_in goes to ``bias``.
 """
 
 from __future__ import annotations
 
 import math
 
-import torch
-from transformer_lens import HookedTransformer
+from typing import Any
 
-MLP_RULES = ("softmax", "ratio", "max")
+import torch
+
+MLP_RULES = ("softmax", "ratio", "max", "taylor")
+
+HookedTransformer = Any  # a HookedTransformer (TL <= 3) or a TL-native TransformerBridge (TL 4, boot_native)
+
+#: Norm modules by class name: HookedTransformer's, and the TL-native modules a Bridge wraps.
+_NORM_KINDS = {
+    "LayerNorm": "LN", "LayerNormPre": "LNPre", "RMSNorm": "RMS", "RMSNormPre": "RMSPre",
+    "NativeLayerNormPre": "LNPre", "NativeRMSNorm": "RMS", "NativeRMSNormPre": "RMSPre", "Identity": "none",
+}
+
+
+def _unwrap(module: torch.nn.Module | None) -> torch.nn.Module | None:
+    """The module a TransformerBridge component wraps (the module itself on a HookedTransformer)."""
+    return getattr(module, "original_component", module) if module is not None else None
 
 
 def _norm_kind(module: torch.nn.Module | None) -> str:
     """Name the normalisation a TL norm module applies ("LN", "LNPre", "RMS", "RMSPre", "none")."""
+    module = _unwrap(module)
     if module is None or isinstance(module, torch.nn.Identity):
         return "none"
     name = type(module).__name__
-    if name in ("LayerNorm", "LayerNormPre", "RMSNorm", "RMSNormPre"):
-        return {
-            "LayerNorm": "LN",
-            "LayerNormPre": "LNPre",
-            "RMSNorm": "RMS",
-            "RMSNormPre": "RMSPre",
-        }[name]
+    if name in _NORM_KINDS:
+        return _NORM_KINDS[name]
     raise NotImplementedError(f"reference: unsupported norm module {name}")
+
+
+def _norm_weight(module: torch.nn.Module, name: str) -> torch.Tensor:
+    """``w`` / ``b`` of a HookedTransformer norm, ``weight`` / ``bias`` of the module a Bridge wraps."""
+    inner = _unwrap(module)
+    return getattr(inner, {"w": "weight", "b": "bias"}[name]) if inner is not module else getattr(module, name)
+
+
+def _act_fn(mlp: torch.nn.Module):
+    """The MLP's activation function: HookedTransformer's ``act_fn``, the native module's ``act``."""
+    return mlp.act_fn if hasattr(mlp, "act_fn") and callable(mlp.act_fn) else _unwrap(mlp).act
+
+
+def _bias(value: torch.Tensor | None, size: int, like: torch.Tensor) -> torch.Tensor:
+    """A bias, or zeros where the model has none (the Bridge's bias-free gated MLP reads None)."""
+    return torch.zeros(size, dtype=like.dtype) if value is None else value
 
 
 def _norm_components(
@@ -77,9 +106,9 @@ def _norm_components(
                     else:
                         y = x / s
                     if kind in ("LN", "RMS"):
-                        y = y * module.w
+                        y = y * _norm_weight(module, "w")
                     if kind == "LN" and is_bias:
-                        y = y + module.b
+                        y = y + _norm_weight(module, "b")
                 out[c, b, p] = y
     return out
 
@@ -163,15 +192,16 @@ def _mlp_components(
     clean_post: torch.Tensor,
     rule: str,
     temperature: float,
+    clean_pre_linear: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MLP with frozen coefficients per component.
 
     clean_pre / clean_post: the clean ``mlp.hook_pre`` / ``mlp.hook_post`` [batch, pos, d_mlp]
-    (for a gated MLP hook_pre is the gate pre-activation). Returns
+    (for a gated MLP hook_pre is the gate pre-activation; clean_pre_linear its hook_pre_linear). Returns
     (post [component, batch, pos, d_mlp], mlp_out [component, batch, pos, d_model]).
     """
     n_comp, n_batch, n_pos, d_model = ln2.shape
-    gated = hasattr(mlp, "W_gate")
+    gated = getattr(mlp, "W_gate", None) is not None  # the Bridge's plain MLP reads W_gate as None
     d_mlp = mlp.W_in.shape[1]
     bias_c = n_comp - 1
 
@@ -197,8 +227,11 @@ def _mlp_components(
     lin_l = lin.tolist()
     pre_l = clean_pre.tolist()  # [batch][pos][neuron]
     post_l = clean_post.tolist()
-    act_l = mlp.act_fn(clean_pre).tolist() if gated else None  # frozen act(hook_pre)
-    b_in_l = mlp.b_in.tolist()
+    act_l = _act_fn(mlp)(clean_pre).tolist() if gated else None  # frozen act(hook_pre)
+    if gated and clean_pre_linear is None:  # a Bridge without hook_pre_linear: the components' sum is the clean value
+        clean_pre_linear = lin.sum(0)
+    lin_clean_l = clean_pre_linear.tolist() if gated else None  # frozen hook_pre_linear
+    b_in_l = _bias(mlp.b_in, d_mlp, ln2).tolist()
     post_c = [
         [[[0.0] * d_mlp for _ in range(n_pos)] for _ in range(n_batch)] for _ in range(n_comp)
     ]
@@ -212,12 +245,22 @@ def _mlp_components(
                             post_c[c][b][p][n] = act_l[b][p][n] * lin_l[c][b][p][n]
                         post_c[bias_c][b][p][n] += b_in_l[n]
                         continue
+                    if rule == "taylor":
+                        # act(g) = (act(g) / g) * g, split along the gate contributions; the up path whole
+                        g = pre_l[b][p][n]
+                        post_c[bias_c][b][p][n] += b_in_l[n]
+                        if g == 0.0:
+                            post_c[bias_c][b][p][n] += act_l[b][p][n] * lin_clean_l[b][p][n]
+                            continue
+                        for c in range(n_comp):
+                            post_c[c][b][p][n] += act_l[b][p][n] / g * lin_clean_l[b][p][n] * gamma_l[c][b][p][n]
+                        continue
                     # split post - b_in by the gate contributions; b_in goes to bias
                     to_split = post_l[b][p][n] - b_in_l[n]
                     post_c[bias_c][b][p][n] += b_in_l[n]
                 else:
                     to_split = post_l[b][p][n]
-                    if rule == "ratio":
+                    if rule in ("ratio", "taylor"):
                         pre = pre_l[b][p][n]
                         if pre == 0.0:
                             post_c[bias_c][b][p][n] += to_split
@@ -240,7 +283,7 @@ def _mlp_components(
             for p in range(n_pos):
                 o = post[c, b, p] @ mlp.W_out
                 if c == bias_c:
-                    o = o + mlp.b_out
+                    o = o + _bias(mlp.b_out, d_model, ln2)
                 out[c, b, p] = o
     return post, out
 
@@ -299,6 +342,7 @@ def reference_depass(
                 cache[f"{pre}.mlp.hook_post"],
                 mlp_rule,
                 temperature,
+                cache[f"{pre}.mlp.hook_pre_linear"] if f"{pre}.mlp.hook_pre_linear" in cache else None,
             )
             result[f"{pre}.mlp.hook_post"] = post
             result[f"{pre}.hook_mlp_out"] = mlp_out
@@ -328,18 +372,22 @@ def randomise_norms_and_biases(model: HookedTransformer, seed: int, scale: float
         for name, param in model.named_parameters():
             last = name.split(".")[-1]
             noise = torch.randn(param.shape, generator=gen, dtype=torch.float64).to(param.dtype)
-            if last == "w":
+            if last == "w" or (last == "weight" and param.ndim == 1):  # HookedTransformer / Bridge norm weights
                 param.copy_(1.0 + scale * noise)
-            elif last == "b" or last.startswith("b_") or last.startswith("_b_"):
+            elif _is_bias_name(last):
                 param.copy_(scale * noise)
+
+
+def _is_bias_name(last: str) -> bool:
+    """A bias parameter's last name: HookedTransformer's ``b``, ``b_*``, ``_b_*``; the Bridge's ``bias``."""
+    return last in ("b", "bias") or last.startswith("b_") or last.startswith("_b_")
 
 
 def _zero_biases(model: HookedTransformer) -> None:
     """Set every bias (b_V, b_O, b_in, b_out, LN b, b_U, ...) of ``model`` to zero in place."""
     with torch.no_grad():
         for name, param in model.named_parameters():
-            last = name.split(".")[-1]
-            if last == "b" or last.startswith("b_") or last.startswith("_b_"):
+            if _is_bias_name(name.split(".")[-1]):
                 param.zero_()
 
 
@@ -382,9 +430,12 @@ def hooked_ratio_reference(
         def set_start(value, hook):
             return start
 
-        def save(value, hook):
-            record[hook.name] = value.detach().clone()
-            return value
+        def save_as(name):  # by the requested name: a Bridge hook's own name may be another alias
+            def hook(value, hook):
+                record[name] = value.detach().clone()
+                return value
+
+            return hook
 
         def frozen_post(layer):
             pre_name = f"blocks.{layer}.mlp.hook_pre"
@@ -393,10 +444,10 @@ def hooked_ratio_reference(
                 mlp = net.blocks[layer].mlp
                 clean_pre = cache[pre_name]
                 clean_post = cache[f"blocks.{layer}.mlp.hook_post"]
-                if hasattr(mlp, "W_gate"):
+                if getattr(mlp, "W_gate", None) is not None:
                     # post = act(clean gate) * pre_linear_c (+ b_in, zero in the copy)
                     lin = record[f"blocks.{layer}.mlp.hook_pre_linear"]
-                    return mlp.act_fn(clean_pre) * lin + mlp.b_in
+                    return _act_fn(mlp)(clean_pre) * lin + _bias(mlp.b_in, lin.shape[-1], lin)
                 pre_c = record[pre_name]
                 slope = torch.where(
                     clean_pre != 0, clean_post / clean_pre, torch.zeros_like(clean_pre)
@@ -416,13 +467,13 @@ def hooked_ratio_reference(
                 if f"{pre}.{ln}.hook_scale" in cache:
                     hooks.append((f"{pre}.{ln}.hook_scale", force(f"{pre}.{ln}.hook_scale")))
             if not cfg.attn_only:
-                hooks.append((f"{pre}.mlp.hook_pre", save))
+                hooks.append((f"{pre}.mlp.hook_pre", save_as(f"{pre}.mlp.hook_pre")))
                 if f"{pre}.mlp.hook_pre_linear" in cache:
-                    hooks.append((f"{pre}.mlp.hook_pre_linear", save))
+                    hooks.append((f"{pre}.mlp.hook_pre_linear", save_as(f"{pre}.mlp.hook_pre_linear")))
                 hooks.append((f"{pre}.mlp.hook_post", frozen_post(layer)))
         if "ln_final.hook_scale" in cache:
             hooks.append(("ln_final.hook_scale", force("ln_final.hook_scale")))
-        hooks += [(name, save) for name in names]
+        hooks += [(name, save_as(name)) for name in names]
         logits = net.run_with_hooks(tokens, fwd_hooks=hooks)
         record["logits"] = logits
         return record

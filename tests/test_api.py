@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import depass_tl
 from depass_tl import DePassError
-from tests.models import make_model, random_tokens, word_tokenizer
+from tests.models import config_model, make_model, random_tokens, word_tokenizer
 
 WORDS = ["When", " Mary", " and", " John", " went", " to", " the", " store", ",", " gave", " a", " drink"]
 
 
 @pytest.fixture(scope="module")
-def text_model() -> HookedTransformer:
+def text_model() -> Any:
     tok = word_tokenizer(WORDS)
-    cfg = HookedTransformerConfig(
+    cfg = dict(
         n_layers=2, d_model=16, n_ctx=32, d_head=4, n_heads=4, d_mlp=32, d_vocab=len(tok), act_fn="gelu",
         seed=0, dtype=torch.float64,
     )
-    return HookedTransformer(cfg, tokenizer=tok).eval()
+    return config_model(**cfg, tokenizer=tok).eval()
 
 
-def test_string_input_and_method(text_model: HookedTransformer) -> None:
+def test_string_input_and_method(text_model: Any) -> None:
     prompt = "When Mary and John went to the store, John gave a drink to"
     logits, dc = text_model.run_with_depass(prompt)
     free_logits, free_dc = depass_tl.run_with_depass(text_model, prompt)
@@ -41,7 +42,7 @@ def test_string_input_and_method(text_model: HookedTransformer) -> None:
     torch.testing.assert_close(dc.logit_diff_attrs(" Mary", " John"), diff)
 
 
-def test_batch_of_strings_and_per_prompt_answers(text_model: HookedTransformer) -> None:
+def test_batch_of_strings_and_per_prompt_answers(text_model: Any) -> None:
     prompts = ["When Mary and John went to", "When John and Mary went to"]
     logits, dc = depass_tl.run_with_depass(text_model, prompts)
     ids = torch.tensor([text_model.to_single_token(" Mary"), text_model.to_single_token(" John")])
@@ -50,7 +51,7 @@ def test_batch_of_strings_and_per_prompt_answers(text_model: HookedTransformer) 
     torch.testing.assert_close(attrs.sum(0), logits[torch.arange(2), -1, ids])
 
 
-def test_to_dataframe(text_model: HookedTransformer) -> None:
+def test_to_dataframe(text_model: Any) -> None:
     _, dc = depass_tl.run_with_depass(text_model, "When Mary and John went")
     df = dc.to_dataframe(" Mary")
     assert isinstance(df, pd.DataFrame)
@@ -123,7 +124,7 @@ def test_float32_model_accumulates_in_float32_by_default() -> None:
     assert max(dc64.completeness_error(relative=True).values()) < 1e-5
 
 
-def test_right_padded_batch_reads_each_prompts_last_real_token(text_model: HookedTransformer) -> None:
+def test_right_padded_batch_reads_each_prompts_last_real_token(text_model: Any) -> None:
     short, long = "When Mary", "When Mary and John went"
     logits, dc = depass_tl.run_with_depass(text_model, [short, long], padding_side="right")
     assert dc.last_positions.tolist() == [2, 5]

@@ -13,22 +13,27 @@ from depass_tl import DePassError
 from depass_tl.backends import (
     Backend, backend_for, backends, install_targets, read_model_view, register_backend, unregister_backend,
 )
-from depass_tl.backends.hooked import read_hooked_view
+from depass_tl.backends.bridge import is_bridge
+from tests._tl_version import requires_hooked
 from tests.models import make_model, random_tokens
 
 
 def test_builtin_backends_and_their_order() -> None:
-    assert [b.name for b in backends()] == ["TransformerBridge", "HookedEncoder", "HookedTransformer"]
+    assert [b.name for b in backends()] == [
+        "TransformerBridge (BERT)", "TransformerBridge", "HookedEncoder", "transformers", "HookedTransformer",
+    ]
     assert install_targets() == (
         ("transformer_lens", "HookedTransformer"), ("transformer_lens", "HookedEncoder"),
         ("transformer_lens.model_bridge", "TransformerBridge"),
     )
     model = make_model("gpt2")
-    assert backend_for(model).name == "HookedTransformer" and read_model_view(model).backend == "HookedTransformer"
+    expected = "TransformerBridge" if is_bridge(model) else "HookedTransformer"  # the installed TL's class
+    assert backend_for(model).name == expected and read_model_view(model).backend == expected
     with pytest.raises(DePassError, match="expected a transformer_lens.HookedTransformer, got Linear"):
         backend_for(torch.nn.Linear(2, 2))
 
 
+@requires_hooked  # HookedEncoder: TL < 4
 def test_encoder_backend_has_no_decoder_view() -> None:
     from transformer_lens import HookedEncoder, HookedTransformerConfig
 
@@ -60,7 +65,7 @@ def test_a_new_backend_is_one_registration() -> None:
     backend = Backend(
         name="Wrapped",
         matches=lambda m: isinstance(m, Wrapped),
-        read_view=lambda m: dataclasses.replace(read_hooked_view(m.inner), backend="Wrapped"),
+        read_view=lambda m: dataclasses.replace(read_model_view(m.inner), backend="Wrapped"),
     )
     register_backend(backend)
     try:

@@ -178,12 +178,12 @@ def test_missing_viz_extra_is_reported_before_any_work(capsys, monkeypatch, tmp_
 
 def test_argparse_errors_exit_2(capsys) -> None:
     for argv in (["attribute", PROMPT], ["attribute", PROMPT, "--target", " Mary", "--components", "neurons"],
-                 ["attribute", PROMPT, "--target", " Mary", "--mlp-rule", "taylor"], []):
+                 ["attribute", PROMPT, "--target", " Mary", "--mlp-rule", "nope"], []):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "--target" in err and "neurons" in err and "taylor" in err
+    assert "--target" in err and "neurons" in err and "nope" in err and "taylor" in err  # taylor among the choices
 
 
 def test_runs_as_a_module_in_a_fresh_process() -> None:
@@ -197,3 +197,20 @@ def test_runs_as_a_module_in_a_fresh_process() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "Tokens: top 3 of 15" in proc.stdout and "Heads: top 3 of 12" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_a_local_hugging_face_folder_loads_as_a_bridge(capsys) -> None:
+    """Any causal LM saved with its tokenizer (here a random GPT-2) works offline through the Bridge (TL >= 3)."""
+    from tests._tl_version import HAS_BRIDGE, TL_VERSION
+
+    if not HAS_BRIDGE:
+        pytest.skip(f"needs TransformerBridge (TL >= 3); installed TransformerLens {TL_VERSION}")
+    from tests.bridge_models import local_folder
+
+    folder = local_folder("gpt2")
+    rc, out, err = _run(capsys, " t5 t7 t9 t11", "--target", " t3", "--contrast", " t4", "--model", str(folder),
+                        "--top", "3")
+    assert rc == 0, err
+    assert "(TransformerBridge.boot_transformers)" in out and "Heads: top 3 of" in out
+    errs = [float(e) for e in re.findall(r"\|sum - clean\| = (\S+);", out)]
+    assert len(errs) == 2 and max(errs) < 1e-4

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from typing import Any
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens import patching as tl_patching
 
 import depass_tl
 from depass_tl import DePassError
+from depass_tl.backends.bridge import is_bridge
 from depass_tl.compare import LAYOUTS, Comparison, compare
 from depass_tl.compare import depass_layout, layout_hooks
 from depass_tl.stats import rank, spearman, top_k_overlap
 from depass_tl.viz.compare import heatmap_panels, plot_comparison
-from tests.models import make_model, random_tokens, word_tokenizer
+from tests.models import config_model, make_model, random_tokens, word_tokenizer
 
 ATTN_LAYOUTS = ["resid_pre", "attn_out", "attn_head_out_by_pos", "attn_head_out_all_pos"]
 ALL_LAYOUTS = list(LAYOUTS)
@@ -31,18 +32,21 @@ def _logit_diff(logits: torch.Tensor, answer: list[int], wrong: int, pos: int = 
     return sum(vals) / len(vals)
 
 
-def _linear_attn_only(n_layers: int = 2, *, frozen_layers: tuple[int, ...] | None = None) -> HookedTransformer:
+def _linear_attn_only(n_layers: int = 2, *, frozen_layers: tuple[int, ...] | None = None) -> Any:
     """Attention-only, no norm; W_Q = W_K = 0 in ``frozen_layers`` (default: all), so those layers'
     scores are the constant b_Q·b_K and their pattern is uniform causal whatever the input."""
     model = make_model("attn_only", normalization_type=None, n_layers=n_layers)
     with torch.no_grad():
+        if is_bridge(model):  # the TL-native init scales W_O by 1/sqrt(2 n_layers) (gpt2 mode): undo it, so the
+            for block in model.blocks:  # effects have the size they have on HookedTransformer's init
+                block.attn.W_O.mul_((2 * n_layers) ** 0.5)
         for l in range(n_layers) if frozen_layers is None else frozen_layers:
             model.blocks[l].attn.W_Q.zero_()
             model.blocks[l].attn.W_K.zero_()
     return model
 
 
-def _clean_corrupted(model: HookedTransformer) -> tuple[torch.Tensor, torch.Tensor]:
+def _clean_corrupted(model: Any) -> tuple[torch.Tensor, torch.Tensor]:
     clean = random_tokens(model, batch=2, pos=5, seed=1)
     corrupted = clean.clone()
     corrupted[:, 1] = (corrupted[:, 1] + 7) % model.cfg.d_vocab
@@ -50,7 +54,7 @@ def _clean_corrupted(model: HookedTransformer) -> tuple[torch.Tensor, torch.Tens
     return clean, corrupted
 
 
-def _patterns(model: HookedTransformer, toks: torch.Tensor) -> list[torch.Tensor]:
+def _patterns(model: Any, toks: torch.Tensor) -> list[torch.Tensor]:
     _, cache = model.run_with_cache(toks, names_filter=lambda n: n.endswith("hook_pattern"))
     return [cache[f"blocks.{l}.attn.hook_pattern"] for l in range(model.cfg.n_layers)]
 
@@ -113,7 +117,7 @@ def test_differs_when_patching_moves_a_later_attention_pattern() -> None:
 
 # -------------------------------------------------------------------------- shapes, plumbing
 @pytest.fixture(scope="module")
-def gpt2_cmp() -> tuple[HookedTransformer, torch.Tensor, torch.Tensor, Comparison]:
+def gpt2_cmp() -> tuple[Any, torch.Tensor, torch.Tensor, Comparison]:
     model = make_model("gpt2", n_layers=2, n_heads=2, d_model=8, d_mlp=16)
     clean, corrupted = _clean_corrupted(model)
     cmp = compare(model, clean, corrupted, answer_tokens=ANSWER, incorrect_tokens=WRONG, layouts=ALL_LAYOUTS)
@@ -201,9 +205,9 @@ def test_single_logit_metric_and_no_hooks_left() -> None:
 def test_string_prompts_answers_and_position_labels() -> None:
     words = ["When", " Mary", " and", " John", " went", ",", " gave", " to"]
     tok = word_tokenizer(words)
-    cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=16, d_head=4, n_heads=2, d_mlp=16,
+    cfg = dict(n_layers=1, d_model=8, n_ctx=16, d_head=4, n_heads=2, d_mlp=16,
                                   d_vocab=len(tok), act_fn="gelu", seed=0, dtype=torch.float64)
-    model = HookedTransformer(cfg, tokenizer=tok).eval()
+    model = config_model(**cfg, tokenizer=tok).eval()
     cmp = compare(model, "When Mary and John went", "When John and John went", answer_tokens=" Mary",
                   incorrect_tokens=" John", layouts=["resid_pre"])
     assert cmp.pos_labels == ("0:<bos>", "1:When", "2: Mary/ John", "3: and", "4: John", "5: went")
@@ -321,8 +325,8 @@ def test_errors_say_what_was_seen() -> None:
         compare(model, clean, corrupted, answer_tokens=" Mary")
     with pytest.raises(DePassError, match=r"pos must be an integer position in \[-5, 5\); got 5"):
         compare(model, clean, corrupted, pos=5, **kw)
-    with pytest.raises(DePassError, match="unknown mlp_rule 'taylor'"):
-        compare(model, clean, corrupted, mlp_rule="taylor", **kw)
+    with pytest.raises(DePassError, match="unknown mlp_rule 'nope'"):
+        compare(model, clean, corrupted, mlp_rule="nope", **kw)
     cmp = compare(model, clean, corrupted, layouts=["resid_pre"], **kw)
     with pytest.raises(DePassError, match="no layout 'attn_out'.*holds \\['resid_pre'\\]"):
         cmp["attn_out"]

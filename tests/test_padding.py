@@ -10,29 +10,32 @@ from __future__ import annotations
 
 import copy
 import warnings
+from typing import Any
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import depass_tl
+from depass_tl.replay.rules import rule_names
 from depass_tl import DePassError
 from depass_tl.api import replay
 from depass_tl.capture import capture
-from tests.models import randomise, word_tokenizer
+from tests._tl_version import HAS_HOOKED
+from tests.models import config_model, randomise, word_tokenizer
+from tests.tl_cases import norm_tol
 
 WORDS = ["When", " Mary", " and", " John", " went", " to", " the", " store", ",", " gave", " a", " drink"]
 PROMPTS = ["When Mary and John went to the store", "John gave a drink", "When Mary went"]
 
 
-def _model(side: str, **overrides: object) -> HookedTransformer:
+def _model(side: str, **overrides: object) -> Any:
     tok = word_tokenizer(WORDS)
     kwargs = dict(n_layers=2, d_model=16, n_ctx=32, d_head=4, n_heads=4, d_mlp=32, d_vocab=len(tok), act_fn="gelu",
                   seed=0, dtype=torch.float64)
     kwargs.update(overrides)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = HookedTransformer(HookedTransformerConfig(**kwargs), tokenizer=tok, default_padding_side=side)
+        model = config_model(**kwargs, tokenizer=tok, default_padding_side=side)
     randomise(model, seed=0, scale=0.3)
     return model.eval()
 
@@ -47,7 +50,7 @@ MODELS = {
 }
 
 
-def _check_padded(model: HookedTransformer, dc: depass_tl.DePassCache, mask: torch.Tensor) -> None:
+def _check_padded(model: Any, dc: depass_tl.DePassCache, mask: torch.Tensor) -> None:
     pad = mask == 0
     assert pad.any()
     bias = dc.component("bias")
@@ -57,11 +60,15 @@ def _check_padded(model: HookedTransformer, dc: depass_tl.DePassCache, mask: tor
         assert (tokens_part[:, pad] == 0).all(), name  # nothing but bias at padded positions
         pad_b, pad_p = pad.nonzero(as_tuple=True)
         assert (tokens_part[pad_p, pad_b] == 0).all(), name  # pad tokens carry nothing, anywhere
-    assert max(dc.completeness_error(relative=True).values()) < 1e-10
+    assert max(dc.completeness_error(relative=True).values()) < norm_tol(model, 1e-10)
 
 
-@pytest.mark.parametrize("rule", ["softmax", "ratio", "max"])
-@pytest.mark.parametrize("name", sorted(MODELS))
+#: (name, rule) cases; on TL 4 the MoE model (which the native Bridge cannot build) is one skipped case.
+PADDING_CASES = [pytest.param(name, rule, id=f"{name}-{rule}") for name in sorted(MODELS)
+                 for rule in rule_names() if HAS_HOOKED or "moe" not in name or rule == "softmax"]
+
+
+@pytest.mark.parametrize("name, rule", PADDING_CASES)
 def test_padded_batch_matches_unpadded_prompts(name: str, rule: str) -> None:
     model = MODELS[name]()
     if "moe" in name:
@@ -102,7 +109,7 @@ def test_zero_pad_embedding_gives_no_nan() -> None:
     with torch.no_grad():
         model.W_E[model.tokenizer.pad_token_id] = 0.0
         model.blocks[0].ln1.w.fill_(1.0)
-    for rule in ("softmax", "ratio", "max"):
+    for rule in rule_names():
         _, dc = depass_tl.run_with_depass(model, PROMPTS, mlp_rule=rule)
         _check_padded(model, dc, (model.to_tokens(PROMPTS) != model.tokenizer.pad_token_id).long())
 

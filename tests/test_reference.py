@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import functools
 import warnings
+from typing import Any
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from tests.models import config_model
+
+from tests.tl_cases import norm_tol
 from tests.reference import (
     MLP_RULES,
     hooked_ratio_reference,
@@ -65,11 +68,9 @@ CONFIGS: dict[str, dict] = {
 
 
 @functools.lru_cache(maxsize=None)
-def model_and_tokens(name: str) -> tuple[HookedTransformer, torch.Tensor]:
+def model_and_tokens(name: str) -> tuple[Any, torch.Tensor]:
     seed = sorted(CONFIGS).index(name) + 10
-    cfg = HookedTransformerConfig(**BASE, **CONFIGS[name], seed=seed)
-    model = HookedTransformer(cfg)
-    model.eval()
+    model = config_model(**BASE, **CONFIGS[name], seed=seed)
     randomise_norms_and_biases(model, seed=seed + 1000)
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, D_VOCAB, (N_BATCH, N_POS), generator=gen)
@@ -101,7 +102,8 @@ def test_reference_complete(name: str, rule: str) -> None:
     for hook, comps in result.items():
         clean = logits if hook == "logits" else cache[hook]
         assert comps.shape == (N_POS + 1, *clean.shape), hook
-        torch.testing.assert_close(comps.sum(0), clean, atol=1e-12, rtol=0, msg=hook)
+        atol = norm_tol(model, 1e-12 / float(clean.abs().max())) * float(clean.abs().max())  # float32 RMS: relative
+        torch.testing.assert_close(comps.sum(0), clean, atol=atol, rtol=0, msg=hook)
 
 
 @pytest.mark.parametrize(("name", "rule"), CASES, ids=IDS)
@@ -134,6 +136,20 @@ def test_reference_rules_differ_and_bias_is_used() -> None:
         assert (soft - ratio).abs().max() > 1e-3
         assert (soft - top).abs().max() > 1e-3
         assert soft[-1].abs().max() > 1e-3
+
+
+def test_reference_covers_every_registered_rule() -> None:
+    from depass_tl.replay.rules import rule_names
+
+    assert set(MLP_RULES) == set(rule_names())
+
+
+def test_reference_taylor_is_ratio_on_standard_mlps_only() -> None:
+    """taylor splits a gated MLP along the gate (ratio along the linear path); a plain MLP alike."""
+    torch.testing.assert_close(reference("gpt2_like", "taylor")[0]["logits"], reference("gpt2_like", "ratio")[0]["logits"],
+                               rtol=0, atol=1e-12)
+    gated_t, gated_r = reference("llama_like", "taylor")[0]["logits"], reference("llama_like", "ratio")[0]["logits"]
+    assert (gated_t - gated_r).abs().max() > 1e-2
 
 
 def test_reference_temperature_matters_and_max_is_the_cold_limit() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import depass_tl
 from depass_tl import DePassError
@@ -13,10 +12,10 @@ from depass_tl.replay.block import BlockStep, Outputs, attn_step, mlp_step
 from depass_tl.replay.layout import State
 from depass_tl.replay.device import block_tensors
 from depass_tl.replay.engine import replay_components
-from depass_tl.replay.rules import get_rule
+from depass_tl.replay.rules import get_rule, rule_names
 from depass_tl.replay.weights import PreparedBlock
 from depass_tl.replay.state import FINAL_HOOK, parse_start_hook, schedule, stage_index, stored_hook_names
-from tests.models import make_model, random_tokens, word_tokenizer
+from tests.models import config_model, make_model, random_tokens, word_tokenizer
 
 
 def test_schedule_and_stored_hooks() -> None:
@@ -55,15 +54,14 @@ def test_last_real_positions() -> None:
 def test_single_token_fn() -> None:
     assert single_token_fn(make_model("gpt2")) is None
     tok = word_tokenizer(["When", " Mary", " and", " John"])
-    cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2, d_vocab=len(tok),
-                                  attn_only=True, seed=0)
-    to_id = single_token_fn(HookedTransformer(cfg, tokenizer=tok))
+    to_id = single_token_fn(config_model(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2, d_vocab=len(tok),
+                                         attn_only=True, seed=0, tokenizer=tok))
     assert to_id is not None and to_id(" Mary") == tok.convert_tokens_to_ids(" Mary")
     with pytest.raises(DePassError, match="not one"):
         to_id(" Mary and")
 
 
-@pytest.mark.parametrize("rule", ["softmax", "ratio", "max"])
+@pytest.mark.parametrize("rule", rule_names())
 def test_the_block_step_replays_a_block(rule: str) -> None:
     """Driving attn_step / mlp_step by hand over a flat state of two chunks gives the engine's numbers."""
     model = make_model("gpt2", n_layers=1)

@@ -84,10 +84,9 @@ def test_decompx_says_what_to_install_on_tl4() -> None:
             hooked_encoder_class()
 
 
-def test_attention_score_attrs_needs_a_hooked_transformer() -> None:
-    """TL 4 has no HookedTransformer: a DePassError saying so; elsewhere a non-HT model is refused by type."""
-    match = "HookedTransformer" if HAS_HOOKED else r"needs transformer_lens.HookedTransformer \(TL 2.x / 3.x\)"
-    with pytest.raises(depass_tl.DePassError, match=match):
+def test_attention_score_attrs_names_both_model_classes() -> None:
+    """It runs on a HookedTransformer (TL 2.x / 3.x) and a TransformerBridge (TL 3.x / 4.x); anything else is refused."""
+    with pytest.raises(depass_tl.DePassError, match="supports HookedTransformer and TransformerBridge models; got Linear"):
         depass_tl.attention_score_attrs(torch.nn.Linear(2, 2), None, None, 0, key_pos=0)  # type: ignore[arg-type]
 
 

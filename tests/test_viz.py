@@ -73,14 +73,19 @@ def test_token_heatmap_data_is_the_token_attribution(ioi) -> None:
 
 
 def test_token_heatmap_attrs_argument_and_fallback_labels(ioi) -> None:
-    _, _, toks, caches, mary, john = ioi
+    _, enc, toks, caches, mary, john = ioi
     dc = caches["tokens"]
     attrs = dc.logit_attrs(mary, incorrect_tokens=john)
     a = viz.token_heatmap_data(dc, attrs=attrs, target="my metric")
     b = viz.token_heatmap_data(dc, mary, incorrect_tokens=john)
     assert torch.equal(a.values, b.values) and a.target == "my metric"
-    # the toy model has no tokenizer: without str_tokens the labels are the token ids
-    assert b.str_tokens == tuple(f"#{int(t)}" for t in toks[0])
+    # without str_tokens the labels are the tokenizer's strings (the toy has one) ...
+    assert b.str_tokens == tuple(enc.to_str_tokens(toks))
+    # ... or, for a model without a tokenizer, the token ids
+    bare = make_model("gpt2")
+    ids = random_tokens(bare)[:1]
+    _, dbare = depass_tl.run_with_depass(bare, ids)
+    assert viz.token_heatmap_data(dbare, 1).str_tokens == tuple(f"#{int(t)}" for t in ids[0])
     with pytest.raises(DePassError, match="exactly one of tokens"):
         viz.token_heatmap_data(dc, mary, attrs=attrs)
     with pytest.raises(DePassError, match="exactly one of tokens"):
@@ -103,8 +108,7 @@ def test_token_heatmap_refuses_caches_without_token_components(ioi) -> None:
 
 def test_token_heatmap_uses_the_tokenizer_strings_and_marks_a_chosen_position() -> None:
     words = [" a", " b", " c", " d"]
-    model = make_model("gpt2", n_layers=1, d_vocab=8)
-    model.set_tokenizer(word_tokenizer(words), default_padding_side="right")
+    model = make_model("gpt2", n_layers=1, d_vocab=8, tokenizer=word_tokenizer(words))
     _, dc = depass_tl.run_with_depass(model, " a b c d")
     data = viz.token_heatmap_data(dc, " c", pos=2)
     assert data.str_tokens == tuple(model.to_str_tokens(" a b c d"))

@@ -26,10 +26,12 @@ import pytest
 import torch
 
 import depass_tl
+from depass_tl.replay.rules import rule_names
 from tests.families import FAMILIES, build_family, family_tokens, from_pretrained_flags
+from tests.tl_cases import cases_unless_bridge, NEEDS_PROCESSING_FLAGS
 
 TOL = 1e-5
-RULES = ("softmax", "ratio", "max")
+RULES = rule_names()  # every registered rule
 A, B = 5, 17  # answer and wrong token ids
 
 
@@ -54,9 +56,10 @@ def test_logit_difference_attributions_are_invariant(family: str, rule: str) -> 
         _close(processed.logit_diff_attrs(A, B, pos=pos), raw.logit_diff_attrs(A, B, pos=pos))
 
 
-@pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("flag", ["fold_ln", "fold_value_biases"])
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@NEEDS_PROCESSING_FLAGS
+@cases_unless_bridge("rule", RULES)
+@cases_unless_bridge("flag", ["fold_ln", "fold_value_biases"])
+@cases_unless_bridge("family", ["gpt2", "llama"])
 def test_folding_changes_no_component(family: str, flag: str, rule: str) -> None:
     _, raw = _replay(family, rule)
     _, folded = _replay(family, rule, **{flag: True})
@@ -66,7 +69,8 @@ def test_folding_changes_no_component(family: str, flag: str, rule: str) -> None
     _close(folded.logit_attrs(A), raw.logit_attrs(A))
 
 
-@pytest.mark.parametrize("rule", RULES)
+@NEEDS_PROCESSING_FLAGS
+@cases_unless_bridge("rule", RULES)
 def test_center_writing_weights_centres_residual_components(rule: str) -> None:
     _, raw = _replay("gpt2", rule)
     _, centred = _replay("gpt2", rule, center_writing_weights=True)
@@ -77,7 +81,8 @@ def test_center_writing_weights_centres_residual_components(rule: str) -> None:
     _close(centred["unembed.hook_in"], raw["unembed.hook_in"])
 
 
-@pytest.mark.parametrize("rule", RULES)
+@NEEDS_PROCESSING_FLAGS
+@cases_unless_bridge("rule", RULES)
 def test_center_unembed_shifts_single_logits_by_the_mean_unembedding(rule: str) -> None:
     model, raw = _replay("gpt2", rule)
     _, centred = _replay("gpt2", rule, center_unembed=True)

@@ -15,8 +15,9 @@ capture and the replay are shared with the HookedTransformer backend. Only the w
   ``cfg.use_normalization_before_and_after`` False).
 
 Refused with :class:`~depass_tl.errors.UnsupportedModelError`: mixture-of-experts blocks (the Bridge
-exposes neither expert weights nor per-expert hooks), encoders (BERT: DecompX needs
-``HookedEncoder``), ``clip_qkv`` and any module layout not listed above.
+exposes neither expert weights nor per-expert hooks), encoders (a BERT Bridge goes to DecompX,
+:mod:`~depass_tl.backends.bert_bridge`, before this backend is asked), ``clip_qkv`` and any module
+layout not listed above.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from depass_tl.backends.common import check_supported, maybe_bias, soft_cap
 from depass_tl.errors import UnsupportedModelError
 from depass_tl.model_view import AttnView, BlockView, MLPView, ModelView, NormView
 
-__all__ = ["BACKEND", "read_bridge_view", "is_bridge"]
+__all__ = ["BACKEND", "is_bridge", "optional_tensor", "read_bridge_view"]
 
 
-def _optional(module: Any, name: str) -> Tensor | None:
+def optional_tensor(module: Any, name: str) -> Tensor | None:
     """A weight or bias the Bridge may not have: None when absent, None-valued or raising."""
     try:
         value = getattr(module, name)
@@ -44,31 +45,31 @@ def _optional(module: Any, name: str) -> Tensor | None:
 
 
 def _norm_view(module: Any, cfg: Any, where: str) -> NormView:
-    if module is None:
-        return NormView("none", None, None)
+    if module is None or isinstance(getattr(module, "original_component", None), torch.nn.Identity):
+        return NormView("none", None, None)  # absent, or an identity slot (TL's native model without norms)
     if not hasattr(module, "uses_rms_norm"):
         raise UnsupportedModelError(
             f"{where} is a {type(module).__name__}, not a TransformerBridge normalization bridge; "
             "depass_tl reads LayerNorm and RMSNorm bridges only."
         )
     rms = bool(module.uses_rms_norm)
-    w = _optional(module, "w")
+    w = optional_tensor(module, "w")
     if w is None:
-        w = _optional(module, "weight")
+        w = optional_tensor(module, "weight")
     w = None if w is None else w.detach()
     if w is not None and bool(getattr(cfg, "rmsnorm_uses_offset", False)):
         w = 1.0 + w  # Gemma: the stored weight is an offset from 1 (a new tensor; the model is untouched)
     if rms:
         return NormView("RMS", w, None)
-    b = _optional(module, "b")
+    b = optional_tensor(module, "b")
     if b is None:
-        b = _optional(module, "bias")
+        b = optional_tensor(module, "bias")
     return NormView("LN", w, maybe_bias(b))
 
 
 def _attn_view(attn: Any, n_heads: int, layer: int) -> AttnView:
-    W_V = _optional(attn, "W_V")
-    W_O = _optional(attn, "W_O")
+    W_V = optional_tensor(attn, "W_V")
+    W_O = optional_tensor(attn, "W_O")
     if W_V is None or W_O is None:
         raise UnsupportedModelError(
             f"blocks.{layer}.attn ({type(attn).__name__}) exposes no W_V / W_O; this attention bridge is "
@@ -82,7 +83,7 @@ def _attn_view(attn: Any, n_heads: int, layer: int) -> AttnView:
         )
     kv_of_head = torch.arange(n_heads, device=W_V.device) // (n_heads // n_kv)
     return AttnView(
-        W_V.detach(), maybe_bias(_optional(attn, "b_V")), W_O.detach(), maybe_bias(_optional(attn, "b_O")),
+        W_V.detach(), maybe_bias(optional_tensor(attn, "b_V")), W_O.detach(), maybe_bias(optional_tensor(attn, "b_O")),
         kv_of_head, None,
     )
 
@@ -105,15 +106,15 @@ def _mlp_view(mlp: Any, cfg: Any, layer: int) -> MLPView:
         raise UnsupportedModelError(
             f"cfg.act_fn={act_fn!r} on a TransformerBridge is not replayed; use a HookedTransformer for SoLU models."
         )
-    W_in, W_out = _optional(mlp, "W_in"), _optional(mlp, "W_out")
+    W_in, W_out = optional_tensor(mlp, "W_in"), optional_tensor(mlp, "W_out")
     if W_in is None or W_out is None:
         raise UnsupportedModelError(
             f"blocks.{layer}.mlp ({type(mlp).__name__}) exposes no W_in / W_out; this MLP bridge is not supported."
         )
-    W_gate = _optional(mlp, "W_gate")
-    b_in, b_out = maybe_bias(_optional(mlp, "b_in")), maybe_bias(_optional(mlp, "b_out"))
+    W_gate = optional_tensor(mlp, "W_gate")
+    b_in, b_out = maybe_bias(optional_tensor(mlp, "b_in")), maybe_bias(optional_tensor(mlp, "b_out"))
     if W_gate is not None:
-        if maybe_bias(_optional(mlp, "b_gate")) is not None:
+        if maybe_bias(optional_tensor(mlp, "b_gate")) is not None:
             raise UnsupportedModelError(
                 f"blocks.{layer}.mlp has a gate bias (b_gate); gated MLPs with a gate bias are not replayed."
             )
@@ -128,10 +129,9 @@ def _refuse_encoders(model: Any, cfg: Any) -> None:
     )
     if encoder:
         raise UnsupportedModelError(
-            f"this TransformerBridge wraps an encoder ({arch or type(model).__name__}). DecompX (BERT) runs on "
-            "transformer_lens.HookedEncoder only, which TransformerLens 4 removed: install "
-            "'transformer-lens>=2.16.1,<4' and load the model with HookedEncoder. DePass on the Bridge "
-            "supports decoder-only models."
+            f"this TransformerBridge wraps an encoder ({arch or type(model).__name__}). DePass on the Bridge "
+            "supports decoder-only models; DecompX supports BERT: a Bridge wrapping a BertForMaskedLM, or "
+            "transformers' BertForSequenceClassification / BertForMaskedLM passed to run_with_depass directly."
         )
 
 
@@ -175,7 +175,7 @@ def read_bridge_view(model: Any) -> ModelView:
             )
         )
     ln_final = _norm_view(getattr(model, "ln_final", None), cfg, "ln_final")
-    W_U = _optional(model.unembed, "W_U")
+    W_U = optional_tensor(model.unembed, "W_U")
     if W_U is None:
         raise UnsupportedModelError("the TransformerBridge's unembed exposes no W_U; cannot attribute logits.")
     W_U = W_U.detach()
@@ -184,7 +184,7 @@ def read_bridge_view(model: Any) -> ModelView:
         blocks=tuple(blocks),
         ln_final=ln_final,
         W_U=W_U,
-        b_U=maybe_bias(_optional(model.unembed, "b_U")),
+        b_U=maybe_bias(optional_tensor(model.unembed, "b_U")),
         n_layers=cfg.n_layers,
         n_heads=cfg.n_heads,
         d_model=cfg.d_model,
@@ -195,7 +195,17 @@ def read_bridge_view(model: Any) -> ModelView:
         dtype=W_U.dtype,
         device=W_U.device,
         backend="TransformerBridge",
+        clean_dtype=_clean_dtype(model, W_U.dtype),
     )
+
+
+def _clean_dtype(model: Any, dtype: torch.dtype) -> torch.dtype:
+    """float32 for a float64 model with RMS norms that cast to float32 (Hugging Face's Llama-family
+    ``*RMSNorm`` and TL's ``NativeRMSNorm`` normalise in float32 whatever the model's dtype), else ``dtype``."""
+    if dtype != torch.float64:
+        return dtype
+    casts = any(type(m).__name__.endswith("RMSNorm") and "Pre" not in type(m).__name__ for m in model.modules())
+    return torch.float32 if casts else dtype
 
 
 def is_bridge(model: Any) -> bool:

@@ -286,10 +286,10 @@ def compare(
 
     Examples:
         >>> import torch, depass_tl.compare as dc
-        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-        >>> cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2,
-        ...                               d_vocab=20, attn_only=True, seed=0)
-        >>> model = HookedTransformer(cfg)
+        >>> from depass_tl.toy import random_model
+        >>> cfg = dict(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+        ...            d_vocab=20, attn_only=True, seed=0)
+        >>> model = random_model(**cfg)
         >>> cmp = dc.compare(model, torch.tensor([[1, 2, 3]]), torch.tensor([[1, 5, 3]]),
         ...                  answer_tokens=4, incorrect_tokens=7, layouts=["resid_pre", "attn_head_out_by_pos"])
         >>> cmp["attn_head_out_by_pos"].patching.shape, cmp["attn_head_out_by_pos"].depass_diff.shape

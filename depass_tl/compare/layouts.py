@@ -76,10 +76,7 @@ def layout_hooks(layout: str, n_layers: int) -> list[str]:
     """
     if layout not in LAYOUTS:
         raise DePassError(f"unknown layout {layout!r}; choose from {list(LAYOUTS)}.")
-    try:  # TL >= 3 (transformer_lens.utils is deprecated there)
-        from transformer_lens.utilities import get_act_name
-    except ImportError:  # TL 2.x
-        from transformer_lens.utils import get_act_name  # type: ignore[no-redef]
+    from depass_tl.backends import get_act_name
 
     return [get_act_name(LAYOUTS[layout].tl_act, layer) for layer in range(n_layers)]
 
@@ -180,10 +177,10 @@ def depass_layout(
     Examples:
         >>> import torch, depass_tl
         >>> from depass_tl.compare import depass_layout, layout_hooks
-        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-        >>> cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
-        ...                               d_vocab=20, attn_only=True, seed=0)
-        >>> model = HookedTransformer(cfg)
+        >>> from depass_tl.toy import random_model
+        >>> cfg = dict(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+        ...            d_vocab=20, attn_only=True, seed=0)
+        >>> model = random_model(**cfg)
         >>> run = depass_tl.capture(model, torch.tensor([[1, 2, 3]]),
         ...                         extra_hooks=layout_hooks("attn_head_out_by_pos", 2))
         >>> cells, rest = depass_layout(run, "attn_head_out_by_pos", 4, 7)

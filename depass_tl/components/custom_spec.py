@@ -9,7 +9,7 @@ from torch import Tensor
 
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components.base import ComponentSpec, check_labels, group_with_bias
-from depass_tl.errors import DePassError
+from depass_tl.errors import DePassError, DePassValueError
 from depass_tl.replay.state import InitialState, parse_start_hook
 
 __all__ = ["CustomSpec", "custom", "check_complete"]
@@ -75,10 +75,10 @@ def custom(hook: str, tensor: Tensor, labels: list[str] | tuple[str, ...]) -> Cu
 
     Examples:
         >>> import torch, depass_tl
-        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-        >>> cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
-        ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
-        >>> model = HookedTransformer(cfg)
+        >>> from depass_tl.toy import random_model
+        >>> cfg = dict(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+        ...            d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+        >>> model = random_model(**cfg)
         >>> toks = torch.tensor([[1, 2, 3]])
         >>> _, cache = model.run_with_cache(toks)
         >>> h = cache["blocks.0.hook_resid_post"]
@@ -92,4 +92,6 @@ def custom(hook: str, tensor: Tensor, labels: list[str] | tuple[str, ...]) -> Cu
     check_labels(labels)
     if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
         raise DePassError("custom components must be a floating-point torch.Tensor [component, batch, pos, d_model].")
+    if not bool(torch.isfinite(tensor).all()):
+        raise DePassValueError("custom components hold NaN or inf values; give finite components.")
     return CustomSpec(hook, tensor.detach(), labels)

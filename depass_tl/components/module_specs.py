@@ -17,7 +17,9 @@ import torch
 from torch import Tensor
 
 from depass_tl.coefficients import FrozenRun
-from depass_tl.components.base import REST, ComponentSpec, group_with_bias, layers_arg, multi_labels
+from depass_tl.components.base import (
+    REST, ComponentSpec, group_with_bias, layer_spec, layers_arg, multi_labels, whole_numbers,
+)
 from depass_tl.components.custom_spec import check_complete
 from depass_tl.errors import DePassError
 from depass_tl.model_view import NormView
@@ -104,15 +106,15 @@ def heads(layer: int | Iterable[int] | None = None) -> HeadSpec:
 
     Examples:
         >>> import torch, depass_tl
-        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-        >>> cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
-        ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
-        >>> _, dc = depass_tl.run_with_depass(HookedTransformer(cfg), torch.tensor([[1, 2, 3]]),
+        >>> from depass_tl.toy import random_model
+        >>> cfg = dict(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+        ...            d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+        >>> _, dc = depass_tl.run_with_depass(random_model(**cfg), torch.tensor([[1, 2, 3]]),
         ...                                   components=depass_tl.heads(layer=1))
         >>> dc.labels
         ('L1H0', 'L1H1', 'rest', 'bias')
     """
-    return HeadSpec(layer if layer is None or isinstance(layer, int) else tuple(layer))
+    return HeadSpec(layer_spec(layer, "heads()"))
 
 
 @dataclass(frozen=True)
@@ -151,15 +153,15 @@ def modules(layer: int | Iterable[int] | None = None) -> ModuleSpec:
 
     Examples:
         >>> import torch, depass_tl
-        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-        >>> cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
-        ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
-        >>> _, dc = depass_tl.run_with_depass(HookedTransformer(cfg), torch.tensor([[1, 2, 3]]),
+        >>> from depass_tl.toy import random_model
+        >>> cfg = dict(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+        ...            d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+        >>> _, dc = depass_tl.run_with_depass(random_model(**cfg), torch.tensor([[1, 2, 3]]),
         ...                                   components=depass_tl.modules(layer=0))
         >>> dc.labels
         ('L0.attn', 'L0.mlp', 'rest', 'bias')
     """
-    return ModuleSpec(layer if layer is None or isinstance(layer, int) else tuple(layer))
+    return ModuleSpec(layer_spec(layer, "modules()"))
 
 
 @dataclass(frozen=True)
@@ -232,21 +234,23 @@ def neurons(
 
     Examples:
         >>> import torch, depass_tl
-        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-        >>> cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
-        ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
-        >>> _, dc = depass_tl.run_with_depass(HookedTransformer(cfg), torch.tensor([[1, 2, 3]]),
+        >>> from depass_tl.toy import random_model
+        >>> cfg = dict(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+        ...            d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+        >>> _, dc = depass_tl.run_with_depass(random_model(**cfg), torch.tensor([[1, 2, 3]]),
         ...                                   components=depass_tl.neurons(0, idx=[3, 7]))
         >>> dc.labels
         ('L0N3', 'L0N7', 'L0.mlp_rest', 'rest', 'bias')
     """
     if (idx is None) == (top_k is None):
         raise DePassError("neurons(): give exactly one of idx=[...] or top_k=k.")
-    if top_k is not None and top_k < 1:
-        raise DePassError(f"neurons(): top_k must be >= 1, got {top_k}.")
+    if top_k is not None:
+        (top_k,) = whole_numbers([top_k], "neurons(): top_k")
+        if top_k < 1:
+            raise DePassError(f"neurons(): top_k must be >= 1, got {top_k}.")
     if idx is not None:
-        idx = tuple(int(i) for i in idx)
+        idx = whole_numbers(idx, "neurons(): idx")
         if not idx or len(set(idx)) != len(idx):
             raise DePassError(f"neurons(): idx must be non-empty and distinct, got {list(idx)}.")
-    lay = layer if layer is None or isinstance(layer, int) else tuple(layer)
-    return NeuronSpec(lay, idx, top_k, pos)
+    (pos,) = whole_numbers([pos], "neurons(): pos")
+    return NeuronSpec(layer_spec(layer, "neurons()"), idx, top_k, pos)

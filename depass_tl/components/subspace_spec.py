@@ -75,11 +75,11 @@ def subspace(
 
     Examples:
         >>> import torch, depass_tl
-        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-        >>> cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
-        ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+        >>> from depass_tl.toy import random_model
+        >>> cfg = dict(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+        ...            d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
         >>> basis = torch.linalg.qr(torch.randn(8, 2)).Q
-        >>> _, dc = depass_tl.run_with_depass(HookedTransformer(cfg), torch.tensor([[1, 2, 3]]),
+        >>> _, dc = depass_tl.run_with_depass(random_model(**cfg), torch.tensor([[1, 2, 3]]),
         ...     components=depass_tl.subspace("blocks.1.hook_resid_pre", basis, split=True))
         >>> dc.labels
         ('subspace.0', 'subspace.1', 'complement', 'bias')

@@ -57,10 +57,10 @@ def tokens(*, separate_pos_embed: bool = False, start: str = "blocks.0.hook_resi
 
     Examples:
         >>> import torch, depass_tl
-        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-        >>> cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2,
-        ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
-        >>> _, dc = depass_tl.run_with_depass(HookedTransformer(cfg), torch.tensor([[1, 2, 3]]),
+        >>> from depass_tl.toy import random_model
+        >>> cfg = dict(n_layers=1, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+        ...            d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+        >>> _, dc = depass_tl.run_with_depass(random_model(**cfg), torch.tensor([[1, 2, 3]]),
         ...                                   components=depass_tl.tokens(separate_pos_embed=True))
         >>> dc.labels
         ('tok0', 'tok1', 'tok2', 'pos_embed', 'bias')

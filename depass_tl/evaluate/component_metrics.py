@@ -187,13 +187,18 @@ def attribution_patching(
     clean = {n: clean_cache[n].detach() for n in names}
     kept: dict[str, Tensor] = {}
 
-    def keep(act: Tensor, hook: Any) -> Tensor:
-        kept[hook.name] = act
-        return act
+    def keep_as(name: str) -> Any:
+        # by the requested name: on a TransformerBridge ``hook.name`` is the canonical name of an alias
+        # (``blocks.0.attn.hook_z`` fires as ``blocks.0.attn.o.hook_in``)
+        def keep(act: Tensor, hook: Any) -> Tensor:
+            kept[name] = act
+            return act
+
+        return keep
 
     grad_run = tokens if corrupt_tokens is None else corrupt_tokens
     with torch.enable_grad():
-        hooks = [(n, keep) for n in names]
+        hooks = [(n, keep_as(n)) for n in names]
         # the leaf that makes the graph reach every hook even if no parameter requires grad
         embed_leaf: dict[str, Tensor] = {}
 

@@ -312,7 +312,11 @@ def _mlp_pass(state: State, step: BlockStep, mp: MLPPass, inv: Tensor | None) ->
     for i, u in enumerate(mp.units):
         k = keys[u.off : u.off + u.n_rows].view(u.n_comp, B, u.width, F)
         neurons = mlp_neurons(m, lambda name: step.scale("mlp." + name, u.p0, u.p1))
-        share = unit_shares(k, neurons, rule, mp.bias_of(i), step.reducer)
+        unit_rule = rule
+        if hasattr(rule, "edit_unit_keys"):  # the official code's key edits (rules/official.py), then its rule
+            rule.edit_unit_keys(k, u.comps, u.p0)
+            unit_rule = rule.inner
+        share = unit_shares(k, neurons, unit_rule, mp.bias_of(i), step.reducer)
         if m.ln is not None:  # solu_ln: the inner norm over d_mlp, its bias to the bias component
             share = apply_norm(share, step.scale("mlp.ln.hook_scale", u.p0, u.p1), m.ln, mp.bias_of(i))
         if share.data_ptr() != k.data_ptr():

@@ -184,8 +184,9 @@ def replay_components(
 
 def _padded(src: Any, dtype: torch.dtype, pad: Tensor | None, K: int) -> Any:
     if isinstance(src, DiagonalComponents):
-        return src.to(dtype).pad_to_bias(pad)
-    return pad_to_bias(src.to(dtype), pad, K)
+        return src.to(dtype).pad_to_bias(pad)  # moves the mask to its own device
+    # a split model's captured mask may sit on another device than the components
+    return pad_to_bias(src.to(dtype), None if pad is None else pad.to(src.device), K)
 
 
 def _nbytes(src: Any) -> int:

@@ -79,6 +79,7 @@ class Unit:
     n_comp: int
     off: int
     n_rows: int
+    comps: tuple[int, ...] = ()  # the held components' indices within the group, in row order
 
     @property
     def width(self) -> int:
@@ -145,6 +146,7 @@ def mlp_passes(chunks: Sequence[Chunk], n_pos: int, batch: int, max_rows: int) -
     comp_lo = torch.tensor([ch.lo for ch in chunks for _ in range(ch.n_rows)], dtype=torch.long)
     comp_c = torch.tensor([c for ch in chunks for c in range(ch.n_rows)], dtype=torch.long)
     comp_g = torch.tensor([ch.g for ch in chunks for _ in range(ch.n_rows)], dtype=torch.long)
+    comp_k = [ch.a + c for ch in chunks for c in range(ch.n_rows)]  # index within the group
     b = torch.arange(B)[None, :, None]
     blocks: list[tuple[int, int, int, Tensor]] = []
     for g in sorted({ch.g for ch in chunks}):
@@ -168,7 +170,7 @@ def mlp_passes(chunks: Sequence[Chunk], n_pos: int, batch: int, max_rows: int) -
         p = torch.arange(p0, p1)[None, None, :]
         idx.append((off + (c * B + b) * (P - lo) + (p - lo)).reshape(-1))
         pos.append((b * P + p).expand(len(held), B, p1 - p0).reshape(-1))
-        units.append(Unit(g, p0, p1, len(held), rows, n))
+        units.append(Unit(g, p0, p1, len(held), rows, n, tuple(comp_k[i] for i in held.tolist())))
         rows += n
     if units:
         passes.append(_pass(units, idx, pos, B))

@@ -36,34 +36,38 @@ def distilled_model(w: tuple[float, ...] = (0.0, 2.0, 1.0), *, bypass: bool = Fa
         bypass: Add the residual copy ``x`` to the output (use ``w = (0, 2)``).
 
     Returns:
-        A float64 ``HookedTransformer`` (1 layer, d_model 4, d_mlp ``len(w)``, vocabulary 4).
+        A float64 model (1 layer, d_model 4, d_mlp ``len(w)``, vocabulary 4): a ``HookedTransformer`` on
+        TransformerLens 2.x / 3.x, a ``TransformerBridge`` on 4.x (:func:`depass_tl.toy.loading.build_model`).
 
     Examples:
         >>> model = distilled_model()
         >>> logit_diff(model(distilled_tokens(1, 2))).tolist()
         [1.0, 2.0]
     """
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from depass_tl.toy.loading import build_model
 
     d_mlp = len(w)
-    cfg = HookedTransformerConfig(
-        n_layers=1, d_model=4, n_ctx=4, d_head=2, n_heads=1, d_mlp=d_mlp, d_vocab=4,
-        act_fn="relu", normalization_type=None, dtype=torch.float64, seed=0,
-    )
+    config = dict(n_layers=1, d_model=4, n_ctx=4, d_head=2, n_heads=1, d_mlp=d_mlp, d_vocab=4, act_fn="relu",
+                  normalization_type=None, positional_embedding_type="standard", attn_only=False)
+    f64 = dict(dtype=torch.float64)
+    state = {  # HookedTransformer names and shapes; everything not set below is zero (attention included)
+        "embed.W_E": torch.zeros(4, 4, **f64), "pos_embed.W_pos": torch.zeros(4, 4, **f64),
+        "unembed.W_U": torch.zeros(4, 4, **f64), "unembed.b_U": torch.zeros(4, **f64),
+        **{f"blocks.0.attn.W_{m}": torch.zeros(1, 4, 2, **f64) for m in "QKV"},
+        **{f"blocks.0.attn.b_{m}": torch.zeros(1, 2, **f64) for m in "QKV"},
+        "blocks.0.attn.W_O": torch.zeros(1, 2, 4, **f64), "blocks.0.attn.b_O": torch.zeros(4, **f64),
+        "blocks.0.mlp.W_in": torch.zeros(4, d_mlp, **f64), "blocks.0.mlp.b_in": torch.zeros(d_mlp, **f64),
+        "blocks.0.mlp.W_out": torch.zeros(d_mlp, 4, **f64), "blocks.0.mlp.b_out": torch.zeros(4, **f64),
+    }
+    state["embed.W_E"][:, 0] = torch.arange(4, **f64)
+    state["blocks.0.mlp.W_in"][0, :] = torch.tensor([1.0, -1.0, 1.0][:d_mlp], **f64)
+    state["blocks.0.mlp.W_out"][:, 1] = torch.tensor(w, **f64)
+    state["unembed.W_U"][1, ANSWER] = 1.0
+    if bypass:
+        state["unembed.W_U"][0, ANSWER] = 1.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        model = HookedTransformer(cfg)
-    pre_signs = [1.0, -1.0, 1.0][:d_mlp]
-    with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-        model.embed.W_E[:, 0] = torch.arange(4, dtype=torch.float64)
-        model.blocks[0].mlp.W_in[0, :] = torch.tensor(pre_signs, dtype=torch.float64)
-        model.blocks[0].mlp.W_out[:, 1] = torch.tensor(w, dtype=torch.float64)
-        model.unembed.W_U[1, ANSWER] = 1.0
-        if bypass:
-            model.unembed.W_U[0, ANSWER] = 1.0
-    return model
+        return build_model(config, state, dtype=torch.float64)
 
 
 def logit_diff(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, " batch"]:

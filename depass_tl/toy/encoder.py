@@ -27,12 +27,14 @@ from torch import Tensor
 
 from depass_tl.errors import DePassError
 
-__all__ = ["BOS_TOKEN", "ToyEncoder", "split_words"]
+__all__ = ["BOS_TOKEN", "TOKEN_PATTERN", "ToyEncoder", "split_words"]
 
 BOS_TOKEN = "<|BOS|>"
 
-# A word (letters/digits/apostrophes) or one punctuation mark, with an optional leading space.
-_TOKEN_RE = re.compile(r" ?[A-Za-z0-9']+| ?[^\sA-Za-z0-9']")
+#: A word (letters/digits/apostrophes) or one punctuation mark, with an optional leading space (the
+#: toy tokenizer files, :mod:`depass_tl.toy.tokenizer`, split with the same pattern).
+TOKEN_PATTERN = r" ?[A-Za-z0-9']+| ?[^\sA-Za-z0-9']"
+_TOKEN_RE = re.compile(TOKEN_PATTERN)
 
 
 def split_words(text: str) -> list[str]:

@@ -7,11 +7,11 @@ floats, so the numbers can be stored in a model's JSON config and printed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from depass_tl.toy.data import FACTS, IOI_NAMES, Fact, ioi_prompts, repeated_sequences
 from depass_tl.toy.encoder import ToyEncoder
@@ -39,7 +39,7 @@ def pad_right(rows: Sequence[Sequence[int]]) -> tuple[Int[Tensor, "batch pos"], 
 
 
 def last_token_logits(
-    model: HookedTransformer, rows: Sequence[Sequence[int]]
+    model: Any, rows: Sequence[Sequence[int]]
 ) -> Float[Tensor, "batch d_vocab"]:
     """Logits at the last real token of each (right-padded) row."""
     tokens, lengths = pad_right(rows)
@@ -49,7 +49,7 @@ def last_token_logits(
 
 @torch.no_grad()
 def induction_head_scores(
-    model: HookedTransformer, *, n: int = 100, half_len: int = 24, seed: int = 4321
+    model: Any, *, n: int = 100, half_len: int = 24, seed: int = 4321
 ) -> dict[str, Float[Tensor, "layer head"]]:
     """Previous-token and induction scores of every head, from its attention pattern.
 
@@ -76,7 +76,7 @@ def induction_head_scores(
 
 @torch.no_grad()
 def evaluate_induction(
-    model: HookedTransformer, *, n: int = 200, half_len: int = 24, seed: int = 12345,
+    model: Any, *, n: int = 200, half_len: int = 24, seed: int = 12345,
     other_lengths: Sequence[int] = (8, 16, 31),
 ) -> dict[str, float | str]:
     """Loss on the first vs the repeated half of random repeated sequences, and the circuit's heads.
@@ -112,7 +112,7 @@ def evaluate_induction(
 
 @torch.no_grad()
 def evaluate_ioi(
-    model: HookedTransformer,
+    model: Any,
     encoder: ToyEncoder,
     *,
     split: str = "heldout",
@@ -145,7 +145,7 @@ def evaluate_ioi(
 
 @torch.no_grad()
 def evaluate_facts(
-    model: HookedTransformer, encoder: ToyEncoder, *, facts: Sequence[Fact] = FACTS
+    model: Any, encoder: ToyEncoder, *, facts: Sequence[Fact] = FACTS
 ) -> dict[str, float]:
     """Recall accuracy on the fact table, and the same with every MLP output zero-ablated.
 

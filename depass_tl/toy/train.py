@@ -1,24 +1,24 @@
 """Training of the toy models (CPU, fixed seeds, a tqdm progress bar).
 
-``python scripts/train_toy.py induction|ioi|facts|all`` calls :func:`train` and :func:`save`, which
-overwrite the shipped weights in ``depass_tl/toy/weights/``. Each model trains in a few minutes
-on one CPU thread.
+``python scripts/train_toy.py induction|ioi|facts|all`` calls :func:`train` and :func:`save_trained`,
+which overwrite the shipped model folders in ``depass_tl/toy/weights/`` (through
+:func:`depass_tl.toy.save`, so the weights, config and tokenizer stay in one format). Each model
+trains in a few minutes on one CPU thread. Training builds a ``HookedTransformer``, so it needs
+TransformerLens < 4; the saved models load on every version.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from depass_tl.errors import DePassError
+from depass_tl.toy.checkpoint import save
 from depass_tl.toy.data import (
     FACTS,
     facts_vocab,
@@ -30,9 +30,7 @@ from depass_tl.toy.data import (
 from depass_tl.toy.encoder import ToyEncoder
 from depass_tl.toy.evaluate import evaluate_facts, evaluate_induction, evaluate_ioi, pad_right
 
-__all__ = ["MODEL_CONFIGS", "TRAINING", "TrainResult", "save", "train"]
-
-FORMAT_VERSION = 1
+__all__ = ["MODEL_CONFIGS", "TRAINING", "TrainResult", "save_trained", "train"]
 
 # HookedTransformerConfig keyword arguments (d_vocab is added from the vocabulary).
 MODEL_CONFIGS: dict[str, dict[str, Any]] = {
@@ -71,7 +69,7 @@ _DESCRIPTIONS = {
 class TrainResult:
     """A trained toy model, its encoder, and its evaluation numbers."""
 
-    model: HookedTransformer
+    model: Any  # a HookedTransformer
     encoder: ToyEncoder
     metrics: dict[str, float]
     training: dict[str, Any] = field(default_factory=dict)
@@ -81,16 +79,28 @@ def _vocab(name: str) -> list[str]:
     return {"induction": induction_vocab, "ioi": ioi_vocab, "facts": facts_vocab}[name]()
 
 
-def build_config(name: str, d_vocab: int, *, seed: int = 0) -> HookedTransformerConfig:
-    """The :class:`HookedTransformerConfig` of toy model ``name`` (float32, CPU)."""
+def _hooked_classes() -> tuple[Any, Any]:
+    try:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+    except ImportError:
+        raise DePassError(
+            "training a toy model builds a HookedTransformer, which TransformerLens 4 removed; train with "
+            "transformer-lens<4 (the saved model then loads on every version)"
+        ) from None
+    return HookedTransformer, HookedTransformerConfig
+
+
+def build_config(name: str, d_vocab: int, *, seed: int = 0) -> Any:
+    """The ``HookedTransformerConfig`` of toy model ``name`` (float32, CPU)."""
     if name not in MODEL_CONFIGS:
         raise DePassError(f"unknown toy model {name!r}; available: {sorted(MODEL_CONFIGS)}")
+    _, HookedTransformerConfig = _hooked_classes()
     return HookedTransformerConfig(
         **MODEL_CONFIGS[name], d_vocab=d_vocab, seed=seed, device="cpu", dtype=torch.float32
     )
 
 
-def _masked_lm_loss(model: HookedTransformer, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def _masked_lm_loss(model: Any, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Next-token loss over the real (non-padding) positions, and the last token's loss."""
     logits = model(tokens, return_type="logits")[:, :-1]
     nll = torch.nn.functional.cross_entropy(
@@ -102,7 +112,7 @@ def _masked_lm_loss(model: HookedTransformer, tokens: torch.Tensor, lengths: tor
     return (nll * mask).sum() / mask.sum() + last.mean()
 
 
-def _last_token_loss(model: HookedTransformer, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def _last_token_loss(model: Any, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     logits = model(tokens, return_type="logits")
     batch = torch.arange(len(lengths))
     return torch.nn.functional.cross_entropy(logits[batch, lengths - 2], tokens[batch, lengths - 1])
@@ -128,6 +138,7 @@ def train(name: str, *, seed: int = 0, steps: int | None = None, progress: bool 
     torch.manual_seed(seed)
     random.seed(seed)
     encoder = ToyEncoder(_vocab(name))
+    HookedTransformer, _ = _hooked_classes()
     model = HookedTransformer(build_config(name, len(encoder), seed=seed))
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
@@ -179,24 +190,7 @@ def train(name: str, *, seed: int = 0, steps: int | None = None, progress: bool 
     return TrainResult(model, encoder, metrics, training=dict(settings, seed=seed))
 
 
-def save(result: TrainResult, name: str, directory: str | Path) -> tuple[Path, Path]:
-    """Write ``{name}.safetensors`` (weights) and ``{name}.json`` (config, vocab, metrics)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to(torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
-             for k, v in result.model.state_dict().items()}
-    weights = directory / f"{name}.safetensors"
-    save_file(state, str(weights), metadata={"format": "pt", "depass_tl_toy": name})
-    weights.chmod(0o644)
-    config = {
-        "format_version": FORMAT_VERSION,
-        "name": name,
-        "description": _DESCRIPTIONS[name],
-        "hooked_transformer_config": dict(MODEL_CONFIGS[name], d_vocab=len(result.encoder)),
-        "vocab": result.encoder.vocab,
-        "metrics": result.metrics,
-        "training": result.training,
-    }
-    meta = directory / f"{name}.json"
-    meta.write_text(json.dumps(config, indent=1) + "\n")
-    return weights, meta
+def save_trained(result: TrainResult, name: str, directory: str | Path) -> Path:
+    """Write trained toy model ``name`` to ``directory/name`` with :func:`depass_tl.toy.save`; returns that folder."""
+    return save(result.model, result.encoder.vocab, Path(directory) / name, name=name,
+                description=_DESCRIPTIONS[name], metrics=result.metrics, training=result.training)

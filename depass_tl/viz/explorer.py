@@ -16,15 +16,17 @@ and the page shows ``target − contrast`` by subtraction, which equals
 Examples:
     >>> import torch, depass_tl
     >>> from depass_tl import viz
-    >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
-    >>> cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
-    ...                               d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
-    >>> model = HookedTransformer(cfg)
+    >>> from depass_tl.toy import random_model
+    >>> cfg = dict(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2,
+    ...            d_mlp=16, d_vocab=20, act_fn="gelu", seed=0)
+    >>> model = random_model(**cfg)
     >>> run = depass_tl.capture(model, torch.tensor([[1, 2, 3]]), extra_hooks=viz.explorer_hooks(2))
     >>> caches = viz.explorer_caches(run, progress=False)
     >>> data = viz.explorer_data(caches, target=5, contrast=7, top_k=3)
     >>> data["rules"], data["candidates"][0]["id"], len(data["by_rule"]["ratio"]["tokens"][0])
-    (['softmax', 'ratio', 'max'], 5, 3)
+    (['softmax', 'ratio', 'max', 'taylor'], 5, 3)
+    >>> data["linear_rules"]  # their parts add up exactly (the page says so)
+    ['ratio', 'taylor']
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import depass_tl
 from depass_tl.cache import DePassCache
 from depass_tl.coefficients import FrozenRun
 from depass_tl.errors import DePassError
-from depass_tl.replay.rules import rule_names
+from depass_tl.replay.rules import get_rule, rule_names
 from depass_tl.viz._backend import check_batch, check_path, str_tokens_of
 from depass_tl.viz._head_sources import head_source_hooks, head_source_spec, source_label
 from depass_tl.viz.flow import plain_hook_labels, residual_hooks
@@ -339,6 +341,7 @@ def explorer_data(
         "target": 0,
         "contrast": None if contrast is None else 1,
         "rules": rules,
+        "linear_rules": [r for r in rules if get_rule(r).linear],
         "rule": rule,
         "temperature": caches.temperature,
         "clean_proj": _rows(directions @ clean_proj),

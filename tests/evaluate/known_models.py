@@ -1,4 +1,4 @@
-"""Hand-built one-layer HookedTransformers whose outputs are known on paper (float64, no norms).
+"""Hand-built one-layer models (HookedTransformer, or a TL-native TransformerBridge on TL 4) whose outputs are known on paper (float64, no norms).
 
 * :func:`linear_token_model`: attention-only, one head, ``W_Q = W_K = 0`` (uniform causal attention),
   ``W_E[v] = [w_v, 0]``, ``W_V = W_O = I``, ``W_U[:, TARGET] = e_0``. At the last position
@@ -12,10 +12,13 @@
 
 from __future__ import annotations
 
-import warnings
+from typing import Any
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from tests.models import config_model
+
+HookedTransformer = Any  # the installed TL's model class (tests/models.py)
 
 TARGET = 7
 WRONG = 6
@@ -25,11 +28,8 @@ WEIGHTS = [0.0, 4.0, 1.0, 3.0, 2.0, 0.0, 0.0, 0.0]  # w_v for v = 0..7; 0 is BOS
 
 
 def _blank(**cfg_kwargs: object) -> HookedTransformer:
-    cfg = HookedTransformerConfig(n_layers=1, n_ctx=16, d_vocab=8, normalization_type=None, dtype=torch.float64,
-                                  device="cpu", seed=0, **cfg_kwargs)  # type: ignore[arg-type]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = HookedTransformer(cfg)
+    model = config_model(n_layers=1, n_ctx=16, d_vocab=8, normalization_type=None, dtype=torch.float64, seed=0,
+                         **cfg_kwargs)
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()

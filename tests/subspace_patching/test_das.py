@@ -58,7 +58,8 @@ def test_k_two_and_reproducible_and_rng_untouched() -> None:
 
 def test_model_is_left_as_it_was(capsys: pytest.CaptureFixture[str]) -> None:
     model = build_toy()
-    model.unembed.W_U.requires_grad_(False)  # a user's own setting must survive
+    w_u = model.unembed.W_U if model.unembed.W_U.is_leaf else model.unembed.original_component.weight  # Bridge: a view
+    w_u.requires_grad_(False)  # a user's own setting must survive
     flags = [p.requires_grad for p in model.parameters()]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     train_das(model, BASE, SOURCE, SITE, logit_diff, steps=3, progress=True)

@@ -201,15 +201,10 @@ def test_bad_inputs_raise() -> None:
 def test_random_model_invariants() -> None:
     # A seeded 2-layer LN/GELU model: the nullspace part of any direction at mlp.hook_post cannot
     # change the output (E(v̂_null) = 0), and E(full) equals TL's own hook_mlp_out patching.
-    import warnings
+    from tests.models import config_model
 
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    cfg = HookedTransformerConfig(n_layers=2, d_model=6, n_ctx=5, d_head=3, n_heads=2, d_mlp=10,
-                                  d_vocab=12, act_fn="gelu", dtype=F64, seed=3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        model = HookedTransformer(cfg)
+    model = config_model(n_layers=2, d_model=6, n_ctx=5, d_head=3, n_heads=2, d_mlp=10, d_vocab=12, act_fn="gelu",
+                         dtype=F64, seed=3)
     base, source = torch.tensor([[1, 4, 2, 7], [3, 3, 9, 1]]), torch.tensor([[1, 8, 2, 5], [3, 6, 9, 0]])
     metric = lambda lg: lg[:, -1, 2] - lg[:, -1, 5]  # noqa: E731
     v = torch.randn(10, generator=torch.Generator().manual_seed(0), dtype=F64)
@@ -245,15 +240,10 @@ def whole_space_model():
     1 - 0.5 + 2 = 2.5. Patching e_0 at the last position gives y = 1 (E = 0.4); patching the whole
     site there gives y = 0.5 (E = 0.2): the other 2.0 comes from position 0 through layer 2.
     """
-    import warnings
+    from tests.models import config_model
 
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    cfg = HookedTransformerConfig(n_layers=3, d_model=3, n_ctx=4, d_head=1, n_heads=1, d_vocab=4, attn_only=True,
-                                  normalization_type=None, act_fn=None, dtype=F64, seed=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        model = HookedTransformer(cfg)
+    model = config_model(n_layers=3, d_model=3, n_ctx=4, d_head=1, n_heads=1, d_vocab=4, attn_only=True,
+                         normalization_type=None, act_fn=None, dtype=F64, seed=0)
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()

@@ -7,10 +7,10 @@ import warnings
 import pytest
 import torch
 import transformer_lens.patching as tlp
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from depass_tl.errors import DePassError
 from depass_tl.subspace_patching import subspace_patch, subspace_patch_hook, subspace_patch_setter
+from tests.models import config_model
 from tests.subspace_patching.toy import SITE, build_toy, logit_diff, tokens
 
 F64 = torch.float64
@@ -86,11 +86,11 @@ def test_generic_activation_patch_by_position() -> None:
 
 
 def test_identity_basis_equals_tl_head_patching() -> None:
-    cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=4, d_head=4, n_heads=2, d_mlp=16,
+    cfg = dict(n_layers=2, d_model=8, n_ctx=4, d_head=4, n_heads=2, d_mlp=16,
                                   d_vocab=10, act_fn="gelu", dtype=F64, seed=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        model = HookedTransformer(cfg)
+        model = config_model(**cfg)
     clean, corrupt = torch.tensor([[1, 2, 3]]), torch.tensor([[1, 5, 3]])
     _, clean_cache = model.run_with_cache(clean)
     metric = lambda logits: logits[0, -1, 4] - logits[0, -1, 7]  # noqa: E731
