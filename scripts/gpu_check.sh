@@ -6,9 +6,11 @@
 #   scripts/gpu_check.sh --profile      # ... plus benchmarks/bench_gpu.py --profile (~30 s)
 #   scripts/gpu_check.sh --cpu-smoke    # the same steps on CPU at tiny sizes (checks this script)
 #
-# On the GPU machine transformer_lens is not installed: the wheels from scripts/gpu_wheels.sh
-# (.gpu-wheels/, carried with the run) are installed into /tmp/depass_gpu_site first.
-# Environment: OUT (default /tmp/depass_gpu_out), PYTHON (default python3), BENCH_BUDGET_S (default 240).
+# On the GPU machine transformer_lens is not installed: the TL 3.9 wheels from scripts/gpu_wheels.sh
+# (.whl/tl3/, ignored by git, carried with the run as `.whl`) are installed with
+# `pip install --no-index --no-deps --target /tmp/depass_gpu_site` first.
+# Environment: OUT (default /tmp/depass_gpu_out), PYTHON (default python3), BENCH_BUDGET_S (default 240),
+# WHEELS (default .whl/tl3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/depass_gpu_out}
@@ -29,9 +31,10 @@ log() { echo "[gpu_check $(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/gpu_check.
 # 1. the kit: transformer_lens importable, depass_tl from this checkout
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ! $PY -c "import transformer_lens" 2>/dev/null; then
-  ls .gpu-wheels/*.whl >/dev/null 2>&1 || { log "no transformer_lens and no .gpu-wheels/: run scripts/gpu_wheels.sh"; exit 3; }
+  WHEELS=${WHEELS:-.whl/tl3}
+  ls "$WHEELS"/*.whl >/dev/null 2>&1 || { log "no transformer_lens and no $WHEELS/*.whl: run scripts/gpu_wheels.sh"; exit 3; }
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/depass_gpu_site \
-    .gpu-wheels/*.whl 2>&1 | tail -3 | tee -a "$OUT/gpu_check.log"
+    "$WHEELS"/*.whl 2>&1 | tail -3 | tee -a "$OUT/gpu_check.log"
   export PYTHONPATH="$PYTHONPATH:/tmp/depass_gpu_site"
   if ! $PY -c "import datasets" 2>/dev/null; then  # TL only imports names from it
     export PYTHONPATH="$PWD:$PWD/benchmarks/gpu_stubs:/tmp/depass_gpu_site"
@@ -43,9 +46,9 @@ command -v nvidia-smi >/dev/null && nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 
 # 2. CUDA correctness subset (completeness in both precisions, chunked == unchunked, TF32 off in exact
 #    mode, a cpu + cuda:0 split, the memory budget); --cpu-smoke runs the same tests on the CPU
-log "tests/test_cuda.py"
+log "tests/test_cuda.py tests/test_devices.py"
 if [ $SMOKE = 1 ]; then export DEPASS_TEST_DEVICE=cpu; fi
-timeout 240 $PY -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/tests_cuda.log"
+timeout 300 $PY -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_devices.py 2>&1 | tee "$OUT/tests_cuda.log"
 TESTS=${PIPESTATUS[0]}
 log "tests exit $TESTS"
 
