@@ -19,8 +19,9 @@ from depass_tl.coefficients import FrozenRun
 from depass_tl.memory import PeakMemory
 from depass_tl.precision import completeness_tolerance
 from depass_tl.replay.engine import replay_components
-from depass_tl.replay.rules import MLPRule, Ratio, register_rule, rule_names, unregister_rule
+from depass_tl.replay.rules import Ratio, register_rule, rule_names, unregister_rule
 from tests.models import make_model, random_tokens
+from tests.test_rules import Equal
 
 DEVICE = os.environ.get("DEPASS_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else None)
 pytestmark = pytest.mark.skipif(DEVICE is None, reason="needs a CUDA device (or DEPASS_TEST_DEVICE=cpu)")
@@ -159,43 +160,14 @@ def test_whole_call_stays_within_max_memory(rule: str) -> None:
         torch.testing.assert_close(dc["unembed.hook_in"], ref["unembed.hook_in"], rtol=0, atol=1e-5)
 
 
-class _Equal(MLPRule):
-    """A custom competitive rule without a direct formula: the default fold/allocate path on the device."""
-
-    name = "equal_cuda"
-
-    def init_stats(self, shape, dtype, device):  # type: ignore[no-untyped-def]
-        from depass_tl.replay.rules import RuleStats
-
-        class Stats(RuleStats):
-            def __init__(self) -> None:
-                self.count = torch.zeros(shape, dtype=dtype, device=device)
-
-            def fold(self, keys, row0, lo, *, keep=False):  # type: ignore[no-untyped-def]
-                self.count[:, lo:] += (keys != 0).sum(0)
-
-            def merge(self, other):  # type: ignore[no-untyped-def]
-                self.count += other.count
-
-            def allocate(self, keys, target, bias_rows, row0, n_rows, lo):  # type: ignore[no-untyped-def]
-                count = self.count[:, lo:]
-                none = count == 0
-                share = (keys != 0).to(target.dtype) * (target / torch.where(none, 1, count))[None]
-                share[bias_rows] += torch.where(none, target, 0)
-                return share
-
-        return Stats()
-
-    def stats_bytes(self, itemsize):  # type: ignore[no-untyped-def]
-        return itemsize
-
-
 def test_custom_rule_on_device() -> None:
-    register_rule(_Equal())
+    """A custom competitive rule without a direct formula (tests/test_rules.py's Equal): the default
+    fold/allocate path on the device."""
+    register_rule(Equal())
     try:
         model = _model("gpt2")
-        _, dc = depass_tl.run_with_depass(model, random_tokens(model, pos=50).to(DEVICE), mlp_rule="equal_cuda",
+        _, dc = depass_tl.run_with_depass(model, random_tokens(model, pos=50).to(DEVICE), mlp_rule="equal",
                                           names_filter=[])
         assert dc.completeness.worst[1] <= completeness_tolerance(torch.float32)
     finally:
-        unregister_rule("equal_cuda")
+        unregister_rule("equal")

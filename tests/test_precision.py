@@ -1,0 +1,111 @@
+"""Precision modes on the CPU: the TF32 flag is forced off during an exact call (and on during a fast
+one) whatever the global setting, restored afterwards (also after an error); the cache records the
+mode and the guard's tolerance for it; the whole call's peak memory stays under ``max_memory``.
+
+The CUDA numbers (TF32 really used or not) are checked by tests/test_cuda.py on a GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import depass_tl
+from depass_tl.errors import DePassError
+from depass_tl.guard import completeness_rtol
+from depass_tl.memory import PeakMemory
+from depass_tl.precision import check_precision, completeness_tolerance, matmul_precision
+from depass_tl.replay.rules import Ratio, register_rule, unregister_rule
+from tests.models import make_model, random_tokens
+
+MATMUL = torch.backends.cuda.matmul
+NEW_API = hasattr(MATMUL, "fp32_precision")  # torch >= 2.9
+
+
+def _flag() -> str:
+    if NEW_API:
+        return MATMUL.fp32_precision
+    return "tf32" if MATMUL.allow_tf32 else "ieee"
+
+
+def _set(flag: str) -> None:
+    if NEW_API:
+        MATMUL.fp32_precision = flag
+    else:
+        MATMUL.allow_tf32 = flag == "tf32"
+
+
+@pytest.fixture
+def restore_flag():  # type: ignore[no-untyped-def]
+    old = _flag()
+    yield
+    _set(old)
+
+
+@pytest.mark.parametrize("globally", ["ieee", "tf32"])
+def test_matmul_precision_sets_and_restores(globally: str, restore_flag) -> None:  # type: ignore[no-untyped-def]
+    _set(globally)
+    with matmul_precision("exact"):
+        assert _flag() == "ieee"
+    assert _flag() == globally
+    with matmul_precision("fast"):
+        assert _flag() == "tf32"
+    assert _flag() == globally
+    with pytest.raises(RuntimeError, match="boom"):
+        with matmul_precision("exact"):
+            raise RuntimeError("boom")
+    assert _flag() == globally
+
+
+def test_the_replay_runs_with_the_mode_flag(restore_flag) -> None:  # type: ignore[no-untyped-def]
+    """A rule sees TF32 off inside an exact call even when it is on globally, and on inside a fast call."""
+    seen: list[str] = []
+
+    class Spy(Ratio):
+        name = "tf32_spy_cpu"
+
+        def split(self, keys, neurons, bias_rows, group_size):  # type: ignore[no-untyped-def]
+            seen.append(_flag())
+            return super().split(keys, neurons, bias_rows, group_size)
+
+    register_rule(Spy())
+    try:
+        model = make_model("llama", dtype=torch.float32)
+        toks = random_tokens(model)
+        _set("tf32")
+        _, exact = depass_tl.run_with_depass(model, toks, mlp_rule="tf32_spy_cpu", names_filter=[])
+        assert set(seen) == {"ieee"} and _flag() == "tf32"
+        seen.clear()
+        _set("ieee")
+        _, fast = depass_tl.run_with_depass(model, toks, mlp_rule="tf32_spy_cpu", names_filter=[], precision="fast")
+        assert set(seen) == {"tf32"} and _flag() == "ieee"
+    finally:
+        unregister_rule("tf32_spy_cpu")
+    assert (exact.precision, fast.precision) == ("exact", "fast")
+    assert exact.completeness.rtol == completeness_rtol(torch.float32, torch.float32) == 1e-4
+    assert fast.completeness.rtol == completeness_tolerance(torch.float32, "fast") == 1e-2
+    # on the CPU TF32 does not exist: both modes compute the same numbers
+    torch.testing.assert_close(fast["unembed.hook_in"], exact["unembed.hook_in"], rtol=0, atol=0)
+
+
+def test_unknown_precision_is_refused() -> None:
+    model = make_model("gpt2")
+    with pytest.raises(DePassError, match="precision must be one of 'exact', 'fast'"):
+        depass_tl.run_with_depass(model, random_tokens(model), precision="tf32")
+    with pytest.raises(DePassError, match="precision must be one of"):
+        check_precision(None)
+
+
+@pytest.mark.parametrize("rule", ["softmax", "max", "ratio"])
+def test_whole_call_peak_stays_under_max_memory(rule: str) -> None:
+    """run_with_depass (capture + replay + temporaries, PeakMemory) stays under max_memory; same numbers."""
+    model = make_model("llama", n_layers=2, d_model=32, d_mlp=256, n_ctx=64, dtype=torch.float32)
+    toks = random_tokens(model, batch=1, pos=48)
+    with PeakMemory() as unbounded:
+        _, ref = depass_tl.run_with_depass(model, toks, mlp_rule=rule, names_filter=[])
+    for frac in (0.7, 0.9):
+        budget = int(unbounded.peak * frac)
+        with PeakMemory() as mem:
+            _, dc = depass_tl.run_with_depass(model, toks, mlp_rule=rule, names_filter=[], max_memory=budget)
+        assert mem.peak <= budget, (mem.peak, budget, unbounded.peak)
+        torch.testing.assert_close(dc["unembed.hook_in"], ref["unembed.hook_in"], rtol=0, atol=2e-6)
