@@ -57,7 +57,7 @@ from torch import Tensor
 from depass_tl.backends import read_model_view
 from depass_tl.backends.bridge import is_bridge, optional_tensor
 from depass_tl.cache import DePassCache
-from depass_tl.errors import DePassError, HookNotFoundError
+from depass_tl.errors import CompletenessError, DePassError, HookNotFoundError
 from depass_tl.replay.norm import apply_norm
 
 __all__ = ["ScoreAttribution", "attention_score_attrs"]
@@ -264,8 +264,8 @@ def _check_complete(result: ScoreAttribution, eps: float) -> None:
     groups = v.reshape(-1, result.group_size, *v.shape[1:])
     miss = (groups.sum(1) - result.clean).abs()  # [group, batch, head]
     allowed = _CHECK_ULPS * eps * (groups.abs().sum(1) + result.clean.abs())
-    if bool((miss > allowed).any()):
-        raise DePassError(
+    if not bool((miss <= allowed).all()):  # NaN fails too
+        raise CompletenessError(
             f"the split scores miss TransformerLens's hook_attn_scores by up to {float(miss.max()):.3g} (allowed "
             f"{float(allowed.max()):.3g}): the DePassCache and the ActivationCache must come from the same model and "
             "input (rotary models: without left padding, whose shifted positions the DePassCache does not record)."

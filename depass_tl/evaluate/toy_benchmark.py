@@ -98,10 +98,22 @@ class BenchmarkResults:
 
 
 def weights_fingerprint(name: str) -> str:
-    """SHA-256 (first 16 hex digits) of the shipped toy's weights file: changes when it is retrained."""
-    from depass_tl.toy.loading import WEIGHTS_DIR
+    """SHA-256 (first 16 hex digits) of the shipped toy's parameters: changes when it is retrained.
 
-    return hashlib.sha256((WEIGHTS_DIR / f"{name}.safetensors").read_bytes()).hexdigest()[:16]
+    Computed from the tensors (names, dtypes, shapes, values), not the file's bytes, so re-saving the
+    same weights in another layout keeps the fingerprint.
+    """
+    from safetensors.torch import load_file
+
+    from depass_tl.toy.loading import MODEL_FILE, folder
+
+    digest = hashlib.sha256()
+    for key, t in sorted(load_file(str(folder(name) / MODEL_FILE)).items()):
+        if key.endswith((".attn.mask", ".attn.IGNORE")):  # buffers, not weights
+            continue
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def token_methods_for(task: ToyTask, *, captum: bool = True, seed: int = 0) -> dict[str, Any]:

@@ -140,15 +140,20 @@ assert max(grouped.completeness_error(relative=True).values()) < 1e-4
 #
 # * `softmax` (the paper's default): shares `softmax(γ / 0.1)`;
 # * `ratio`: the frozen slope `post / pre` times `γ_c`, which makes the whole replay linear;
-# * `max`: the whole neuron to the largest `γ_c`.
+# * `max`: the whole neuron to the largest `γ_c`;
+# * `taylor` (the official code's): `(act(g) / g) γ_c`; the same as `ratio` here (the toy's MLPs are
+#   not gated), different on gated MLPs (Llama), where it splits along the gate.
 #
-# All three are exact (the total is the real activation); they differ in how it is allocated.
+# All are exact (the total is the real activation); they differ in how it is allocated. To see whether
+# the choice matters for a question, `depass_tl.evaluate.rule_sensitivity(model, tokens, io,
+# incorrect=s)` compares every rule and temperature from one capture.
 #
 # The `ioi` toy is attention-only, so the rules only matter on a model with MLPs: the `facts` toy
 # (2 layers with MLPs) recalls synthetic facts such as *"Anna Kowal lives in the city of"* → *Rome*,
 # and its MLPs do the recalling.
 
 # %%
+from depass_tl.replay.rules import rule_names
 from depass_tl.toy.data import FACTS
 
 facts_model, facts_enc = toy.load("facts")
@@ -158,7 +163,7 @@ fact_str = facts_enc.to_str_tokens(fact_tokens)
 answer = facts_enc.token_id(fact.attribute)
 print(repr(fact.prompt), "->", facts_enc.to_str_tokens(facts_model(fact_tokens)[0, -1].argmax(-1, keepdim=True)))
 rows = {}
-for rule in ("softmax", "ratio", "max"):
+for rule in rule_names():
     _, d = depass_tl.run_with_depass(facts_model, fact_tokens, mlp_rule=rule)
     a = d.logit_attrs(answer)[:, 0]
     rows[rule] = {"first-name share": float(a[1]), "surname share": float(a[2]),
