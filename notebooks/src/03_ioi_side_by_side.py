@@ -112,13 +112,14 @@ share = pd.Series({label: float(mean_attrs[dc.component(label)]) for label in dc
 print((share / float(clean_ld.mean())).round(2).to_string())
 layer1_share = float(share[[f"L1H{h}" for h in range(n_heads)]].sum() / clean_ld.mean())
 print(f"layer-1 heads together: {layer1_share:.0%} of the logit difference")
-assert layer1_share > 0.6
+assert layer1_share > 0.9
 viz.head_grid(dc, attrs=mean_attrs[:, None].expand(-1, len(io)), target="mean logit(IO) − logit(S)")
 
 # %% [markdown]
-# In layer 1 (the last layer) the four heads carry most of the logit difference between them; what
-# is left for `L1.rest` is layer 0's direct effect. In layer 0 the shares are spread: every layer-0
-# head writes something that the layer-1 heads later move, through their frozen patterns.
+# In layer 1 (the last layer) the four heads carry the whole logit difference between them (a little
+# more: `L1.rest`, the direct effect of everything before layer 1, is slightly negative). In layer 0
+# the shares are spread: every layer-0 head writes something that the layer-1 heads later move to END
+# through their frozen patterns.
 #
 # ## 2 · Attention patterns: what do these heads look at?
 #
