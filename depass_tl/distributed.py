@@ -142,16 +142,20 @@ class ComponentShard(Shard):
 
     def reduce_stats(self, stats: dict[int, RuleStats]) -> None:
         """All-gather each group's statistics and merge them in rank order, with the rule's ``merge``."""
+        for g in sorted(stats):
+            self.reduce_one(stats[g])
+
+    def reduce_one(self, stats: RuleStats) -> None:
+        """One group's statistics made those of all ranks (in place; a collective: every rank calls it)."""
         import torch.distributed as dist
 
-        for g in sorted(stats):
-            gathered = []
-            for owner, name in _slots(stats[g]):
-                t = getattr(owner, name).contiguous()
-                parts = [torch.empty_like(t) for _ in range(self.size)]
-                dist.all_gather(parts, t, group=self.where.group)
-                gathered.append(parts)
-            merge_gathered(stats[g], gathered)
+        gathered = []
+        for owner, name in _slots(stats):
+            t = getattr(owner, name).contiguous()
+            parts = [torch.empty_like(t) for _ in range(self.size)]
+            dist.all_gather(parts, t, group=self.where.group)
+            gathered.append(parts)
+        merge_gathered(stats, gathered)
 
     def reduce_sums(self, sums: dict[str, Tensor]) -> None:
         import torch.distributed as dist
