@@ -25,7 +25,12 @@ coefficients:
 ``stats.fold`` over the unit's keys; :attr:`BlockStep.reducer`, when set, is called right there with the
 statistics (e.g. an all-reduce over processes that each hold some of the unit's components, merging with
 :meth:`~depass_tl.replay.rules.RuleStats.merge`) before ``stats.allocate``. Without a reducer the rule's
-one-shot :meth:`~depass_tl.replay.rules.MLPRule.share` is used.
+one-shot :meth:`~depass_tl.replay.rules.MLPRule.share` is used. A sharded replay
+(:mod:`~depass_tl.replay.shard`) sets the reducer to :meth:`Shard.reduce_one
+<depass_tl.replay.shard.Shard.reduce_one>`: every rank walks the same units (cut from the global plan,
+:mod:`~depass_tl.replay.layout`), calls it on each, fresh statistics where it holds none of the unit's
+components, and sums the padding moves with :meth:`Shard.reduce_sums
+<depass_tl.replay.shard.Shard.reduce_sums>` in :meth:`Outputs.settle`.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from depass_tl.replay.mlp import mlp_neurons
 from depass_tl.replay.moe import moe
 from depass_tl.replay.norm import apply_norm
 from depass_tl.replay.rules import MLPRule, Neurons, RuleStats
+from depass_tl.replay.shard import Shard
 from depass_tl.replay.state import SourcesPlan
 from depass_tl.replay.weights import Folded, PreparedBlock
 
@@ -76,17 +82,21 @@ class Outputs:
         shape: ``(components of all groups, batch, pos, d_model)``.
         n_groups: number of groups (padding moves are settled per group).
         pad: ``[batch, pos]`` bool, True at padded positions (None: no padding).
+        dtype, device: of the stored tensors when no chunk says (a rank of a sharded replay holding none).
     """
 
-    def __init__(self, wanted: set[str], shape: tuple[int, int, int, int], n_groups: int, pad: Tensor | None) -> None:
+    def __init__(self, wanted: set[str], shape: tuple[int, int, int, int], n_groups: int, pad: Tensor | None, *,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
         self.wanted = wanted
         self.shape = shape
         self.n_groups = n_groups
         self.pad = pad
+        self.dtype, self.device = dtype, torch.device(device)
         self.acts: dict[str, Tensor] = {}
 
     def to(self, device: torch.device) -> None:
         """Work on ``device`` from now on (the padding mask follows the block)."""
+        self.device = torch.device(device)
         if self.pad is not None:
             self.pad = self.pad.to(device)
 
@@ -97,7 +107,8 @@ class Outputs:
     def store_state(self, name: str, chunks: list[Chunk]) -> None:
         """Store the chunks' current residual state as hook ``name`` (zeros before each chunk's ``lo``)."""
         if name in self.wanted:
-            buf = chunks[0].x.new_zeros(self.shape)
+            buf = torch.zeros(self.shape, dtype=chunks[0].x.dtype if chunks else self.dtype,
+                              device=chunks[0].x.device if chunks else self.device)
             for ch in chunks:
                 buf[ch.rows, :, ch.lo:] = ch.x
             self.acts[name] = buf
@@ -118,8 +129,17 @@ class Outputs:
             self.acts[name][ch.rows, :, ch.lo:] = t
         return t
 
-    def settle(self, totals: dict[str, Tensor], chunks: list[Chunk]) -> None:
-        """Padding: hand each group's moved totals to its bias component (state and stored output)."""
+    def settle(self, totals: dict[str, Tensor], chunks: list[Chunk], names: tuple[str, ...] = (),
+               shard: Shard | None = None) -> None:
+        """Padding: hand each group's moved totals to its bias component (state and stored output).
+
+        ``names``: the hooks this sublayer emitted; a sharded replay sums their totals over the ranks
+        first (every rank the same tensors, zeros where it moved nothing)."""
+        if shard is not None and self.pad is not None:
+            _, B, P, D = self.shape
+            for name in names:
+                totals.setdefault(name, torch.zeros(self.n_groups, B, P, D, dtype=self.dtype, device=self.device))
+            shard.reduce_sums(totals)
         for name, tot in totals.items():
             for ch in chunks:
                 if ch.has_bias:
@@ -142,6 +162,7 @@ class BlockStep:
         group_size: components per group.
         sources: the sources plan (None: plain components).
         reducer: called with each unit's statistics once they are complete (competitive rules).
+        shard: a sharded replay's part (None: one process); its ``reduce_sums`` settles padding.
     """
 
     layer: int
@@ -152,6 +173,7 @@ class BlockStep:
     group_size: int
     sources: SourcesPlan | None = None
     reducer: Reducer | None = None
+    shard: Shard | None = None
 
     @property
     def prefix(self) -> str:
@@ -277,22 +299,35 @@ def _post_norm(out: Tensor, chunks: list[Chunk], r0: int, step: BlockStep, name:
 
 
 # ----------------------------------------------------------------------------------------- MLP
-def unit_shares(keys: Tensor, neurons: Neurons, rule: MLPRule, bias: Tensor, reducer: Reducer | None) -> Tensor:
+def unit_shares(keys: Tensor, neurons: Neurons, rule: MLPRule, bias: Tensor, reducer: Reducer | None,
+                rows: tuple[int, ...] | None = None) -> Tensor:
     """The rule's shares ``[n_comp, batch, width, d_mlp]`` of one unit's target (``keys`` may be consumed).
 
     The unit holds every component of its group that can be nonzero there, the bias last. A competitive
     rule folds every key into fresh statistics, which are then complete (``reducer`` is called with
     them), and allocates; without a reducer its one-shot :meth:`~depass_tl.replay.rules.MLPRule.share`.
-    ``bias``: the unit's bias component, ``[n_comp - 1]``.
+    ``bias``: the unit's bias component, ``[n_comp - 1]`` (empty when the unit does not hold it).
+    ``rows``: in a sharded replay, each held component's row among every rank's components of the unit
+    (None: ``0 .. n_comp - 1``); the keys are folded and allocated in runs of consecutive rows, so the
+    statistics' row numbers (a ``max`` winner's index) are the same on every rank. With no component
+    held (``n_comp`` 0) the reducer still receives fresh statistics (every rank calls it per unit).
     """
     n_comp = keys.shape[0]
     if rule.linear or reducer is None:
-        return rule.split(keys, neurons, bias, n_comp)
+        return rule.split(keys, neurons, bias, n_comp) if n_comp else keys
     stats = rule.init_stats(tuple(neurons.target.shape), keys.dtype, keys.device)
-    cached = stats.fold(keys, 0, 0, keep=rule.caches_keys)
+    rows = tuple(range(n_comp)) if rows is None else rows
+    runs = [i for i in range(n_comp) if i == 0 or rows[i] != rows[i - 1] + 1] + [n_comp]  # starts of runs
+    cached = [stats.fold(keys[i:j], rows[i], 0, keep=rule.caches_keys) for i, j in zip(runs, runs[1:])]
     reducer(stats)  # the statistics of this unit are complete here
-    use = cached if rule.caches_keys else (keys if rule.reads_keys else None)
-    return stats.allocate(use, neurons.target, bias, 0, n_comp, 0)
+    if not n_comp:
+        return keys
+    parts = []
+    for (i, j), c in zip(zip(runs, runs[1:]), cached):
+        use = c if rule.caches_keys else (keys[i:j] if rule.reads_keys else None)
+        local = bias[(bias >= i) & (bias < j)] - i
+        parts.append(stats.allocate(use, neurons.target, local, rows[i], j - i, 0))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _mlp_pass(state: State, step: BlockStep, mp: MLPPass, inv: Tensor | None) -> Tensor:
@@ -314,9 +349,12 @@ def _mlp_pass(state: State, step: BlockStep, mp: MLPPass, inv: Tensor | None) ->
         neurons = mlp_neurons(m, lambda name: step.scale("mlp." + name, u.p0, u.p1))
         unit_rule = rule
         if hasattr(rule, "edit_unit_keys"):  # the official code's key edits (rules/official.py), then its rule
-            rule.edit_unit_keys(k, u.comps, u.p0)
+            if u.n_comp:
+                rule.edit_unit_keys(k, u.comps, u.p0)
             unit_rule = rule.inner
-        share = unit_shares(k, neurons, unit_rule, mp.bias_of(i), step.reducer)
+        share = unit_shares(k, neurons, unit_rule, mp.bias_of(i), step.reducer, u.rows)
+        if not u.n_comp:  # a sharded replay's unit with none of this rank's components (the reducer was called)
+            continue
         if m.ln is not None:  # solu_ln: the inner norm over d_mlp, its bias to the bias component
             share = apply_norm(share, step.scale("mlp.ln.hook_scale", u.p0, u.p1), m.ln, mp.bias_of(i))
         if share.data_ptr() != k.data_ptr():
@@ -331,6 +369,8 @@ def _mlp_pass(state: State, step: BlockStep, mp: MLPPass, inv: Tensor | None) ->
     del keys
     _bias_rows_add(out, mp.bias_rows, m.b_out)
     for u in mp.units:
+        if not u.n_comp:
+            continue
         if credit is not None:  # sources mode: one chunk, so a unit holds every component in group order
             o = out[u.off : u.off + u.n_rows].view(u.n_comp, -1, out.shape[-1])
             src = torch.tensor(credit[0], device=out.device)
@@ -410,7 +450,7 @@ def attn_step(state: State, step: BlockStep, out: Outputs, *, store_pre: bool, s
         parts.append(_attention(state, step, i, j, inv, fused))
     if fused:
         return _store_after(state, out, p, block, store_after)
-    a_out = torch.cat(parts) if len(parts) > 1 else parts[0]
+    a_out = torch.cat(parts) if len(parts) > 1 else parts[0] if parts else state.X.new_zeros(0, state.D)
     assert a_out is not None
     m_out = _mlp_all(state, step, fused=False) if parallel else None
     totals: dict[str, Tensor] = {}
@@ -419,7 +459,7 @@ def attn_step(state: State, step: BlockStep, out: Outputs, *, store_pre: bool, s
         a_out = a_out + _emit(state, out, p + "hook_mlp_out", m_out, totals)
     state.add_(slice(0, state.active_rows), a_out)
     del a_out, m_out
-    out.settle(totals, state.active)
+    out.settle(totals, state.active, (p + "hook_attn_out",) + ((p + "hook_mlp_out",) if parallel else ()), step.shard)
     _store_after(state, out, p, block, store_after)
 
 
@@ -440,6 +480,6 @@ def mlp_step(state: State, step: BlockStep, out: Outputs, *, store_after: bool) 
         m_out = _emit(state, out, name, m_out, totals)
         state.add_(slice(0, state.active_rows), m_out)
         del m_out
-        out.settle(totals, state.active)
+        out.settle(totals, state.active, (name,), step.shard)
     if store_after:
         out.store_state(p + "hook_resid_post", state.active)

@@ -47,6 +47,10 @@ sublayer. So chunking never changes the numbers beyond float rounding, and a mem
 (:mod:`~depass_tl.replay.device`), and its weights are laid out once per block with the norms folded in
 (:mod:`~depass_tl.replay.weights`).
 
+**Sharding.** With a :class:`~depass_tl.replay.shard.Shard` (``distributed=True``) every rank plans the
+same chunks, holds only those it owns, cuts the MLP units from the whole plan and reduces each unit's
+statistics and every sublayer's padding moves across the ranks (:mod:`~depass_tl.replay.shard`).
+
 Block variants (parallel attention/MLP, Gemma-2/3 post-norms, SoLU, MoE) live in
 :mod:`~depass_tl.replay.block`; pattern-only features (rotary, ALiBi, shortformer, sliding windows,
 soft-capped scores, qk-norm, attention sinks' extra softmax column) need nothing: the pattern is frozen.
@@ -69,6 +73,7 @@ from depass_tl.replay.layout import State, attn_passes
 from depass_tl.replay.norm import apply_norm
 from depass_tl.replay.plan import plan_chunks, row_starts
 from depass_tl.replay.rules import DEFAULT_TEMPERATURE, RuleLike, get_rule
+from depass_tl.replay.shard import Shard
 from depass_tl.replay.state import FINAL_HOOK, DiagonalComponents, InitialState, schedule, stage_index
 from depass_tl.replay.weights import PreparedBlock
 
@@ -88,6 +93,7 @@ def replay_components(
     causal_skip: bool = True,
     held_bytes: int = 0,
     reducer: Reducer | None = None,
+    shard: Shard | None = None,
 ) -> dict[str, Tensor]:
     """Propagate the initial components block by block and return the decomposed activations.
 
@@ -113,6 +119,10 @@ def replay_components(
             against ``max_memory``.
         reducer: called with each MLP unit's statistics under a competitive rule once they are complete
             (:mod:`~depass_tl.replay.block`; e.g. to merge them across processes).
+        shard: replay only this rank's chunks, reduce every MLP unit's rule statistics
+            (:meth:`~depass_tl.replay.shard.Shard.reduce_one`, the reducer) and the padding moves across
+            ranks (:mod:`~depass_tl.replay.shard`); every stored hook then holds this rank's rows and
+            zeros elsewhere. None: one process.
 
     Returns:
         hook name -> ``[component, batch, pos, d_model]`` (components of all groups, in order).
@@ -136,13 +146,19 @@ def replay_components(
     starts = [_starts(src, causal) for src in sources]
     names = [n for n in init.stored_hook_names(view) if n == FINAL_HOOK or keep(n)]
     dev0 = block_device(view.blocks[layers[0]]) if layers else view.device
+    if shard is not None and splittable and chunk_size is None and max_memory is None:
+        chunk_size = shard.chunk_rows(K - 1)
     plan = plan_chunks(
         view, starts, batch=B, n_pos=P, itemsize=torch.finfo(dtype).bits // 8, rule=rule,
         n_stored=len(names), chunk_size=chunk_size, max_memory=max_memory, splittable=splittable, why_not=why_not,
         device_type=torch.device(dev0).type, held_bytes=held_bytes, init_bytes=sum(_nbytes(s) for s in sources),
     )
-    state = State(plan.chunks, K, (B, P, D), dtype, dev0, plan.attn_rows, plan.mlp_rows)
-    out = Outputs(set(names), (K * G, B, P, D), G, run.pad)
+    mine, every = plan.chunks, None
+    if shard is not None:  # this rank's chunks; the MLP units are cut from the whole plan
+        mine = tuple(c for c, own in zip(plan.chunks, shard.owns(plan.chunks, P)) if own)
+        every, reducer = plan.chunks, shard.reduce_one
+    state = State(mine, K, (B, P, D), dtype, dev0, plan.attn_rows, plan.mlp_rows, every)
+    out = Outputs(set(names), (K * G, B, P, D), G, run.pad, dtype=dtype, device=dev0)
     pending = list(range(G))
 
     def enter(stage: int) -> None:
@@ -168,7 +184,7 @@ def replay_components(
         if step is None or step.layer != l:
             w = _cast_view(block, dtype)
             step = BlockStep(l, w, PreparedBlock.build(w, rule.gated_keys), block_tensors(run.acts, f"blocks.{l}.", dtype, dev),
-                             rule, K, init.sources, reducer)
+                             rule, K, init.sources, reducer, shard)
             out.to(dev)
             state.to(dev)
         enter(s)

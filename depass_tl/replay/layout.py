@@ -16,6 +16,12 @@ matrix product over many chunks at once, and only what mixes positions (attentio
   those positions, so a competitive rule's statistics are complete within it (no second pass, no
   cached keys); units are grouped into **MLP passes** that share their matrix products.
 
+**A sharded replay** (:mod:`~depass_tl.replay.shard`): a rank's state holds only the chunks it owns,
+but its units are cut from the *global* plan (``every``), so every rank walks the same units in the
+same order, each with the same positions; a unit then holds this rank's components of it (maybe
+none, maybe not the bias), and :attr:`Unit.rows` says where they sit among all of the unit's
+components (a rule's tie-breaks and :class:`~depass_tl.replay.rules.RuleStats` rows are global).
+
 Rows per pass are capped by the memory plan (:mod:`~depass_tl.replay.plan`); the index tensors are
 built once per replay on the CPU and moved with the state (:meth:`State.to`).
 """
@@ -71,7 +77,11 @@ class Chunk:
 @dataclass(frozen=True)
 class Unit:
     """All components of group ``g`` held at positions ``[p0, p1)``: rows ``[n_comp, batch, p1 - p0]``
-    at ``off`` in its pass (the group's bias component last)."""
+    at ``off`` in its pass (the group's bias component last).
+
+    In a sharded replay only this rank's components of the unit (``n_comp`` may be 0); ``rows`` are
+    their places among all of the unit's components (one process: ``0 .. n_comp - 1``), ``has_bias``
+    whether this rank holds the group's bias component."""
 
     g: int
     p0: int
@@ -80,6 +90,8 @@ class Unit:
     off: int
     n_rows: int
     comps: tuple[int, ...] = ()  # the held components' indices within the group, in row order
+    rows: tuple[int, ...] = ()  # their rows among every rank's components of the unit
+    has_bias: bool = True
 
     @property
     def width(self) -> int:
@@ -110,7 +122,7 @@ class MLPPass:
         self.bias_rows = self.bias_rows.to(device)
 
     def bias_of(self, i: int) -> Tensor:
-        return self.bias[i : i + 1]
+        return self.bias[i : i + 1] if self.units[i].has_bias else self.bias[:0]
 
 
 def _chunk_rows(n: int, B: int, P: int, lo: int, off: int) -> tuple[Tensor, Tensor]:
@@ -134,34 +146,45 @@ def attn_passes(chunks: Sequence[Chunk], max_rows: int) -> list[tuple[int, int]]
     return out
 
 
-def mlp_passes(chunks: Sequence[Chunk], n_pos: int, batch: int, max_rows: int) -> list[MLPPass]:
+def mlp_passes(chunks: Sequence[Chunk], n_pos: int, batch: int, max_rows: int,
+               every: Sequence[tuple[int, int, int, int]] | None = None) -> list[MLPPass]:
     """The MLP units of the chunks' groups, grouped into passes of at most ``max_rows`` rows.
 
     A unit spans a block of positions between consecutive chunk starts of its group, narrowed (never
-    below one position) until it fits ``max_rows``.
+    below one position) until it fits ``max_rows``. ``every``: a sharded replay's global plan
+    ``(group, a, b, lo)`` of the active groups; the units are then cut from it (the same on every
+    rank) and hold the components of ``chunks`` (this rank's) among them.
     """
     B, P = batch, n_pos
+    if every is None:
+        every = [(ch.g, ch.a, ch.b, ch.lo) for ch in chunks]
+    # per group: every component's (index in group, lo), in chunk order
+    glob: dict[int, list[tuple[int, int]]] = {}
+    for g, a, b, lo in every:
+        glob.setdefault(g, []).extend((k, lo) for k in range(a, b))
     # per component (chunk order): its chunk's first row, lo, and its index in the chunk
     comp_off = torch.tensor([ch.off for ch in chunks for _ in range(ch.n_rows)], dtype=torch.long)
     comp_lo = torch.tensor([ch.lo for ch in chunks for _ in range(ch.n_rows)], dtype=torch.long)
     comp_c = torch.tensor([c for ch in chunks for c in range(ch.n_rows)], dtype=torch.long)
     comp_g = torch.tensor([ch.g for ch in chunks for _ in range(ch.n_rows)], dtype=torch.long)
     comp_k = [ch.a + c for ch in chunks for c in range(ch.n_rows)]  # index within the group
+    comp_bias = [ch.has_bias and c == ch.n_rows - 1 for ch in chunks for c in range(ch.n_rows)]
     b = torch.arange(B)[None, :, None]
-    blocks: list[tuple[int, int, int, Tensor]] = []
-    for g in sorted({ch.g for ch in chunks}):
-        los = sorted({ch.lo for ch in chunks if ch.g == g})
+    blocks: list[tuple[int, int, int, Tensor, dict[int, int]]] = []
+    for g in sorted(glob):
+        los = sorted({lo for _, lo in glob[g]})
         for p0, p1 in zip(los, los[1:] + [P]):
+            row_of = {k: r for r, k in enumerate(k for k, lo in glob[g] if lo <= p0)}  # every rank's, in order
             held = torch.nonzero((comp_g == g) & (comp_lo <= p0)).flatten()
-            step = max(1, min(p1 - p0, max_rows // max(1, len(held) * B)))
+            step = max(1, min(p1 - p0, max_rows // max(1, len(row_of) * B)))
             for q0 in range(p0, p1, step):
-                blocks.append((g, q0, min(q0 + step, p1), held))
+                blocks.append((g, q0, min(q0 + step, p1), held, row_of))
     passes: list[MLPPass] = []
     units: list[Unit] = []
     idx: list[Tensor] = []
     pos: list[Tensor] = []
     rows = 0
-    for g, p0, p1, held in blocks:
+    for g, p0, p1, held, row_of in blocks:
         n = len(held) * B * (p1 - p0)
         if units and rows + n > max_rows:
             passes.append(_pass(units, idx, pos, B))
@@ -170,7 +193,10 @@ def mlp_passes(chunks: Sequence[Chunk], n_pos: int, batch: int, max_rows: int) -
         p = torch.arange(p0, p1)[None, None, :]
         idx.append((off + (c * B + b) * (P - lo) + (p - lo)).reshape(-1))
         pos.append((b * P + p).expand(len(held), B, p1 - p0).reshape(-1))
-        units.append(Unit(g, p0, p1, len(held), rows, n, tuple(comp_k[i] for i in held.tolist())))
+        h = held.tolist()
+        comps = tuple(comp_k[i] for i in h)
+        has_bias = bool(h) and comp_bias[h[-1]]  # the group's bias component is its last
+        units.append(Unit(g, p0, p1, len(h), rows, n, comps, tuple(row_of[k] for k in comps), has_bias))
         rows += n
     if units:
         passes.append(_pass(units, idx, pos, B))
@@ -178,8 +204,10 @@ def mlp_passes(chunks: Sequence[Chunk], n_pos: int, batch: int, max_rows: int) -
 
 
 def _pass(units: list[Unit], idx: list[Tensor], pos: list[Tensor], batch: int) -> MLPPass:
-    bias_rows = torch.cat([torch.arange(u.bias_rows(batch).start, u.bias_rows(batch).stop) for u in units])
-    return MLPPass(tuple(units), torch.cat(idx), torch.cat(pos), torch.tensor([u.n_comp - 1 for u in units]), bias_rows)
+    bias_rows = torch.cat([torch.arange(u.bias_rows(batch).start, u.bias_rows(batch).stop) for u in units if u.has_bias]
+                          + [torch.zeros(0, dtype=torch.long)])
+    return MLPPass(tuple(units), torch.cat(idx), torch.cat(pos), torch.tensor([max(u.n_comp - 1, 0) for u in units]),
+                   bias_rows)
 
 
 class State:
@@ -194,17 +222,22 @@ class State:
         shape: ``(batch, n_pos, d_model)``.
         dtype, device: of ``X`` (zeros until the groups enter).
         attn_rows, mlp_rows: the largest pass, in rows.
+        every: a sharded replay's whole plan, of which ``plan`` is this rank's part (the MLP units are
+            cut from it: :func:`mlp_passes`); None: ``plan`` is the whole plan.
     """
 
     def __init__(
         self, plan: Sequence[tuple[int, int, int, int]], group_size: int, shape: tuple[int, int, int],
         dtype: torch.dtype, device: torch.device, attn_rows: int, mlp_rows: int,
+        every: Sequence[tuple[int, int, int, int]] | None = None,
     ) -> None:
         self.K = group_size
         self.B, self.P, self.D = shape
         self.plan = list(plan)
+        self.every = None if every is None else list(every)
         self.attn_rows, self.mlp_rows = attn_rows, mlp_rows
         self.n_active = 0  # chunks of the groups that have entered
+        self.n_groups = 0  # groups that have entered (a rank may hold no chunk of some)
         self._layout(dtype, device)
 
     def _layout(self, dtype: torch.dtype, device: torch.device) -> None:
@@ -217,7 +250,7 @@ class State:
         ]
         pos = [_chunk_rows(b - a, B, P, lo, 0)[1] for _, a, b, lo in self.plan]
         self.pos = torch.cat(pos).to(device) if pos else torch.zeros(0, dtype=torch.long, device=device)
-        self._passes_for = -1
+        self._passes_for: tuple[int, int] = (-1, -1)
         self.refresh()
 
     # ------------------------------------------------------------------------------ views and rows
@@ -244,6 +277,7 @@ class State:
         new = [ch for ch in self.chunks if ch.g == g]
         assert all(ch is self.chunks[self.n_active + i] for i, ch in enumerate(new)), "groups enter in order"
         self.n_active += len(new)
+        self.n_groups = max(self.n_groups, g + 1)
         return new
 
     def to(self, device: torch.device) -> None:
@@ -278,6 +312,8 @@ class State:
             return
         old = [(ch.lo, ch.x) for ch in self.chunks]
         self.plan = [(g, a, b, 0) for g, a, b, _ in self.plan]
+        if self.every is not None:
+            self.every = [(g, a, b, 0) for g, a, b, _ in self.every]
         self._layout(self.X.dtype, self.X.device)
         for ch, (lo, x) in zip(self.chunks, old):
             ch.x[:, :, lo:] = x
@@ -287,11 +323,12 @@ class State:
         return attn_passes(self.active, self.attn_rows)
 
     def mlp_passes(self) -> list[MLPPass]:
-        if self._passes_for != self.n_active:
-            self._mlp = mlp_passes(self.active, self.P, self.B, self.mlp_rows)
+        if self._passes_for != (self.n_active, self.n_groups):
+            every = None if self.every is None else [c for c in self.every if c[0] < self.n_groups]
+            self._mlp = mlp_passes(self.active, self.P, self.B, self.mlp_rows, every)
             for p in self._mlp:
                 p.to(self.X.device)
-            self._passes_for = self.n_active
+            self._passes_for = (self.n_active, self.n_groups)
         return self._mlp
 
 
