@@ -195,6 +195,7 @@ def effect_at(site, basis, pairs):
 whole = torch.eye(ioi.cfg.d_model)
 scan = {layer: effect_at(f"blocks.{layer}.hook_resid_pre", whole, sets["train"]) for layer in range(1, ioi.cfg.n_layers)}
 print({f"blocks.{layer}.hook_resid_pre": round(e, 2) for layer, e in scan.items()})
+assert max(scan.values()) > 0.8, "no layer's last position carries the subject here; try pos= the S2 position"
 layer = min(l for l, e in scan.items() if e > 0.8)
 site = f"blocks.{layer}.hook_resid_pre"
 print("site:", site)
