@@ -70,7 +70,7 @@ print("the prompts differ only at position", s2_pos, repr(str_tokens[s2_pos]))
 # `depass_diff` equals the patching effect exactly. Otherwise they differ, so we compare rankings.
 
 # %%
-cmp = compare(model, clean, corrupted, answer_tokens=io, incorrect_tokens=s)
+cmp = compare(model, clean, corrupted, answer_tokens=io, incorrect_tokens=s, progress=False)
 print(f"metric: clean {cmp.metric_clean:.2f}, corrupted {cmp.metric_corrupted:.2f}")
 assert cmp.metric_clean > 0 > cmp.metric_corrupted
 agreement = cmp.agreement(k=5)
