@@ -27,9 +27,9 @@ torch.set_grad_enabled(False)  # inference only in this notebook
 # %% [markdown]
 # ## A model that does a real task
 #
-# `depass_tl.toy.load("ioi")` returns a small model trained on *indirect object identification*
-# (IOI): in *"When Mary and John went to the store, John gave a drink to"* the right next word is the
-# name that was **not** repeated, *Mary*. It is a `TransformerBridge` on TransformerLens 4 and a
+# `depass_tl.toy.load("ioi")` returns a small attention-only model trained on *indirect object
+# identification* (IOI): in *"When Mary and John went to the store, John gave a drink to"* the right
+# next word is the name that was **not** repeated, *Mary*. It is a `TransformerBridge` on TransformerLens 4 and a
 # `HookedTransformer` on TL 2/3 (`model_class=` picks one on TL 3); everything below works on both.
 # It comes with a word-level tokenizer (`model.to_tokens`, strings everywhere) and a `ToyEncoder`
 # over the same vocabulary (`encode`, `token_id`, `to_str_tokens`), which names unknown words.
