@@ -12,7 +12,9 @@ from depass_tl.attention_scores import ScoreAttribution, attention_score_attrs
 from depass_tl.cache import DePassCache
 from depass_tl.capture import capture
 from depass_tl.coefficients import FrozenRun
+from depass_tl.dataset import read_results, run_dataset
 from depass_tl.components import ComponentSpec, custom, heads, modules, neurons, sources, subspace, tokens
+from depass_tl.decomposition import Decomposition
 from depass_tl.errors import DePassError, UnsupportedModelError
 from depass_tl.reverse import ScalarAttribution, attribute, attribute_run, direction_target, logit_target
 from depass_tl import subspace_patching
@@ -22,6 +24,7 @@ __all__ = [
     "ComponentSpec",
     "DePassCache",
     "DePassError",
+    "Decomposition",
     "FrozenRun",
     "ScalarAttribution",
     "ScoreAttribution",
@@ -35,11 +38,13 @@ __all__ = [
     "heads",
     "logit_target",
     "modules",
+    "read_results",
     "neurons",
     "sources",
     "subspace",
     "subspace_patching",
     "replay",
+    "run_dataset",
     "run_with_depass",
     "tokens",
 ]

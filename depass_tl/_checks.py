@@ -27,9 +27,9 @@ from beartype import BeartypeConf
 from beartype.door import is_bearable
 from jaxtyping import jaxtyped
 
-from depass_tl.errors import DePassTypeError
+from depass_tl.errors import DePassTypeError, DePassValueError
 
-__all__ = ["checked", "describe"]
+__all__ = ["checked", "describe", "check_device"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _CONF = BeartypeConf(is_pep484_tower=True)  # an int is accepted where a float is expected
@@ -89,13 +89,14 @@ def checked(*, hints: Mapping[str, str] | None = None) -> Callable[[F], F]:
         signature = inspect.signature(fn)
         unknown = set(messages) - set(signature.parameters)
         assert not unknown, f"hints for parameters {fn.__name__} does not have: {unknown}"
-        resolved: dict[str, Any] = {}
+        resolved: list[dict[str, Any]] = []
 
         def annotations() -> dict[str, Any]:
             if not resolved:  # resolve the (string) annotations once, at the first call
-                resolved.update(typing.get_type_hints(fn))
-                resolved.setdefault("return", Any)
-            return resolved
+                hints = typing.get_type_hints(fn)
+                hints.setdefault("return", Any)
+                resolved.append(hints)  # complete before another thread can see it
+            return resolved[0]
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -120,3 +121,48 @@ def checked(*, hints: Mapping[str, str] | None = None) -> Callable[[F], F]:
         return typing.cast(F, wrapper)
 
     return decorate
+
+
+def check_device(device: Any) -> Any:
+    """A ``torch.device`` for ``device`` (a string or device) that exists on this machine.
+
+    Raises:
+        DePassTypeError: not a string or ``torch.device``.
+        DePassValueError: not a device name, or a device this machine does not have.
+
+    Examples:
+        >>> check_device("cpu")
+        device(type='cpu')
+        >>> check_device("bogus")
+        Traceback (most recent call last):
+        ...
+        depass_tl.errors.DePassValueError: 'bogus' is not a torch device; use e.g. 'cpu', 'cuda', 'cuda:1' or 'mps'.
+    """
+    import torch
+
+    if not isinstance(device, (str, torch.device)):
+        raise DePassTypeError(f"a device must be a string such as 'cpu' or 'cuda', or a torch.device; got {describe(device)}.")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise DePassValueError(f"{device!r} is not a torch device; use e.g. 'cpu', 'cuda', 'cuda:1' or 'mps'.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DePassValueError(
+                f"device {device!r}: CUDA is not available on this machine (torch {torch.__version__}); use 'cpu'."
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DePassValueError(
+                f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s) (cuda:0 .. "
+                f"cuda:{torch.cuda.device_count() - 1})."
+            )
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DePassValueError(f"device {device!r}: MPS is not available on this machine; use 'cpu'.")
+    elif dev.type == "meta":
+        raise DePassValueError("the 'meta' device holds no values; use 'cpu' or a GPU.")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        try:
+            torch.empty(0, device=dev)
+        except (RuntimeError, AssertionError) as e:
+            raise DePassValueError(f"device {device!r} is not usable here ({type(e).__name__}: {e}).") from None
+    return dev

@@ -15,13 +15,16 @@ from depass_tl.cache import DePassCache
 from depass_tl.capture import capture, single_token_fn
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components import ComponentSpec, TokenSpec
+from depass_tl.components.base import REST
 from depass_tl.decompx.heads import MLMHead, SequenceClassificationHead
 from depass_tl.decompx.result import DecompXResult
-from depass_tl.errors import DePassError
+from depass_tl.errors import DePassError, DePassValueError, HookNotFoundError
+from depass_tl.foreign_hooks import check_edits
+from depass_tl.guard import Completeness, check_replay, tolerance
 from depass_tl.memory import parse_memory
 from depass_tl.replay.engine import replay_components
-from depass_tl.replay.rules import DEFAULT_RULE, DEFAULT_TEMPERATURE, RuleLike, get_rule
-from depass_tl.replay.state import FINAL_HOOK
+from depass_tl.replay.rules import DEFAULT_RULE, DEFAULT_TEMPERATURE, MLPRule, RuleLike, get_rule, official_key_edits
+from depass_tl.replay.state import FINAL_HOOK, InitialState
 
 __all__ = ["run_with_depass", "replay"]
 
@@ -40,19 +43,49 @@ def _keep_fn(names_filter: NamesFilter) -> Callable[[str], bool]:
     return lambda name: name in wanted
 
 
-def _check_names(keep_names: NamesFilter, stored: dict[str, Tensor]) -> None:
-    if names_filter_is_list(keep_names):
-        missing = sorted(set([keep_names] if isinstance(keep_names, str) else keep_names) - set(stored))  # type: ignore[arg-type]
-        if missing:
-            raise DePassError(
-                f"names_filter asked for hooks the replay does not produce: {missing}. Valid names are "
-                "blocks.{l}.hook_resid_pre|resid_mid|attn_out|mlp_out|resid_post and unembed.hook_in, "
-                "at or after the start hook."
-            )
+def _check_names(keep_names: NamesFilter, stored: Sequence[str]) -> None:
+    """Before the replay: every name a names_filter list asks for is a hook this replay stores."""
+    if not names_filter_is_list(keep_names):
+        return
+    asked = [keep_names] if isinstance(keep_names, str) else list(keep_names)  # type: ignore[arg-type]
+    missing = [name for name in asked if name not in stored]
+    if missing:
+        import difflib
+
+        guesses = {name: difflib.get_close_matches(name, stored, n=1) for name in missing}
+        hints = "".join(f" ({name!r}: did you mean {g[0]!r}?)" for name, g in guesses.items() if g)
+        raise HookNotFoundError(
+            f"names_filter asked for hooks this replay does not produce: {missing}{hints}. It produces "
+            f"{stored[0]} ... {stored[-1]} ({len(stored)} hooks: blocks.{{l}}.hook_resid_pre|resid_mid|attn_out|"
+            "mlp_out|resid_post at or after the start hook, and unembed.hook_in)."
+        )
 
 
 def names_filter_is_list(f: NamesFilter) -> bool:
     return f is not None and not callable(f)
+
+
+def _official_edits(rule: MLPRule, spec: ComponentSpec, init: InitialState, run: FrozenRun, *,
+                    ignore_special_token: bool, official_position0: bool) -> MLPRule:
+    """The rule with the official DePass code's key edits on its "component 0" (``tok0``, else ``rest``)."""
+    if not (ignore_special_token or official_position0):
+        return rule
+    if ignore_special_token and not isinstance(spec, TokenSpec):
+        raise DePassError(
+            f"ignore_special_token=True applies to token components (tokens()), as in the official DePass code, "
+            f"whose module, head, neuron and subspace paths never set it; got {type(spec).__name__}. For the official "
+            "position-0 convention of those paths pass official_position0=True instead."
+        )
+    if run.pad is not None and bool(run.pad[:, 0].any()):
+        raise DePassError(
+            "ignore_special_token= / official_position0= act on position 0, which is padding in a left-padded "
+            "row here; pad on the right (padding_side='right') or run the prompts one at a time."
+        )
+    labels = init.groups[0].labels
+    rest = [i for i, label in enumerate(labels) if label == REST or label.endswith("." + REST)]
+    row = rest[0] if rest else 0  # the official layouts put the rest of the residual first
+    return official_key_edits(rule, row, ignore_special_token=ignore_special_token,
+                              official_position0=official_position0)
 
 
 def _default_dtype(model_dtype: torch.dtype) -> torch.dtype:
@@ -71,6 +104,8 @@ def replay(
     to_single_token: Callable[[str], int] | None = None,
     chunk_size: int | None = None,
     max_memory: int | float | str | None = None,
+    ignore_special_token: bool = False,
+    official_position0: bool = False,
 ) -> DePassCache:
     """Replay components through a frozen run (capture once, replay many component sets).
 
@@ -83,20 +118,27 @@ def replay(
     rule = get_rule(mlp_rule, temperature=temperature)
     dtype = _default_dtype(run.view.dtype) if dtype is None else dtype
     if not dtype.is_floating_point:
-        raise DePassError(f"dtype must be a floating-point torch dtype, got {dtype}.")
+        raise DePassValueError(f"dtype must be a floating-point torch dtype, got {dtype}.")
+    spec.check_captured(run)
     init = spec.init(run, dtype)
+    _check_names(names_filter, init.stored_hook_names(run.view))
+    check_edits(run.edited_hooks, [g.start_hook for g in init.groups], run.view, rule, run.hook_aliases)
+    rule = _official_edits(rule, spec, init, run, ignore_special_token=ignore_special_token,
+                           official_position0=official_position0)
     keep = _keep_fn(names_filter)
     budget = None if max_memory is None else parse_memory(max_memory)
     acts = replay_components(run, init, mlp_rule=rule, dtype=dtype, keep=keep, chunk_size=chunk_size, max_memory=budget)
-    _check_names(names_filter, acts)
     clean = {name: run.get(name) for name in acts}
     last_pos = run.last_real_positions
     rows = torch.arange(run.batch, device=run.tokens.device)
     if run.view.output_logits_soft_cap is None:
-        last = run.logits[rows, last_pos]
+        dev = run.logits.device  # a model split over devices: the unembedding's, not the tokens'
+        last = run.logits[rows.to(dev), last_pos.to(dev)]
     else:  # decompose the pre-cap logits: they are what sums exactly
-        final = run.get(FINAL_HOOK)[rows, last_pos]
+        final = run.get(FINAL_HOOK)
+        final = final[rows.to(final.device), last_pos.to(final.device)].to(run.view.W_U.device)
         last = final @ run.view.W_U + (0 if run.view.b_U is None else run.view.b_U)
+    completeness = _guard(run, acts, clean, init.group_size, dtype)
     return DePassCache(
         activations=acts,
         labels=init.labels,
@@ -112,6 +154,31 @@ def replay(
         mlp_rule=rule.name,
         logits_soft_capped=run.view.output_logits_soft_cap is not None,
         to_single_token=to_single_token,
+        completeness=completeness,
+    )
+
+
+def _guard(
+    run: FrozenRun, acts: dict[str, Tensor], clean: dict[str, Tensor], group_size: int, dtype: torch.dtype
+) -> Completeness:
+    """The completeness guard (:mod:`depass_tl.guard`) on a forward replay: every stored hook, and the
+    model's logits at each prompt's last real position (after the soft cap, if any)."""
+    view = run.view
+    rows = torch.arange(run.batch, device=run.tokens.device)
+    last_pos = run.last_real_positions
+    final = acts[FINAL_HOOK]
+    at_last = final[:, rows.to(final.device), last_pos.to(final.device)]  # [component, batch, d_model]
+    summed = at_last.reshape(-1, group_size, *at_last.shape[1:]).sum(1)  # [group, batch, d_model]
+    logits = summed @ view.W_U.to(device=summed.device, dtype=dtype)
+    if view.b_U is not None:
+        logits = logits + view.b_U.to(device=summed.device, dtype=dtype)
+    cap = view.output_logits_soft_cap
+    if cap is not None:
+        logits = cap * torch.tanh(logits / cap)
+    rtol, how = tolerance(dtype, view.clean_run_dtype)
+    return check_replay(
+        acts, clean, group_size, logits=(logits, run.logits[rows, last_pos]), rtol=rtol, how=how,
+        foreign_hooks=run.foreign_hooks,
     )
 
 
@@ -133,9 +200,14 @@ def run_with_depass(
     token_type_ids: Tensor | None = None,
     attention_mask: Tensor | None = None,
     bias_policy: str = "bias",
+    ffn_approx: str = "zo",
+    tanh_approx: str = "zo",
+    include_ffn: bool = True,
     padding_side: Literal["left", "right"] | None = None,
     chunk_size: int | None = None,
     max_memory: int | float | str | None = None,
+    ignore_special_token: bool = False,
+    official_position0: bool = False,
 ) -> tuple[Logits, DePassCache] | tuple[ClassLogits | Logits, DecompXResult]:
     """Run the model once, then decompose every residual-stream activation and the logits.
 
@@ -143,12 +215,13 @@ def run_with_depass(
     ``[component, batch, pos, d_model]``, summing exactly to the clean activation.
 
     Args:
-        model: a ``transformer_lens.HookedTransformer``.
+        model: a ``transformer_lens.HookedTransformer`` or ``TransformerBridge`` (or a BERT encoder, below).
         input: a string, a list of equal-length strings, or ``[batch, pos]`` token ids.
         components: what to attribute to (default :func:`depass_tl.tokens`: one per input token).
         mlp_rule: how an MLP's activation is split among components: ``softmax`` (DePass default),
-            ``ratio`` (frozen post/pre slope; linear), ``max``, the name of a registered rule, or a rule
-            object (:mod:`depass_tl.replay.rules`, e.g. ``Softmax(temperature=0.5)``).
+            ``ratio`` (frozen post/pre slope; linear), ``max``, ``taylor`` (the official DePass
+            ``taylor``: on gated MLPs split along the gate; linear), the name of a registered rule, or a
+            rule object (:mod:`depass_tl.replay.rules`, e.g. ``Softmax(temperature=0.5)``).
         temperature: softmax temperature for a rule given by name (default 0.1, as in DePass).
         names_filter: hook names to keep (a name, a list, or a predicate); ``unembed.hook_in`` is
             always kept for logit attribution. Default: every hook.
@@ -162,14 +235,23 @@ def run_with_depass(
         max_memory: a budget for the replay's own tensors (component states, stored hooks, working
             tensors; not the model or the captured run), e.g. ``"4GB"``: chunks are sized to fit, or a
             ``DePassError`` says what to drop (usually ``names_filter=[]``). See :mod:`depass_tl.memory`.
-        head, token_type_ids, attention_mask, bias_policy: for a ``HookedEncoder`` (BERT) only:
-            the call is forwarded to :func:`depass_tl.decompx.run_decompx` (DecompX), which needs a
-            classification or MLM ``head``; see that function.
+        ignore_special_token: as the official DePass code's option of that name (token components,
+            competitive rules): ``tok0`` (BOS) gets no MLP share at positions > 0, and at position 0 its
+            MLP key is 1 (there it is the only token, so it keeps the MLP output). Default False.
+        official_position0: the official code's position-0 convention alone (it applies it always): its
+            first component, ``tok0`` for tokens() and ``rest`` for heads() / modules() / neurons(),
+            competes for every MLP neuron at position 0 with key 1 instead of its own key. With heads()
+            this reproduces the official head-level scores (:mod:`depass_tl.replay.rules.official`).
+        head, token_type_ids, attention_mask, bias_policy, ffn_approx, tanh_approx, include_ffn: for
+            encoders (BERT: transformers' ``BertForSequenceClassification`` / ``BertForMaskedLM``, a
+            ``TransformerBridge`` wrapping a BERT, a ``HookedEncoder``) the call is forwarded to
+            :func:`depass_tl.decompx.run_decompx` (DecompX); see that function.
 
     Returns:
         ``(logits, cache)``: the model's clean logits ``[batch, pos, d_vocab]`` and a
-        :class:`~depass_tl.cache.DePassCache`; for a ``HookedEncoder``, the head's logits and a
-        :class:`~depass_tl.decompx.DecompXResult` (see :func:`depass_tl.decompx.run_decompx`).
+        :class:`~depass_tl.cache.DePassCache`; for an encoder, the head's logits and a
+        :class:`~depass_tl.decompx.DecompXResult` (see :func:`depass_tl.decompx.run_decompx`). Both
+        results are a :class:`~depass_tl.decomposition.Decomposition`.
 
     Raises:
         DePassError: bad input, unknown rule or hook, unsupported model (a wrong argument type:
@@ -195,22 +277,30 @@ def run_with_depass(
 
         if components is not None or get_rule(mlp_rule) != DEFAULT_RULE:
             raise DePassError(
-                "a HookedEncoder is decomposed by DecompX into token components with the GELU ratio rule; "
-                "components= and mlp_rule= do not apply. Drop them, or use depass_tl.decompx.run_decompx."
+                "an encoder (BERT) is decomposed by DecompX into token components; components= and mlp_rule= "
+                "do not apply (the FFN's linearisation is ffn_approx=). Drop them, or use "
+                "depass_tl.decompx.run_decompx."
             )
         if chunk_size is not None or max_memory is not None:
             raise DePassError("chunk_size= and max_memory= apply to the decoder replay; DecompX runs unchunked.")
-        if head is None:
-            raise DePassError(
-                "a HookedEncoder needs a head: pass head=depass_tl.decompx.SequenceClassificationHead(...) "
-                "or head=depass_tl.decompx.MLMHead.from_encoder(model, token_ids=[...])."
-            )
+        if ignore_special_token or official_position0:
+            raise DePassError("ignore_special_token= and official_position0= are DePass options; DecompX has no MLP rule.")
         return run_decompx(
-            model, input, head=head, token_type_ids=token_type_ids, attention_mask=attention_mask,
-            bias_policy=bias_policy, dtype=dtype, names_filter=names_filter,  # type: ignore[arg-type]
+            model, input, head=head, token_type_ids=token_type_ids, attention_mask=attention_mask,  # type: ignore[arg-type]
+            bias_policy=bias_policy, ffn_approx=ffn_approx, tanh_approx=tanh_approx, include_ffn=include_ffn,
+            dtype=dtype, names_filter=names_filter,  # type: ignore[arg-type]
         )
-    if head is not None or token_type_ids is not None or bias_policy != "bias":
-        raise DePassError("head=, token_type_ids= and bias_policy= are for HookedEncoder (BERT) models only.")
+    encoder_only = {
+        "head": head is not None, "token_type_ids": token_type_ids is not None, "bias_policy": bias_policy != "bias",
+        "ffn_approx": ffn_approx != "zo", "tanh_approx": tanh_approx != "zo", "include_ffn": include_ffn is not True,
+    }
+    given = [name for name, set_ in encoder_only.items() if set_]
+    if given:
+        raise DePassError(
+            f"{', '.join(n + '=' for n in given)} {'is' if len(given) == 1 else 'are'} for encoder (BERT, DecompX) "
+            "models only: transformers' BertForSequenceClassification / BertForMaskedLM, a BERT TransformerBridge "
+            "or a HookedEncoder."
+        )
     rule = get_rule(mlp_rule, temperature=temperature)
     n_layers = int(getattr(getattr(model, "cfg", None), "n_layers", 0))
     extra = set() if components is None else components.required_hooks(n_layers)
@@ -227,5 +317,7 @@ def run_with_depass(
         to_single_token=single_token_fn(model),
         chunk_size=chunk_size,
         max_memory=max_memory,
+        ignore_special_token=ignore_special_token,
+        official_position0=official_position0,
     )
     return run.logits, cache

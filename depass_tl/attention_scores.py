@@ -27,11 +27,10 @@ use the model's own tables: TL's native rotary module (adjacent pairs), or the `
 Bridge. Padded batches work with right padding; with left padding on a rotary HookedTransformer TL
 shifts the positions by the mask, which the DePassCache does not record, so the final check raises.
 
-The final check allows 256 units of rounding of the model's dtype times the magnitude of the parts.
-A Bridge's clean run keeps the wrapped module's norm, and RMS norms there (TL-native, Hugging Face
-Llama-family) normalise in float32 whatever the model's dtype: its q and k carry that rounding
-(measured from its ``ln1.hook_in`` / ``hook_out``, ~1e-7 relative), while the split uses the frozen
-scale in the model's dtype. The check then allows 256 units of that measured rounding instead.
+The final check allows 256 units of rounding of the clean run's precision times the magnitude of the
+parts: the model's dtype, or float32 for a float64 Bridge whose RMS norms (TL-native, Hugging Face
+Llama-family) normalise in float32 (``ModelView.clean_run_dtype``), so its q and k carry float32
+rounding (~1e-7 relative) that the split, with the frozen scale in float64, does not.
 
 Examples:
     On the induction toy (a HookedTransformer on TL 2.x / 3.x, a TransformerBridge on TL 4), the
@@ -64,7 +63,7 @@ from torch import Tensor
 from depass_tl.backends import read_model_view
 from depass_tl.backends.bridge import is_bridge, optional_tensor
 from depass_tl.cache import DePassCache
-from depass_tl.errors import DePassError, HookNotFoundError
+from depass_tl.errors import CompletenessError, DePassError, HookNotFoundError
 from depass_tl.replay.norm import apply_norm
 
 __all__ = ["ScoreAttribution", "attention_score_attrs"]
@@ -321,41 +320,15 @@ def _bridge_reference(model: Any, cache: Any, layer: int, side: str, heads: list
     return _Reference(other.to(dtype), clean.to(dtype), rotation, attn_scale)
 
 
-def _norm_rounding(model: Any, cache: Any, layer: int, norm: Any, scale: Tensor | None) -> float:
-    """Relative rounding of a Bridge's own ``ln1`` output against the same norm in float64 with its cached scale.
-
-    The Bridge's clean run keeps the wrapped module's norm, which may compute in float32 whatever the
-    model's dtype (TL-native and Hugging Face RMS norms do); its q and k, and so the clean scores, carry
-    that rounding, while the split uses the frozen scale in the model's dtype. Measured, not assumed:
-    0 for a norm that computes in the model's dtype (up to its own rounding).
-    """
-    if not is_bridge(model) or norm.kind == "none" or scale is None:
-        return 0.0
-    names = (f"blocks.{layer}.ln1.hook_in", f"blocks.{layer}.ln1.hook_out")
-    if not all(n in cache for n in names):
-        return 0.0
-    x, out = (cache[n].to(torch.float64) for n in names)
-    rebuilt = apply_norm(x[None], scale.to(torch.float64), _double(norm), torch.tensor([0]))[0]
-    return float((rebuilt - out).abs().max() / rebuilt.abs().max().clamp_min(torch.finfo(torch.float64).tiny))
-
-
-def _double(norm: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(norm, **{f: None if getattr(norm, f) is None else getattr(norm, f).to(torch.float64)
-                                        for f in ("w", "b")})
-
-
-def _check_complete(result: ScoreAttribution, eps: float, rounding: float) -> None:
+def _check_complete(result: ScoreAttribution, eps: float) -> None:
     v = result.values
     groups = v.reshape(-1, result.group_size, *v.shape[1:])
     miss = (groups.sum(1) - result.clean).abs()  # [group, batch, head]
-    allowed = _CHECK_ULPS * max(eps, rounding) * (groups.abs().sum(1) + result.clean.abs())
-    if bool((miss > allowed).any()):
-        why = f"; the model's own norm rounds at {rounding:.2g} relative" if rounding > eps else ""
-        raise DePassError(
+    allowed = _CHECK_ULPS * eps * (groups.abs().sum(1) + result.clean.abs())
+    if not bool((miss <= allowed).all()):  # NaN fails too
+        raise CompletenessError(
             f"the split scores miss the model's clean scores by up to {float(miss.max()):.3g} (allowed "
-            f"{float(allowed.max()):.3g}{why}): the DePassCache and the ActivationCache must come from the same model "
+            f"{float(allowed.max()):.3g}): the DePassCache and the ActivationCache must come from the same model "
             "and input (rotary HookedTransformers: without left padding, whose shifted positions the DePassCache "
             "does not record)."
         )
@@ -478,5 +451,6 @@ def attention_score_attrs(
         values=values, labels=tuple(dc.labels), layer=layer, heads=tuple(head_list), side=side,
         query_pos=q_pos, key_pos=k_pos, clean=ref.clean, group_size=dc.group_size,
     )
-    _check_complete(result, torch.finfo(_model_dtype(model)).eps, _norm_rounding(model, cache, layer, norm, scale))
+    # the clean run's own precision: a float64 Bridge whose RMS norms normalise in float32 rounds its q and k there
+    _check_complete(result, torch.finfo(read_model_view(model).clean_run_dtype).eps)
     return result

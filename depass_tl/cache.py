@@ -8,22 +8,28 @@ as ``("resid_post", 3)`` is accepted on lookup.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from depass_tl.errors import DePassError, HookNotFoundError
+from depass_tl._checks import check_device
+from depass_tl.decomposition import Decomposition
+from depass_tl.errors import DePassError, DePassTypeError, DePassValueError, HookNotFoundError
+from depass_tl.guard import Completeness
+from depass_tl.tokenization import AnswerTokens, answer_ids
 
 __all__ = ["DePassCache"]
 
-TokenLike = str | int | Sequence[int] | Sequence[str] | Tensor
+TokenLike = AnswerTokens
 
 
-class DePassCache(Mapping[str, Tensor]):
+class DePassCache(Decomposition):
     """Read-only mapping hook name -> ``[component, batch, pos, d_model]``, plus labels and analysis.
+
+    A :class:`~depass_tl.decomposition.Decomposition` (mapping, ``labels``, ``clean``,
+    ``completeness_error``, ``component``), plus logit attribution.
 
     Attributes:
         labels: one label per component (axis 0 of every value), e.g. ``tok0 … tok{P-1}, bias``.
@@ -37,6 +43,8 @@ class DePassCache(Mapping[str, Tensor]):
         mlp_rule: the MLP allocation rule used.
         logits_soft_capped: True when the model soft-caps its logits; attributions are then of the
             pre-cap logits (``unembed.hook_out``), which is what sums exactly.
+        completeness: what the completeness guard measured when the replay ran (relative error per
+            stored hook and at the logits, and the tolerance; :class:`~depass_tl.guard.Completeness`).
     """
 
     def __init__(
@@ -56,47 +64,30 @@ class DePassCache(Mapping[str, Tensor]):
         mlp_rule: str,
         logits_soft_capped: bool,
         to_single_token: Callable[[str], int] | None,
+        completeness: Completeness | None = None,
     ) -> None:
-        if len(labels) % group_size:
-            raise ValueError("labels must split into groups of group_size")
-        self._acts = MappingProxyType(activations)
-        self.labels = labels
-        self.clean = MappingProxyType(clean)
+        super().__init__(
+            activations=activations, labels=labels, clean=clean, group_size=group_size, str_tokens=str_tokens
+        )
         self.clean_last_logits = clean_last_logits
         B, P = tokens.shape
         self.last_positions = torch.full((B,), P - 1, dtype=torch.long) if last_positions is None else last_positions
         self.tokens = tokens
-        self.str_tokens = str_tokens
         self._W_U = W_U
         self._b_U = b_U
-        self.group_size = group_size
         self.bias_rows = torch.arange(group_size - 1, len(labels), group_size)
         self.start_hook = start_hook
         self.mlp_rule = mlp_rule
         self.logits_soft_capped = logits_soft_capped
         self._to_single_token = to_single_token
+        self.completeness = Completeness() if completeness is None else completeness
 
     # ----------------------------------------------------------------------------------- mapping
-    def _resolve(self, key: str | tuple[Any, ...]) -> str:
-        if isinstance(key, tuple):
-            from depass_tl.backends import get_act_name
-
-            key = get_act_name(*key)
-        if key in self._acts:
-            return key
-        raise HookNotFoundError(
+    def _missing(self, key: str) -> str:
+        return (
             f"{key!r} is not in this DePassCache. Stored hooks: {', '.join(self._acts)}. "
             "Hooks before the start hook are never stored; others may have been left out by names_filter."
         )
-
-    def __getitem__(self, key: str | tuple[Any, ...]) -> Tensor:  # type: ignore[override]
-        return self._acts[self._resolve(key)]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._acts)
-
-    def __len__(self) -> int:
-        return len(self._acts)
 
     def __repr__(self) -> str:
         shape = tuple(next(iter(self._acts.values())).shape) if self._acts else ()
@@ -105,46 +96,17 @@ class DePassCache(Mapping[str, Tensor]):
             f"start={self.start_hook!r}, mlp_rule={self.mlp_rule!r})"
         )
 
-    @property
-    def n_components(self) -> int:
-        return len(self.labels)
-
-    def component(self, label: str) -> int:
-        """Index of the component with this label."""
-        try:
-            return self.labels.index(label)
-        except ValueError as e:
-            raise DePassError(f"no component labelled {label!r}; labels are {list(self.labels)}.") from e
-
     # ------------------------------------------------------------------------- completeness
-    def completeness_error(self, hook: str | None = None, *, relative: bool = False) -> dict[str, float] | float:
-        """Max ``|Σ_c component - clean activation|`` per stored hook (captum's convergence delta).
-
-        Args:
-            hook: one hook name (returns a float) or None (returns a dict over every stored hook plus
-                ``"logits"``, checked over the whole vocabulary at the last position).
-            relative: divide by the max absolute clean value at that hook.
-        """
-        if hook is not None:
-            name = self._resolve(hook)
-            return self._error(self._acts[name].sum(0), self.clean[name], relative)
-        errors = {name: self._error(v, self.clean[name], relative) for name, v in self._acts.items()}
-        errors["logits"] = self._error(self._logits_last(), self.clean_last_logits, relative)
-        return errors
-
-    def _error(self, comps: Tensor, clean: Tensor, relative: bool) -> float:
-        """Max over groups of ``|Σ_(c in group) comps - clean|`` (each group is a full partition)."""
-        K = self.group_size
-        total = comps.reshape(comps.shape[0] // K, K, *comps.shape[1:]).sum(1)
-        err = float((total - clean.to(total.dtype)).abs().max())
-        return err / max(float(clean.abs().max()), 1e-30) if relative else err
+    def _outputs(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """``"logits"``: checked over the whole vocabulary at each prompt's last real position."""
+        return {"logits": (self._logits_last(), self.clean_last_logits)}
 
     def _final_at(self, pos: int) -> Tensor:
         """``unembed.hook_in`` at ``pos`` per prompt (``-1``: each prompt's last real token): ``[C, B, d]``."""
         final = self._acts["unembed.hook_in"]
         P = final.shape[2]
         if not -P <= pos < P:
-            raise DePassError(f"pos {pos} is out of range for {P} positions.")
+            raise DePassValueError(f"pos {pos} is out of range for {P} positions.")
         if pos != -1:
             return final[:, :, pos]
         idx = self.last_positions.to(final.device)
@@ -152,34 +114,15 @@ class DePassCache(Mapping[str, Tensor]):
 
     def _logits_last(self) -> Tensor:
         final = self._final_at(-1)  # [component, batch, d_model]
-        logits = final @ self._W_U.to(final.dtype)
+        logits = final @ self._W_U.to(device=final.device, dtype=final.dtype)
         if self._b_U is not None:
-            logits[self.bias_rows] += self._b_U.to(final.dtype)
+            logits[self.bias_rows] += self._b_U.to(device=final.device, dtype=final.dtype)
         return logits
 
     # ------------------------------------------------------------------------ logit attribution
     def _token_ids(self, tokens: TokenLike, batch: int) -> Tensor:
-        if isinstance(tokens, Tensor):
-            ids = tokens.to(self.tokens.device).long().flatten()
-        elif isinstance(tokens, (str, int)):
-            ids = torch.tensor([self._one_id(tokens)], device=self.tokens.device)
-        else:
-            ids = torch.tensor([self._one_id(t) for t in tokens], device=self.tokens.device)
-        if ids.numel() == 1:
-            ids = ids.expand(batch)
-        if ids.numel() != batch:
-            raise DePassError(f"give one answer token, or one per prompt ({batch}); got {ids.numel()}.")
-        d_vocab = self._W_U.shape[-1]
-        if int(ids.min()) < 0 or int(ids.max()) >= d_vocab:
-            raise DePassError(f"token ids must lie in [0, {d_vocab}); got {ids.tolist()}.")
-        return ids
-
-    def _one_id(self, token: str | int) -> int:
-        if isinstance(token, int):
-            return token
-        if self._to_single_token is None:
-            raise DePassError(f"the model has no tokenizer, so {token!r} cannot be looked up; pass a token id.")
-        return self._to_single_token(token)
+        """Answer ids ``[batch]`` on the unembedding's device (which a split model need not share with the tokens)."""
+        return answer_ids(tokens, batch, self._W_U.shape[-1], self._to_single_token).to(self._W_U.device)
 
     def logit_attrs(
         self, tokens: TokenLike, *, incorrect_tokens: TokenLike | None = None, pos: int = -1
@@ -207,9 +150,9 @@ class DePassCache(Mapping[str, Tensor]):
             direction = direction - self._W_U[:, bad].to(x.dtype)
             if self._b_U is not None:
                 offset = offset - self._b_U[bad].to(x.dtype)  # type: ignore[operator]
-        attrs = torch.einsum("cbd,db->cb", x, direction)
+        attrs = torch.einsum("cbd,db->cb", x, direction.to(x.device))
         if offset is not None:
-            attrs[self.bias_rows] += offset
+            attrs[self.bias_rows] += offset.to(x.device)
         return attrs
 
     def unembed_direction(self, tokens: TokenLike, *, incorrect_tokens: TokenLike | None = None) -> Tensor:
@@ -250,24 +193,28 @@ class DePassCache(Mapping[str, Tensor]):
         Note: with the ``softmax`` or ``max`` MLP rules, grouping after the replay (summing shares) is
         not the same as replaying the grouped components (shares are not additive across groupings).
         """
-        import re
-
         if self.group_size != len(self.labels):
             raise DePassError("group() works on single-group caches (one partition); this cache has several groups.")
+        if not isinstance(groups, Mapping) or not groups:
+            raise DePassTypeError(f"groups must be a non-empty mapping new label -> pattern or labels; got {groups!r}.")
         members: dict[str, list[int]] = {name: [] for name in groups}
-        claimed: set[int] = set()
+        owner: dict[int, str] = {}
         for name, rule in groups.items():
-            for c, label in enumerate(self.labels[:-1]):
-                if c in claimed:
-                    continue
-                hit = re.fullmatch(rule, label) is not None if isinstance(rule, str) else label in rule
-                if hit:
-                    members[name].append(c)
-                    claimed.add(c)
+            hits = self._group_hits(name, rule)
+            members[name] = [c for c in hits if c not in owner]
+            owner.update((c, name) for c in members[name])
             if not isinstance(rule, str) and self.labels[-1] in rule:
-                raise DePassError(f"the {self.labels[-1]!r} component cannot be grouped; leave it out of {name!r}.")
+                raise DePassValueError(f"the {self.labels[-1]!r} component cannot be grouped; leave it out of {name!r}.")
+            if not members[name] and hits:
+                taken = sorted({owner[c] for c in hits})
+                raise DePassValueError(
+                    f"group {name!r} matches only components that earlier groups took ({', '.join(map(repr, taken))}): "
+                    "each component joins the first group that matches it. Put the narrower group first, or narrow "
+                    "the earlier pattern."
+                )
             if not members[name]:
-                raise DePassError(f"group {name!r} matches no component; labels are {list(self.labels)}.")
+                raise DePassValueError(f"group {name!r} matches no component; labels are {list(self.labels)}.")
+        claimed = set(owner)
         rest = [c for c in range(len(self.labels) - 1) if c not in claimed]
         new_labels = tuple(members) + tuple(self.labels[c] for c in rest) + (self.labels[-1],)
         if len(set(new_labels)) != len(new_labels):
@@ -292,7 +239,27 @@ class DePassCache(Mapping[str, Tensor]):
             mlp_rule=self.mlp_rule,
             logits_soft_capped=self.logits_soft_capped,
             to_single_token=self._to_single_token,
+            completeness=self.completeness,
         )
+
+    def _group_hits(self, name: str, rule: Any) -> list[int]:
+        """The non-bias components a group's pattern (a regular expression) or list of labels matches."""
+        import re
+
+        if isinstance(rule, str):
+            try:
+                pattern = re.compile(rule)
+            except re.error as e:
+                raise DePassValueError(f"group {name!r}: {rule!r} is not a valid regular expression ({e}).") from e
+            return [c for c, label in enumerate(self.labels[:-1]) if pattern.fullmatch(label)]
+        if not isinstance(rule, (list, tuple, set, frozenset)) or not all(isinstance(x, str) for x in rule):
+            raise DePassTypeError(
+                f"group {name!r} must be a regular expression (str) or a list of labels; got {rule!r}."
+            )
+        unknown = [x for x in rule if x not in self.labels]
+        if unknown:
+            raise DePassValueError(f"group {name!r} lists unknown labels {unknown}; labels are {list(self.labels)}.")
+        return [c for c, label in enumerate(self.labels[:-1]) if label in rule]
 
     # ------------------------------------------------------------------------------- export
     def to_dataframe(self, tokens: TokenLike, *, incorrect_tokens: TokenLike | None = None, pos: int = -1) -> Any:
@@ -301,21 +268,15 @@ class DePassCache(Mapping[str, Tensor]):
         Columns: ``batch``, ``component``, ``label``, ``token`` (the token string for token components
         when known), ``attribution``.
         """
-        import pandas as pd
-
-        attrs = self.logit_attrs(tokens, incorrect_tokens=incorrect_tokens, pos=pos)
-        rows = []
-        for b in range(attrs.shape[1]):
-            for c, label in enumerate(self.labels):
-                token = None
-                if self.str_tokens is not None and label.startswith("tok") and label[3:].isdigit():
-                    token = self.str_tokens[b][int(label[3:])]
-                rows.append({"batch": b, "component": c, "label": label, "token": token,
-                             "attribution": float(attrs[c, b])})
-        return pd.DataFrame(rows)
+        return self._frame(self.logit_attrs(tokens, incorrect_tokens=incorrect_tokens, pos=pos))
 
     def to(self, device: str | torch.device) -> "DePassCache":
-        """A copy with every tensor moved to ``device``."""
+        """A copy with every tensor moved to ``device``.
+
+        Raises:
+            DePassValueError: not a device, or one this machine does not have (e.g. ``"cuda"`` without CUDA).
+        """
+        device = check_device(device)
         return DePassCache(
             activations={k: v.to(device) for k, v in self._acts.items()},
             labels=self.labels,
@@ -331,4 +292,5 @@ class DePassCache(Mapping[str, Tensor]):
             mlp_rule=self.mlp_rule,
             logits_soft_capped=self.logits_soft_capped,
             to_single_token=self._to_single_token,
+            completeness=self.completeness,
         )

@@ -6,11 +6,20 @@ only the hooks the replay needs, and never modifies the model. ``HookedTransform
 ``TransformerBridge`` are captured by the same code: the Bridge registers the HookedTransformer hook
 names in both of its modes, and :func:`depass_tl.backends.read_model_view` absorbs the weight
 differences. TL 2.x has no ``unembed.hook_in``; it is rebuilt from the frozen final norm scale.
+
+Hooks the user attached before the call stay where they are and take part in the run; where they
+change an activation, that is recorded (``FrozenRun.edited_hooks``) by a probe around each such hook
+point, removed in a ``finally`` too (:mod:`depass_tl.foreign_hooks` says which edits a replay
+follows). A capture holds the model's lock (:func:`depass_tl.model_state.model_lock`) from reading
+the model to the end of the forward pass, so captures of one model from several threads never see
+each other's hooks. The model is checked first (:mod:`depass_tl.model_state`: real, finite weights,
+nothing random in training mode) and the clean run after (no NaN or inf).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -18,178 +27,23 @@ from torch import Tensor
 
 from depass_tl._checks import checked
 from depass_tl._types import TOKENS_HINT, Model, TextOrTokens
-from depass_tl.backends import read_model_view
+from depass_tl.backends import backend_for, read_model_view
 from depass_tl.coefficients import FrozenRun
 from depass_tl.errors import DePassError, UnsupportedModelError
+from depass_tl.foreign_hooks import hook_position
+from depass_tl.model_state import check_finite, check_model_state, check_real_weights, model_lock
 from depass_tl.model_view import ModelView, MoEView, NormView
+from depass_tl.replay.device import block_device, norm_device
+from depass_tl.tokenization import single_token_fn, to_tokens, tokens_and_mask
 
-__all__ = ["capture", "to_tokens", "tokens_and_mask", "single_token_fn"]
-
-
-def _get_attention_mask_fn() -> Any:
-    """TL's ``get_attention_mask(tokenizer, tokens, prepend_bos, padding_side=...)``.
-
-    It lives in ``transformer_lens.utils`` up to 3.x and ``utilities.tokenize_utils`` in 4.x. TL 2.x's
-    has no ``padding_side`` argument (it reads ``tokenizer.padding_side``); it is then called on a
-    shallow copy of the tokenizer with the requested side, so the model's tokenizer is never changed.
-    """
-    import copy
-    import inspect
-
-    try:
-        from transformer_lens.utils import get_attention_mask
-    except ImportError:
-        from transformer_lens.utilities.tokenize_utils import get_attention_mask
-    if "padding_side" in inspect.signature(get_attention_mask).parameters:
-        return get_attention_mask
-
-    def with_side(tokenizer: Any, tokens: Tensor, prepend_bos: bool, *, padding_side: str) -> Tensor:
-        sided = copy.copy(tokenizer)
-        sided.padding_side = padding_side
-        return get_attention_mask(sided, tokens, prepend_bos)
-
-    return with_side
+__all__ = ["capture", "to_tokens", "tokens_and_mask", "single_token_fn"]  # the last three: depass_tl.tokenization
 
 
-def _string_tokens(
-    model: Any, prompts: list[str], prepend_bos: bool | None, padding_side: str | None
-) -> tuple[Tensor, Tensor | None]:
-    if getattr(model, "tokenizer", None) is None:
-        raise DePassError(
-            "string input needs a model with a tokenizer (model.tokenizer is None); pass token ids as a "
-            "[batch, pos] integer tensor instead."
-        )
-    if any(len(p) == 0 for p in prompts):
-        raise DePassError("got an empty prompt; pass at least one character of text.")
-    kwargs: dict[str, Any] = {} if prepend_bos is None else {"prepend_bos": prepend_bos}
-    lengths = {int(model.to_tokens(p, **kwargs).shape[-1]) for p in prompts}
-    if len(lengths) == 1:
-        return torch.cat([model.to_tokens(p, **kwargs) for p in prompts], dim=0), None
-    side = padding_side if padding_side is not None else model.tokenizer.padding_side
-    if side not in ("left", "right"):
-        raise DePassError(f"padding_side must be 'left' or 'right'; got {side!r}.")
-    get_attention_mask = _get_attention_mask_fn()
-    tokens = model.to_tokens(prompts, padding_side=side, **kwargs)
-    bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
-    mask = get_attention_mask(model.tokenizer, tokens, bos, padding_side=side)
-    return tokens, mask
-
-
-def single_token_fn(model: Any) -> Callable[[str], int] | None:
-    """A function that turns a single-token string into its id with the model's tokenizer (None without one).
-
-    The function raises a :class:`DePassError` for a string of several tokens.
-    """
-    if getattr(model, "tokenizer", None) is None:
-        return None
-
-    def to_single_token(s: str) -> int:
-        ids = model.to_tokens(s, prepend_bos=False)[0]
-        if ids.numel() != 1:
-            pieces = model.to_str_tokens(s, prepend_bos=False)
-            raise DePassError(f"{s!r} is {ids.numel()} tokens {pieces}, not one; pick a single-token answer.")
-        return int(ids[0])
-
-    return to_single_token
-
-
-def _check_ids(model: Any, input: Any, what: str) -> Tensor:
-    if not isinstance(input, Tensor):
-        raise DePassError(
-            f"{what} must be a string, a list of strings, or a [batch, pos] integer tensor; got {type(input).__name__}."
-        )
-    if input.is_floating_point() or input.is_complex() or input.dtype == torch.bool:
-        raise DePassError(f"token ids must be an integer tensor, got dtype {input.dtype}; use tokens.long().")
-    if input.ndim == 1:
-        input = input[None]
-    if input.ndim != 2:
-        raise DePassError(f"tokens must have shape [batch, pos] (or [pos]); got shape {tuple(input.shape)}.")
-    if input.shape[0] == 0 or input.shape[1] == 0:
-        raise DePassError(f"tokens must be non-empty; got shape {tuple(input.shape)}.")
-    return input
-
-
-def _check_mask(mask: Any, tokens: Tensor) -> Tensor:
-    if not isinstance(mask, Tensor) or mask.is_floating_point() or mask.is_complex():
-        raise DePassError(
-            f"attention_mask must be an integer or bool tensor of 0/1 shaped like the tokens {tuple(tokens.shape)}; "
-            f"got {type(mask).__name__}{'' if not isinstance(mask, Tensor) else ' of dtype ' + str(mask.dtype)}."
-        )
-    mask = mask[None] if mask.ndim == 1 else mask
-    if tuple(mask.shape) != tuple(tokens.shape):
-        raise DePassError(
-            f"attention_mask has shape {tuple(mask.shape)} but the tokens have shape {tuple(tokens.shape)}; "
-            "give one 0/1 entry per token (1 = real token, 0 = padding)."
-        )
-    mask = mask.long()
-    if bool(((mask != 0) & (mask != 1)).any()):
-        raise DePassError(f"attention_mask must hold only 0 and 1; got values {sorted(set(mask.flatten().tolist()))}.")
-    empty = (mask.sum(-1) == 0).nonzero().flatten().tolist()
-    if empty:
-        raise DePassError(f"attention_mask masks every token of prompt(s) {empty}; each prompt needs a real token.")
-    return mask.to(tokens.device)
-
-
-def tokens_and_mask(
-    model: Any,
-    input: Any,
-    *,
-    prepend_bos: bool | None = None,
-    padding_side: str | None = None,
-    attention_mask: Tensor | None = None,
-) -> tuple[Tensor, Tensor | None]:
-    """Turn user input into ``[batch, pos]`` token ids and an attention mask (None: no padding).
-
-    Strings of different token lengths are padded on ``padding_side`` (default: the tokenizer's
-    ``padding_side``) and get TransformerLens's mask (``utils.get_attention_mask``). For token-id
-    input, ``attention_mask`` (1 = real token, 0 = padding) marks the padding explicitly.
-
-    Raises:
-        DePassError: empty input, wrong shape or dtype, ids outside the vocabulary, strings without a
-            tokenizer, or a malformed mask.
-    """
-    is_text = isinstance(input, str) or (
-        isinstance(input, (list, tuple)) and len(input) > 0 and all(isinstance(s, str) for s in input)
-    )
-    if is_text:
-        prompts = [input] if isinstance(input, str) else list(input)
-        tokens, mask = _string_tokens(model, prompts, prepend_bos, padding_side)
-        if attention_mask is not None:
-            mask = _check_mask(attention_mask, tokens)
-    else:
-        tokens = _check_ids(model, input, "input")
-        mask = None if attention_mask is None else _check_mask(attention_mask, tokens)
-    d_vocab = model.cfg.d_vocab
-    if int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab:
-        raise DePassError(
-            f"token ids must lie in [0, {d_vocab}); got min {int(tokens.min())}, max {int(tokens.max())}."
-        )
-    tokens = tokens.to(model.cfg.device).long()
-    if mask is not None and bool((mask == 1).all()):
-        mask = None  # nothing is padded: run exactly as without a mask
-    return tokens, None if mask is None else mask.to(tokens.device)
-
-
-def to_tokens(
-    model: Any, input: Any, *, prepend_bos: bool | None = None, padding_side: str | None = None
-) -> Tensor:
-    """Turn user input into a ``[batch, pos]`` long tensor on the model's device.
-
-    Accepts a string, a list of strings (padded on ``padding_side`` when their lengths differ; see
-    :func:`tokens_and_mask` for the matching attention mask), or an integer tensor of shape
-    ``[batch, pos]`` or ``[pos]`` (one prompt).
-
-    Raises:
-        DePassError: see :func:`tokens_and_mask`.
-    """
-    return tokens_and_mask(model, input, prepend_bos=prepend_bos, padding_side=padding_side)[0]
-
-
-def _needed_hooks(view: ModelView, model: Any) -> set[str]:
+def _needed_hooks(view: ModelView, hook_dict: dict[str, Any]) -> set[str]:
     names = {"hook_embed", "blocks.0.hook_resid_pre", "ln_final.hook_scale"}
     if view.has_pos_embed_in_resid:
         names.add("hook_pos_embed")
-    if "unembed.hook_in" in model.hook_dict:
+    if "unembed.hook_in" in hook_dict:
         names.add("unembed.hook_in")
     for l, block in enumerate(view.blocks):
         p = f"blocks.{l}."
@@ -216,7 +70,7 @@ def _needed_hooks(view: ModelView, model: Any) -> set[str]:
             names.add(p + "mlp.hook_pre_linear")
         if block.mlp.ln is not None:
             names |= {p + "mlp.hook_mid", p + "mlp.ln.hook_scale"}
-    return {n for n in names if n in model.hook_dict}
+    return {n for n in names if n in hook_dict}
 
 
 def _per_position_scale(acts: dict[str, Tensor], name: str) -> None:
@@ -332,10 +186,44 @@ def _apply_norm_clean(x: Tensor, scale: Tensor | None, norm: NormView) -> Tensor
     return x
 
 
-def _check_residual_identity(acts: dict[str, Tensor], view: ModelView) -> None:
-    """The clean cache must satisfy resid_pre + attn_out (+ mlp_out) = resid_post (TL issue #1639)."""
+def _place_on_block_devices(acts: dict[str, Tensor], view: ModelView) -> None:
+    """Move each frozen tensor to the device of the weights that read it (no-op on one device).
+
+    A model split over devices (TL's ``n_devices``, an HF ``device_map``) records some hooks on the
+    device of the previous block: a Bridge block's ``hook_resid_pre`` is its input, captured before
+    accelerate moves it. Afterwards ``blocks.{l}.*`` lives on block l's device, the embeddings on
+    block 0's, and ``unembed.hook_in`` / ``ln_final.hook_scale`` on the final norm's, so every
+    component spec and the replay combine tensors of one device.
+    """
+    devices = [block_device(b) for b in view.blocks]
+    final = norm_device(view.ln_final, devices[-1])
+    for name, t in acts.items():
+        if name.startswith("blocks."):
+            dev = devices[int(name.split(".", 2)[1])]
+        elif name in ("hook_embed", "hook_pos_embed"):
+            dev = devices[0]
+        elif name in ("unembed.hook_in", "ln_final.hook_scale"):
+            dev = final
+        else:
+            continue
+        if t.device != dev:
+            acts[name] = t.to(dev)
+
+
+_IDENTITY_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
+
+
+def _check_residual_identity(acts: dict[str, Tensor], view: ModelView, edited: Iterable[str] = ()) -> None:
+    """The clean cache must satisfy resid_pre + attn_out (+ mlp_out) = resid_post (TL issue #1639).
+
+    A layer where the user's hooks edited one of these is skipped: the edit explains the gap, and
+    whether a replay can follow it is decided per replay (:func:`depass_tl.foreign_hooks.check_edits`).
+    """
+    edited = set(edited)
     for l, block in enumerate(view.blocks):
         p = f"blocks.{l}."
+        if any(p + h in edited for h in _IDENTITY_HOOKS):
+            continue
         total = acts[p + "hook_resid_pre"] + acts[p + "hook_attn_out"]
         if block.mlp is not None:
             total = total + acts[p + "hook_mlp_out"]
@@ -346,7 +234,9 @@ def _check_residual_identity(acts: dict[str, Tensor], view: ModelView) -> None:
             raise UnsupportedModelError(
                 f"layer {l}: hook_resid_pre + hook_attn_out (+ hook_mlp_out) differs from hook_resid_post by "
                 f"{err:.3g}; the model's residual stream is not the sum its hooks report, so it cannot be "
-                "decomposed. Check the model class and its hook semantics."
+                "decomposed. Either a PyTorch hook on one of the model's modules (module.register_forward_hook) "
+                "changes an output after TransformerLens's hook point saw it (remove it), or the model class's "
+                "hooks mean something else (check its hook semantics)."
             )
 
 
@@ -391,30 +281,104 @@ def capture(
         >>> run.acts["blocks.0.attn.hook_pattern"].shape
         torch.Size([1, 2, 3, 3])
     """
-    view = read_model_view(model)
-    tokens, mask = tokens_and_mask(
-        model, input, prepend_bos=prepend_bos, padding_side=padding_side, attention_mask=attention_mask
-    )
-    names = _needed_hooks(view, model)
-    extra = set(extra_hooks)
-    unknown = sorted(extra - set(model.hook_dict))
-    if unknown:
-        raise DePassError(f"unknown hook name(s) {unknown}; see model.hook_dict for the hooks this model has.")
-    names |= extra
-    kwargs: dict[str, Any] = {} if mask is None else {"attention_mask": mask}
-    with torch.no_grad():
-        logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names, **kwargs)
-    acts: dict[str, Tensor] = {name: cache[name].detach().clone() for name in names if name in cache}
+    backend_for(model)  # an object some backend reads, before looking inside it
+    with model_lock(model):
+        check_real_weights(model)
+        view = read_model_view(model)  # refuses what the replay does not handle, before the weights are scanned
+        check_model_state(model)
+        tokens, mask = tokens_and_mask(
+            model, input, prepend_bos=prepend_bos, padding_side=padding_side, attention_mask=attention_mask
+        )
+        hook_dict = model.hook_dict
+        names = _needed_hooks(view, hook_dict)
+        extra = set(extra_hooks)
+        unknown = sorted(extra - set(hook_dict))
+        if unknown:
+            raise DePassError(f"unknown hook name(s) {unknown}; see model.hook_dict for the hooks this model has.")
+        names |= extra
+        kwargs: dict[str, Any] = {} if mask is None else {"attention_mask": mask}
+        foreign = _foreign_hook_points(hook_dict)
+        with torch.no_grad(), _edit_probes(foreign) as edited:
+            logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names, **kwargs)
+        acts: dict[str, Tensor] = {name: cache[name].detach().clone() for name in names if name in cache}
+        str_tokens = None
+        if getattr(model, "tokenizer", None) is not None:
+            str_tokens = [model.to_str_tokens(row) for row in tokens]
     _unflatten_positions(acts, tokens.shape)
-    _check_residual_identity(acts, view)
+    check_finite(logits, acts, sorted(acts, key=_forward_order))
+    _place_on_block_devices(acts, view)
+    _check_residual_identity(acts, view, edited)
     with torch.no_grad():
         _frozen_coefficients(acts, view, model, tokens)
     if "unembed.hook_in" not in acts:  # TL 2.x has no unembed hooks: rebuild from the frozen final scale
         final = acts[f"blocks.{view.n_layers - 1}.hook_resid_post"]
         acts["unembed.hook_in"] = _apply_norm_clean(final, acts.get("ln_final.hook_scale"), view.ln_final)
-    str_tokens = None
-    if getattr(model, "tokenizer", None) is not None:
-        str_tokens = [model.to_str_tokens(row) for row in tokens]
     return FrozenRun.build(
-        tokens=tokens, logits=logits.detach(), acts=acts, view=view, str_tokens=str_tokens, attention_mask=mask
+        tokens=tokens, logits=logits.detach(), acts=acts, view=view, str_tokens=str_tokens, attention_mask=mask,
+        foreign_hooks=tuple(foreign), edited_hooks=tuple(n for n in foreign if n in edited),
+        hook_aliases={name: tuple(names) for name, (_, names) in foreign.items()},
     )
+
+
+def _forward_order(name: str) -> tuple[int, str]:
+    position = hook_position(name)
+    return (1 << 30 if position is None else position, name)
+
+
+def _display_name(names: list[str]) -> str:
+    """One name for a hook point registered under several (the Bridge's aliases): TransformerLens's
+    ``HookedTransformer`` name (``hook_mlp_out``, not ``mlp.hook_out``) where there is one."""
+    def rank(name: str) -> tuple[bool, int]:
+        last = name.rsplit(".", 1)[-1]
+        return (last in ("hook_in", "hook_out") or not last.startswith("hook_"), names.index(name))
+
+    return min(names, key=rank)
+
+
+def _foreign_hook_points(hook_dict: dict[str, Any]) -> dict[str, tuple[Any, list[str]]]:
+    """Hook points holding forward hooks when depass_tl starts (the user's): display name -> (point, names)."""
+    aliases: dict[int, tuple[Any, list[str]]] = {}
+    for name, point in hook_dict.items():
+        aliases.setdefault(id(point), (point, []))[1].append(name)
+    return {
+        _display_name(names): (point, names)
+        for point, names in aliases.values()
+        if getattr(point, "_forward_hooks", None) or getattr(point, "_forward_pre_hooks", None)
+    }
+
+
+@contextmanager
+def _edit_probes(points: dict[str, tuple[Any, list[str]]]) -> Iterator[set[str]]:
+    """Record which of ``points`` (hook points with the user's hooks) change the activation in the run.
+
+    Around each point, a forward pre-hook placed before every other keeps a copy of the input, and a
+    forward hook placed after the user's compares it with the output. The probes are removed on exit,
+    also when the forward raises. Yields the set of names (filled during the run).
+    """
+    edited: set[str] = set()
+    handles = []
+
+    def probes(name: str) -> tuple[Callable[..., None], Callable[..., None]]:
+        seen: list[Tensor | None] = []
+
+        def before(module: Any, args: tuple[Any, ...]) -> None:
+            x = args[0] if args else None
+            seen.append(x.detach().clone() if isinstance(x, Tensor) else None)
+
+        def after(module: Any, args: tuple[Any, ...], output: Any) -> None:
+            x = seen.pop() if seen else None
+            same = isinstance(x, Tensor) and isinstance(output, Tensor) and x.shape == output.shape
+            if not (same and torch.equal(x, output)):
+                edited.add(name)
+
+        return before, after
+
+    try:
+        for name, (point, _) in points.items():
+            before, after = probes(name)
+            handles.append(point.register_forward_pre_hook(before, prepend=True))
+            handles.append(point.register_forward_hook(after))
+        yield edited
+    finally:
+        for handle in handles:
+            handle.remove()

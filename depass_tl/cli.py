@@ -27,7 +27,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["main", "build_parser"]
 
@@ -55,9 +55,16 @@ def _components_arg(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(parts))
 
 
+class _Parser(argparse.ArgumentParser):
+    """``argparse`` with the house error format: one line on stderr, exit status 2 (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {PROG} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``argparse`` parser of ``depass-tl``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Exact attribution of a logit to tokens and heads by a decomposed forward pass (DePass).",
     )
@@ -91,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                           f"switch the answer and contrast among the top {EXPLORER_TOP_K} predictions and the MLP rule")
     att.add_argument("--png", default=None, metavar="PATH",
                      help="write the figures as .png (several figures: PATH-stem-<figure>.png)")
+    from depass_tl.cli_dataset import add_parser as add_dataset_parser  # `depass-tl dataset` (its own module)
+
+    add_dataset_parser(sub)
     return parser
 
 
@@ -106,11 +116,30 @@ class _Loaded:
     decode: Callable[[int], str]  # token id -> its string
 
 
+MAX_QUOTED = 80  # user text longer than this is shortened in error lines
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _shorten(text: str) -> str:
+    """A long piece of user text as its start, its end and its length."""
+    return text if len(text) <= MAX_QUOTED else f"{text[:50]}…{text[-20:]} ({len(text)} characters)"
+
+
+def _error_line(message: str, args: argparse.Namespace | None) -> str:
+    """The one error line: the message on one line, with long user text (the prompt, tokens) shortened."""
+    line = _one_line(message)
+    for text in (getattr(args, "prompt", None), getattr(args, "target", None), getattr(args, "contrast", None)):
+        if isinstance(text, str) and len(text) > MAX_QUOTED:
+            for form in (repr(text), _one_line(repr(text)), text, _one_line(text)):
+                line = line.replace(form, repr(_shorten(text)))
+    return f"{PROG}: error: {line}\n"
+
+
 def _check_args(args: argparse.Namespace) -> None:
+    from depass_tl._checks import check_device
     from depass_tl.errors import DePassError
 
     if not args.prompt.strip():
@@ -123,6 +152,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise DePassError(f"--top must be at least 1, got {args.top}.")
     if not args.temperature > 0:
         raise DePassError(f"--temperature must be > 0, got {args.temperature}.")
+    check_device(args.device)
     for flag, path, suffix in (("--html", args.html, ".html"), ("--png", args.png, ".png")):
         if path is None:
             continue
@@ -431,9 +461,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        lines = attribute(args)
+        if args.command == "dataset":
+            from depass_tl.cli_dataset import dataset
+
+            lines = dataset(args)
+        else:
+            lines = attribute(args)
     except DePassError as e:
-        sys.stderr.write(f"{PROG}: error: {_one_line(str(e))}\n")
+        sys.stderr.write(_error_line(str(e), args))
         return 2
     sys.stdout.write("\n".join(lines).rstrip() + "\n")
     return 0

@@ -28,12 +28,17 @@ Keys held (``l`` a layer):
   ``...experts.e.route_weight`` ``[n_routed]`` and ``...experts.e.gate_act`` (= act(hook_gate)).
 
 Keys without ``hook_`` in their last part are depass_tl's own frozen coefficients, not TL hooks.
+
+Hooks the user had attached when the run was captured are recorded by name (``foreign_hooks``) and
+so are those that changed the value passing through them (``edited_hooks``): the replay refuses
+edits it cannot follow (:mod:`depass_tl.foreign_hooks`) and the completeness guard names them as a
+likely cause when a sum misses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import torch
@@ -55,6 +60,11 @@ class FrozenRun:
         view: the weights (:class:`~depass_tl.model_view.ModelView`).
         str_tokens: per prompt, the token strings (None when the model has no tokenizer).
         attention_mask: ``[batch, pos]`` 1 for real tokens, 0 for padding; None when nothing is padded.
+        foreign_hooks: the model's hook points that held hooks of the user's during the capture (one
+            name each, TransformerLens's when it has several).
+        edited_hooks: those of ``foreign_hooks`` whose hooks changed the activation (output != input).
+        hook_aliases: every name of each of ``foreign_hooks`` (a ``TransformerBridge`` registers some hook
+            points under several names, e.g. ``blocks.0.hook_resid_mid`` is ``blocks.0.ln2.hook_in``).
     """
 
     tokens: Tensor
@@ -63,6 +73,9 @@ class FrozenRun:
     view: ModelView
     str_tokens: tuple[tuple[str, ...], ...] | None
     attention_mask: Tensor | None = None
+    foreign_hooks: tuple[str, ...] = ()
+    edited_hooks: tuple[str, ...] = ()
+    hook_aliases: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
     @staticmethod
     def build(
@@ -73,9 +86,13 @@ class FrozenRun:
         view: ModelView,
         str_tokens: list[list[str]] | None,
         attention_mask: Tensor | None = None,
+        foreign_hooks: tuple[str, ...] = (),
+        edited_hooks: tuple[str, ...] = (),
+        hook_aliases: Mapping[str, tuple[str, ...]] | None = None,
     ) -> "FrozenRun":
         frozen_strs = None if str_tokens is None else tuple(tuple(s) for s in str_tokens)
-        return FrozenRun(tokens, logits, MappingProxyType(dict(acts)), view, frozen_strs, attention_mask)
+        return FrozenRun(tokens, logits, MappingProxyType(dict(acts)), view, frozen_strs, attention_mask,
+                         tuple(foreign_hooks), tuple(edited_hooks), MappingProxyType(dict(hook_aliases or {})))
 
     @property
     def pad(self) -> Tensor | None:

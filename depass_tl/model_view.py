@@ -4,17 +4,22 @@ The replay engine never touches a model object. A backend (:mod:`depass_tl.backe
 model class, e.g. ``HookedTransformer`` or ``TransformerBridge``) reads a model's config and weights
 once into a :class:`ModelView` (no copies of unchanged weights; they share storage with the model's
 parameters), refusing what the replay does not handle; everything downstream reads only these views.
+Encoders (BERT, for DecompX) are read into an :class:`EncoderView` the same way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-__all__ = ["NormView", "AttnView", "MLPView", "ExpertView", "MoEView", "BlockView", "ModelView"]
+__all__ = [
+    "NormView", "AttnView", "MLPView", "ExpertView", "MoEView", "BlockView", "ModelView", "EncoderLayerView",
+    "MLMHeadView", "EncoderView",
+]
 
 NormKind = Literal["LN", "LNPre", "RMS", "RMSPre", "none"]
 MLPKind = Literal["standard", "gated"]
@@ -107,7 +112,10 @@ class ModelView:
     """Everything the replay reads from a model, as tensors and plain values.
 
     ``backend`` names the backend the view was read by (:attr:`depass_tl.backends.Backend.name`, e.g.
-    ``"HookedTransformer"``; metadata only, the replay ignores it).
+    ``"HookedTransformer"``; metadata only, the replay ignores it). ``clean_dtype`` is the lowest
+    precision the model's own forward pass computes in: ``dtype`` except where the model's modules cast
+    (e.g. a float64 Bridge whose Hugging Face / TL-native RMS norms normalise in float32); the
+    completeness guard's tolerance reads it, since no replay reproduces the clean run's rounding.
     """
 
     blocks: tuple[BlockView, ...]
@@ -124,3 +132,59 @@ class ModelView:
     dtype: torch.dtype
     device: torch.device
     backend: str = "HookedTransformer"
+    clean_dtype: torch.dtype | None = None
+
+    @property
+    def clean_run_dtype(self) -> torch.dtype:
+        """``clean_dtype`` when set, else ``dtype``."""
+        return self.dtype if self.clean_dtype is None else self.clean_dtype
+
+
+@dataclass(frozen=True)
+class EncoderLayerView:
+    """One post-LN encoder layer (BERT): ``resid_mid = x + attn(x)``, ``h = ln1(resid_mid)``,
+    ``resid_post = h + mlp(h)``, output ``ln2(resid_post)``. ``ln1`` / ``ln2`` are ``"LN"`` norms."""
+
+    attn: AttnView
+    ln1: NormView
+    mlp: MLPView
+    ln2: NormView
+
+
+@dataclass(frozen=True)
+class MLMHeadView:
+    """A BERT masked-LM head: ``ln(act(x W + b)) W_U + b_U``; ``act_fn`` names the activation."""
+
+    W: Tensor
+    b: Tensor
+    act_fn: str
+    ln: NormView
+    eps: float
+    W_U: Tensor
+    b_U: Tensor | None
+
+
+@dataclass(frozen=True)
+class EncoderView:
+    """Everything DecompX reads from a BERT-style encoder, as tensors and plain values.
+
+    ``act`` is the FFN activation as the model computes it (a callable; its tangent slopes are taken
+    by autograd for ``ffn_approx="gelu_la"``); ``act_fn`` its name. ``pooler`` / ``classifier`` are
+    ``(W [d_in, d_out], b)`` of a sequence-classification head and ``mlm`` a masked-LM head, when the
+    model has them (a ``HookedEncoder``'s classification head is supplied by the user instead).
+    """
+
+    layers: tuple[EncoderLayerView, ...]
+    act: Callable[[Tensor], Tensor]
+    act_fn: str
+    eps: float
+    d_model: int
+    d_vocab: int
+    n_ctx: int
+    n_token_types: int
+    dtype: torch.dtype
+    device: torch.device
+    pooler: tuple[Tensor, Tensor] | None = None
+    classifier: tuple[Tensor, Tensor] | None = None
+    mlm: MLMHeadView | None = None
+    backend: str = "HookedEncoder"

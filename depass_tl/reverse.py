@@ -17,7 +17,7 @@ per-hook tensors.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,17 +29,20 @@ from depass_tl._types import COMPONENTS_HINT, TOKENS_HINT, Model, TextOrTokens
 from depass_tl.capture import capture, single_token_fn
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components import ComponentSpec, TokenSpec
-from depass_tl.errors import DePassError
+from depass_tl.errors import DePassError, DePassTypeError, DePassValueError
+from depass_tl.foreign_hooks import check_edits
+from depass_tl.guard import check_values, tolerance
 from depass_tl.memory import parse_memory
 from depass_tl.replay.engine import replay_components
 from depass_tl.replay.reverse import forward_cost, project, reverse_token_values, reverse_values
 from depass_tl.replay.rules import DEFAULT_TEMPERATURE, MLPRule, RuleLike, get_rule, iter_rules
 from depass_tl.replay.state import FINAL_HOOK, InitialState, parse_start_hook, stage_index, stored_hook_names
+from depass_tl.tokenization import AnswerTokens, answer_ids
 
 __all__ = ["ScalarTarget", "logit_target", "direction_target", "ScalarAttribution", "attribute", "attribute_run"]
 
 Mode = Literal["auto", "forward", "reverse"]
-TokenLike = str | int | Sequence[int] | Sequence[str] | Tensor
+TokenLike = AnswerTokens
 REVERSE_COST = 4  # a reverse pass ≈ a forward of 2 components per group + a backward (≈ 2 forwards) of one
 
 
@@ -70,8 +73,10 @@ def direction_target(hook: str, direction: Tensor, *, pos: int = -1) -> ScalarTa
 
     ``direction`` is ``[d_model]`` or one per prompt ``[batch, d_model]``.
     """
-    if not isinstance(direction, Tensor) or direction.ndim not in (1, 2):
-        raise DePassError("direction must be a tensor [d_model] or [batch, d_model].")
+    if not isinstance(direction, Tensor) or direction.ndim not in (1, 2) or not direction.is_floating_point():
+        raise DePassTypeError("direction must be a floating-point tensor [d_model] or [batch, d_model].")
+    if not bool(torch.isfinite(direction).all()):
+        raise DePassValueError("direction holds NaN or inf values; give a finite direction.")
     return ScalarTarget(hook, pos, direction=direction)
 
 
@@ -122,59 +127,50 @@ class ScalarAttribution:
         )
 
 
-def _ids(tokens: TokenLike, batch: int, d_vocab: int, to_single_token: Callable[[str], int] | None) -> Tensor:
-    def one(t: str | int) -> int:
-        if isinstance(t, int):
-            return t
-        if to_single_token is None:
-            raise DePassError(f"the model has no tokenizer, so {t!r} cannot be looked up; pass a token id.")
-        return to_single_token(t)
+@dataclass(frozen=True)
+class _Resolved:
+    """A target made concrete: positions ``[batch]``, direction ``[batch, d_model]``, the ``b_U`` offset
+    ``[batch]`` (logit targets) and the model's own logit (difference) ``[batch]`` (uncapped logit targets)."""
 
-    if isinstance(tokens, Tensor):
-        ids = tokens.long().flatten().cpu()
-    elif isinstance(tokens, (str, int)):
-        ids = torch.tensor([one(tokens)])
-    else:
-        ids = torch.tensor([one(t) for t in tokens])
-    if ids.numel() == 1:
-        ids = ids.expand(batch)
-    if ids.numel() != batch:
-        raise DePassError(f"give one answer token, or one per prompt ({batch}); got {ids.numel()}.")
-    if int(ids.min()) < 0 or int(ids.max()) >= d_vocab:
-        raise DePassError(f"token ids must lie in [0, {d_vocab}); got {ids.tolist()}.")
-    return ids
+    pos: Tensor
+    direction: Tensor
+    offset: Tensor | None = None
+    model_value: Tensor | None = None
 
 
 def _resolve(
     run: FrozenRun, target: ScalarTarget, dtype: torch.dtype, to_single_token: Callable[[str], int] | None
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``(positions [batch], direction [batch, d_model], offset [batch] or None)`` of a target."""
+) -> _Resolved:
     B, P = run.batch, run.n_pos
     if target.pos == -1:
         pos = run.last_real_positions
     elif -P <= target.pos < P:
         pos = torch.full((B,), target.pos % P, dtype=torch.long, device=run.tokens.device)
     else:
-        raise DePassError(f"pos {target.pos} is out of range for {P} positions.")
+        raise DePassValueError(f"pos {target.pos} is out of range for {P} positions.")
     view = run.view
     if target.direction is not None:
         d = target.direction.to(dtype)
         if d.shape[-1] != view.d_model or (d.ndim == 2 and d.shape[0] not in (1, B)):
-            raise DePassError(
+            raise DePassValueError(
                 f"direction has shape {tuple(d.shape)}; expected [{view.d_model}] or [{B}, {view.d_model}]."
             )
-        return pos, d.expand(B, view.d_model), None
+        return _Resolved(pos, d.expand(B, view.d_model))
     assert target.tokens is not None
-    ids = _ids(target.tokens, B, view.d_vocab, to_single_token)
+    ids = answer_ids(target.tokens, B, view.d_vocab, to_single_token)
     W_U = view.W_U
     direction = W_U[:, ids.to(W_U.device)].T.to(dtype)  # [batch, d_model]: only the requested columns
     offset = None if view.b_U is None else view.b_U[ids.to(W_U.device)].to(dtype)
+    logits = run.logits[torch.arange(B, device=run.logits.device), pos.to(run.logits.device)].to(dtype)
+    model_value = logits.gather(1, ids.to(logits.device)[:, None])[:, 0]
     if target.incorrect_tokens is not None:
-        bad = _ids(target.incorrect_tokens, B, view.d_vocab, to_single_token)
+        bad = answer_ids(target.incorrect_tokens, B, view.d_vocab, to_single_token)
         direction = direction - W_U[:, bad.to(W_U.device)].T.to(dtype)
         if view.b_U is not None:
             offset = offset - view.b_U[bad.to(W_U.device)].to(dtype)  # type: ignore[operator]
-    return pos, direction, offset
+        model_value = model_value - logits.gather(1, bad.to(logits.device)[:, None])[:, 0]
+    capped = view.output_logits_soft_cap is not None  # the shares are of the pre-cap logits
+    return _Resolved(pos, direction, offset, None if capped else model_value)
 
 
 def choose_mode(run: FrozenRun, init: InitialState, rule: MLPRule, mode: str) -> str:
@@ -225,15 +221,12 @@ def attribute_run(
     token_reverse_cheaper = REVERSE_COST * P < P * (P + 1) // 2 + P  # the forward cost of causal token chunks
     if _plain_tokens(spec) and rule.linear and (mode == "reverse" or (mode == "auto" and token_reverse_cheaper)):
         return _reverse_tokens(run, spec, target, dtype, to_single_token, rule)  # type: ignore[arg-type]
+    spec.check_captured(run)
     init = spec.init(run, dtype)
     chosen = choose_mode(run, init, rule, mode)
-    names = init.stored_hook_names(run.view)
-    if target.hook not in names:
-        raise DePassError(
-            f"target hook {target.hook!r} is not produced by this replay; use one of {names} "
-            "(residual-stream hooks at or after the start hook)."
-        )
-    pos, direction, offset = _resolve(run, target, dtype, to_single_token)
+    _check_target_hook(target, init.stored_hook_names(run.view))
+    check_edits(run.edited_hooks, [g.start_hook for g in init.groups], run.view, rule, run.hook_aliases)
+    r = _resolve(run, target, dtype, to_single_token)
     K = init.group_size
     budget = None if max_memory is None else parse_memory(max_memory)
     if chosen == "forward":
@@ -241,15 +234,38 @@ def attribute_run(
             run, init, mlp_rule=rule, dtype=dtype, keep=lambda n: n == target.hook, chunk_size=chunk_size,
             max_memory=budget,
         )
-        values = project(acts[target.hook], pos, direction)
+        values = project(acts[target.hook], r.pos, r.direction)
     else:
-        values = reverse_values(run, init, target.hook, pos, direction, dtype, rule)
-    if offset is not None:
-        values[K - 1 :: K] += offset.to(values.device)
-    clean = project(run.get(target.hook).to(dtype)[None], pos, direction)[0]
-    if offset is not None:
-        clean = clean + offset.to(clean.device)
-    return ScalarAttribution(values.detach(), init.labels, clean, K, chosen, rule.name)
+        values = reverse_values(run, init, target.hook, r.pos, r.direction, dtype, rule)
+    return _checked_result(run, target, values, init.labels, K, chosen, rule, r, dtype)
+
+
+def _check_target_hook(target: ScalarTarget, names: list[str]) -> None:
+    if target.hook not in names:
+        raise DePassValueError(
+            f"target hook {target.hook!r} is not produced by this replay; use one of {names} "
+            "(residual-stream hooks at or after the start hook)."
+        )
+
+
+def _checked_result(
+    run: FrozenRun, target: ScalarTarget, values: Tensor, labels: tuple[str, ...], K: int, mode: str, rule: MLPRule,
+    r: _Resolved, dtype: torch.dtype,
+) -> ScalarAttribution:
+    """The result, after the completeness guard (:mod:`depass_tl.guard`): each group of ``values`` sums to
+    the clean target; for an uncapped logit target, to the model's own logit (difference)."""
+    if r.offset is not None:
+        values[K - 1 :: K] += r.offset.to(values.device)
+    clean = project(run.get(target.hook).to(dtype)[None], r.pos, r.direction)[0]
+    if r.offset is not None:
+        clean = clean + r.offset.to(clean.device)
+    check = clean if r.model_value is None else r.model_value
+    rtol, how = tolerance(dtype, run.view.clean_run_dtype, of="shares")
+    check_values(
+        values.detach(), check.to(values.device), K, rtol=rtol, how=how, foreign_hooks=run.foreign_hooks,
+        name=f"the target ({mode} mode, {target.hook})",
+    )
+    return ScalarAttribution(values.detach(), labels, clean, K, mode, rule.name)
 
 
 def _plain_tokens(spec: ComponentSpec) -> bool:
@@ -262,21 +278,12 @@ def _reverse_tokens(
 ) -> ScalarAttribution:
     """Reverse mode for :func:`depass_tl.tokens` without the dense start (:func:`reverse_token_values`)."""
     entry = stage_index(*parse_start_hook(spec.start, run.view))
-    names = stored_hook_names(run.view, entry, entry, spec.start)
-    if target.hook not in names:
-        raise DePassError(
-            f"target hook {target.hook!r} is not produced by this replay; use one of {names} "
-            "(residual-stream hooks at or after the start hook)."
-        )
-    pos, direction, offset = _resolve(run, target, dtype, to_single_token)
-    values = reverse_token_values(run, spec.start, target.hook, pos, direction, dtype, rule)
-    if offset is not None:
-        values[-1] += offset.to(values.device)
-    clean = project(run.get(target.hook).to(dtype)[None], pos, direction)[0]
-    if offset is not None:
-        clean = clean + offset.to(clean.device)
+    _check_target_hook(target, stored_hook_names(run.view, entry, entry, spec.start))
+    check_edits(run.edited_hooks, [spec.start], run.view, rule, run.hook_aliases)
+    r = _resolve(run, target, dtype, to_single_token)
+    values = reverse_token_values(run, spec.start, target.hook, r.pos, r.direction, dtype, rule)
     labels = tuple(f"tok{p}" for p in range(run.n_pos)) + ("bias",)
-    return ScalarAttribution(values.detach(), labels, clean, len(labels), "reverse", rule.name)
+    return _checked_result(run, target, values, labels, len(labels), "reverse", rule, r, dtype)
 
 
 @checked(hints={

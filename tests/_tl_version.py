@@ -7,8 +7,8 @@ version, and the reason is the *test's* dependency, never a depass_tl failure:
   tests/models.py (``make_model`` / ``config_model``: a TL-native ``TransformerBridge`` from the same
   config fields) and tests/families.py (the same random HF models booted as Bridges), so every module
   runs there; a config the Bridge cannot build skips with the field named, and what depass_tl refuses
-  on the Bridge is asserted. Not collected on TL 4: :data:`_TL4_IGNORE` (DecompX, which needs
-  ``HookedEncoder``).
+  on the Bridge is asserted. Not collected on TL 4: :data:`_TL4_IGNORE` (nothing today; tests/decompx
+  runs DecompX on transformers' BERT and the BERT Bridge there, and skips its ``HookedEncoder`` cases).
 * TL 2.x ships transformers 4.x, whose model configs reject the transformers-5 arguments of
   tests/families.py; TL 2.x has no Bridge (tests/test_bridge.py guards itself).
 
@@ -60,10 +60,9 @@ requires_hooked = pytest.mark.skipif(
 
 _HERE = Path(__file__).parent
 
-#: TL 4: modules not collected, each with why (paths relative to tests/).
-_TL4_IGNORE: dict[str, str] = {
-    "decompx": "DecompX runs on HookedEncoder, which TL 4 removed (DecompX on the Bridge is issue 14 item 4)",
-}
+#: TL 4: modules not collected, each with why (paths relative to tests/). Nothing today: tests/decompx
+#: runs on transformers' BERT and the BERT Bridge there.
+_TL4_IGNORE: dict[str, str] = {}
 
 #: TL 2.x: modules that need transformers 5 (tests/families.py builds HF configs with its arguments),
 #: and the notebooks, which CI executes once, in the TL 3.x environment.
@@ -91,9 +90,9 @@ _TL2_XFAIL: dict[str, str] = {
     "tests/test_chunking.py::test_chunked_config_features[attention_sinks]": _no_field("use_attention_sinks"),
     "tests/test_chunking.py::test_chunked_config_features[clip_qkv]": _no_field("clip_qkv"),
     "tests/test_chunking.py::test_chunked_config_features[moe]": _no_field("norm_topk_prob"),
-    "tests/test_reverse.py::test_reverse_config_features[attention_sinks]": _no_field("use_attention_sinks"),
-    "tests/test_reverse.py::test_reverse_config_features[clip_qkv]": _no_field("clip_qkv"),
-    "tests/test_reverse.py::test_reverse_config_features[moe]": _no_field("norm_topk_prob"),
+    "tests/test_reverse.py::test_reverse_config_features[attention_sinks-": _no_field("use_attention_sinks"),
+    "tests/test_reverse.py::test_reverse_config_features[clip_qkv-": _no_field("clip_qkv"),
+    "tests/test_reverse.py::test_reverse_config_features[moe-": _no_field("norm_topk_prob"),
     "tests/test_attention_scores.py::test_every_config_feature_is_exact_or_refused[attention_sinks]": (
         _no_field("use_attention_sinks")
     ),

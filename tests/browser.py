@@ -1,7 +1,7 @@
 """A real headless browser for tests: Debian's ``chromium`` driven by ``chromedriver`` over the W3C
 WebDriver protocol (plain HTTP + JSON, so the standard library is the whole client; no selenium).
 
-Install the browser with ``apt-get install -y chromium chromium-driver`` (``.ci/system_packages.sh``).
+Install the browser with ``apt-get install -y chromium chromium-driver`` (``.ci/install-system-packages``).
 Chromium runs with a new empty profile and every background service off, because the test machines
 have no network and Chromium otherwise stalls on it.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 __all__ = ["Browser", "INSTALL", "find_browser"]
 
-INSTALL = "apt-get install -y chromium chromium-driver (Debian/Ubuntu; or run .ci/system_packages.sh)"
+INSTALL = "apt-get install -y chromium chromium-driver (Debian/Ubuntu; or run .ci/install-system-packages)"
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",

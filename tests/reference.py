@@ -24,6 +24,9 @@ MLP rules (``mlp_rule``):
   Gated MLP: post_c = act(hook_pre) * (ln2_c @ W_in) (+ b_in for ``bias``).
 * ``"max"``: all of the (split) post goes to the active component with the largest gamma_c,
   lowest index on ties; nothing active: ``bias``.
+* ``"taylor"`` (the official DePass code's): standard MLP: as ``"ratio"``. Gated MLP:
+  post_c = act(g) / g * pre_linear * (ln2_c @ W_gate), g = the clean hook_pre and pre_linear the
+  clean hook_pre_linear (g == 0: all of post - b_in to ``bias``); b_in goes to ``bias``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import Any
 
 import torch
 
-MLP_RULES = ("softmax", "ratio", "max")
+MLP_RULES = ("softmax", "ratio", "max", "taylor")
 
 HookedTransformer = Any  # a HookedTransformer (TL <= 3) or a TL-native TransformerBridge (TL 4, boot_native)
 
@@ -189,11 +192,12 @@ def _mlp_components(
     clean_post: torch.Tensor,
     rule: str,
     temperature: float,
+    clean_pre_linear: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MLP with frozen coefficients per component.
 
     clean_pre / clean_post: the clean ``mlp.hook_pre`` / ``mlp.hook_post`` [batch, pos, d_mlp]
-    (for a gated MLP hook_pre is the gate pre-activation). Returns
+    (for a gated MLP hook_pre is the gate pre-activation; clean_pre_linear its hook_pre_linear). Returns
     (post [component, batch, pos, d_mlp], mlp_out [component, batch, pos, d_model]).
     """
     n_comp, n_batch, n_pos, d_model = ln2.shape
@@ -224,6 +228,9 @@ def _mlp_components(
     pre_l = clean_pre.tolist()  # [batch][pos][neuron]
     post_l = clean_post.tolist()
     act_l = _act_fn(mlp)(clean_pre).tolist() if gated else None  # frozen act(hook_pre)
+    if gated and clean_pre_linear is None:  # a Bridge without hook_pre_linear: the components' sum is the clean value
+        clean_pre_linear = lin.sum(0)
+    lin_clean_l = clean_pre_linear.tolist() if gated else None  # frozen hook_pre_linear
     b_in_l = _bias(mlp.b_in, d_mlp, ln2).tolist()
     post_c = [
         [[[0.0] * d_mlp for _ in range(n_pos)] for _ in range(n_batch)] for _ in range(n_comp)
@@ -238,12 +245,22 @@ def _mlp_components(
                             post_c[c][b][p][n] = act_l[b][p][n] * lin_l[c][b][p][n]
                         post_c[bias_c][b][p][n] += b_in_l[n]
                         continue
+                    if rule == "taylor":
+                        # act(g) = (act(g) / g) * g, split along the gate contributions; the up path whole
+                        g = pre_l[b][p][n]
+                        post_c[bias_c][b][p][n] += b_in_l[n]
+                        if g == 0.0:
+                            post_c[bias_c][b][p][n] += act_l[b][p][n] * lin_clean_l[b][p][n]
+                            continue
+                        for c in range(n_comp):
+                            post_c[c][b][p][n] += act_l[b][p][n] / g * lin_clean_l[b][p][n] * gamma_l[c][b][p][n]
+                        continue
                     # split post - b_in by the gate contributions; b_in goes to bias
                     to_split = post_l[b][p][n] - b_in_l[n]
                     post_c[bias_c][b][p][n] += b_in_l[n]
                 else:
                     to_split = post_l[b][p][n]
-                    if rule == "ratio":
+                    if rule in ("ratio", "taylor"):
                         pre = pre_l[b][p][n]
                         if pre == 0.0:
                             post_c[bias_c][b][p][n] += to_split
@@ -325,6 +342,7 @@ def reference_depass(
                 cache[f"{pre}.mlp.hook_post"],
                 mlp_rule,
                 temperature,
+                cache[f"{pre}.mlp.hook_pre_linear"] if f"{pre}.mlp.hook_pre_linear" in cache else None,
             )
             result[f"{pre}.mlp.hook_post"] = post
             result[f"{pre}.hook_mlp_out"] = mlp_out

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import depass_tl
+from depass_tl.replay.rules import get_rule, rule_names
 from depass_tl import DePassError, UnsupportedModelError
 from depass_tl.backends import read_model_view
 from depass_tl.backends.common import check_supported
@@ -27,7 +28,7 @@ from tests.families import BRIDGE_REFUSED_FAMILIES, FAMILIES, HT_CONFIG_FEATURES
 from tests.models import config_model, processed, randomise
 from tests.tl_cases import bridge_refusal, buildable_cases, norm_tol
 
-RULES = ("softmax", "ratio", "max")
+RULES = rule_names()  # every registered rule
 REL_TOL = 1e-9
 TOKENS = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(0))
 
@@ -164,20 +165,21 @@ def test_gated_solu_ln_is_read_as_what_tl_computes() -> None:
     assert torch.equal(mlp.W_in, model.blocks[0].mlp.W_gate)
 
 
+@pytest.mark.parametrize("rule", [r for r in RULES if get_rule(r).linear])
 @pytest.mark.parametrize("name", ["solu_ln", "moe", "clip_qkv", "gemma2_like", "parallel_attn_mlp"])
-def test_ratio_rule_stays_linear(name: str) -> None:
+def test_linear_rules_stay_linear(name: str, rule: str) -> None:
     """Frozen softmax vector, frozen routing, frozen clip ratio, post-norms: splitting a component splits its output."""
     model = build_ht(name)
     if bridge_refusal(model):
         with pytest.raises(UnsupportedModelError, match=bridge_refusal(model)):
-            depass_tl.run_with_depass(model, TOKENS, mlp_rule="ratio")
+            depass_tl.run_with_depass(model, TOKENS, mlp_rule=rule)
         return
-    _, dc = depass_tl.run_with_depass(model, TOKENS, mlp_rule="ratio")
+    _, dc = depass_tl.run_with_depass(model, TOKENS, mlp_rule=rule)
     x0 = dc["blocks.0.hook_resid_pre"][:-1]
     frac = torch.rand(x0.shape[:3] + (1,), generator=torch.Generator().manual_seed(0), dtype=x0.dtype)
     labels = [f"a{i}" for i in range(len(x0))] + [f"b{i}" for i in range(len(x0))]
     spec = depass_tl.custom("blocks.0.hook_resid_pre", torch.cat([x0 * frac, x0 * (1 - frac)]), labels)
-    _, dc2 = depass_tl.run_with_depass(model, TOKENS, mlp_rule="ratio", components=spec)
+    _, dc2 = depass_tl.run_with_depass(model, TOKENS, mlp_rule=rule, components=spec)
     n = len(x0)
     for hook in ("blocks.1.hook_mlp_out", "unembed.hook_in"):
         torch.testing.assert_close(dc2[hook][:n] + dc2[hook][n:2 * n], dc[hook][:-1], rtol=0, atol=1e-10)
@@ -250,7 +252,6 @@ def test_pattern_only_features_need_nothing(feature: str) -> None:
 @pytest.mark.parametrize(
     "fields, match",
     [
-        (dict(n_devices=2), r"cfg.n_devices=2: .* Load the model on one device"),
         (dict(load_in_4bit=True), r"cfg.load_in_4bit=True: .* unquantised"),
         (dict(original_architecture="Olmo2ForCausalLM"), r"original_architecture='Olmo2ForCausalLM' is a post-norm"),
     ],

@@ -19,7 +19,9 @@ from tests.models import make_model, random_tokens
 
 
 def test_builtin_backends_and_their_order() -> None:
-    assert [b.name for b in backends()] == ["TransformerBridge", "HookedEncoder", "HookedTransformer"]
+    assert [b.name for b in backends()] == [
+        "TransformerBridge (BERT)", "TransformerBridge", "HookedEncoder", "transformers", "HookedTransformer",
+    ]
     assert install_targets() == (
         ("transformer_lens", "HookedTransformer"), ("transformer_lens", "HookedEncoder"),
         ("transformer_lens.model_bridge", "TransformerBridge"),

@@ -28,6 +28,7 @@ from tests.tl_cases import cases_unless_bridge
 pytestmark = [requires_bridge, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 import depass_tl
+from depass_tl.replay.rules import rule_names
 from depass_tl import DePassError, UnsupportedModelError
 from depass_tl.backends import read_model_view
 from tests.bridge_models import (  # imports on TL 2 too (builds nothing at import); the guard skips the tests
@@ -36,7 +37,7 @@ from tests.bridge_models import (  # imports on TL 2 too (builds nothing at impo
 
 MODES = [False, True]
 MODE_IDS = ["raw", "compat"]
-RULES = ["softmax", "ratio", "max"]
+RULES = rule_names()  # every registered rule
 #: float32 models: max |Σ components − clean| relative to max |clean| (observed ≤ 1e-6).
 REL_TOL = 2e-5
 
@@ -213,10 +214,15 @@ def test_moe_bridge_is_refused(compat: bool) -> None:
     assert _n_hooks(bridge) == 0
 
 
-def test_encoder_bridge_is_refused() -> None:
+def test_encoder_bridge_goes_to_decompx() -> None:
+    """A BERT Bridge is decomposed by DecompX (tests/decompx); the decoder replay refuses encoders."""
+    from depass_tl.backends.bridge import read_bridge_view
+
     bridge, _ = build_bridge("bert")
-    with pytest.raises(UnsupportedModelError, match="wraps an encoder .*HookedEncoder"):
+    with pytest.raises(DePassError, match="no classification head of its own, so DecompX needs a head"):
         depass_tl.run_with_depass(bridge, bridge_tokens())
+    with pytest.raises(UnsupportedModelError, match="wraps an encoder .*DecompX supports BERT"):
+        read_bridge_view(bridge)
 
 
 @pytest.mark.parametrize(

@@ -15,12 +15,13 @@ from depass_tl.api import replay
 from depass_tl.capture import capture
 from depass_tl.memory import PeakMemory, format_bytes, parse_memory
 from depass_tl.replay.engine import replay_components
+from depass_tl.replay.rules import get_rule, rule_names
 from depass_tl.replay.plan import DEFAULT_CAUSAL_SPLITS, plan_chunks, row_starts
 from tests.families import FAMILIES, HT_CONFIG_FEATURES, HT_FEATURE_TWINS, build_family, build_ht, family_tokens
 from tests.models import ARCHS, make_model, random_tokens
 from tests.tl_cases import bridge_refusal, buildable_cases, norm_atol
 
-RULES = ["softmax", "ratio", "max"]
+RULES = rule_names()  # every registered rule
 
 
 def _reference(run, spec, rule: str, dtype=torch.float64) -> dict[str, torch.Tensor]:
@@ -53,7 +54,7 @@ def test_chunked_families(family: str, rule: str) -> None:
     run = capture(model, family_tokens())
     init = depass_tl.tokens().init(run, torch.float64)
     moe = getattr(model.cfg, "num_experts", None)
-    if moe and rule != "ratio":
+    if moe and not get_rule(rule).linear:
         with pytest.raises(DePassError, match="mixture-of-experts"):
             replay_components(run, init, mlp_rule=rule, dtype=torch.float64, chunk_size=2)
         return
@@ -70,7 +71,7 @@ def test_chunked_config_features(name: str) -> None:
         return
     run = capture(model, random_tokens(model, pos=6))
     moe = getattr(model.cfg, "num_experts", None)
-    for rule in ["ratio"] if moe else RULES:
+    for rule in [r for r in RULES if get_rule(r).linear] if moe else RULES:
         init = depass_tl.tokens().init(run, torch.float64)
         got = replay_components(run, init, mlp_rule=rule, dtype=torch.float64, chunk_size=2)
         _assert_same(got, _reference(run, depass_tl.tokens(), rule), atol=1e-10)

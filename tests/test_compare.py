@@ -325,8 +325,8 @@ def test_errors_say_what_was_seen() -> None:
         compare(model, clean, corrupted, answer_tokens=" Mary")
     with pytest.raises(DePassError, match=r"pos must be an integer position in \[-5, 5\); got 5"):
         compare(model, clean, corrupted, pos=5, **kw)
-    with pytest.raises(DePassError, match="unknown mlp_rule 'taylor'"):
-        compare(model, clean, corrupted, mlp_rule="taylor", **kw)
+    with pytest.raises(DePassError, match="unknown mlp_rule 'nope'"):
+        compare(model, clean, corrupted, mlp_rule="nope", **kw)
     cmp = compare(model, clean, corrupted, layouts=["resid_pre"], **kw)
     with pytest.raises(DePassError, match="no layout 'attn_out'.*holds \\['resid_pre'\\]"):
         cmp["attn_out"]

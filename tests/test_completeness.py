@@ -11,10 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import depass_tl
+from depass_tl.replay.rules import get_rule, rule_names
 from tests.models import ARCHS, make_model, random_tokens
 from tests.tl_cases import norm_atol, norm_tol
 
-RULES = ["softmax", "ratio", "max"]
+RULES = rule_names()  # every registered rule
+LINEAR_RULES = [r for r in RULES if get_rule(r).linear]
 
 
 @st.composite
@@ -98,18 +100,20 @@ def test_identity_single_component_reproduces_clean_forward() -> None:
         torch.testing.assert_close(total, logits[:, -1, 3], rtol=0, atol=1e-10)
 
 
-def test_ratio_rule_is_linear() -> None:
-    """Under the ratio rule the replay is linear: splitting a component splits its output."""
-    model = make_model("gpt2")
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("rule", LINEAR_RULES)
+def test_linear_rules_are_linear(rule: str, arch: str) -> None:
+    """Under a linear rule (ratio, taylor) the replay is linear: splitting a component splits its output."""
+    model = make_model(arch)
     toks = random_tokens(model)
-    _, dc = depass_tl.run_with_depass(model, toks, mlp_rule="ratio")
+    _, dc = depass_tl.run_with_depass(model, toks, mlp_rule=rule)
     x0 = dc["blocks.0.hook_resid_pre"][:-1]  # token components (bias starts at zero)
     gen = torch.Generator().manual_seed(0)
     frac = torch.rand(x0.shape[:3] + (1,), generator=gen, dtype=x0.dtype)
     split = torch.cat([x0 * frac, x0 * (1 - frac)])
     labels = [f"a{i}" for i in range(len(x0))] + [f"b{i}" for i in range(len(x0))]
     _, dc2 = depass_tl.run_with_depass(
-        model, toks, mlp_rule="ratio", components=depass_tl.custom("blocks.0.hook_resid_pre", split, labels)
+        model, toks, mlp_rule=rule, components=depass_tl.custom("blocks.0.hook_resid_pre", split, labels)
     )
     n = len(x0)
     for name in ("blocks.1.hook_resid_post", "unembed.hook_in"):
@@ -129,3 +133,13 @@ def test_reordering_components_permutes_output() -> None:
             model, toks, mlp_rule=rule, components=depass_tl.custom("blocks.0.hook_resid_pre", x0[perm], labels)
         )
         torch.testing.assert_close(dc2["unembed.hook_in"][:-1], dc["unembed.hook_in"][:-1][perm], rtol=0, atol=1e-10)
+
+
+def test_completeness_error_of_one_hook_is_that_hooks_entry() -> None:
+    """``completeness_error(hook)`` equals the hook's entry of ``completeness_error()`` (it used to fail)."""
+    model = make_model("llama")
+    _, dc = depass_tl.run_with_depass(model, random_tokens(model), components=depass_tl.heads(layer=[0, 1]))
+    every = dc.completeness_error(relative=True)
+    for hook in ("unembed.hook_in", "blocks.1.hook_resid_post"):
+        assert dc.completeness_error(hook, relative=True) == every[hook]
+        assert dc.completeness_error(hook, relative=True) <= norm_tol(model, 1e-12)

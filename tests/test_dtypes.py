@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import depass_tl
+from depass_tl.replay.rules import rule_names
 from tests.models import make_model, random_tokens
 
 HALF = {torch.bfloat16: 2e-2, torch.float16: 2e-3}
@@ -31,7 +32,7 @@ def _model(arch: str, dtype: torch.dtype):
     return model, random_tokens(model, batch=2, pos=7)
 
 
-@pytest.mark.parametrize("rule", ["softmax", "ratio", "max"])
+@pytest.mark.parametrize("rule", rule_names())
 @pytest.mark.parametrize("dtype", list(HALF), ids=["bf16", "fp16"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_half_models_accumulate_in_float32(arch: str, dtype: torch.dtype, rule: str) -> None:

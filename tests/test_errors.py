@@ -50,8 +50,8 @@ def test_string_without_tokenizer(model: Any) -> None:
 
 def test_unknown_rule_and_bad_temperature(model: Any) -> None:
     toks = random_tokens(model)
-    with pytest.raises(DePassError, match="unknown mlp_rule 'taylor'; choose one of softmax, ratio, max"):
-        depass_tl.run_with_depass(model, toks, mlp_rule="taylor")
+    with pytest.raises(DePassError, match="unknown mlp_rule 'nope'; choose one of softmax, ratio, max, taylor"):
+        depass_tl.run_with_depass(model, toks, mlp_rule="nope")
     with pytest.raises(DePassError, match="temperature must be > 0"):
         depass_tl.run_with_depass(model, toks, temperature=0.0)
 

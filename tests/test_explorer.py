@@ -14,7 +14,7 @@ import torch
 
 import depass_tl
 from depass_tl import DePassError, UnsupportedModelError, viz
-from depass_tl.replay.rules import rule_names
+from depass_tl.replay.rules import get_rule, rule_names
 
 MLP_RULES = rule_names()
 from tests._tl_version import HAS_BRIDGE, HAS_HOOKED, TL_MAJOR, TL_VERSION
@@ -104,7 +104,7 @@ def test_head_numbers_are_the_caches_and_each_layer_adds_up(case, rule: str) -> 
             assert float(heads[l].sum() + rest[l]) == pytest.approx(clean, abs=1e-4)
             total = float(sources[l].sum() + earlier[l].sum() + src_rest[l])
             assert total == pytest.approx(clean, abs=1e-4)  # every rule: the parts are complete
-        if rule == "ratio":  # linear: a head's parts add up to the head exactly
+        if get_rule(rule).linear:  # a head's parts add up to the head exactly
             torch.testing.assert_close(sources.sum(-1) + earlier, heads, atol=1e-4, rtol=0)
         # the last layer's heads write nothing at earlier positions that any later attention could read
         assert float(earlier[L - 1].abs().max()) < 1e-6
@@ -179,7 +179,7 @@ def test_clear_errors(case, tmp_path) -> None:
     with pytest.raises(DePassError, match=r"extra_hooks=depass_tl.viz.explorer_hooks"):
         viz.explorer_caches(plain)
     with pytest.raises(DePassError, match="rules must be distinct names"):
-        viz.explorer_caches(case.run, rules=("ratio", "taylor"))
+        viz.explorer_caches(case.run, rules=("ratio", "nope"))
     with pytest.raises(DePassError, match="rules must be distinct names"):
         viz.explorer_caches(case.run, rules=("ratio", "ratio"))
     with pytest.raises(DePassError, match="takes a FrozenRun"):

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import depass_tl
+from depass_tl.replay.rules import rule_names
 from tests._tl_version import HAS_HOOKED, TL_VERSION
 from tests.models import config_model
 from tests.tl_cases import cases_unless_bridge, norm_tol
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 torch.set_num_threads(1)
 
 ATOL = 1e-12
+RULES = rule_names()  # where the expected value does not depend on the rule
 LN3 = math.log(3.0)
 TOKENS = torch.tensor([[0, 1]])
 
@@ -156,7 +158,7 @@ def _expected_k(rule: str, temperature: float) -> dict[tuple[int, int], list[flo
         a1 = _softmax([0.25, 0.35, 0.1], temperature)
         a0_tok0, a0_bias = _softmax([2.0, 0.1], temperature)
         a0 = [a0_tok0, 0.0, a0_bias]
-    elif rule == "ratio":
+    elif rule in ("ratio", "taylor"):  # a non-gated MLP: taylor is ratio
         a1 = [0.25 / 0.7, 0.35 / 0.7, 0.1 / 0.7]
         a0 = [2.0 / 2.1, 0.0, 0.1 / 2.1]
     else:
@@ -194,7 +196,7 @@ def test_model_k_clean_forward_is_as_derived() -> None:
 
 @pytest.mark.parametrize(
     ("rule", "temperature"),
-    [("softmax", 0.1), ("softmax", 1.0), ("ratio", 0.1), ("max", 0.1)],
+    [("softmax", 0.1), ("softmax", 1.0), ("ratio", 0.1), ("max", 0.1), ("taylor", 0.1)],
 )
 def test_model_k_logit_attribution(rule: str, temperature: float) -> None:
     model = _model_k()
@@ -225,7 +227,7 @@ def test_model_k_resid_mid_and_attn_out() -> None:
     torch.testing.assert_close(dc["blocks.0.hook_resid_mid"][:, 0], resid_mid, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("rule", ["softmax", "ratio", "max"])
+@pytest.mark.parametrize("rule", RULES)
 def test_model_k_dead_and_inactive_neurons_contribute_nothing(rule: str) -> None:
     """n1 (post 0) and n2 (pre 0, no active component) write nothing: only n0 -> dim 1.
 
@@ -249,7 +251,7 @@ def test_model_k_dead_and_inactive_neurons_contribute_nothing(rule: str) -> None
 # Logit 1 at pos1 = 1.5 + 0.5 + 3.5 = 5.5:
 #   max: tie -> the lowest index, tok0, takes all 3.5: (3.5, 1.5, 0.5)
 #   softmax T: weights exp(15), exp(15), exp(5) (T = 0.1): (a * 3.5, 1.5 + a * 3.5, 0.5 + b * 3.5)
-#   ratio: post_c = gamma_c: (1.5, 3.0, 1.0)
+#   ratio, taylor (not gated: the same rule): post_c = gamma_c: (1.5, 3.0, 1.0)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -263,13 +265,13 @@ def _model_t() -> Any:
     return model
 
 
-@pytest.mark.parametrize("rule", ["softmax", "ratio", "max"])
+@pytest.mark.parametrize("rule", ["softmax", "ratio", "max", "taylor"])
 def test_model_t_ties(rule: str) -> None:
     model = _model_t()
     torch.testing.assert_close(model(TOKENS)[0, 1, 1], torch.tensor(5.5, dtype=torch.float64))
     if rule == "max":
         want = [3.5, 1.5, 0.5]
-    elif rule == "ratio":
+    elif rule in ("ratio", "taylor"):
         want = [1.5, 3.0, 1.0]
     else:
         a, a_same, b = _softmax([1.5, 1.5, 0.5], 0.1)
@@ -304,10 +306,12 @@ def test_model_t_softmax_is_stable_for_large_preactivations() -> None:
 #   softmax: post - b_in = 14.4 over {tok0: 1.0, bias: 0.8}; b_in to bias:
 #            tok0 a * 14.4, tok1 3.5, bias 0.5 + 0.3 + b * 14.4
 #   max:     tok0 14.4, tok1 3.5, bias 0.8
+#   taylor:  post_c = relu(1.8) / 1.8 * 8 * gate_c = 8 * gate_c (+ b_in): tok0 8, tok1 3.5,
+#            bias 0.5 + 6.4 + 0.3 = 7.2
 # pos0: resid_mid tok0 [2, 0], bias [0.2, 0.5]: gate contributions tok0 8, bias 0.8 -> gate 8.8;
 #   lin tok0 0, bias 1.0 -> post = 8.8 + 0.3 = 9.1; logit 1 at pos0 = 0.5 + 9.1 = 9.6:
 #   ratio: tok0 0, bias 9.6;  softmax: tok0 a' * 8.8, bias 0.8 + b' * 8.8 over (8, 0.8);
-#   max: tok0 8.8, bias 0.8.
+#   max: tok0 8.8, bias 0.8;  taylor: slope relu(8.8) / 8.8 * 1.0 = 1: tok0 8, bias 0.5 + 0.8 + 0.3 = 1.6.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -332,7 +336,7 @@ def _model_g(*, need_b_in: bool = True) -> Any:
     return model
 
 
-@cases_unless_bridge("rule", ["softmax", "ratio", "max"])  # TL 4: skipped once (NO_GATED_BIAS)
+@cases_unless_bridge("rule", ["softmax", "ratio", "max", "taylor"])  # TL 4: skipped once (NO_GATED_BIAS)
 def test_model_g_gated(rule: str) -> None:
     model = _model_g()
     torch.testing.assert_close(model(TOKENS)[0, :, 1], _t([9.6, 18.7]), atol=1e-13, rtol=0)
@@ -344,9 +348,12 @@ def test_model_g_gated(rule: str) -> None:
         want1 = [a * 14.4, 3.5, 0.8 + b * 14.4]
         a0, b0 = _softmax([8.0, 0.8], 0.1)
         want0 = [a0 * 8.8, 0.0, 0.8 + b0 * 8.8]
-    else:
+    elif rule == "max":
         want1 = [14.4, 3.5, 0.8]
         want0 = [8.8, 0.0, 0.8]
+    else:
+        want1 = [8.0, 3.5, 7.2]
+        want0 = [8.0, 0.0, 1.6]
     _, _, got1 = _attrs(model, rule, 0.1, 1, 1)
     _, _, got0 = _attrs(model, rule, 0.1, 1, 0)
     assert got1 == pytest.approx(want1, abs=ATOL)
@@ -389,7 +396,7 @@ def _random_model(kind: str) -> tuple[Any, torch.Tensor]:
     return model, tokens
 
 
-@pytest.mark.parametrize("rule", ["softmax", "ratio", "max"])
+@pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "hand_k", "hand_g"])
 def test_engine_causality(kind: str, rule: str) -> None:
     if kind == "hand_k":
@@ -414,7 +421,7 @@ def test_engine_causality(kind: str, rule: str) -> None:
         assert torch.all(attrs[q][q + 1 : n_pos] == 0)
 
 
-@pytest.mark.parametrize("rule", ["softmax", "ratio", "max"])
+@pytest.mark.parametrize("rule", ["softmax", "ratio", "max", "taylor"])
 def test_reference_agrees_with_hand_derivation(rule: str) -> None:
     """The loop reference (tests/reference.py) reproduces the paper numbers of model K and G."""
     ref, labels = reference_depass(_model_k(), TOKENS, mlp_rule=rule, temperature=0.1)
@@ -467,7 +474,7 @@ def test_final_norm_frozen_scale(norm: str) -> None:
     exact = norm_tol(model, 1e-13)  # the TL-native Bridge's RMS norm computes its scale in float32
     assert logits[0, 0].item() == pytest.approx(sum(want00), abs=exact)
     assert logits[1, 1].item() == pytest.approx(sum(want11), abs=exact)
-    for rule in ("softmax", "ratio", "max"):
+    for rule in RULES:
         _, _, got00 = _attrs(model, rule, 0.1, 0, 0)
         _, _, got11 = _attrs(model, rule, 0.1, 1, 1)
         assert got00 == pytest.approx(want00, abs=norm_tol(model, ATOL)), rule

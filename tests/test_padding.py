@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import depass_tl
+from depass_tl.replay.rules import rule_names
 from depass_tl import DePassError
 from depass_tl.api import replay
 from depass_tl.capture import capture
@@ -64,7 +65,7 @@ def _check_padded(model: Any, dc: depass_tl.DePassCache, mask: torch.Tensor) -> 
 
 #: (name, rule) cases; on TL 4 the MoE model (which the native Bridge cannot build) is one skipped case.
 PADDING_CASES = [pytest.param(name, rule, id=f"{name}-{rule}") for name in sorted(MODELS)
-                 for rule in ("softmax", "ratio", "max") if HAS_HOOKED or "moe" not in name or rule == "softmax"]
+                 for rule in rule_names() if HAS_HOOKED or "moe" not in name or rule == "softmax"]
 
 
 @pytest.mark.parametrize("name, rule", PADDING_CASES)
@@ -108,7 +109,7 @@ def test_zero_pad_embedding_gives_no_nan() -> None:
     with torch.no_grad():
         model.W_E[model.tokenizer.pad_token_id] = 0.0
         model.blocks[0].ln1.w.fill_(1.0)
-    for rule in ("softmax", "ratio", "max"):
+    for rule in rule_names():
         _, dc = depass_tl.run_with_depass(model, PROMPTS, mlp_rule=rule)
         _check_padded(model, dc, (model.to_tokens(PROMPTS) != model.tokenizer.pad_token_id).long())
 

@@ -15,11 +15,11 @@ from depass_tl.replay import device as device_mod
 from depass_tl.replay import engine as engine_mod
 from depass_tl.replay.attention import PreparedAttn, attention, attention_prepared
 from depass_tl.replay.engine import replay_components
-from depass_tl.replay.rules import get_rule
+from depass_tl.replay.rules import get_rule, rule_names
 from depass_tl.replay.plan import row_starts
 from tests.models import ARCHS, make_model, random_tokens
 
-RULES = ["softmax", "ratio", "max"]
+RULES = rule_names()  # every registered rule
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))

@@ -138,6 +138,20 @@ def test_reference_rules_differ_and_bias_is_used() -> None:
         assert soft[-1].abs().max() > 1e-3
 
 
+def test_reference_covers_every_registered_rule() -> None:
+    from depass_tl.replay.rules import rule_names
+
+    assert set(MLP_RULES) == set(rule_names())
+
+
+def test_reference_taylor_is_ratio_on_standard_mlps_only() -> None:
+    """taylor splits a gated MLP along the gate (ratio along the linear path); a plain MLP alike."""
+    torch.testing.assert_close(reference("gpt2_like", "taylor")[0]["logits"], reference("gpt2_like", "ratio")[0]["logits"],
+                               rtol=0, atol=1e-12)
+    gated_t, gated_r = reference("llama_like", "taylor")[0]["logits"], reference("llama_like", "ratio")[0]["logits"]
+    assert (gated_t - gated_r).abs().max() > 1e-2
+
+
 def test_reference_temperature_matters_and_max_is_the_cold_limit() -> None:
     """softmax with a tiny temperature tends to max; a warm one differs from the default."""
     name = "gpt2_like"

@@ -14,17 +14,19 @@ import torch
 import depass_tl
 from depass_tl import DePassError, UnsupportedModelError
 from depass_tl.capture import capture
+from depass_tl.replay.rules import get_rule, rule_names
 from depass_tl.reverse import ScalarAttribution, attribute, attribute_run, direction_target, logit_target
 from tests.families import FAMILIES, HT_CONFIG_FEATURES, HT_FEATURE_TWINS, build_family, build_ht, family_tokens
 from tests.models import ARCHS, make_model, random_tokens
 from tests.tl_cases import bridge_refusal, buildable_cases, norm_tol
 
 ATOL = 1e-10
+LINEAR_RULES = [r for r in rule_names() if get_rule(r).linear]  # ratio, taylor
 
 
-def _both(run, target, spec=None) -> tuple[ScalarAttribution, ScalarAttribution]:
-    rev = attribute_run(run, target, spec, mode="reverse")
-    fwd = attribute_run(run, target, spec, mode="forward")
+def _both(run, target, spec=None, rule: str = "ratio") -> tuple[ScalarAttribution, ScalarAttribution]:
+    rev = attribute_run(run, target, spec, mode="reverse", mlp_rule=rule)
+    fwd = attribute_run(run, target, spec, mode="forward", mlp_rule=rule)
     assert (rev.mode, fwd.mode) == ("reverse", "forward")
     assert rev.labels == fwd.labels
     return rev, fwd
@@ -39,34 +41,37 @@ def _check(rev: ScalarAttribution, fwd: ScalarAttribution, model: Any) -> None:
     torch.testing.assert_close(rev.target, fwd.target, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("rule", LINEAR_RULES)
 @pytest.mark.parametrize("arch", sorted(ARCHS))
-def test_reverse_equals_forward_and_cache(arch: str) -> None:
+def test_reverse_equals_forward_and_cache(arch: str, rule: str) -> None:
     model = make_model(arch, n_layers=3)
     toks = random_tokens(model, pos=7)
     run = capture(model, toks)
-    rev, fwd = _both(run, 5)
+    rev, fwd = _both(run, 5, rule=rule)
     _check(rev, fwd, model)
-    logits, dc = depass_tl.run_with_depass(model, toks, mlp_rule="ratio")  # the public forward path too
+    logits, dc = depass_tl.run_with_depass(model, toks, mlp_rule=rule)  # the public forward path too
     torch.testing.assert_close(rev.values, dc.logit_attrs(5), rtol=0, atol=ATOL)
     torch.testing.assert_close(rev.target, logits[:, -1, 5], rtol=0, atol=ATOL)
 
 
+@pytest.mark.parametrize("rule", LINEAR_RULES)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_reverse_families(family: str) -> None:
+def test_reverse_families(family: str, rule: str) -> None:
     model, _ = build_family(family, dtype=torch.float64)
     run = capture(model, family_tokens())
-    _check(*_both(run, logit_target(3, incorrect_tokens=[7, 9])), model)
+    _check(*_both(run, logit_target(3, incorrect_tokens=[7, 9]), rule=rule), model)
 
 
-@pytest.mark.parametrize("name", buildable_cases(dict(sorted(HT_CONFIG_FEATURES.items())), twins=HT_FEATURE_TWINS))
-def test_reverse_config_features(name: str) -> None:
+@pytest.mark.parametrize("name, rule", buildable_cases(dict(sorted(HT_CONFIG_FEATURES.items())), LINEAR_RULES,
+                                                       twins=HT_FEATURE_TWINS))
+def test_reverse_config_features(name: str, rule: str) -> None:
     model = build_ht(name)
     if bridge_refusal(model):  # TL 4: what depass_tl refuses on the Bridge (MoE, SoLU) must be refused
         with pytest.raises(UnsupportedModelError, match=bridge_refusal(model)):
             capture(model, random_tokens(model, pos=6))
         return
     run = capture(model, random_tokens(model, pos=6))
-    _check(*_both(run, logit_target(2)), model)
+    _check(*_both(run, logit_target(2), rule=rule), model)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -169,10 +174,10 @@ def test_token_fast_path_equals_generic_reverse(start: str) -> None:
     spec = depass_tl.tokens(start=start)
     fast = attribute_run(run, logit_target(3, incorrect_tokens=1), spec, mode="reverse")
     init = spec.init(run, torch.float64)
-    pos, direction, offset = _resolve(run, logit_target(3, incorrect_tokens=1), torch.float64, None)
-    generic = _reverse(run, init, "unembed.hook_in", pos, direction, torch.float64)
-    if offset is not None:  # None when the model has no unembedding bias (the TL-native Bridge)
-        generic[-1] += offset
+    r = _resolve(run, logit_target(3, incorrect_tokens=1), torch.float64, None)
+    generic = _reverse(run, init, "unembed.hook_in", r.pos, r.direction, torch.float64)
+    if r.offset is not None:  # None when the model has no unembedding bias (the TL-native Bridge)
+        generic[-1] += r.offset
     torch.testing.assert_close(fast.values, generic, rtol=0, atol=ATOL)
     assert fast.labels == init.labels
     assert fast.completeness_error() < norm_tol(model, ATOL)

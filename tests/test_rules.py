@@ -11,7 +11,8 @@ import depass_tl
 from depass_tl import DePassError
 from depass_tl.capture import capture
 from depass_tl.replay.rules import (
-    DEFAULT_RULE, MLPRule, Ratio, RuleStats, Softmax, get_rule, register_rule, rule_names, unregister_rule,
+    DEFAULT_RULE, MLPRule, OfficialKeyEdits, Ratio, RuleStats, Softmax, get_rule, official_key_edits, register_rule,
+    rule_names, unregister_rule,
 )
 from tests.models import make_model, random_tokens
 from tests.tl_cases import norm_atol
@@ -60,7 +61,8 @@ def equal() -> Iterator[Equal]:
 
 
 def test_builtin_registry() -> None:
-    assert rule_names()[:3] == ("softmax", "ratio", "max")
+    assert rule_names()[:4] == ("softmax", "ratio", "max", "taylor")
+    assert get_rule("taylor").linear and get_rule("taylor").gated_keys == "gate" and get_rule("ratio").gated_keys == "in"
     assert get_rule("softmax") == DEFAULT_RULE and get_rule("softmax", temperature=0.5) == Softmax(0.5)
     assert get_rule("ratio").linear and not get_rule("max").linear and not get_rule("softmax").linear
     assert get_rule("max", temperature=3.0) is get_rule("max")  # rules without a temperature ignore it
@@ -76,7 +78,7 @@ def test_registry_errors(equal: Equal) -> None:
         register_rule(MLPRule())
     with pytest.raises(DePassError, match="no MLP rule named 'nope'"):
         unregister_rule("nope")
-    with pytest.raises(DePassError, match="unknown mlp_rule 'nope'; choose one of softmax, ratio, max, equal"):
+    with pytest.raises(DePassError, match="unknown mlp_rule 'nope'; choose one of softmax, ratio, max, taylor, equal"):
         get_rule("nope")
     with pytest.raises(DePassError, match="set the temperature on the rule"):
         get_rule(Softmax(0.2), temperature=0.3)
@@ -144,7 +146,36 @@ def test_linearity_is_read_from_the_rule_object() -> None:
     assert rev.mlp_rule == "slope" and rev.mode == "reverse"
 
 
-@pytest.mark.parametrize("rule", [Softmax(0.1), get_rule("max"), Equal()])
+def test_official_key_edits_known_answer() -> None:
+    """Hand-computed shares at one neuron, two positions, under ``max``: keys tok0 (3, 3), tok1 (2, 0.5), bias 0.
+
+    No edit: tok0 wins both positions. The official position-0 gate sets tok0's key at position 0 to 1,
+    so tok1 (2) wins there; ``ignore_special_token`` also silences tok0 at position 1, so tok1 (0.5) wins.
+    """
+    keys = torch.tensor([[3.0, 3.0], [2.0, 0.5], [0.0, 0.0]], dtype=torch.float64)[:, None, :, None]
+    target = torch.tensor([10.0, 20.0], dtype=torch.float64)[None, :, None]
+    bias = torch.tensor([2])
+
+    def shares(rule: MLPRule) -> list[list[float]]:
+        return rule.share(keys.clone(), target, bias, 3)[:, 0, :, 0].tolist()
+
+    plain = get_rule("max")
+    assert shares(plain) == [[10.0, 20.0], [0.0, 0.0], [0.0, 0.0]]
+    assert shares(official_key_edits(plain, 0, ignore_special_token=False, official_position0=True)) == [
+        [0.0, 20.0], [10.0, 0.0], [0.0, 0.0]]
+    assert shares(official_key_edits(plain, 0, ignore_special_token=True, official_position0=False)) == [
+        [0.0, 0.0], [10.0, 20.0], [0.0, 0.0]]
+    # the edited row can be any component: edit tok1 (row 1) instead: at position 0 its key 1 loses to 3
+    assert shares(official_key_edits(plain, 1, ignore_special_token=True, official_position0=False)) == [
+        [10.0, 20.0], [0.0, 0.0], [0.0, 0.0]]
+    with pytest.raises(DePassError, match="linear"):
+        official_key_edits(get_rule("taylor"), 0, ignore_special_token=True, official_position0=False)
+
+
+@pytest.mark.parametrize("rule", [
+    Softmax(0.1), get_rule("max"), Equal(), OfficialKeyEdits(Softmax(0.5), 5, ignore_special_token=True),
+    OfficialKeyEdits(get_rule("max"), 0), OfficialKeyEdits(Equal(), 2, ignore_special_token=True),
+], ids=["softmax", "max", "equal", "softmax-ignore_special_token", "max-official_position0", "equal-ignore"])
 def test_statistics_merge_like_one_pass(rule: MLPRule) -> None:
     """Fold disjoint chunks into separate statistics (as on separate ranks), merge them in any order:
     the shares equal the one-shot split, and the fresh statistics are merge's identity."""

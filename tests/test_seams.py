@@ -12,7 +12,7 @@ from depass_tl.replay.attention import PreparedAttn
 from depass_tl.replay.block import BlockStep, Chunk, Outputs, attn_step, mlp_step
 from depass_tl.replay.device import block_tensors
 from depass_tl.replay.engine import replay_components
-from depass_tl.replay.rules import get_rule
+from depass_tl.replay.rules import get_rule, rule_names
 from depass_tl.replay.state import FINAL_HOOK, parse_start_hook, schedule, stage_index, stored_hook_names
 from tests.models import config_model, make_model, random_tokens, word_tokenizer
 
@@ -60,7 +60,7 @@ def test_single_token_fn() -> None:
         to_id(" Mary and")
 
 
-@pytest.mark.parametrize("rule", ["softmax", "ratio", "max"])
+@pytest.mark.parametrize("rule", rule_names())
 def test_the_block_step_replays_a_block(rule: str) -> None:
     """Driving attn_step / mlp_step by hand over two chunks gives the engine's numbers."""
     model = make_model("gpt2", n_layers=1)

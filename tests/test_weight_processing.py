@@ -26,11 +26,12 @@ import pytest
 import torch
 
 import depass_tl
+from depass_tl.replay.rules import rule_names
 from tests.families import FAMILIES, build_family, family_tokens, from_pretrained_flags
 from tests.tl_cases import cases_unless_bridge, NEEDS_PROCESSING_FLAGS
 
 TOL = 1e-5
-RULES = ("softmax", "ratio", "max")
+RULES = rule_names()  # every registered rule
 A, B = 5, 17  # answer and wrong token ids
 
 

@@ -8,8 +8,10 @@ priority; :func:`read_model_view` (used by :func:`depass_tl.capture`), :func:`de
 and :mod:`depass_tl.install` all go through it.
 
 Built in, one module each: :mod:`~depass_tl.backends.bridge` (``TransformerBridge``, TL 3.x / 4.x, raw
-or in compatibility mode), :mod:`~depass_tl.backends.encoder` (``HookedEncoder``, TL 2.x / 3.x:
-DecompX) and :mod:`~depass_tl.backends.hooked` (``HookedTransformer``, TL 2.x / 3.x). Everything
+or in compatibility mode), :mod:`~depass_tl.backends.hooked` (``HookedTransformer``, TL 2.x / 3.x), and
+for DecompX (:func:`read_encoder`): :mod:`~depass_tl.backends.encoder` (``HookedEncoder``, TL 2.x /
+3.x), :mod:`~depass_tl.backends.hf_bert` (transformers' BERT, any TL) and
+:mod:`~depass_tl.backends.bert_bridge` (a ``TransformerBridge`` wrapping a BERT). Everything
 downstream of the view (capture's hook names, the replay) is shared: the Bridge registers the
 HookedTransformer hook names in both of its modes.
 
@@ -22,40 +24,45 @@ import time, so importing depass_tl never fails because a class is missing from 
 Examples:
     >>> from depass_tl.backends import backends
     >>> [b.name for b in backends()]
-    ['TransformerBridge', 'HookedEncoder', 'HookedTransformer']
+    ['TransformerBridge (BERT)', 'TransformerBridge', 'HookedEncoder', 'transformers', 'HookedTransformer']
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+import threading
 from typing import Any
 
 from depass_tl._registry import Registry
-from depass_tl.backends.base import Backend, Method, class_named
-from depass_tl.errors import DePassError
+from depass_tl.backends.base import Backend, EncoderSource, Method, class_named
+from depass_tl.errors import DePassError, UnsupportedModelError
 from depass_tl.model_view import ModelView
 
 __all__ = [
-    "Backend", "Method", "backends", "backend_for", "read_model_view", "register_backend", "unregister_backend",
-    "install_targets", "class_named", "get_act_name", "tl_version",
+    "Backend", "EncoderSource", "Method", "backends", "backend_for", "read_model_view", "read_encoder",
+    "register_backend", "unregister_backend", "install_targets", "class_named", "get_act_name", "tl_version",
 ]
 
 _REGISTRY: Registry[Backend] = Registry("backend", Backend)
 _discovered = False
+_DISCOVERY = threading.RLock()
 
 
 def _discover() -> None:
-    """Import every module of this package once and register its ``BACKEND``."""
+    """Import every module of this package once and register its ``BACKEND`` (once, also from several threads)."""
     global _discovered
     if _discovered:
         return
-    _discovered = True
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        backend = getattr(module, "BACKEND", None)
-        if isinstance(backend, Backend) and _REGISTRY.get(backend.name) is None:
-            _REGISTRY.add(backend.name, backend)
+    with _DISCOVERY:
+        if _discovered:
+            return
+        for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+            module = importlib.import_module(f"{__name__}.{info.name}")
+            backend = getattr(module, "BACKEND", None)
+            if isinstance(backend, Backend) and _REGISTRY.get(backend.name) is None:
+                _REGISTRY.add(backend.name, backend)
+        _discovered = True  # only now: another thread must not see a half-filled registry
 
 
 def register_backend(backend: Backend, *, replace: bool = False) -> None:
@@ -122,6 +129,29 @@ def read_model_view(model: Any) -> ModelView:
             "depass_tl.run_with_depass on it, which dispatches to that method."
         )
     return backend.read_view(model)
+
+
+def read_encoder(model: Any) -> EncoderSource:
+    """Read an encoder for DecompX: weights, where its clean tensors are, how to run it.
+
+    Args:
+        model: transformers' ``BertForSequenceClassification`` / ``BertForMaskedLM``, a
+            ``TransformerBridge`` wrapping a BERT, a ``transformer_lens.HookedEncoder``, or a model of
+            another registered encoder backend.
+
+    Raises:
+        UnsupportedModelError: no encoder backend reads the object, or its backend refuses it (the
+            message names what is supported).
+    """
+    backend = next((b for b in backends() if b.matches(model)), None)
+    if backend is None or backend.read_encoder is None:
+        raise UnsupportedModelError(
+            "DecompX needs a BERT encoder: transformers' BertForSequenceClassification / BertForMaskedLM, a "
+            "TransformerBridge wrapping a BertForMaskedLM, or a transformer_lens.HookedEncoder (TL < 4); got "
+            f"{type(model).__name__} (installed TransformerLens: {tl_version()}). For decoder models use "
+            "depass_tl.run_with_depass."
+        )
+    return backend.read_encoder(model)
 
 
 def install_targets() -> tuple[tuple[str, str], ...]:

@@ -15,8 +15,9 @@ capture and the replay are shared with the HookedTransformer backend. Only the w
   ``cfg.use_normalization_before_and_after`` False).
 
 Refused with :class:`~depass_tl.errors.UnsupportedModelError`: mixture-of-experts blocks (the Bridge
-exposes neither expert weights nor per-expert hooks), encoders (BERT: DecompX needs
-``HookedEncoder``), ``clip_qkv`` and any module layout not listed above.
+exposes neither expert weights nor per-expert hooks), encoders (a BERT Bridge goes to DecompX,
+:mod:`~depass_tl.backends.bert_bridge`, before this backend is asked), ``clip_qkv`` and any module
+layout not listed above.
 """
 
 from __future__ import annotations
@@ -128,10 +129,9 @@ def _refuse_encoders(model: Any, cfg: Any) -> None:
     )
     if encoder:
         raise UnsupportedModelError(
-            f"this TransformerBridge wraps an encoder ({arch or type(model).__name__}). DecompX (BERT) runs on "
-            "transformer_lens.HookedEncoder only, which TransformerLens 4 removed: install "
-            "'transformer-lens>=2.16.1,<4' and load the model with HookedEncoder. DePass on the Bridge "
-            "supports decoder-only models."
+            f"this TransformerBridge wraps an encoder ({arch or type(model).__name__}). DePass on the Bridge "
+            "supports decoder-only models; DecompX supports BERT: a Bridge wrapping a BertForMaskedLM, or "
+            "transformers' BertForSequenceClassification / BertForMaskedLM passed to run_with_depass directly."
         )
 
 
@@ -195,7 +195,17 @@ def read_bridge_view(model: Any) -> ModelView:
         dtype=W_U.dtype,
         device=W_U.device,
         backend="TransformerBridge",
+        clean_dtype=_clean_dtype(model, W_U.dtype),
     )
+
+
+def _clean_dtype(model: Any, dtype: torch.dtype) -> torch.dtype:
+    """float32 for a float64 model with RMS norms that cast to float32 (Hugging Face's Llama-family
+    ``*RMSNorm`` and TL's ``NativeRMSNorm`` normalise in float32 whatever the model's dtype), else ``dtype``."""
+    if dtype != torch.float64:
+        return dtype
+    casts = any(type(m).__name__.endswith("RMSNorm") and "Pre" not in type(m).__name__ for m in model.modules())
+    return torch.float32 if casts else dtype
 
 
 def is_bridge(model: Any) -> bool:

@@ -22,7 +22,8 @@ def check_supported(cfg: Any) -> None:
     ``post_embedding_ln``, ``parallel_attn_mlp``, ``attn_only``, GQA, ``use_split_qkv_input``,
     ``use_attn_in``, ``use_attn_result``, ``use_normalization_before_and_after`` (Gemma-2/3),
     attention sinks, ``clip_qkv``, every activation incl. ``solu`` / ``solu_ln``, gated MLPs,
-    Mixtral-style MoE, output logit soft caps, and every pattern-only feature.
+    Mixtral-style MoE, output logit soft caps, every pattern-only feature, and models split over
+    several devices (``n_devices > 1``, an HF ``device_map``: each block replays on its weights' device).
 
     Args:
         cfg: a ``HookedTransformerConfig`` or a TransformerBridge's config.
@@ -30,12 +31,6 @@ def check_supported(cfg: Any) -> None:
     Raises:
         UnsupportedModelError: the field, its value, and what to do.
     """
-    n_devices = _get(cfg, "n_devices", 1) or 1
-    if n_devices > 1:
-        raise UnsupportedModelError(
-            f"cfg.n_devices={n_devices}: models split over several devices are not replayed yet. "
-            "Load the model on one device (n_devices=1) and run depass_tl there."
-        )
     if _get(cfg, "load_in_4bit", False):
         raise UnsupportedModelError(
             "cfg.load_in_4bit=True: 4-bit quantised weights cannot be read as plain tensors by the replay. "

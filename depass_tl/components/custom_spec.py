@@ -9,7 +9,7 @@ from torch import Tensor
 
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components.base import ComponentSpec, check_labels, group_with_bias
-from depass_tl.errors import DePassError
+from depass_tl.errors import DePassError, DePassValueError
 from depass_tl.replay.state import InitialState, parse_start_hook
 
 __all__ = ["CustomSpec", "custom", "check_complete"]
@@ -92,4 +92,6 @@ def custom(hook: str, tensor: Tensor, labels: list[str] | tuple[str, ...]) -> Cu
     check_labels(labels)
     if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
         raise DePassError("custom components must be a floating-point torch.Tensor [component, batch, pos, d_model].")
+    if not bool(torch.isfinite(tensor).all()):
+        raise DePassValueError("custom components hold NaN or inf values; give finite components.")
     return CustomSpec(hook, tensor.detach(), labels)

@@ -17,7 +17,9 @@ import torch
 from torch import Tensor
 
 from depass_tl.coefficients import FrozenRun
-from depass_tl.components.base import REST, ComponentSpec, group_with_bias, layers_arg, multi_labels
+from depass_tl.components.base import (
+    REST, ComponentSpec, group_with_bias, layer_spec, layers_arg, multi_labels, whole_numbers,
+)
 from depass_tl.components.custom_spec import check_complete
 from depass_tl.errors import DePassError
 from depass_tl.model_view import NormView
@@ -112,7 +114,7 @@ def heads(layer: int | Iterable[int] | None = None) -> HeadSpec:
         >>> dc.labels
         ('L1H0', 'L1H1', 'rest', 'bias')
     """
-    return HeadSpec(layer if layer is None or isinstance(layer, int) else tuple(layer))
+    return HeadSpec(layer_spec(layer, "heads()"))
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ def modules(layer: int | Iterable[int] | None = None) -> ModuleSpec:
         >>> dc.labels
         ('L0.attn', 'L0.mlp', 'rest', 'bias')
     """
-    return ModuleSpec(layer if layer is None or isinstance(layer, int) else tuple(layer))
+    return ModuleSpec(layer_spec(layer, "modules()"))
 
 
 @dataclass(frozen=True)
@@ -242,11 +244,13 @@ def neurons(
     """
     if (idx is None) == (top_k is None):
         raise DePassError("neurons(): give exactly one of idx=[...] or top_k=k.")
-    if top_k is not None and top_k < 1:
-        raise DePassError(f"neurons(): top_k must be >= 1, got {top_k}.")
+    if top_k is not None:
+        (top_k,) = whole_numbers([top_k], "neurons(): top_k")
+        if top_k < 1:
+            raise DePassError(f"neurons(): top_k must be >= 1, got {top_k}.")
     if idx is not None:
-        idx = tuple(int(i) for i in idx)
+        idx = whole_numbers(idx, "neurons(): idx")
         if not idx or len(set(idx)) != len(idx):
             raise DePassError(f"neurons(): idx must be non-empty and distinct, got {list(idx)}.")
-    lay = layer if layer is None or isinstance(layer, int) else tuple(layer)
-    return NeuronSpec(lay, idx, top_k, pos)
+    (pos,) = whole_numbers([pos], "neurons(): pos")
+    return NeuronSpec(layer_spec(layer, "neurons()"), idx, top_k, pos)

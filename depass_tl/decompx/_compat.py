@@ -21,9 +21,9 @@ def hooked_encoder_class() -> type:
     except (ImportError, AttributeError) as e:
         raise UnsupportedModelError(
             "transformer_lens.HookedEncoder is not available (installed TransformerLens: "
-            f"{tl_version()}); it was removed in TransformerLens 4.0. DecompX on BERT needs it: "
-            "install 'transformer-lens<4' (on TL 4, decoder models go through TransformerBridge with "
-            "depass_tl.run_with_depass)"
+            f"{tl_version()}); it was removed in TransformerLens 4.0. To convert a BERT into one, install "
+            "'transformer-lens<4'; DecompX itself does not need it: pass the transformers "
+            "BertForSequenceClassification / BertForMaskedLM to depass_tl.run_with_depass"
         ) from e
     if not isinstance(cls, type):
         raise UnsupportedModelError(

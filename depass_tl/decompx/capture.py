@@ -1,31 +1,33 @@
-"""One clean forward pass of a ``HookedEncoder`` under scoped hooks: the frozen coefficients.
+"""One clean forward pass of an encoder under scoped hooks: the frozen coefficients.
 
-This is the only module of :mod:`depass_tl.decompx` that registers hooks. They live inside
-``encoder.hooks(...)``, which removes them on exit, also when the forward raises; the encoder's
-parameters and settings are never changed. What is kept is copied (``detach().clone()``) and cast
-to the replay dtype:
+This is the only module of :mod:`depass_tl.decompx` that registers hooks. The encoder's backend
+(:mod:`depass_tl.backends`) says which module inputs or outputs hold the clean tensors
+(:class:`~depass_tl.backends.base.EncoderSource`; TL hook points for a ``HookedEncoder``, the HF
+modules for transformers' BERT and a BERT ``TransformerBridge``); here a PyTorch hook is put on each,
+and every hook is removed in a ``finally``, also when the forward raises. The model's parameters and
+settings are never changed. What is kept is copied (``detach().clone()``) and cast to the replay dtype:
 
 * ``hook_full_embed``: the embedding output (token + position + token-type embedding, embedding LN);
-* per layer ``l``: ``blocks.{l}.attn.hook_pattern`` (frozen attention, masked keys exactly 0),
-  ``blocks.{l}.ln1.hook_scale`` / ``ln2.hook_scale`` (frozen LN scales), and the GELU ratio
-  ``hook_post / hook_pre`` of ``blocks.{l}.mlp`` (DecompX "ZO"; 0 where the pre-activation is 0);
-* the clean residual-stream activations the result is checked against;
-* for the MLM head, ``mlm_head.ln.hook_scale`` and the model's logits.
+* per layer ``l``: the attention pattern (masked keys exactly 0), LN#1's and LN#2's inputs (their
+  frozen scales ``sqrt(var + eps)`` are computed from these), the FFN pre-activation and activation,
+  and the clean residual-stream activations the result is checked against;
+* the model's own head logits, when asked for.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from transformer_lens import HookedEncoder
+from depass_tl.backends.base import EncoderSource, HookSite, encoder_site_names
+from depass_tl.errors import DePassError, UnsupportedModelError
+from depass_tl.model_view import EncoderView
 
-__all__ = ["EncoderRun", "LayerWeights", "RESID_HOOKS", "capture_encoder", "frozen_ratio"]
+__all__ = ["EncoderRun", "RESID_HOOKS", "capture_encoder", "layer_norm_scale"]
 
 RESID_HOOKS: tuple[str, ...] = (
     "hook_resid_pre",
@@ -38,22 +40,10 @@ RESID_HOOKS: tuple[str, ...] = (
 """Per-block TL hooks (``blocks.{l}.<name>``) that the replay decomposes, in forward order."""
 
 
-@dataclass(frozen=True, eq=False)
-class LayerWeights:
-    """Weights of one ``BertBlock`` in TL layout (input dimension first), cast to the replay dtype."""
-
-    W_V: Float[Tensor, "head_index d_model d_head"]
-    b_V: Float[Tensor, "head_index d_head"]
-    W_O: Float[Tensor, "head_index d_head d_model"]
-    b_O: Float[Tensor, " d_model"]
-    ln1_w: Float[Tensor, " d_model"]
-    ln1_b: Float[Tensor, " d_model"]
-    W_in: Float[Tensor, "d_model d_mlp"]
-    b_in: Float[Tensor, " d_mlp"]
-    W_out: Float[Tensor, "d_mlp d_model"]
-    b_out: Float[Tensor, " d_model"]
-    ln2_w: Float[Tensor, " d_model"]
-    ln2_b: Float[Tensor, " d_model"]
+def layer_norm_scale(x: Float[Tensor, "... d"], eps: float) -> Float[Tensor, "... 1"]:
+    """LayerNorm's scale ``sqrt(mean((x - mean x)^2) + eps)`` (biased variance, as in BERT and TL)."""
+    centred = x - x.mean(-1, keepdim=True)
+    return (centred.pow(2).mean(-1, keepdim=True) + eps).sqrt()
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,125 +51,116 @@ class EncoderRun:
     """Everything the replay needs from one clean forward pass (immutable by convention).
 
     Attributes:
-        embed: ``hook_full_embed`` ``[batch, pos, d_model]``.
-        patterns: per layer ``[batch, head_index, query_pos, key_pos]``.
-        ln1_scale, ln2_scale: per layer ``[batch, pos, 1]``.
-        mlp_ratio: per layer frozen ``post / pre`` ``[batch, pos, d_mlp]``.
-        layers: per-layer weights.
-        clean: clean activations keyed by full TL hook name ``[batch, pos, d_model]``.
-        mlm_scale: ``mlm_head.ln.hook_scale`` ``[batch, pos, 1]`` (MLM runs only).
-        model_logits: the encoder's own MLM logits ``[batch, pos, d_vocab]`` (MLM runs only).
+        view: the encoder's weights (the backend's view; tensors shared with the model).
+        clean: every captured tensor, keyed by :func:`~depass_tl.backends.base.encoder_site_names`
+            (plus ``blocks.{l}.hook_resid_pre``), in the replay dtype.
+        model_logits: the model's own head logits, when captured.
     """
 
-    embed: Tensor
-    patterns: tuple[Tensor, ...]
-    ln1_scale: tuple[Tensor, ...]
-    ln2_scale: tuple[Tensor, ...]
-    mlp_ratio: tuple[Tensor, ...]
-    layers: tuple[LayerWeights, ...]
+    view: EncoderView
     clean: dict[str, Tensor]
-    mlm_scale: Tensor | None
     model_logits: Tensor | None
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.view.layers)
+
+    @property
+    def embed(self) -> Float[Tensor, "batch pos d_model"]:
+        return self.clean["hook_full_embed"]
+
+    def pattern(self, layer: int) -> Float[Tensor, "batch head_index query_pos key_pos"]:
+        return self.clean[f"blocks.{layer}.attn.hook_pattern"]
+
+    def ln1_scale(self, layer: int) -> Float[Tensor, "batch pos 1"]:
+        return layer_norm_scale(self.clean[f"blocks.{layer}.hook_resid_mid"], self.view.eps)
+
+    def ln2_scale(self, layer: int) -> Float[Tensor, "batch pos 1"]:
+        return layer_norm_scale(self.clean[f"blocks.{layer}.hook_resid_post"], self.view.eps)
+
+    def mlp(self, layer: int) -> tuple[Tensor, Tensor]:
+        """``(pre, post)``: the FFN activation's clean input and output ``[batch, pos, d_mlp]``."""
+        p = f"blocks.{layer}.mlp."
+        return self.clean[p + "hook_pre"], self.clean[p + "hook_post"]
 
     @property
     def final_resid(self) -> Float[Tensor, "batch pos d_model"]:
         """Clean encoder output ``blocks.{L-1}.hook_normalized_resid_post``."""
-        return self.clean[f"blocks.{len(self.layers) - 1}.hook_normalized_resid_post"]
+        return self.clean[f"blocks.{self.n_layers - 1}.hook_normalized_resid_post"]
 
 
-def frozen_ratio(post: Tensor, pre: Tensor) -> Tensor:
-    """Elementwise ``post / pre``, and 0 where ``pre == 0`` (valid for activations with f(0) = 0)."""
-    nonzero = pre != 0
-    return torch.where(nonzero, post / torch.where(nonzero, pre, torch.ones_like(pre)), torch.zeros_like(pre))
+def _register(site: HookSite, name: str, store: dict[str, Tensor], dtype: torch.dtype) -> Any:
+    def keep(value: Any) -> None:
+        if site.index is not None:
+            value = value[site.index] if isinstance(value, (tuple, list)) and len(value) > site.index else None
+        if isinstance(value, Tensor):
+            store[name] = value.detach().to(dtype).clone()
 
+    if site.read == "input":
+        def pre_hook(module: Any, args: tuple, kwargs: dict) -> None:
+            keep(args if args else tuple(kwargs.values()))
 
-def _layer_weights(block: Any, dtype: torch.dtype) -> LayerWeights:
-    def get(t: Tensor) -> Tensor:
-        return t.detach().to(dtype).clone()
+        return site.module.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
-    return LayerWeights(
-        W_V=get(block.attn.W_V),
-        b_V=get(block.attn.b_V),
-        W_O=get(block.attn.W_O),
-        b_O=get(block.attn.b_O),
-        ln1_w=get(block.ln1.w),
-        ln1_b=get(block.ln1.b),
-        W_in=get(block.mlp.W_in),
-        b_in=get(block.mlp.b_in),
-        W_out=get(block.mlp.W_out),
-        b_out=get(block.mlp.b_out),
-        ln2_w=get(block.ln2.w),
-        ln2_b=get(block.ln2.b),
-    )
+    def hook(module: Any, args: Any, output: Any) -> None:
+        keep(output)
+
+    return site.module.register_forward_hook(hook)
 
 
 def capture_encoder(
-    encoder: HookedEncoder,
+    source: EncoderSource,
     tokens: Int[Tensor, "batch pos"],
     *,
     token_type_ids: Int[Tensor, "batch pos"] | None,
     attention_mask: Int[Tensor, "batch pos"] | None,
     dtype: torch.dtype,
-    with_mlm: bool,
+    with_head: bool,
 ) -> EncoderRun:
-    """Run ``encoder`` once under scoped hooks and return the frozen coefficients.
+    """Run the encoder once with a hook on every site of ``source`` and return the frozen coefficients.
 
     Inputs are assumed validated (see :func:`depass_tl.decompx.api.run_decompx`).
 
     Args:
-        encoder: the ``HookedEncoder`` (not modified).
+        source: the backend's reading of the encoder.
         tokens: token ids.
-        token_type_ids: segment ids (0/1) or None.
+        token_type_ids: segment ids, or None.
         attention_mask: 1 for real tokens, 0 for padding, or None.
         dtype: dtype of everything returned.
-        with_mlm: also run the MLM head and keep its LN scale and the model's logits.
+        with_head: also return the model's own head logits.
 
     Returns:
         The :class:`EncoderRun`.
+
+    Raises:
+        UnsupportedModelError: a site produced nothing (e.g. an attention implementation that does not
+            return its probabilities).
     """
-    n_layers = int(encoder.cfg.n_layers)
+    n_layers = len(source.view.layers)
     store: dict[str, Tensor] = {}
-
-    def keep(act: Tensor, hook: Any) -> None:
-        store[hook.name] = act.detach().to(dtype).clone()
-
-    names = ["hook_full_embed"]
+    handles = []
+    try:
+        for name, site in source.sites.items():
+            handles.append(_register(site, name, store, dtype))
+        with torch.no_grad():
+            logits = source.forward(tokens, token_type_ids, attention_mask, with_head)
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [name for name in encoder_site_names(n_layers) if name not in store]
+    if missing:
+        raise UnsupportedModelError(
+            f"the {source.view.backend} encoder's forward produced no tensor at {missing[:3]}"
+            f"{' ...' if len(missing) > 3 else ''}; if these are attention patterns, run the model with "
+            'attn_implementation="eager".'
+        )
+    if with_head and logits is None:
+        raise DePassError(f"the {source.view.backend} encoder returned no head logits")  # internal misuse
     for layer in range(n_layers):
-        p = f"blocks.{layer}."
-        names += [p + "attn.hook_pattern", p + "ln1.hook_scale", p + "ln2.hook_scale"]
-        names += [p + "mlp.hook_pre", p + "mlp.hook_post"]
-        names += [p + h for h in RESID_HOOKS]
-    if with_mlm:
-        names.append("mlm_head.ln.hook_scale")
-
-    model_logits: Tensor | None = None
-    with torch.no_grad(), encoder.hooks(fwd_hooks=[(name, keep) for name in names]):
-        if with_mlm:
-            out = encoder(
-                tokens,
-                return_type="logits",
-                token_type_ids=token_type_ids,
-                one_zero_attention_mask=attention_mask,
-            )
-            model_logits = out.detach().to(dtype).clone()
-        else:
-            encoder.encoder_output(tokens, token_type_ids, attention_mask)
-
-    clean = {"hook_full_embed": store["hook_full_embed"]}
-    for layer in range(n_layers):
-        for h in RESID_HOOKS:
-            clean[f"blocks.{layer}.{h}"] = store[f"blocks.{layer}.{h}"]
+        store[f"blocks.{layer}.hook_resid_pre"] = store["hook_full_embed" if layer == 0 else
+                                                        f"blocks.{layer - 1}.hook_normalized_resid_post"]
     return EncoderRun(
-        embed=store["hook_full_embed"],
-        patterns=tuple(store[f"blocks.{i}.attn.hook_pattern"] for i in range(n_layers)),
-        ln1_scale=tuple(store[f"blocks.{i}.ln1.hook_scale"] for i in range(n_layers)),
-        ln2_scale=tuple(store[f"blocks.{i}.ln2.hook_scale"] for i in range(n_layers)),
-        mlp_ratio=tuple(
-            frozen_ratio(store[f"blocks.{i}.mlp.hook_post"], store[f"blocks.{i}.mlp.hook_pre"])
-            for i in range(n_layers)
-        ),
-        layers=tuple(_layer_weights(block, dtype) for block in encoder.blocks),
-        clean=clean,
-        mlm_scale=store.get("mlm_head.ln.hook_scale"),
-        model_logits=model_logits,
+        view=source.view,
+        clean=store,
+        model_logits=None if logits is None else logits.detach().to(dtype).clone(),
     )

@@ -7,6 +7,10 @@ a sequence-classification state dict onto the ``HookedEncoder`` parameter names 
 NSP and unembedding parameters, which such a checkpoint does not have, are set to zero so that
 nothing is left uninitialised; use the pooler/classifier through
 :class:`~depass_tl.decompx.heads.SequenceClassificationHead`.
+
+TransformerLens < 4 only (TL 4 removed ``HookedEncoder``). DecompX does not need the conversion: the
+transformers model itself goes to :func:`depass_tl.run_with_depass` on every TL version, with the same
+numbers.
 """
 
 from __future__ import annotations

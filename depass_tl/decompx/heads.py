@@ -1,8 +1,9 @@
 """Output heads that DecompX carries the decomposition through.
 
-``HookedEncoder.forward`` only runs the masked-LM head, and never the pooler, so a sequence
-classifier's head (pooler dense + tanh, then a linear classifier) is supplied by the user as a
-:class:`SequenceClassificationHead`. The masked-LM head is read from the encoder itself by
+A transformers ``BertForSequenceClassification`` brings its own head (:func:`~depass_tl.decompx.run_decompx`
+reads it). ``HookedEncoder.forward`` only runs the masked-LM head, and never the pooler, so there a
+sequence classifier's head (pooler dense + tanh, then a linear classifier) is supplied by the user as a
+:class:`SequenceClassificationHead`. The masked-LM head is read from the model itself by
 :meth:`MLMHead.from_encoder`, restricted to the token ids you ask about (never the full vocabulary).
 
 Both heads are plain frozen dataclasses of tensors: they hold no hooks and no model.
@@ -12,17 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from depass_tl.backends import read_encoder
 from depass_tl.errors import DePassError
-
-if TYPE_CHECKING:
-    from transformer_lens import HookedEncoder
 
 __all__ = ["MLMHead", "SequenceClassificationHead"]
 
@@ -160,44 +159,48 @@ class MLMHead:
         return len(self.token_ids)
 
     @classmethod
-    def from_encoder(cls, encoder: HookedEncoder, *, token_ids: Sequence[int]) -> MLMHead:
-        """Copy the MLM head and the unembedding columns of ``token_ids`` from a ``HookedEncoder``.
+    def from_encoder(cls, encoder: Any, *, token_ids: Sequence[int]) -> MLMHead:
+        """Copy the MLM head and the unembedding columns of ``token_ids`` from an encoder.
 
         Args:
-            encoder: the ``HookedEncoder`` whose ``mlm_head`` and ``unembed`` are read.
+            encoder: a model with an MLM head that DecompX reads: transformers' ``BertForMaskedLM``, a
+                ``TransformerBridge`` wrapping one, or a ``HookedEncoder`` (its ``mlm_head``/``unembed``).
             token_ids: vocabulary ids whose logits are decomposed (at least one).
 
         Returns:
             The head, with tensors copied (the encoder is not modified).
 
         Raises:
-            DePassError: no ids, or an id outside ``[0, d_vocab)``, or the encoder has no MLM head.
+            DePassError: no ids, or an id outside ``[0, d_vocab)``, or the encoder has no MLM head, or its
+                activation is not the exact (erf) GELU.
         """
         ids = tuple(int(t) for t in token_ids)
-        mlm: Any = getattr(encoder, "mlm_head", None)
-        unembed: Any = getattr(encoder, "unembed", None)
-        if mlm is None or unembed is None:
+        view = read_encoder(encoder).view
+        mlm = view.mlm
+        if mlm is None:
             raise DePassError(
-                f"{type(encoder).__name__} has no mlm_head/unembed; MLMHead.from_encoder needs a HookedEncoder"
+                f"{type(encoder).__name__} has no MLM head (mlm_head/unembed, or cls.predictions); "
+                "MLMHead.from_encoder needs a BertForMaskedLM, a Bridge wrapping one, or a HookedEncoder"
             )
-        d_vocab = int(unembed.W_U.shape[1])
+        d_vocab = int(mlm.W_U.shape[1])
         if len(ids) == 0 or any(t < 0 or t >= d_vocab for t in ids):
             raise DePassError(
                 f"token_ids must be a non-empty list of ids in [0, {d_vocab}), got {list(ids)}"
             )
-        if not isinstance(mlm.act_fn, torch.nn.GELU) or mlm.act_fn.approximate != "none":
+        if mlm.act_fn != "gelu":
             raise DePassError(
-                f"the MLM head's activation is {mlm.act_fn!r}; only the exact (erf) nn.GELU is supported"
+                f"the MLM head's activation is {mlm.act_fn!r}; only the exact (erf) GELU is supported"
             )
-        index = torch.tensor(ids, device=unembed.W_U.device)
+        index = torch.tensor(ids, device=mlm.W_U.device)
+        b_U = torch.zeros(d_vocab, dtype=mlm.W_U.dtype, device=mlm.W_U.device) if mlm.b_U is None else mlm.b_U
         return cls(
             W=mlm.W.detach().clone(),
             b=mlm.b.detach().clone(),
-            ln_w=mlm.ln.w.detach().clone(),
-            ln_b=mlm.ln.b.detach().clone(),
-            eps=float(mlm.ln.eps),
-            W_U=unembed.W_U.detach()[:, index].clone(),
-            b_U=unembed.b_U.detach()[index].clone(),
+            ln_w=mlm.ln.w.detach().clone() if mlm.ln.w is not None else torch.ones_like(mlm.b),
+            ln_b=mlm.ln.b.detach().clone() if mlm.ln.b is not None else torch.zeros_like(mlm.b),
+            eps=float(mlm.eps),
+            W_U=mlm.W_U.detach()[:, index].clone(),
+            b_U=b_U.detach()[index].clone(),
             token_ids=ids,
         )
 

@@ -1,28 +1,33 @@
-"""The result of :func:`~depass_tl.decompx.run_decompx`: a read-only mapping from hook name to components."""
+"""The result of :func:`~depass_tl.decompx.run_decompx`: a :class:`~depass_tl.decomposition.Decomposition`
+keyed by TransformerLens hook name, plus the decomposed head."""
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
 from jaxtyping import Float
 from torch import Tensor
 
+from depass_tl.decomposition import Decomposition
 from depass_tl.errors import DePassError
 
 __all__ = ["DecompXResult"]
 
 
-class DecompXResult(Mapping[str, Tensor]):
+class DecompXResult(Decomposition):
     """Per-token decomposition of a BERT run, keyed by TransformerLens hook name.
 
     ``result[hook]`` is ``[component, batch, pos, d_model]``; summing over the component axis gives
-    the clean activation at that hook. Hook names (``l`` = layer): ``hook_full_embed``,
+    the clean activation at that hook (up to float rounding when :attr:`exact`; otherwise see
+    :meth:`residual`). Hook names (``l`` = layer): ``hook_full_embed``,
     ``blocks.{l}.hook_resid_pre``, ``blocks.{l}.hook_attn_out`` (attention output *including* its
     share of the attention bias), ``blocks.{l}.hook_resid_mid`` (pre-LN#1), ``blocks.{l}.hook_mlp_out``,
     ``blocks.{l}.hook_resid_post`` (pre-LN#2: in BERT this is ``LN1(resid_mid) + mlp_out``) and
-    ``blocks.{l}.hook_normalized_resid_post`` (the block output).
+    ``blocks.{l}.hook_normalized_resid_post`` (the block output). The same names on every backend
+    (``HookedEncoder``, transformers' BERT, a BERT ``TransformerBridge``).
 
     Attributes:
         labels: one per component: ``tok{p}`` for input position ``p``, then ``bias`` when
@@ -30,6 +35,12 @@ class DecompXResult(Mapping[str, Tensor]):
         bias_policy: the policy used.
         head_kind: ``"classification"`` or ``"mlm"``.
         token_ids: the decomposed vocabulary ids (MLM head), else ``()``.
+        options: the linearisation options (``ffn_approx``, ``tanh_approx``, ``include_ffn``).
+        exact: True when every option keeps the decomposition complete; False for ``ffn_approx="relu"``
+            on a GELU model and for ``include_ffn=False``: the components then miss part of each
+            activation, which :meth:`residual` reports (and :meth:`completeness_error` shows).
+        backend: the backend that read the model (``"HookedEncoder"``, ``"transformers"``,
+            ``"TransformerBridge"``).
     """
 
     def __init__(
@@ -45,39 +56,31 @@ class DecompXResult(Mapping[str, Tensor]):
         head_logits: Tensor,
         head_logits_clean: Tensor,
         token_ids: tuple[int, ...] = (),
+        options: Mapping[str, Any] | None = None,
+        exact: bool = True,
+        backend: str = "HookedEncoder",
     ) -> None:
-        self._components = MappingProxyType(dict(components))
-        self._clean = MappingProxyType(dict(clean))
-        self.labels = labels
+        super().__init__(activations=components, labels=labels, clean=clean)
         self.bias_policy = bias_policy
         self.head_kind = head_kind
         self.token_ids = token_ids
+        self.options = MappingProxyType(dict(options or {}))
+        self.exact = exact
+        self.backend = backend
         self._pooler = pooler
         self._pooler_clean = pooler_clean
         self._head_logits = head_logits
         self._head_logits_clean = head_logits_clean
 
-    def __getitem__(self, name: str) -> Tensor:
-        if name not in self._components:
-            raise KeyError(f"{name!r} was not decomposed; available: {list(self._components)}")
-        return self._components[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._components)
-
-    def __len__(self) -> int:
-        return len(self._components)
+    def _missing(self, key: str) -> str:
+        return f"{key!r} was not decomposed; available: {list(self._acts)}"
 
     def __repr__(self) -> str:
+        extra = "" if self.exact else ", exact=False"
         return (
             f"DecompXResult(head={self.head_kind!r}, bias_policy={self.bias_policy!r}, "
-            f"components={len(self.labels)}, hooks={len(self)})"
+            f"components={len(self.labels)}, hooks={len(self)}{extra})"
         )
-
-    @property
-    def clean(self) -> Mapping[str, Tensor]:
-        """Clean activations ``[batch, pos, d_model]`` of the decomposed hooks."""
-        return self._clean
 
     @property
     def pooler(self) -> Float[Tensor, "component batch d_model"]:
@@ -100,15 +103,29 @@ class DecompXResult(Mapping[str, Tensor]):
             raise DePassError("this result comes from a classification head; use result.class_logits")
         return self._head_logits
 
-    def completeness_error(self) -> dict[str, float]:
-        """Max ``|Σ_components − clean|`` per decomposed hook, plus ``pooler`` and ``logits``."""
-        errors = {
-            name: float((comps.sum(0) - self._clean[name]).abs().max()) for name, comps in self._components.items()
-        }
+    def _outputs(self) -> dict[str, tuple[Tensor, Tensor]]:
+        out = {}
         if self._pooler is not None and self._pooler_clean is not None:
-            errors["pooler"] = float((self._pooler.sum(0) - self._pooler_clean).abs().max())
-        errors["logits"] = float((self._head_logits.sum(0) - self._head_logits_clean).abs().max())
-        return errors
+            out["pooler"] = (self._pooler, self._pooler_clean)
+        out["logits"] = (self._head_logits, self._head_logits_clean)
+        return out
+
+    def residual(self, name: str = "logits") -> Tensor:
+        """What the components miss: ``clean − Σ_components`` at a hook, ``"pooler"`` or ``"logits"``.
+
+        Float rounding only when :attr:`exact`; the part of the activations an inexact option leaves
+        out otherwise (e.g. ``GELU(ζ) − ReLU(ζ)`` carried to the logits under ``ffn_approx="relu"``).
+
+        Raises:
+            HookNotFoundError: a hook that was not decomposed.
+        """
+        outputs = self._outputs()
+        if name in outputs:
+            comps, clean = outputs[name]
+        else:
+            key = self._resolve(name)
+            comps, clean = self._acts[key], self.clean[key]
+        return clean.to(comps.dtype) - comps.sum(0)
 
     def explanation(self, class_idx: int, *, position: int | None = None) -> Float[Tensor, "batch pos"]:
         """Signed contribution of each input token to one logit (DecompX's explanation score).
@@ -127,6 +144,14 @@ class DecompXResult(Mapping[str, Tensor]):
             DePassError: the index is out of range, or ``position`` is missing (MLM) / given
                 (classification).
         """
+        return self._logit_shares(class_idx, position)[: self._n_tokens].T
+
+    @property
+    def _n_tokens(self) -> int:
+        return len(self.labels) - (1 if self.bias_policy == "bias" else 0)
+
+    def _logit_shares(self, class_idx: int, position: int | None) -> Tensor:
+        """Every component's share of one logit: ``[component, batch]``."""
         n_out = self._head_logits.shape[-1]
         try:
             class_idx = operator.index(class_idx)
@@ -134,11 +159,20 @@ class DecompXResult(Mapping[str, Tensor]):
             raise DePassError(f"class_idx must be an integer, got {type(class_idx).__name__}") from None
         if not -n_out <= class_idx < n_out:
             raise DePassError(f"class_idx={class_idx!r} is out of range for {n_out} outputs")
-        n_tok = len(self.labels) - (1 if self.bias_policy == "bias" else 0)
+        n_tok = self._n_tokens
         if self.head_kind == "classification":
             if position is not None:
                 raise DePassError("position= is only for the MLM head; a classification logit has no position")
-            return self._head_logits[:n_tok, :, class_idx].T
+            return self._head_logits[:, :, class_idx]
         if position is None or not -n_tok <= position < n_tok:
             raise DePassError(f"the MLM head needs position= in [0, {n_tok}), got {position!r}")
-        return self._head_logits[:n_tok, :, position, class_idx].T
+        return self._head_logits[:, :, position, class_idx]
+
+    def to_dataframe(self, class_idx: int, *, position: int | None = None) -> Any:
+        """A long-format ``pandas.DataFrame`` of one logit's decomposition, as ``DePassCache.to_dataframe``.
+
+        One row per (prompt, component), the ``bias`` component included: columns ``batch``,
+        ``component``, ``label``, ``token`` (None: encoder results carry no token strings),
+        ``attribution``. Arguments as in :meth:`explanation`.
+        """
+        return self._frame(self._logit_shares(class_idx, position))

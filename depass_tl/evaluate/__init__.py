@@ -11,6 +11,8 @@
   (:mod:`~depass_tl.evaluate.captum_methods`, the optional ``[eval]`` extra) integrated gradients
   with a convergence-delta-controlled step count, gradient × input and occlusion; our own attention
   rollout, last-layer attention and random.
+* Which MLP rule to trust (:mod:`~depass_tl.evaluate.rule_sensitivity`): every rule and a softmax
+  temperature sweep on one capture; rank correlation and top-k overlap of the components.
 * Cost (:mod:`~depass_tl.evaluate.budget`): forward / backward passes, replay streams and wall time
   of every method, reported next to its scores.
 * :mod:`~depass_tl.evaluate.suite` runs all of it; :mod:`~depass_tl.evaluate.stats` summarises
@@ -54,6 +56,7 @@ from depass_tl.evaluate.component_metrics import (
     depass_neuron_attributions,
 )
 from depass_tl.evaluate.masking import apply_mask, maskable_positions, rank_positions, score_rows, top_k_count
+from depass_tl.evaluate.rule_sensitivity import RuleSensitivity, rule_sensitivity
 from depass_tl.evaluate.stats import bootstrap_ci, mean_ci
 from depass_tl.evaluate.suite import (
     TOKEN_MEASURES,
@@ -85,6 +88,7 @@ __all__ = [
     "DeletionInsertion",
     "Erasure",
     "IGResult",
+    "RuleSensitivity",
     "TOKEN_MEASURES",
     "TOKEN_MEASURES_HELP",
     "TokenReport",
@@ -120,6 +124,7 @@ __all__ = [
     "occlusion",
     "random_attributions",
     "rank_positions",
+    "rule_sensitivity",
     "run_counted",
     "score_rows",
     "token_faithfulness",

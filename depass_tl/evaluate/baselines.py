@@ -222,7 +222,7 @@ def token_methods(
 
     Examples:
         >>> list(token_methods(temperatures=(0.1,), captum=False))
-        ['depass softmax T=0.1', 'depass ratio', 'depass max', 'attention rollout', 'last-layer attention', 'random']
+        ['depass softmax T=0.1', 'depass ratio', 'depass max', 'depass taylor', 'attention rollout', 'last-layer attention', 'random']
     """
     methods: dict[str, TokenMethod] = {}
     for name, kw in depass_variants(temperatures, attn_only=attn_only).items():

@@ -122,7 +122,10 @@ def replay_components(
     why_not = "sources() credits module outputs across components" if init.sources is not None else (
         f"mixture-of-experts layers under the competitive rule {rule.name!r}"
     )
-    comps: list[Tensor | None] = [pad_to_bias(g.components.to(dtype), run.pad, K) for g in init.groups]
+    comps: list[Tensor | None] = [
+        pad_to_bias(g.components.to(dtype), None if run.pad is None else run.pad.to(g.components.device), K)
+        for g in init.groups
+    ]
     causal = causal_skip and init.sources is None and not has_moe
     starts = [row_starts(c, causal) for c in comps if c is not None]
     names = [n for n in init.stored_hook_names(view) if n == FINAL_HOOK or keep(n)]
@@ -133,6 +136,7 @@ def replay_components(
     out = Outputs(set(names), (K * G, B, P, D), G, run.pad)
     active: list[Chunk] = []
     pending = list(range(G))
+    dev = init.groups[0].components.device  # then each block's (a split model's blocks may differ)
 
     def enter(stage: int) -> None:
         """Start the groups that enter at ``stage`` (as chunks); store the last group's start hook."""
@@ -141,7 +145,7 @@ def replay_components(
             x = comps[g]
             assert x is not None
             for a, b, lo in plan.of_group(g):
-                active.append(Chunk(g, a, b, lo, K, x[a:b, :, lo:].clone()))
+                active.append(Chunk(g, a, b, lo, K, x[a:b, :, lo:].to(dev, copy=True)))
             comps[g] = None
             if not pending:
                 out.store_state(init.groups[g].start_hook, active)
@@ -155,9 +159,9 @@ def replay_components(
             step = BlockStep(l, w, PreparedAttn.build(w.attn), block_tensors(run.acts, f"blocks.{l}.", dtype, dev),
                              rule, plan.cache_keys, K, init.sources)
             out.to(dev)
-        enter(s)
-        for ch in active:
+        for ch in active:  # to this block's device before new groups join (their state is stored with them)
             ch.x = ch.x.to(dev)
+        enter(s)
         if stage == "attn":
             causal = attn_step(active, step, out, causal, store_pre=s > last_entry, store_after=s >= last_entry)
         else:

@@ -87,14 +87,17 @@ def reverse_values(
     """
     _check_linear(rule)
     K = init.group_size
-    comps = [pad_to_bias(g.components.to(dtype), run.pad, K).detach() for g in init.groups]
+    comps = [
+        pad_to_bias(g.components.to(dtype), None if run.pad is None else run.pad.to(g.components.device), K).detach()
+        for g in init.groups
+    ]
     groups = tuple(
         Group(g.start_hook, torch.stack([x[:-1].sum(0), x[-1]]), ("sum", "bias")) for g, x in zip(init.groups, comps)
     )  # the replay is linear: the sum row's value does not change the gradient
     proj, grads = _grads(run, groups, hook, pos, direction, dtype, rule)
     values = []
-    for x, grad, bias_share in zip(comps, grads, proj[1::2]):
-        values.append(torch.einsum("cbpd,bpd->cb", x[:-1], grad))
+    for x, grad, bias_share in zip(comps, grads, proj[1::2]):  # on the target hook's device (a split model's last)
+        values.append(torch.einsum("cbpd,bpd->cb", x[:-1], grad).to(proj.device))
         values.append(bias_share[None])
     return torch.cat(values)
 
@@ -116,4 +119,4 @@ def reverse_token_values(
     tokens = (resid[0] * grad[0]).sum(-1).T  # [pos, batch]
     if run.pad is not None:
         tokens = tokens.masked_fill(run.pad.T.to(tokens.device), 0.0)  # pad_to_bias: padded tokens hold nothing
-    return torch.cat([tokens, values[1][None]])
+    return torch.cat([tokens.to(values.device), values[1][None]])

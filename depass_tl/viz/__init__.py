@@ -8,6 +8,7 @@ function                           shows
 ``head_grid(dc, tokens)``          ``[layer × head]`` heatmap (``heads()`` or ``sources()``)
 ``flow(dc, tokens)``               top-k components, layer by layer (residual projection) + logit attribution
 ``side_by_side(comparison, lay)``  DePass next to activation patching (from ``depass_tl.compare``)
+``rule_sensitivity_plot(result)``  agreement of every MLP rule variant (``depass_tl.evaluate.rule_sensitivity``)
 ``save(fig, path)``                ``.html`` (plotly, interactive) or ``.png``/``.svg``/``.pdf``
 ``save_explorer(data, path)``      the explorer: one interactive page (no plotting library; see below)
 =================================  ================================================================
@@ -42,11 +43,13 @@ from depass_tl.viz.explorer import (
 )
 from depass_tl.viz.flow import FlowData, flow, flow_data, plain_hook_labels, residual_hooks
 from depass_tl.viz.heads import HeadGridData, head_grid, head_grid_data
+from depass_tl.viz.rule_sensitivity import RuleSensitivityData, rule_sensitivity_data, rule_sensitivity_plot
 from depass_tl.viz.tokens import TokenHeatmapData, token_heatmap, token_heatmap_data
 
 __all__ = [
     "INSTALL_HINT", "ExplorerCaches", "FlowData", "HeadGridData", "RuleCaches", "TokenHeatmapData", "explorer_caches",
     "explorer_data", "explorer_hooks", "explorer_html", "flow", "flow_data", "head_grid", "head_grid_data",
-    "heatmap_panels", "plain_hook_labels", "residual_hooks", "resolve_backend", "save", "save_explorer",
+    "heatmap_panels", "plain_hook_labels", "residual_hooks", "resolve_backend", "RuleSensitivityData",
+    "rule_sensitivity_data", "rule_sensitivity_plot", "save", "save_explorer",
     "save_html_page", "side_by_side", "token_heatmap", "token_heatmap_data",
 ]

@@ -312,7 +312,8 @@ _JS = r"""
       + " position (attention weight \u00d7 the value there), followed through every later layer to " + quantity()
       + ". The last row is what it writes at the earlier positions, which reaches the answer only through later"
       + " layers' attention."
-      + (state.rule === "ratio" ? " With the ratio rule the parts add up exactly to the head's value in the grid."
+      + ((D.linear_rules || ["ratio"]).includes(state.rule)
+        ? " With the " + state.rule + " rule the parts add up exactly to the head's value in the grid."
         : " With the " + state.rule + " rule each MLP's activation is shared among the parts present, so their"
           + " sum can differ from the head's value in the grid; the ratio rule makes them add up exactly.");
     barChart($("details-chart"), D.str_tokens.map((s, i) => show(s) + " (" + i + ")").concat(["earlier positions"]),
@@ -405,7 +406,9 @@ _JS = r"""
     const rule = { softmax: "softmax: each MLP neuron's activation is shared among the parts by a softmax"
         + " of their inputs to it (temperature " + D.temperature + ", as in DePass)",
       ratio: "ratio: each part keeps the neuron's clean output/input ratio (linear: parts add up exactly)",
-      max: "max: each neuron's activation goes to the part with the largest input to it" };
+      max: "max: each neuron's activation goes to the part with the largest input to it",
+      taylor: "taylor: each neuron's activation is split in proportion to the parts' inputs to it (to its gate in"
+        + " a gated MLP), as the official DePass code's taylor (linear: parts add up exactly)" };
     $("footer").textContent = "Every number is exact: the contributions add up to the model's own output."
       + " Attention patterns, layer-norm scales and MLP activations are frozen at this run's values and each part"
       + " of the stream is carried through the model on its own (a decomposed forward pass). MLP rule "

@@ -24,7 +24,9 @@ Examples:
     >>> caches = viz.explorer_caches(run, progress=False)
     >>> data = viz.explorer_data(caches, target=5, contrast=7, top_k=3)
     >>> data["rules"], data["candidates"][0]["id"], len(data["by_rule"]["ratio"]["tokens"][0])
-    (['softmax', 'ratio', 'max'], 5, 3)
+    (['softmax', 'ratio', 'max', 'taylor'], 5, 3)
+    >>> data["linear_rules"]  # their parts add up exactly (the page says so)
+    ['ratio', 'taylor']
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import depass_tl
 from depass_tl.cache import DePassCache
 from depass_tl.coefficients import FrozenRun
 from depass_tl.errors import DePassError
-from depass_tl.replay.rules import rule_names
+from depass_tl.replay.rules import get_rule, rule_names
 from depass_tl.viz._backend import check_batch, check_path, str_tokens_of
 from depass_tl.viz._head_sources import head_source_hooks, head_source_spec, source_label
 from depass_tl.viz.flow import plain_hook_labels, residual_hooks
@@ -339,6 +341,7 @@ def explorer_data(
         "target": 0,
         "contrast": None if contrast is None else 1,
         "rules": rules,
+        "linear_rules": [r for r in rules if get_rule(r).linear],
         "rule": rule,
         "temperature": caches.temperature,
         "clean_proj": _rows(directions @ clean_proj),

@@ -139,13 +139,19 @@ assert max(grouped.completeness_error(relative=True).values()) < 1e-4
 #
 # * `softmax` (the paper's default): shares `softmax(γ / 0.1)`;
 # * `ratio`: the frozen slope `post / pre` times `γ_c`, which makes the whole replay linear;
-# * `max`: the whole neuron to the largest `γ_c`.
+# * `max`: the whole neuron to the largest `γ_c`;
+# * `taylor` (the official code's): `(act(g) / g) γ_c`; the same as `ratio` here (the toy's MLPs are
+#   not gated), different on gated MLPs (Llama), where it splits along the gate.
 #
-# All three are exact (the total is the real activation); they differ in how it is allocated.
+# All are exact (the total is the real activation); they differ in how it is allocated. To see whether
+# the choice matters for a question, `depass_tl.evaluate.rule_sensitivity(model, tokens, io,
+# incorrect=s)` compares every rule and temperature from one capture.
 
 # %%
+from depass_tl.replay.rules import rule_names
+
 rows = {}
-for rule in ("softmax", "ratio", "max"):
+for rule in rule_names():
     _, d = depass_tl.run_with_depass(model, tokens, mlp_rule=rule)
     a = d.logit_attrs(io, incorrect_tokens=s)[:, 0]
     rows[rule] = {"' Mary' share": float(a[str_tokens.index(" Mary")]),

@@ -3,11 +3,12 @@
 #
 # **What you will learn**
 #
-# * how to turn a HuggingFace `BertForSequenceClassification` into a TransformerLens `HookedEncoder`
-#   (`hooked_encoder_from_hf_bert`) plus its pooler and classifier (`SequenceClassificationHead`),
-#   with no download;
-# * how `run_decompx` decomposes the class logits into one exact share per input token;
-# * how to check the explanation against what the classifier was trained to do.
+# * how `depass_tl.run_with_depass` decomposes a Hugging Face `BertForSequenceClassification`'s class
+#   logits into one exact share per input token (DecompX), with the model passed in as it is: no
+#   conversion and no download, on TransformerLens 4 as on 2.x / 3.x;
+# * how to check the explanation against what the classifier was trained to do;
+# * the official DecompX ablations (`ffn_approx`, `tanh_approx`, `include_ffn`): which stay exact, and
+#   how the result reports what an inexact one misses.
 #
 # DecompX (Modarressi et al., ACL 2023) is DePass's idea for encoders: split every hidden state into
 # one vector per input token, and carry the split through attention (patterns frozen), LayerNorm
@@ -16,9 +17,6 @@
 #
 # To have something to explain we train a tiny BERT (2 layers, width 32) for a few seconds on a
 # synthetic sentiment task.
-#
-# **Needs** TransformerLens 2.x or 3.x: DecompX runs on `HookedEncoder`, which TransformerLens 4
-# removed. On TL 4 the first code cell after the imports stops with an error saying so.
 
 # %%
 import warnings
@@ -30,19 +28,13 @@ torch.manual_seed(0)
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm outside Jupyter widgets
 
 import depass_tl
-from depass_tl import viz
-import random, warnings
+import random
 import pandas as pd
 import transformers
-from depass_tl.decompx import SequenceClassificationHead, hooked_encoder_from_hf_bert, run_decompx
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 transformers.logging.set_verbosity_error()
-
-# %%
-from depass_tl.decompx import hooked_encoder_class
-
-hooked_encoder_class()  # DecompX needs TL's HookedEncoder (TransformerLens < 4); on TL 4 this raises, saying so
+print("TransformerLens", depass_tl.backends.tl_version(), "· transformers", transformers.__version__)
 
 # %% [markdown]
 # ## The task
@@ -79,6 +71,9 @@ print(sample(random.Random(1)))
 # stalled between 47% and 87%; seeds 0–4 gave identical numbers with transformers 4.57 and 5.25. So we
 # train with up to three seeds and keep the first that learns the task on a validation set; a separate
 # held-out set then measures it.
+#
+# The config asks for `attn_implementation="eager"`: DecompX freezes the attention probabilities, which
+# the default `sdpa` kernel never forms (`run_with_depass` says so if you forget).
 
 # %%
 cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -113,27 +108,26 @@ print(f"seed {seed}: validation accuracy {accuracy(bert, val_x, val_y):.3f}, hel
 assert test_accuracy > 0.95
 
 # %% [markdown]
-# ## Convert and decompose
+# ## Decompose
 #
-# `hooked_encoder_from_hf_bert(state_dict, config)` builds the `HookedEncoder`;
-# `SequenceClassificationHead.from_hf_state_dict` reads the pooler and classifier. `run_decompx`
-# returns the clean logits and a `DecompXResult`, keyed by hook name like a DePass cache, whose
-# `class_logits` is `[component, batch, n_classes]` (components `tok0 … tok6` and `bias`).
+# `depass_tl.run_with_depass(bert, test_x)` runs the model once, reading its attention patterns,
+# LayerNorm scales and pre-activations under scoped hooks (the model is not modified), and reads its
+# own pooler and classifier. It returns the model's logits and a `DecompXResult`: like a DePass cache,
+# a mapping from TransformerLens hook name to `[component, batch, pos, d_model]`; its `class_logits`
+# is `[component, batch, n_classes]` (components `tok0 … tok6` and `bias`).
 
 # %%
-encoder = hooked_encoder_from_hf_bert(bert.state_dict(), cfg)
-head = SequenceClassificationHead.from_hf_state_dict(bert.state_dict())
-logits, result = run_decompx(encoder, test_x, head=head)
-# depass_tl.run_with_depass(encoder, test_x, head=head) forwards to the same function.
+logits, result = depass_tl.run_with_depass(bert, test_x)
 
 with torch.no_grad():
     hf_logits = bert(input_ids=test_x).logits
 print(result)
+print(list(result)[:4], "...")
 print("max |logits - HF logits|:", float((logits - hf_logits).abs().max()))
-errors = result.completeness_error()
-print(f"worst completeness error: {max(errors.values()):.1e} ({max(errors, key=errors.get)})")
-assert torch.allclose(logits, hf_logits, atol=1e-4)
-assert max(errors.values()) < 1e-4
+errors = result.completeness_error(relative=True)
+print(f"worst relative completeness error: {max(errors.values()):.1e} ({max(errors, key=errors.get)})")
+assert torch.equal(logits, hf_logits)
+assert max(errors.values()) < 1e-5
 
 # %% [markdown]
 # ## Explanations
@@ -167,15 +161,20 @@ fig
 # hit about a third of the time.
 
 # %%
-inner = token_shares[:, 1:-1].abs()
-top = inner.argmax(-1) + 1
+KEY = POSITIVE | NEGATIVE | {"not"}
 words = [[vocab[i] for i in row] for row in test_x.tolist()]
-hit = torch.tensor([words[b][int(top[b])] in POSITIVE | NEGATIVE | {"not"} for b in range(len(words))])
-chance = float(torch.tensor([sum(w in POSITIVE | NEGATIVE | {"not"} for w in ws[1:-1]) / 5 for ws in words]).mean())
+
+def hit_rate(result):
+    """How often the largest |share| of the margin (between [CLS] and [SEP]) is on the sentiment word or 'not'."""
+    margin = result.class_logits[..., 1] - result.class_logits[..., 0]
+    top = margin[1:6].abs().argmax(0) + 1                  # tokens 1..5 of every sentence
+    return float(torch.tensor([words[b][int(top[b])] in KEY for b in range(len(words))]).float().mean())
+
+chance = float(torch.tensor([sum(w in KEY for w in ws[1:-1]) / 5 for ws in words]).mean())
 cls_share = float((token_shares[:, 0].abs() / token_shares.abs().sum(-1)).mean())
-print(f"top word is the sentiment word or 'not': {float(hit.float().mean()):.2f} of sentences (chance {chance:.2f})")
+print(f"top word is the sentiment word or 'not': {hit_rate(result):.2f} of sentences (chance {chance:.2f})")
 print(f"average share of |explanation| on [CLS]: {cls_share:.2f}")
-assert float(hit.float().mean()) > max(0.5, 2 * chance)
+assert hit_rate(result) > max(0.5, 2 * chance)
 
 # %% [markdown]
 # The explanation usually lands on the sentiment word or *not*, well above chance. When it does not,
@@ -183,13 +182,77 @@ assert float(hit.float().mean()) > max(0.5, 2 * chance)
 # that matters by deciding *where* `[CLS]` attends is credited to the positions attended to (their
 # values), not to itself. `[CLS]` also carries a share: its own embedding is what the pooler reads.
 #
+# ## The official ablations
+#
+# The paper's code has switches for how the nonlinearities are linearised; each is an option here,
+# under the same name in lower case:
+#
+# * `ffn_approx`: the FFN's GELU as the line through the origin (`"zo"`, the paper's), as its tangent
+#   line at the real pre-activation (`"gelu_la"`; the tangent's offset is shared among the tokens
+#   like a bias), or with ReLU's slope (`"relu"`, which misses `GELU(x) − ReLU(x)`);
+# * `tanh_approx`: the pooler's tanh, `"zo"` or its tangent line `"la"`;
+# * `include_ffn=False`: leave the FFNs out (the paper's "w/o FFN").
+#
+# The first four keep the shares adding up to the logits; the last two cannot. They are never hidden:
+# `result.exact` says so, and `result.residual("logits")` is what the tokens' shares miss.
+
+# %%
+variants = {
+    "paper (zo)": {},
+    "GELU tangent line": dict(ffn_approx="gelu_la"),
+    "tanh tangent line": dict(tanh_approx="la"),
+    "ReLU slope": dict(ffn_approx="relu"),
+    "without the FFNs": dict(include_ffn=False),
+}
+table = []
+for name, options in variants.items():
+    _, r = depass_tl.run_with_depass(bert, test_x, **options)
+    table.append({"variant": name, "exact": r.exact, "max |residual| of the logits": float(r.residual("logits").abs().max()),
+                  "top word hit rate": hit_rate(r)})
+table = pd.DataFrame(table).set_index("variant")
+print(table.round(4))
+assert table["exact"].tolist() == [True, True, True, False, False]
+assert (table["max |residual| of the logits"][table["exact"]] < 1e-4).all()
+assert (table["max |residual| of the logits"][~table["exact"]] > 1e-3).all()
+assert table.loc["without the FFNs", "max |residual| of the logits"] > table.loc["ReLU slope", "max |residual| of the logits"]
+
+# %% [markdown]
+# The exact variants differ only in how the same total is *allocated* to the tokens; the inexact ones
+# also change the total, by the residual in the second column (largest without the FFNs, which carry a
+# good part of this model's computation). The last column says whether the top word moves.
+#
+# ## The same on TransformerLens 2.x / 3.x: `HookedEncoder`
+#
+# TransformerLens 4 removed `HookedEncoder`. Where it exists, the same weights converted to one
+# (`hooked_encoder_from_hf_bert`, offline) give the same decomposition; its classification head is
+# passed separately, since TL's encoder has none. On TL 4 this cell only says so.
+
+# %%
+from depass_tl.decompx import SequenceClassificationHead, hooked_encoder_from_hf_bert, run_decompx
+from depass_tl.errors import UnsupportedModelError
+
+try:
+    encoder = hooked_encoder_from_hf_bert(bert.state_dict(), cfg)
+except UnsupportedModelError as e:
+    print("skipped:", str(e).split(";")[0])
+else:
+    head = SequenceClassificationHead.from_hf_state_dict(bert.state_dict())
+    _, tl_result = run_decompx(encoder, test_x, head=head)
+    difference = float((tl_result.class_logits - result.class_logits).abs().max())
+    print(f"HookedEncoder vs transformers: max difference of the token shares {difference:.1e}")
+    assert difference < 1e-4
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. Explain the *negated* sentences only. How is the credit split between *not* and the sentiment word?
 # 2. Compare DecompX's own rules for spreading the biases over the tokens (`bias_policy="absdot"`, the
 #    paper's default, or `"norm"` / `"equal"`) with the default separate `"bias"` component:
-#    `run_decompx(encoder, test_x, head=head, bias_policy="absdot")`.
-# 3. Replace the classifier head with `MLMHead.from_encoder(encoder, token_ids=[...])` on a randomly
-#    initialised `HookedEncoder` and explain a masked-token prediction.
+#    `depass_tl.run_with_depass(bert, test_x, bias_policy="absdot")`.
+# 3. Explain a masked-token prediction: build a `transformers.BertForMaskedLM(cfg)` (random, or trained
+#    to fill in the sentiment word), pick the vocabulary ids to explain with
+#    `depass_tl.decompx.MLMHead.from_encoder(mlm, token_ids=[index["good"], index["bad"]])`, and call
+#    `depass_tl.run_with_depass(mlm.eval(), x, head=head)`; `result.explanation(0, position=p)` splits
+#    the logit of *good* at position `p`.
 #
 # **Next:** 06 (the same analysis on GPT-2 small, if you have internet).

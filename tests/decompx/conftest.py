@@ -1,4 +1,11 @@
-"""Builders for the DecompX tests: small random HF BERT classifiers converted offline."""
+"""Builders for the DecompX tests: small random HF BERT models, run through every backend the installed
+TransformerLens offers.
+
+The classifier fixtures (``clf32``, ``clf64``) are parametrised by backend: ``transformers`` (the HF
+``BertForSequenceClassification`` itself; every TL version) and ``HookedEncoder`` (the same weights
+converted offline; TL < 4 only, TL 4 removed the class). Tests written against a fixture therefore run
+their real checks on TL 4 too.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +17,22 @@ from typing import Any
 import pytest
 import torch
 
+from tests._tl_version import HAS_BRIDGE, HAS_HOOKED, TL_VERSION
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
+
+requires_hooked_encoder = pytest.mark.skipif(
+    not HAS_HOOKED, reason=f"needs transformer_lens.HookedEncoder, which TL 4 removed (installed {TL_VERSION})"
+)
+requires_bridge = pytest.mark.skipif(
+    not HAS_BRIDGE, reason=f"needs TransformerBridge (TL >= 3); installed TransformerLens {TL_VERSION}"
+)
+#: The backends a classifier test runs through: those the installed TL has (TL 4 has no HookedEncoder, so
+#: its parametrisations are not generated there rather than skipped).
+BACKENDS = ["transformers"] + (["HookedEncoder"] if HAS_HOOKED else [])
+#: The backends of a masked-LM test.
+MLM_BACKENDS = ["transformers"] + (["TransformerBridge"] if HAS_BRIDGE else []) + (["HookedEncoder"] if HAS_HOOKED else [])
 
 
 @pytest.fixture(autouse=True)
@@ -21,40 +42,46 @@ def _quiet_tl_deprecations() -> None:
 
 @dataclass
 class Classifier:
-    hf: Any  # transformers.BertForSequenceClassification (eval)
-    encoder: Any  # HookedEncoder
-    head: Any  # SequenceClassificationHead
+    hf: Any  # transformers.BertForSequenceClassification (eval, eager attention)
+    encoder: Any  # what run_decompx is called on: the HF model itself, or a HookedEncoder converted from it
+    head: Any  # SequenceClassificationHead read from the HF state dict
     tokens: torch.Tensor  # [2, 7]
     token_type_ids: torch.Tensor  # two segments
     attention_mask: torch.Tensor  # row 1 padded from position 5
+    backend: str = "transformers"
 
 
-def make_classifier(*, dtype: torch.dtype, seed: int = 0, n_layers: int = 2) -> Classifier:
-    """Random BertForSequenceClassification re-initialised with a large std, converted offline."""
+def random_bert(cls_name: str = "BertForSequenceClassification", *, dtype: torch.dtype = torch.float32,
+                seed: int = 0, n_layers: int = 2, hidden_act: str = "gelu", **config: Any) -> Any:
+    """A random transformers BERT re-initialised with a large std (peaked attention, curved GELU), eval mode."""
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     import transformers
 
-    from depass_tl.decompx import SequenceClassificationHead, hooked_encoder_from_hf_bert
-
     cfg = transformers.BertConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=n_layers,
-        num_attention_heads=4,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        num_labels=3,
-        attn_implementation="eager",
+        **{
+            "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": n_layers, "num_attention_heads": 4,
+            "intermediate_size": 32, "max_position_embeddings": 16, "num_labels": 3, "hidden_act": hidden_act,
+            "attn_implementation": "eager", **config,
+        }
     )
     torch.manual_seed(seed)
-    hf = transformers.BertForSequenceClassification(cfg).eval().to(dtype)
+    hf = getattr(transformers, cls_name)(cfg).eval().to(dtype)
     with torch.no_grad():
         for name, p in hf.named_parameters():
             if name.endswith("LayerNorm.weight"):
                 p.normal_(1.0, 0.3)
             else:
-                p.normal_(0.0, 0.5)  # large enough for peaked attention and curved GELU
-    encoder = hooked_encoder_from_hf_bert(hf.state_dict(), cfg, dtype=dtype)
+                p.normal_(0.0, 0.5)
+    return hf
+
+
+def make_classifier(*, dtype: torch.dtype, seed: int = 0, n_layers: int = 2, backend: str = "transformers",
+                    hidden_act: str = "gelu") -> Classifier:
+    """Random BertForSequenceClassification, run as itself or converted offline to a HookedEncoder."""
+    from depass_tl.decompx import SequenceClassificationHead, hooked_encoder_from_hf_bert
+
+    hf = random_bert(dtype=dtype, seed=seed, n_layers=n_layers, hidden_act=hidden_act)
+    encoder = hf if backend == "transformers" else hooked_encoder_from_hf_bert(hf.state_dict(), hf.config, dtype=dtype)
     head = SequenceClassificationHead.from_hf_state_dict(hf.state_dict())
     gen = torch.Generator().manual_seed(seed + 1)
     tokens = torch.randint(0, 50, (2, 7), generator=gen)
@@ -63,16 +90,32 @@ def make_classifier(*, dtype: torch.dtype, seed: int = 0, n_layers: int = 2) -> 
     token_type_ids[1, 3:5] = 1
     attention_mask = torch.ones_like(tokens)
     attention_mask[1, 5:] = 0
-    return Classifier(hf, encoder, head, tokens, token_type_ids, attention_mask)
+    return Classifier(hf, encoder, head, tokens, token_type_ids, attention_mask, backend)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def clf32(request: pytest.FixtureRequest) -> Classifier:
+    return make_classifier(dtype=torch.float32, backend=request.param)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def clf64(request: pytest.FixtureRequest) -> Classifier:
+    return make_classifier(dtype=torch.float64, backend=request.param)
+
+
+@pytest.fixture(scope="module", params=[
+    pytest.param((dtype, backend), id=f"{str(dtype)[6:]}-{backend}")
+    for dtype in (torch.float32, torch.float64) for backend in BACKENDS
+])
+def clf(request: pytest.FixtureRequest) -> Classifier:
+    """Both dtypes through every backend (``clf.hf.dtype`` tells the dtype)."""
+    dtype, backend = request.param
+    return make_classifier(dtype=dtype, backend=backend)
 
 
 @pytest.fixture(scope="module")
-def clf32() -> Classifier:
-    return make_classifier(dtype=torch.float32)
-
-
-@pytest.fixture(scope="module")
-def clf64() -> Classifier:
+def hf64() -> Classifier:
+    """The float64 classifier through transformers only (for tests about the HF model itself)."""
     return make_classifier(dtype=torch.float64)
 
 

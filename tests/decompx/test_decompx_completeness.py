@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from depass_tl.decompx import BIAS_POLICIES, MLMHead, run_decompx
+from tests.decompx.conftest import MLM_BACKENDS, requires_hooked_encoder
 
 LAYER_HOOKS = (
     "hook_resid_pre",
@@ -36,27 +37,32 @@ def _hf_logits(clf):
         ).logits
 
 
-def test_model_is_nontrivial(clf32):
+def test_model_is_nontrivial(hf64):
     """Guard: the random model must have peaked attention, curved GELU and used segments."""
-    _, cache = clf32.encoder.run_with_cache(
-        clf32.tokens, token_type_ids=clf32.token_type_ids, one_zero_attention_mask=clf32.attention_mask
+    hf = hf64.hf
+    grabbed = {}
+    handle = hf.bert.encoder.layer[0].intermediate.dense.register_forward_hook(
+        lambda module, args, out: grabbed.__setitem__("pre", out)
     )
-    pattern = cache["blocks.1.attn.hook_pattern"][0]
-    assert pattern.max() > 0.6  # far from uniform (1/7)
-    pre = cache["blocks.0.mlp.hook_pre"]
+    try:
+        with torch.no_grad():
+            out = hf(input_ids=hf64.tokens, token_type_ids=hf64.token_type_ids,
+                     attention_mask=hf64.attention_mask, output_attentions=True)
+    finally:
+        handle.remove()
+    assert out.attentions[1][0].max() > 0.6  # far from uniform (1/7)
+    pre = grabbed["pre"]
     assert (pre < -1).any() and (pre > 1).any()  # both GELU tails, ratio far from constant
-    other = clf32.token_type_ids.clone()
+    other = hf64.token_type_ids.clone()
     other[0] = 0
-    hf = clf32.hf
     with torch.no_grad():
-        a = hf(input_ids=clf32.tokens, token_type_ids=clf32.token_type_ids).logits
-        b = hf(input_ids=clf32.tokens, token_type_ids=other).logits
+        a = hf(input_ids=hf64.tokens, token_type_ids=hf64.token_type_ids).logits
+        b = hf(input_ids=hf64.tokens, token_type_ids=other).logits
     assert (a[0] - b[0]).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("clf_name,tol", [("clf32", 1e-5), ("clf64", 1e-12)])
-def test_encoder_plus_head_matches_hf(clf_name, tol, request):
-    clf = request.getfixturevalue(clf_name)
+def test_encoder_plus_head_matches_hf(clf):
+    tol = 1e-5 if clf.hf.dtype == torch.float32 else 1e-12
     logits, _ = _run(clf, "bias")
     expected = _hf_logits(clf)
     assert logits.shape == expected.shape == (2, 3)
@@ -64,9 +70,8 @@ def test_encoder_plus_head_matches_hf(clf_name, tol, request):
 
 
 @pytest.mark.parametrize("policy", BIAS_POLICIES)
-@pytest.mark.parametrize("clf_name,tol", [("clf32", 1e-5), ("clf64", 1e-10)])
-def test_completeness_every_layer_and_logits(policy, clf_name, tol, request):
-    clf = request.getfixturevalue(clf_name)
+def test_completeness_every_layer_and_logits(policy, clf):
+    tol = 1e-5 if clf.hf.dtype == torch.float32 else 1e-10
     logits, result = _run(clf, policy)
     errors = result.completeness_error()
     expected_keys = {"hook_full_embed", "pooler", "logits"} | {
@@ -143,9 +148,25 @@ def test_names_filter_keeps_only_requested_hooks(clf32):
     assert sorted(result) == ["blocks.0.hook_normalized_resid_post", "blocks.1.hook_normalized_resid_post"]
 
 
+def _mlm_model(backend: str, dtype: torch.dtype):
+    """A random masked-LM BERT through ``backend`` (d_vocab 30)."""
+    from tests.decompx.conftest import random_bert, random_encoder
+
+    if backend == "HookedEncoder":
+        return random_encoder(dtype=dtype)
+    hf = random_bert("BertForMaskedLM", dtype=dtype, vocab_size=30, hidden_size=12, num_attention_heads=3,
+                     intermediate_size=24, max_position_embeddings=10)
+    if backend == "transformers":
+        return hf
+    from tests.bridge_models import boot_folder, save_hf_model
+
+    return boot_folder(save_hf_model(hf), dtype=dtype)
+
+
+@pytest.mark.parametrize("backend", MLM_BACKENDS)
 @pytest.mark.parametrize("policy", BIAS_POLICIES)
-def test_mlm_head_completeness(build_random_encoder, policy):
-    enc = build_random_encoder(dtype=torch.float64)
+def test_mlm_head_completeness(backend, policy):
+    enc = _mlm_model(backend, torch.float64)
     head = MLMHead.from_encoder(enc, token_ids=[3, 17, 29])
     tokens = torch.tensor([[1, 4, 9, 2, 7, 0], [5, 6, 8, 3, 0, 0]])
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
@@ -159,6 +180,7 @@ def test_mlm_head_completeness(build_random_encoder, policy):
     assert result.explanation(1, position=2).shape == (2, 6)
 
 
+@requires_hooked_encoder
 def test_mlm_head_matches_hf_masked_lm():
     """TL's own converter (BertForPreTraining) + MLMHead reproduce HF's MLM logits."""
     import transformers

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from depass_tl.decompx import SequenceClassificationHead, run_decompx
+from tests.decompx.conftest import BACKENDS
 
 
 def _phi(x: float) -> float:
@@ -24,33 +25,50 @@ def _phi(x: float) -> float:
     return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
 
 
-@pytest.fixture(scope="module")
-def hand_model():
-    from transformer_lens import HookedEncoder, HookedTransformerConfig
+def _gelu_slope(x: float) -> float:
+    """GELU'(x) = Φ(x) + x φ(x): the tangent line's slope (DecompX "GeLU_LA")."""
+    return _phi(x) + x * math.exp(-x * x / 2) / math.sqrt(2 * math.pi)
 
-    cfg = HookedTransformerConfig(
-        d_model=2, d_head=2, n_heads=1, d_mlp=1, n_layers=1, n_ctx=2, d_vocab=2, act_fn="gelu",
-        attention_dir="bidirectional", eps=1e-12, dtype=torch.float64, device="cpu",
+
+def _hand_hf():
+    """The model as a transformers ``BertForSequenceClassification`` (HF ``Linear`` weights are [out, in])."""
+    import transformers
+
+    cfg = transformers.BertConfig(
+        vocab_size=2, hidden_size=2, num_hidden_layers=1, num_attention_heads=1, intermediate_size=1,
+        max_position_embeddings=2, type_vocab_size=2, layer_norm_eps=1e-12, num_labels=2,
+        attn_implementation="eager",
     )
-    enc = HookedEncoder(cfg, move_to_device=False)
-    sd = {k: torch.zeros_like(v) for k, v in enc.state_dict().items()}
-    for k in ("embed.ln.w", "blocks.0.ln1.w", "blocks.0.ln2.w", "mlm_head.ln.w"):
-        sd[k] = torch.ones(2, dtype=torch.float64)
-    sd["embed.embed.W_E"] = torch.tensor([[2.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
-    sd["blocks.0.attn.W_V"] = torch.eye(2, dtype=torch.float64)[None]
-    sd["blocks.0.attn.W_O"] = torch.eye(2, dtype=torch.float64)[None]
-    sd["blocks.0.attn.b_V"] = torch.tensor([[0.5, 0.0]], dtype=torch.float64)
-    sd["blocks.0.attn.b_O"] = torch.tensor([0.5, 0.0], dtype=torch.float64)
-    sd["blocks.0.mlp.W_in"] = torch.tensor([[1.0], [0.0]], dtype=torch.float64)
-    sd["blocks.0.mlp.W_out"] = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
-    enc.load_state_dict(sd)
-    head = SequenceClassificationHead(
-        W_pool=torch.eye(2, dtype=torch.float64),
-        b_pool=torch.tensor([0.5, 0.0], dtype=torch.float64),
-        W_cls=torch.eye(2, dtype=torch.float64),
-        b_cls=torch.tensor([0.25, -0.5], dtype=torch.float64),
-    )
-    return enc.eval(), head
+    hf = transformers.BertForSequenceClassification(cfg).eval().double()
+    eye = torch.eye(2, dtype=torch.float64)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            p.copy_(torch.ones_like(p) if name.endswith("LayerNorm.weight") else torch.zeros_like(p))
+        hf.bert.embeddings.word_embeddings.weight.copy_(2 * eye)
+        layer = hf.bert.encoder.layer[0]
+        layer.attention.self.value.weight.copy_(eye)
+        layer.attention.self.value.bias.copy_(torch.tensor([0.5, 0.0]))
+        layer.attention.output.dense.weight.copy_(eye)
+        layer.attention.output.dense.bias.copy_(torch.tensor([0.5, 0.0]))
+        layer.intermediate.dense.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        layer.output.dense.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        hf.bert.pooler.dense.weight.copy_(eye)
+        hf.bert.pooler.dense.bias.copy_(torch.tensor([0.5, 0.0]))
+        hf.classifier.weight.copy_(eye)
+        hf.classifier.bias.copy_(torch.tensor([0.25, -0.5]))
+    return hf
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def hand_model(request):
+    """``(model, head)`` through each backend: the transformers model, or it converted to a HookedEncoder."""
+    from depass_tl.decompx import hooked_encoder_from_hf_bert
+
+    hf = _hand_hf()
+    head = SequenceClassificationHead.from_hf_state_dict(hf.state_dict())
+    if request.param == "transformers":
+        return hf, head
+    return hooked_encoder_from_hf_bert(hf.state_dict(), hf.config, dtype=torch.float64), head
 
 
 def _t(rows):
@@ -109,3 +127,77 @@ def test_absdot_policy_by_hand(hand_model):
     want = _t([[[a + s * 0.25, b - s * 0.5]] for (a, b), s in zip(Y, share)])
     assert torch.allclose(r.class_logits, want, atol=1e-10)
     assert torch.allclose(r.class_logits.sum(0), logits, atol=1e-10)
+
+
+# --------------------------------------------------------------------------- the ablation variants
+# Shared by hand (see test_bias_policy_by_hand): LN1 gives u_k (1, -1) per position with
+# u = (tok0, tok1, bias) = (1, -1/3, 1/3) at pos 0 and (1, -3, 1) at pos 1, so the FFN's
+# pre-activation is ζ = (1, -1) and each component's key is u_k. The clean layer output is
+# s_i (1, -1) / σ2_i with s_i = ζ_i + GELU(ζ_i) and σ2_i = |s_i|; a component whose pre-LN#2 part is
+# t_k (1, -1) ends at t_k / σ2_i (1, -1). The pooler's pre-tanh is p = (3/2, -1).
+U = [[1.0, -1 / 3, 1 / 3], [1.0, -3.0, 1.0]]
+ZETA = (1.0, -1.0)
+SIGMA2 = (1 + _phi(1.0), 1 + _phi(-1.0))
+
+
+def _layer_out(a):
+    """Block outputs [component, pos, 2] from each component's FFN share a[pos][component]."""
+    return _t([[[(U[i][k] + a[i][k]) / SIGMA2[i] * s for s in (1, -1)] for i in range(2)] for k in range(3)])
+
+
+def test_gelu_tangent_line_and_tanh_tangent_line_by_hand(hand_model):
+    enc, head = hand_model
+    logits, r = run_decompx(enc, torch.tensor([[0, 1]]), head=head, bias_policy="bias",
+                            ffn_approx="gelu_la", tanh_approx="la")
+    assert r.exact
+    # FFN share: slope m_i = GELU'(ζ_i) times the key, and the offset GELU(ζ_i) − m_i ζ_i to the bias
+    m = [_gelu_slope(z) for z in ZETA]
+    c = [z * _phi(z) - mi * z for z, mi in zip(ZETA, m)]
+    a = [[m[i] * U[i][k] + (c[i] if k == 2 else 0.0) for k in range(3)] for i in range(2)]
+    mlp = r["blocks.0.hook_mlp_out"][:, 0]
+    assert torch.allclose(mlp, _t([[[a[i][k], -a[i][k]] for i in range(2)] for k in range(3)]), atol=1e-10)
+    out = _layer_out(a)
+    assert torch.allclose(r["blocks.0.hook_normalized_resid_post"][:, 0], out, atol=1e-10)
+    # pooler: tanh's tangent at p: slope 1 − tanh²(p), offset tanh(p) − slope p to the bias
+    p = (1.5, -1.0)
+    mt = [1 - math.tanh(x) ** 2 for x in p]
+    ct = [math.tanh(x) - s * x for x, s in zip(p, mt)]
+    x = [float(out[k, 0, 0]) for k in range(3)]
+    want = _t([[[x[0] * mt[0], -x[0] * mt[1]]], [[x[1] * mt[0], -x[1] * mt[1]]],
+               [[(x[2] + 0.5) * mt[0] + ct[0] + 0.25, -x[2] * mt[1] + ct[1] - 0.5]]])
+    assert torch.allclose(r.class_logits, want, atol=1e-10)
+    assert torch.allclose(r.class_logits.sum(0), logits, atol=1e-12)
+
+
+def test_relu_variant_reports_what_it_misses_by_hand(hand_model):
+    enc, head = hand_model
+    _, r = run_decompx(enc, torch.tensor([[0, 1]]), head=head, ffn_approx="relu")
+    assert not r.exact and "exact=False" in repr(r)
+    # slope 1[ζ > 0]: the whole key at pos 0, nothing at pos 1
+    a = [[U[0][k] for k in range(3)], [0.0, 0.0, 0.0]]
+    assert torch.allclose(r["blocks.0.hook_normalized_resid_post"][:, 0], _layer_out(a), atol=1e-10)
+    # the residual is GELU(ζ) − ReLU(ζ) at the FFN and what LN#2 makes of it at the block output
+    gelu = [z * _phi(z) for z in ZETA]
+    miss_mlp = [gelu[0] - 1.0, gelu[1] - 0.0]
+    assert torch.allclose(r.residual("blocks.0.hook_mlp_out")[0], _t([[d, -d] for d in miss_mlp]), atol=1e-10)
+    miss_out = [1 - 2 / SIGMA2[0], -1 + 1 / SIGMA2[1]]
+    assert torch.allclose(r.residual("blocks.0.hook_normalized_resid_post")[0], _t([[d, -d] for d in miss_out]),
+                          atol=1e-10)
+    errors = r.completeness_error()
+    assert errors["blocks.0.hook_mlp_out"] == pytest.approx(max(abs(d) for d in miss_mlp), abs=1e-10)
+    assert errors["blocks.0.hook_resid_mid"] < 1e-12  # before the FFN everything is exact
+
+
+def test_without_the_ffn_by_hand(hand_model):
+    enc, head = hand_model
+    _, r = run_decompx(enc, torch.tensor([[0, 1]]), head=head, include_ffn=False)
+    assert not r.exact
+    assert torch.equal(r["blocks.0.hook_mlp_out"], torch.zeros_like(r["blocks.0.hook_mlp_out"]))
+    # the whole FFN output is missing, and LN#2 keeps the real run's scale
+    gelu = [z * _phi(z) for z in ZETA]
+    assert torch.allclose(r.residual("blocks.0.hook_mlp_out")[0], _t([[g, -g] for g in gelu]), atol=1e-10)
+    a = [[0.0] * 3, [0.0] * 3]
+    assert torch.allclose(r["blocks.0.hook_normalized_resid_post"][:, 0], _layer_out(a), atol=1e-10)
+    miss_out = [1 - 1 / SIGMA2[0], -1 + 1 / SIGMA2[1]]
+    assert torch.allclose(r.residual("blocks.0.hook_normalized_resid_post")[0], _t([[d, -d] for d in miss_out]),
+                          atol=1e-10)

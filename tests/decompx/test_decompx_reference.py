@@ -10,6 +10,9 @@ into d_model before mixing, and uses the official ``+1e-12`` guards. It shares n
 
 from __future__ import annotations
 
+import copy
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,7 +21,8 @@ from depass_tl.decompx import run_decompx
 
 
 def _bias_decomp(V: torch.Tensor, b: torch.Tensor, mode: str) -> torch.Tensor:
-    """Official bias_decomposer: weights over axis -2 (the token axis k)."""
+    """Official bias_decomposer: weights over axis -2 (the token axis k). ``b`` is a bias ``[D]``, or a
+    per-row offset with a singleton k axis (``[B, i, 1, D]``, the LA paths)."""
     if mode == "absdot":
         w = (V * b).sum(-1).abs()
     elif mode == "norm":
@@ -31,8 +35,17 @@ def _bias_decomp(V: torch.Tensor, b: torch.Tensor, mode: str) -> torch.Tensor:
     return V + w.unsqueeze(-1) * b
 
 
-def _oracle(hf, tokens, token_type_ids, attention_mask, mode):
-    """Returns per layer (R after bias, X^{l+1}) in [batch, i, k, d], and the classifier [batch, k, C]."""
+def _gelu_tangent(zeta: torch.Tensor, post: torch.Tensor, X: torch.Tensor, mode: str) -> torch.Tensor:
+    """Official GeLU_LA: slope Φ(ζ) + ζ φ(ζ), offset GELU(ζ) − slope ζ split with the bias weights of m·X."""
+    m = 0.5 * (1 + torch.erf(zeta / math.sqrt(2))) + zeta * torch.exp(-zeta**2 / 2) / math.sqrt(2 * math.pi)
+    return _bias_decomp(X * m.unsqueeze(2), (post - m * zeta).unsqueeze(2), mode)
+
+
+def _oracle(hf, tokens, token_type_ids, attention_mask, mode, ffn_approx="zo", tanh_approx="zo", include_ffn=True):
+    """Returns per layer (R after bias, X^{l+1}) in [batch, i, k, d], and the classifier [batch, k, C].
+
+    ``ffn_approx`` / ``tanh_approx`` / ``include_ffn``: the official ``FFN_approx_type`` (GeLU_ZO,
+    GeLU_LA, ReLU), ``tanh_approx_type`` (ZO, LA) and ``include_FFN``."""
     bert = hf.bert
     grabbed: dict[str, torch.Tensor] = {}
     handles = []
@@ -102,9 +115,14 @@ def _oracle(hf, tokens, token_type_ids, attention_mask, mode):
         L1 = _bias_decomp(L1, ln1.bias, mode)
         U = _bias_decomp(L1 @ layer.intermediate.dense.weight.T, layer.intermediate.dense.bias, mode)
         zeta = grabbed[f"zeta.{l}"]
-        theta = F.gelu(zeta) / (zeta + 1e-12)
-        Fm = _bias_decomp((U * theta.unsqueeze(2)) @ layer.output.dense.weight.T, layer.output.dense.bias, mode)
-        S = L1 + Fm
+        if ffn_approx == "zo":
+            act = U * (F.gelu(zeta) / (zeta + 1e-12)).unsqueeze(2)
+        elif ffn_approx == "relu":
+            act = U * (zeta > 0).unsqueeze(2)
+        else:
+            act = _gelu_tangent(zeta, F.gelu(zeta), U, mode)
+        Fm = _bias_decomp(act @ layer.output.dense.weight.T, layer.output.dense.bias, mode)
+        S = L1 + Fm if include_ffn else L1
         z2 = grabbed[f"pre_ln2.{l}"]
         s2 = ((z2 - z2.mean(-1, keepdim=True)) ** 2).mean(-1, keepdim=True).add(hf.config.layer_norm_eps).sqrt()
         ln2 = layer.output.LayerNorm
@@ -112,7 +130,11 @@ def _oracle(hf, tokens, token_type_ids, attention_mask, mode):
         layers.append((R, X))
     p = grabbed["pool_pre"]
     P = _bias_decomp(X[:, 0] @ bert.pooler.dense.weight.T, bert.pooler.dense.bias, mode)
-    P = P * (torch.tanh(p) / (p + 1e-12)).unsqueeze(1)
+    if tanh_approx == "zo":
+        P = P * (torch.tanh(p) / (p + 1e-12)).unsqueeze(1)
+    else:  # official tanh LA: slope 1 − tanh², offset split like a bias over the tokens
+        m = 1 - torch.tanh(p) ** 2
+        P = _bias_decomp(P * m.unsqueeze(1), (torch.tanh(p) - m * p).unsqueeze(1), mode)
     Y = _bias_decomp(P @ hf.classifier.weight.T, hf.classifier.bias, mode)
     return layers, P, Y, out.logits
 
@@ -140,22 +162,53 @@ def test_matches_official_recurrence(clf64, mode):
     assert (result.class_logits.permute(1, 0, 2) - Y).abs().max() < 1e-8
 
 
-def test_first_layer_value_bias_rides_with_the_attended_token(clf64):
-    """Moving b_V of layer 0 into b_O (same clean output) must change the DecompX split."""
-    import copy
+VARIANTS = [
+    ("gelu_la", "zo", True),
+    ("relu", "zo", True),
+    ("zo", "la", True),
+    ("gelu_la", "la", True),
+    ("zo", "zo", False),
+]
 
+
+@pytest.mark.parametrize("ffn_approx,tanh_approx,include_ffn", VARIANTS)
+@pytest.mark.parametrize("mode", ["absdot", "norm"])
+def test_ablation_variants_match_official_recurrence(clf64, mode, ffn_approx, tanh_approx, include_ffn):
     clf = clf64
-    enc2 = copy.deepcopy(clf.encoder)
-    attn = enc2.blocks[0].attn
+    options = dict(ffn_approx=ffn_approx, tanh_approx=tanh_approx, include_ffn=include_ffn)
+    layers, P, Y, logits = _oracle(clf.hf, clf.tokens, clf.token_type_ids, clf.attention_mask, mode, **options)
+    complete = ffn_approx != "relu" and include_ffn
+    assert ((Y.sum(1) - logits).abs().max() < 1e-9) == complete  # the oracle's own (in)completeness
+    _, result = run_decompx(
+        clf.encoder, clf.tokens, head=clf.head, token_type_ids=clf.token_type_ids,
+        attention_mask=clf.attention_mask, bias_policy=mode, **options,
+    )
+    assert result.exact == complete and dict(result.options) == options
+    real = clf.attention_mask.bool()
+    for l, (R, X) in enumerate(layers):
+        assert (result[f"blocks.{l}.hook_resid_mid"].permute(1, 2, 0, 3) - R)[real].abs().max() < 1e-8, l
+        assert (result[f"blocks.{l}.hook_normalized_resid_post"].permute(1, 2, 0, 3) - X)[real].abs().max() < 1e-8, l
+    assert (result.pooler.permute(1, 0, 2) - P).abs().max() < 1e-8
+    assert (result.class_logits.permute(1, 0, 2) - Y).abs().max() < 1e-8
+    # what the components miss is reported, not hidden
+    assert torch.allclose(result.residual("logits"), logits - Y.sum(1), atol=1e-8)
+    assert (result.completeness_error()["logits"] > 1e-3) == (not complete)
+
+
+def test_first_layer_value_bias_rides_with_the_attended_token(hf64):
+    """Moving b_V of layer 0 into b_O (same clean output) must change the DecompX split."""
+    clf = hf64
+    hf2 = copy.deepcopy(clf.hf)
+    attn = hf2.bert.encoder.layer[0].attention
     with torch.no_grad():
-        attn.b_O += torch.einsum("he,hed->d", attn.b_V, attn.W_O)
-        attn.b_V.zero_()
-    kw = dict(head=clf.head, token_type_ids=clf.token_type_ids, attention_mask=clf.attention_mask)
-    l1, r1 = run_decompx(clf.encoder, clf.tokens, bias_policy="absdot", **kw)
-    l2, r2 = run_decompx(enc2, clf.tokens, bias_policy="absdot", **kw)
+        attn.output.dense.bias += attn.output.dense.weight @ attn.self.value.bias
+        attn.self.value.bias.zero_()
+    kw = dict(token_type_ids=clf.token_type_ids, attention_mask=clf.attention_mask)
+    l1, r1 = run_decompx(clf.hf, clf.tokens, bias_policy="absdot", **kw)
+    l2, r2 = run_decompx(hf2, clf.tokens, bias_policy="absdot", **kw)
     assert (l1 - l2).abs().max() < 1e-10  # same function
     assert (r1.class_logits - r2.class_logits).abs().max() > 1e-4  # different allocation
     # under the "bias" policy both go to the bias component: identical decompositions
-    _, b1 = run_decompx(clf.encoder, clf.tokens, bias_policy="bias", **kw)
-    _, b2 = run_decompx(enc2, clf.tokens, bias_policy="bias", **kw)
+    _, b1 = run_decompx(clf.hf, clf.tokens, bias_policy="bias", **kw)
+    _, b2 = run_decompx(hf2, clf.tokens, bias_policy="bias", **kw)
     assert (b1.class_logits - b2.class_logits).abs().max() < 1e-10

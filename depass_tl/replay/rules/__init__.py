@@ -32,8 +32,15 @@ Built-in rules, in the registry under their names:
   ``act(gate) ⊙ (ln2_c W_in)``; SoLU: ``softmax(pre) ⊙ γ_c``. Linear.
 * ``max`` (:class:`Max`): the whole target to ``argmax_c γ_c`` among active components (lowest
   index on ties); statistics: the best key and its component index.
+* ``taylor`` (:class:`Taylor`, the official DePass ``taylor``): ``share_c = (act(g) / g) γ_c``, the
+  activation linearised at its clean input; gated MLPs: ``γ_c = ln2_c W_gate`` with ``x W_in`` taken
+  whole (``ratio`` instead splits along ``x W_in``); non-gated MLPs: the same as ``ratio``. Linear.
 
 Where no component of a group is active, the group's bias component gets the whole target.
+
+**The official code's key edits.** :func:`official_key_edits` wraps a competitive rule with the
+official DePass code's edits to its first component's keys (``ignore_special_token=`` and
+``official_position0=`` of :func:`depass_tl.run_with_depass`; :mod:`~depass_tl.replay.rules.official`).
 
 **Custom rules.** Subclass :class:`MLPRule` (and :class:`RuleStats` for a competitive rule), then
 :func:`register_rule` it, or pass the object as ``mlp_rule=``. A rule that gives each active
@@ -83,12 +90,14 @@ from depass_tl._registry import Registry
 from depass_tl.errors import DePassError
 from depass_tl.replay.rules.base import DEFAULT_TEMPERATURE, MLPRule, Neurons, RuleStats
 from depass_tl.replay.rules.argmax import Max, MaxStats
+from depass_tl.replay.rules.official import OfficialKeyEdits, official_key_edits
 from depass_tl.replay.rules.ratio import Ratio
 from depass_tl.replay.rules.softmax import Softmax, SoftmaxStats
+from depass_tl.replay.rules.taylor import Taylor
 
 __all__ = [
     "DEFAULT_TEMPERATURE", "DEFAULT_RULE", "Neurons", "RuleStats", "MLPRule", "Softmax", "SoftmaxStats", "Ratio",
-    "Max", "MaxStats", "RuleLike", "register_rule", "unregister_rule", "get_rule", "rule_names", "iter_rules",
+    "Max", "MaxStats", "Taylor", "OfficialKeyEdits", "official_key_edits", "RuleLike", "register_rule", "unregister_rule", "get_rule", "rule_names", "iter_rules",
 ]
 
 RuleLike: TypeAlias = MLPRule | str
@@ -162,6 +171,6 @@ def get_rule(rule: RuleLike, *, temperature: float = DEFAULT_TEMPERATURE) -> MLP
     return found.with_temperature(temperature)
 
 
-for _rule in (DEFAULT_RULE, Ratio(), Max()):
+for _rule in (DEFAULT_RULE, Ratio(), Max(), Taylor()):
     register_rule(_rule)
 del _rule
