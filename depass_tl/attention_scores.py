@@ -216,7 +216,10 @@ def _per_head_cache(t: Tensor, n_heads: int) -> Tensor:
 
 
 def _rotate_half(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """HF's rotary embedding on the first ``cos.shape[-1]`` dims of ``x`` [batch, pos, head, d]: ``x·cos + rotate_half(x)·sin``."""
+    """HF's rotary embedding on the first ``cos.shape[-1]`` dims of ``x`` [batch, pos, head, d].
+
+    ``x·cos + rotate_half(x)·sin`` there; the other dims pass unchanged (partial rotary, NeoX).
+    """
     rd = cos.shape[-1]
     cos, sin = cos[:, :, None].to(x.dtype), sin[:, :, None].to(x.dtype)  # [batch or 1, pos, 1, rd]
     turned, passed = x[..., :rd], x[..., rd:]
@@ -252,7 +255,8 @@ def _bridge_rotary(model: Any, cache: Any, layer: int, dtype: torch.dtype) -> tu
         if cos.ndim != 3 or cos.shape[-1] > d_head or cos.shape[-1] % 2:
             raise DePassError(
                 f"attention_score_attrs: this TransformerBridge's hook_cos has shape {tuple(cos.shape)}, not "
-                f"[batch, pos, rotary_dim <= d_head={d_head}] of a rotate-half rotary embedding; use a HookedTransformer."
+                f"[batch, pos, rotary_dim <= d_head={d_head}] of a rotate-half rotary embedding; use a "
+                "HookedTransformer."
             )
 
         def rotate(t: Tensor) -> Tensor:
@@ -263,8 +267,9 @@ def _bridge_rotary(model: Any, cache: Any, layer: int, dtype: torch.dtype) -> tu
             return _rotate_half_matrix(cos[row, p].double(), sin[row, p].double(), d_head).to(dtype)
 
         return rotate, matrix
+    arch = getattr(model.cfg, "architecture", None) or type(model).__name__
     raise DePassError(
-        f"attention_score_attrs: this TransformerBridge ({getattr(model.cfg, 'architecture', None) or type(model).__name__})"
+        f"attention_score_attrs: this TransformerBridge ({arch})"
         " has rotary embeddings but neither a TL-native rotary module nor hook_cos / hook_sin tables, so a key cannot "
         "be rotated per component; use a HookedTransformer for this model."
     )

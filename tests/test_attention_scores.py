@@ -257,7 +257,7 @@ def test_dynamic_ntk_rotary_tables_match_the_clean_run() -> None:
     """HookedTransformer's dynamic NTK rotary: tables rescaled to the sequence length (past train_seq_length)."""
     model = config_model(**{**HT_CONFIG_FEATURES["llama_like"], "use_dynamic_ntk_rope": True, "train_seq_length": 8},
                          dtype=torch.float64, seed=0)
-    tokens = torch.randint(1, model.cfg.d_vocab, (2, 20), generator=torch.Generator().manual_seed(7))  # past 8: rescaled
+    tokens = torch.randint(1, model.cfg.d_vocab, (2, 20), generator=torch.Generator().manual_seed(7))  # past 8
     _check(model, tokens, depass_tl.heads(0))
 
 

@@ -168,7 +168,8 @@ def save(
     """
     native = _is_native_bridge(model)
     if not native and type(model).__name__ != "HookedTransformer":
-        around = f" around {type(getattr(model, 'original_model', None)).__name__}" if hasattr(model, "original_model") else ""
+        inner = getattr(model, "original_model", None)
+        around = f" around {type(inner).__name__}" if inner is not None else ""
         raise DePassError(
             f"toy.save takes a HookedTransformer (TL 2.x / 3.x) or a TransformerBridge around TL's native model "
             f"(TransformerBridge.boot_native, toy.random_model on TL 4); got {type(model).__name__}{around}"
