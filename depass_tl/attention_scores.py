@@ -24,8 +24,10 @@ against the model's own attention pattern: the softmax of the query's row of sco
 use the model's own tables: TL's native rotary module (adjacent pairs), or the ``hook_cos`` /
 ``hook_sin`` of Hugging Face models (rotate-half, partial rotary as in NeoX; checked against
 ``hook_rot_q`` / ``hook_rot_k`` where the Bridge hooks them). Attention sinks are refused on the
-Bridge. Padded batches work with right padding; with left padding on a rotary HookedTransformer TL
-shifts the positions by the mask, which the DePassCache does not record, so the final check raises.
+Bridge. Padded batches work with right padding, and with left padding on the Bridge (which shifts
+rotary positions by the mask, read back from the model's pattern or its ``hook_cos``); with left
+padding on a rotary HookedTransformer TL shifts the positions by the mask, which the DePassCache does
+not record, so the final check raises.
 
 The final check allows 256 units of rounding of the clean run's precision times the magnitude of the
 parts: the model's dtype, or float32 for a float64 Bridge whose RMS norms (TL-native, Hugging Face
@@ -233,21 +235,26 @@ def _bridge_rotary(model: Any, cache: Any, layer: int, dtype: torch.dtype) -> tu
     ``rotate(t)`` applies it to ``t`` [batch, pos, head, d_head] at positions ``0..pos-1``; ``matrix(b, p)``
     is ``R`` [d_head, d_head] with ``rotate(v) = v @ R`` for prompt ``b`` at position ``p``. TL's native
     model rotates with its ``rotary`` module (adjacent pairs, tables from its own buffers); Hugging Face
-    models behind a Bridge rotate half of the dims with the ``cos`` / ``sin`` their attention hooks.
-    Positions are the plain indices: a score depends only on the distance between query and key, so a
-    per-prompt shift of all positions (left padding) leaves it unchanged.
+    models behind a Bridge rotate half of the dims with the ``cos`` / ``sin`` their attention hooks
+    (per prompt: left padding's shifted positions included).
     """
     prefix, d_head = f"blocks.{layer}.attn.", model.cfg.d_head
     rotary = getattr(getattr(model.blocks[layer].attn, "original_component", None), "rotary", None)
     if rotary is not None and callable(getattr(rotary, "apply_rope", None)):  # TL-native model (boot_native)
+        # the Bridge hands the native model TL's mask-derived positions (cumsum(mask) - 1, 1 at padding); the
+        # mask is read back from the model's own pattern: a key no query attends to is padding
+        real = (cache[prefix + "hook_pattern"] > 0).any(1).any(1)  # [batch, key]
+        ids = real.long().cumsum(-1) - 1
+        ids = ids.masked_fill(~real, 1).to(rotary.cos_cached.device)
+
         def rotate(t: Tensor) -> Tensor:
             heads_first = t.transpose(1, 2)  # apply_rope wants [batch, head, pos, d_head]
-            return rotary.apply_rope(heads_first, heads_first)[0].transpose(1, 2)
+            return rotary.apply_rope(heads_first, heads_first, position_ids=ids[:, : t.shape[1]])[0].transpose(1, 2)
 
         def matrix(b: int, p: int) -> Tensor:
             eye = torch.eye(d_head, dtype=_model_dtype(model), device=rotary.cos_cached.device)[:, None, None, :]
-            ids = torch.full((d_head, 1), p, dtype=torch.long, device=eye.device)
-            return rotary.apply_rope(eye, eye, position_ids=ids)[0][:, 0, 0, :].to(dtype)
+            at = ids[b, p].expand(d_head, 1)
+            return rotary.apply_rope(eye, eye, position_ids=at)[0][:, 0, 0, :].to(dtype)
 
         return rotate, matrix
     if prefix + "hook_cos" in cache and prefix + "hook_sin" in cache:  # HF models: rotate-half (Llama, NeoX, ...)

@@ -226,6 +226,22 @@ def test_padded_batches_use_each_prompts_own_positions() -> None:
         assert attention_score_attrs(model, dc, cache, 1, key_pos=-2).key_pos.tolist() == [5, 2]
 
 
+def test_left_padding_with_rotary_positions() -> None:
+    """A Bridge shifts rotary positions by the mask (read back here from its pattern): exact against its own layer.
+    A rotary HookedTransformer shifts them too, which the DePassCache does not record: the check raises."""
+    model = build_ht("llama_like")
+    tokens = torch.randint(1, model.cfg.d_vocab, (2, 7), generator=torch.Generator().manual_seed(9))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, :3] = 0  # prompt 1: three pads on the left
+    if is_bridge(model):
+        _check(model, tokens, depass_tl.heads(0), mask=mask)
+        return
+    _, dc = depass_tl.run_with_depass(model, tokens, components=depass_tl.heads(0), attention_mask=mask)
+    _, cache = model.run_with_cache(tokens, attention_mask=mask)
+    with pytest.raises(DePassError, match="left padding"):
+        attention_score_attrs(model, dc, cache, 1, key_pos=-2)
+
+
 def test_a_masked_key_is_refused() -> None:
     model = build_ht("gpt2_like")
     tokens = torch.randint(1, model.cfg.d_vocab, (2, 6), generator=torch.Generator().manual_seed(5))
