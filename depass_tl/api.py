@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -18,6 +18,7 @@ from depass_tl.components import ComponentSpec, TokenSpec
 from depass_tl.components.base import REST
 from depass_tl.decompx.heads import MLMHead, SequenceClassificationHead
 from depass_tl.decompx.result import DecompXResult
+from depass_tl.distributed import ComponentShard, ShardedDePassCache, check_same_run, gather_activations, ranks
 from depass_tl.errors import DePassError, DePassValueError, HookNotFoundError
 from depass_tl.foreign_hooks import check_edits
 from depass_tl.guard import Completeness, check_replay, tolerance
@@ -106,13 +107,18 @@ def replay(
     max_memory: int | float | str | None = None,
     ignore_special_token: bool = False,
     official_position0: bool = False,
-) -> DePassCache:
+    distributed: bool = False,
+    process_group: Any = None,
+    gather: bool = True,
+) -> DePassCache | ShardedDePassCache:
     """Replay components through a frozen run (capture once, replay many component sets).
 
-    Args: see :func:`run_with_depass`.
+    Args: see :func:`run_with_depass` (with ``distributed=True`` every rank passes its own capture of
+    the same input).
 
     Returns:
-        A :class:`~depass_tl.cache.DePassCache`.
+        A :class:`~depass_tl.cache.DePassCache` (``gather=False``: a
+        :class:`~depass_tl.distributed.ShardedDePassCache`).
     """
     spec = TokenSpec() if components is None else components
     rule = get_rule(mlp_rule, temperature=temperature)
@@ -127,7 +133,29 @@ def replay(
                            official_position0=official_position0)
     keep = _keep_fn(names_filter)
     budget = None if max_memory is None else parse_memory(max_memory)
-    acts = replay_components(run, init, mlp_rule=rule, dtype=dtype, keep=keep, chunk_size=chunk_size, max_memory=budget)
+    shard = None
+    if distributed or process_group is not None:
+        where = ranks(True if process_group is not None else distributed, process_group, what="replay")
+        check_same_run(run.tokens, run.logits, where, what="replay")
+        shard = ComponentShard(where)
+    elif not gather:
+        raise DePassValueError("gather=False leaves a distributed replay's cache sharded; it needs distributed=True.")
+    acts = replay_components(run, init, mlp_rule=rule, dtype=dtype, keep=keep, chunk_size=chunk_size, max_memory=budget,
+                             shard=shard)
+
+    def assemble(acts: dict[str, Tensor]) -> DePassCache:
+        return _cache(run, init, rule, acts, dtype, to_single_token)
+
+    if shard is None:
+        return assemble(acts)
+    if gather:
+        return assemble(gather_activations(acts, shard.where))
+    return ShardedDePassCache(acts, shard.rows(init.group_size), init.labels, shard.where, len(init.labels), assemble)
+
+
+def _cache(run: FrozenRun, init: InitialState, rule: MLPRule, acts: dict[str, Tensor], dtype: torch.dtype,
+           to_single_token: Callable[[str], int] | None) -> DePassCache:
+    """The replay's outputs as a :class:`DePassCache`, after the completeness guard."""
     clean = {name: run.get(name) for name in acts}
     last_pos = run.last_real_positions
     rows = torch.arange(run.batch, device=run.tokens.device)
@@ -208,7 +236,10 @@ def run_with_depass(
     max_memory: int | float | str | None = None,
     ignore_special_token: bool = False,
     official_position0: bool = False,
-) -> tuple[Logits, DePassCache] | tuple[ClassLogits | Logits, DecompXResult]:
+    distributed: bool = False,
+    process_group: Any = None,
+    gather: bool = True,
+) -> tuple[Logits, DePassCache | ShardedDePassCache] | tuple[ClassLogits | Logits, DecompXResult]:
     """Run the model once, then decompose every residual-stream activation and the logits.
 
     Like ``model.run_with_cache`` but the cache holds, for each hook, one slice per component:
@@ -242,6 +273,15 @@ def run_with_depass(
             first component, ``tok0`` for tokens() and ``rest`` for heads() / modules() / neurons(),
             competes for every MLP neuron at position 0 with key 1 instead of its own key. With heads()
             this reproduces the official head-level scores (:mod:`depass_tl.replay.rules.official`).
+        distributed: shard the components over the ranks of ``torch.distributed`` (started with
+            ``torchrun``; the process group initialised): every rank captures the same input, replays
+            its share of the chunks of components, and the MLP rule's statistics and padding moves are
+            reduced across ranks, so the result equals the one-process replay to float rounding
+            (:mod:`depass_tl.distributed`). Call it on every rank with the same arguments.
+        process_group: the group to shard over (default: the default group; implies ``distributed``).
+        gather: with ``distributed``, assemble the whole cache on every rank (default); False returns a
+            :class:`~depass_tl.distributed.ShardedDePassCache` holding this rank's components, whose
+            ``gather()`` assembles it later.
         head, token_type_ids, attention_mask, bias_policy, ffn_approx, tanh_approx, include_ffn: for
             encoders (BERT: transformers' ``BertForSequenceClassification`` / ``BertForMaskedLM``, a
             ``TransformerBridge`` wrapping a BERT, a ``HookedEncoder``) the call is forwarded to
@@ -285,6 +325,8 @@ def run_with_depass(
             raise DePassError("chunk_size= and max_memory= apply to the decoder replay; DecompX runs unchunked.")
         if ignore_special_token or official_position0:
             raise DePassError("ignore_special_token= and official_position0= are DePass options; DecompX has no MLP rule.")
+        if distributed or process_group is not None or not gather:
+            raise DePassError("distributed= / process_group= / gather= shard the decoder replay; DecompX runs in one process.")
         return run_decompx(
             model, input, head=head, token_type_ids=token_type_ids, attention_mask=attention_mask,  # type: ignore[arg-type]
             bias_policy=bias_policy, ffn_approx=ffn_approx, tanh_approx=tanh_approx, include_ffn=include_ffn,
@@ -319,5 +361,8 @@ def run_with_depass(
         max_memory=max_memory,
         ignore_special_token=ignore_special_token,
         official_position0=official_position0,
+        distributed=distributed,
+        process_group=process_group,
+        gather=gather,
     )
     return run.logits, cache

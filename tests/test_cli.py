@@ -152,7 +152,7 @@ def test_html_needs_no_plotting_library(capsys, monkeypatch, tmp_path) -> None:
         ([PROMPT, "--target", "Mary"], r"did you mean ' Mary'\?"),
         ([PROMPT, "--target", " Zebra"], "not in the toy vocabulary"),
         ([PROMPT, "--target", " Mary", "--contrast", ""], "--contrast is empty"),
-        (["When Mary met a zebra", "--target", " Mary"], "word ' met' in 'When Mary met a zebra' is not in the toy"),
+        (["When Mary kissed a zebra", "--target", " Mary"], "word ' kissed' in 'When Mary kissed a zebra' is not in the toy"),
         ([PROMPT, "--target", " Mary", "--model", "not-a-model"],
          r"unknown model 'not-a-model': not a toy model \(facts, induction, ioi\)"),
         ([PROMPT, "--target", " Mary", "--top", "0"], "--top must be at least 1"),
@@ -195,7 +195,9 @@ def test_runs_as_a_module_in_a_fresh_process() -> None:
         capture_output=True, text=True, cwd=root, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "Tokens: top 3 of 15" in proc.stdout and "Heads: top 3 of 12" in proc.stdout
+    config = toy.info("ioi")["model_config"]
+    n_heads = config["n_layers"] * config["n_heads"]
+    assert "Tokens: top 3 of 15" in proc.stdout and f"Heads: top 3 of {n_heads}" in proc.stdout, proc.stdout
     assert "Traceback" not in proc.stderr
 
 

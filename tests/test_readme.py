@@ -21,7 +21,7 @@ def test_minimal_example_runs_and_its_comments_are_true() -> None:
     namespace: dict = {}
     exec(compile(first, "README.md (A minimal example)", "exec"), namespace)  # noqa: S102
     dcache = namespace["dcache"]
-    assert tuple(dcache["blocks.2.hook_resid_post"].shape) == (16, 1, 15, 64)  # what the comment says
+    assert tuple(dcache["blocks.1.hook_resid_post"].shape) == (16, 1, 15, 64)  # what the comment says
     assert dcache.labels[0] == "tok0" and dcache.labels[-2:] == ("tok14", "bias")
     attrs = dcache.logit_attrs(" Mary", incorrect_tokens=" John")
     logits = namespace["logits"][0, -1]

@@ -128,20 +128,22 @@ def test_refusals() -> None:
         rule_sensitivity(make_model("attn_only"), toks, 3, progress=False)
 
 
-def test_readme_numbers_on_the_ioi_toy() -> None:
-    """The README's reading of the IOI toy prompt (README, "Which rule to trust")."""
+def test_readme_numbers_on_the_facts_toy() -> None:
+    """The README's reading of a facts toy prompt (README, "Which rule to trust")."""
     from depass_tl import toy
 
-    model, enc = toy.load("ioi")
-    tokens = enc.encode("When Mary and John went to the store, John gave a drink to")
-    kw = dict(incorrect=enc.token_id(" John"), k=5, progress=False)
-    rs = rule_sensitivity(model, tokens, enc.token_id(" Mary"), **kw)
+    model, enc = toy.load("facts")
+    tokens = enc.encode(" Anna Kowal lives in the city of")
+    kw = dict(k=5, progress=False)
+    rs = rule_sensitivity(model, tokens, enc.token_id(" Rome"), **kw)
     r = rs.variants.index("softmax T=0.1")
-    row = {v: (float(rs.spearman[i, r]), float(rs.overlap[i, r])) for i, v in enumerate(rs.variants)}
+    row = {v: float(rs.spearman[i, r]) for i, v in enumerate(rs.variants)}
     for cold in ("softmax T=0.01", "max"):
-        assert row[cold][0] >= 0.97 and row[cold][1] == 0.8
-    assert row["ratio"] == row["taylor"] and row["ratio"][1] == 0.6 and 0.75 < row["ratio"][0] < 0.77
-    for warm in ("softmax T=1", "softmax T=10"):
-        assert row[warm][0] <= 0.57 and row[warm][1] == 0.2
-    heads = rule_sensitivity(model, tokens, enc.token_id(" Mary"), components=depass_tl.heads(), **kw)
-    assert float(heads.overlap[:, heads.variants.index("softmax T=0.1")].min()) == 0.8
+        assert row[cold] > 0.99
+    assert row["ratio"] == row["taylor"] and 0.6 < row["ratio"] < 0.68
+    assert 0.58 < row["softmax T=1"] < 0.66 and row["softmax T=10"] < 0.2
+    top = {v: rs.labels[int(rs.scores[i].argmax())] for i, v in enumerate(rs.variants)}
+    assert top["softmax T=0.1"] == top["max"] == "tok1"  # " Anna"
+    assert top["ratio"] == top["softmax T=1"] == "tok2"   # " Kowal"
+    heads = rule_sensitivity(model, tokens, enc.token_id(" Rome"), components=depass_tl.heads(), **kw)
+    assert float(heads.overlap[:, heads.variants.index("softmax T=0.1")].min()) >= 0.8

@@ -46,6 +46,13 @@ def ioi():
     return model, enc, toks, caches, mary, john
 
 
+def _stream_labels(model) -> list[str]:
+    """The flow plot's x labels for a model: the embeddings, then each layer's attention (and MLP)."""
+    mlp = not model.cfg.attn_only
+    return ["embeddings"] + [f"L{l} {part}" for l in range(model.cfg.n_layers)
+                             for part in (("attn", "MLP") if mlp else ("attn",))]
+
+
 def _clean_diff(model, toks, a: int, b: int) -> float:
     with torch.no_grad():
         logits = model(toks)[0, -1].double()
@@ -124,7 +131,8 @@ def test_head_grid_data_over_every_layer(ioi) -> None:
     data = viz.head_grid_data(dc, mary, incorrect_tokens=john)
     attrs = dc.logit_attrs(mary, incorrect_tokens=john)[:, 0].double()
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    assert data.values.shape == (L, H) and data.layers == ("L0", "L1", "L2") and data.heads == ("H0", "H1", "H2", "H3")
+    assert data.values.shape == (L, H) and data.layers == tuple(f"L{l}" for l in range(L))
+    assert data.heads == tuple(f"H{h}" for h in range(H))
     for l in range(L):
         for h in range(H):
             assert float(data.values[l, h]) == float(attrs[dc.component(f"L{l}H{h}")])
@@ -144,11 +152,13 @@ def test_head_grid_one_layer_and_sources(ioi) -> None:
     model, enc, toks, caches, mary, john = ioi
     _, one = depass_tl.run_with_depass(model, toks, components=depass_tl.heads(1))
     data = viz.head_grid_data(one, mary)
-    assert data.values.shape == (2, 4) and torch.isnan(data.values[0]).all() and not torch.isnan(data.values[1]).any()
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    assert data.values.shape == (2, H) and torch.isnan(data.values[0]).all() and not torch.isnan(data.values[1]).any()
     assert not data.several_groups and dict(data.others).keys() == {"rest", "bias"}
     src = viz.head_grid_data(caches["sources"], mary, incorrect_tokens=john)
-    assert src.values.shape == (3, 4) and not src.several_groups
-    assert {label for label, _ in src.others} == {"embed", "pos_embed", "L0.mlp", "L1.mlp", "L2.mlp", "bias"}
+    assert src.values.shape == (L, H) and not src.several_groups
+    mlps = set() if model.cfg.attn_only else {f"L{l}.mlp" for l in range(L)}
+    assert {label for label, _ in src.others} == {"embed", "pos_embed", "bias"} | mlps
     with pytest.raises(DePassError, match="no head components"):
         viz.head_grid_data(caches["tokens"], mary)
 
@@ -159,11 +169,10 @@ def test_flow_data_is_an_exact_split_of_the_residual_projection(ioi) -> None:
     dc = caches["sources"]
     data = viz.flow_data(dc, mary, incorrect_tokens=john, top_k=4)
     L = model.cfg.n_layers
-    expected_hooks = ["blocks.0.hook_resid_pre"] + [
-        f"blocks.{l}.hook_resid_{s}" for l in range(L) for s in ("mid", "post")
-    ]
+    after = ("post",) if model.cfg.attn_only else ("mid", "post")  # attention-only: no MLP between mid and post
+    expected_hooks = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_{s}" for l in range(L) for s in after]
     assert list(data.hooks) == expected_hooks
-    assert data.hook_labels == ("embeddings", "L0 attn", "L0 MLP", "L1 attn", "L1 MLP", "L2 attn", "L2 MLP")
+    assert list(data.hook_labels) == _stream_labels(model)
     # the direction comes from the model itself here, not from the cache
     d = (model.W_U[:, mary] - model.W_U[:, john]).detach().double()
     _, cache = model.run_with_cache(toks)
@@ -258,9 +267,9 @@ def test_plotly_figures_are_labelled_in_words_and_follow_the_window_width(ioi) -
     assert flow.layout.xaxis.title.text == "residual stream after"
     assert flow.layout.xaxis2.title.text.startswith("logit contribution (sum ")
     lines = [t for t in flow.data if t.type == "scatter"]
-    assert list(lines[0].x) == ["embeddings", "L0 attn", "L0 MLP", "L1 attn", "L1 MLP", "L2 attn", "L2 MLP"]
+    assert list(lines[0].x) == _stream_labels(ioi[0])
     (bars,) = [t for t in flow.data if t.type == "bar"]
-    assert list(bars.y) == ["“Mary” (pos 2)", "“John” (pos 10)", "“John” (pos 4)", "the other 12", "biases"]
+    assert list(bars.y) == ["“Mary” (pos 2)", "“John” (pos 4)", "“John” (pos 10)", "the other 12", "biases"]
 
 
 @needs_mpl
@@ -293,7 +302,7 @@ def test_matplotlib_figures_carry_the_same_words_at_print_size(ioi) -> None:
     assert f"Mary\n{mary_value:+.2f}" in {t.get_text() for t in figs["tokens"].axes[0].texts}
     left, right = figs["flow"].axes[:2]
     assert left.get_ylabel() == "projection on the answer direction" and left.get_xlabel() == "residual stream after"
-    assert [t.get_text() for t in left.get_xticklabels()][:3] == ["embeddings", "L0 attn", "L0 MLP"]
+    assert [t.get_text() for t in left.get_xticklabels()][:3] == _stream_labels(ioi[0])[:3]
     assert [t.get_text() for t in right.get_yticklabels()][0] == "“Mary” (pos 2)"
     assert right.get_xlabel().startswith("logit contribution (sum ")
 
@@ -407,5 +416,6 @@ def test_plot_data_needs_no_plotting_library(ioi, monkeypatch) -> None:
     _, _, _, caches, mary, john = ioi
     monkeypatch.setattr(_backend, "_installed", lambda name: False)
     assert not math.isnan(viz.token_heatmap_data(caches["tokens"], mary).total)
-    assert viz.head_grid_data(caches["heads"], mary, incorrect_tokens=john).values.shape == (3, 4)
+    model = ioi[0]
+    assert viz.head_grid_data(caches["heads"], mary, incorrect_tokens=john).values.shape == (model.cfg.n_layers, model.cfg.n_heads)
     assert viz.flow_data(caches["tokens"], mary).hooks

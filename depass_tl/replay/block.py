@@ -33,6 +33,7 @@ from depass_tl.replay.mlp import mlp_chunk, mlp_keys, mlp_neurons
 from depass_tl.replay.moe import moe
 from depass_tl.replay.norm import apply_norm
 from depass_tl.replay.rules import MLPRule, RuleStats
+from depass_tl.replay.shard import Shard
 from depass_tl.replay.state import SourcesPlan
 
 __all__ = ["pad_to_bias", "Chunk", "Outputs", "BlockStep", "attn_step", "mlp_step"]
@@ -103,24 +104,29 @@ class Outputs:
         shape: ``(components of all groups, batch, pos, d_model)``.
         n_groups: number of groups (padding moves are settled per group).
         pad: ``[batch, pos]`` bool, True at padded positions (None: no padding).
+        dtype, device: of the stored tensors when no chunk says (a rank of a sharded replay holding none).
     """
 
-    def __init__(self, wanted: set[str], shape: tuple[int, int, int, int], n_groups: int, pad: Tensor | None) -> None:
+    def __init__(self, wanted: set[str], shape: tuple[int, int, int, int], n_groups: int, pad: Tensor | None, *,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
         self.wanted = wanted
         self.shape = shape
         self.n_groups = n_groups
         self.pad = pad
+        self.dtype, self.device = dtype, torch.device(device)
         self.acts: dict[str, Tensor] = {}
 
     def to(self, device: torch.device) -> None:
         """Work on ``device`` from now on (the padding mask follows the block)."""
+        self.device = torch.device(device)
         if self.pad is not None:
             self.pad = self.pad.to(device)
 
     def store_state(self, name: str, chunks: list[Chunk]) -> None:
         """Store the chunks' current residual state as hook ``name`` (zeros before each chunk's ``lo``)."""
         if name in self.wanted:
-            buf = chunks[0].x.new_zeros(self.shape)
+            buf = chunks[0].x.new_zeros(self.shape) if chunks else torch.zeros(self.shape, dtype=self.dtype,
+                                                                                 device=self.device)
             for ch in chunks:
                 buf[ch.rows, :, ch.lo:] = ch.x
             self.acts[name] = buf
@@ -141,8 +147,17 @@ class Outputs:
             self.acts[name][ch.rows, :, ch.lo:] = t
         return t
 
-    def settle(self, totals: dict[str, Tensor], chunks: list[Chunk]) -> None:
-        """Padding: hand each group's moved totals to its bias component (state and stored output)."""
+    def settle(self, totals: dict[str, Tensor], chunks: list[Chunk], names: tuple[str, ...],
+               shard: Shard | None = None) -> None:
+        """Padding: hand each group's moved totals to its bias component (state and stored output).
+
+        ``names``: the hooks this sublayer emitted; a sharded replay sums their totals over the ranks first.
+        """
+        if shard is not None and self.pad is not None:
+            _, B, P, D = self.shape
+            for name in names:  # every rank the same tensors, whether or not it emitted any
+                totals.setdefault(name, torch.zeros(self.n_groups, B, P, D, dtype=self.dtype, device=self.device))
+            shard.reduce_sums(totals)
         for name, tot in totals.items():
             for ch in chunks:
                 if ch.has_bias:
@@ -165,6 +180,7 @@ class BlockStep:
         cache_keys: a competitive rule may keep every chunk's keys between its two passes.
         group_size: components per group.
         sources: the sources plan (None: plain components).
+        shard: a sharded replay's reductions (:mod:`~depass_tl.replay.shard`; None: one process).
     """
 
     layer: int
@@ -175,6 +191,7 @@ class BlockStep:
     cache_keys: bool
     group_size: int
     sources: SourcesPlan | None = None
+    shard: Shard | None = None
 
     @property
     def prefix(self) -> str:
@@ -212,7 +229,7 @@ def attn_step(chunks: list[Chunk], step: BlockStep, out: Outputs, causal: bool, 
         causal = False  # a non-causal pattern: every component may reach every position
         for ch in chunks:
             ch.widen()
-    stats = _mlp_stats(chunks, step) if block.parallel else {}
+    stats = _mlp_stats(chunks, step, out) if block.parallel else {}
     totals: dict[str, Tensor] = {}
     for ch in chunks:
         a_out = _attn_chunk(ch, step, pattern)
@@ -221,7 +238,8 @@ def attn_step(chunks: list[Chunk], step: BlockStep, out: Outputs, causal: bool, 
         del a_out
         if m_out is not None:
             ch.x = _add(ch.x, out.emit(p + "hook_mlp_out", m_out, ch, totals))
-    out.settle(totals, chunks)
+    emitted = (p + "hook_attn_out",) + ((p + "hook_mlp_out",) if block.parallel and block.mlp is not None else ())
+    out.settle(totals, chunks, emitted, step.shard)
     if store_after:
         out.store_state(p + ("hook_resid_mid" if block.mlp is not None and not block.parallel else "hook_resid_post"), chunks)
     return causal
@@ -230,11 +248,11 @@ def attn_step(chunks: list[Chunk], step: BlockStep, out: Outputs, causal: bool, 
 def mlp_step(chunks: list[Chunk], step: BlockStep, out: Outputs, *, store_after: bool) -> None:
     """The MLP sublayer on every chunk (two passes under a competitive rule); stores ``hook_resid_post``."""
     p = step.prefix
-    stats = _mlp_stats(chunks, step)
+    stats = _mlp_stats(chunks, step, out)
     totals: dict[str, Tensor] = {}
     for ch in chunks:
         ch.x = _add(ch.x, out.emit(p + "hook_mlp_out", _mlp_chunk(ch, step, stats), ch, totals))
-    out.settle(totals, chunks)
+    out.settle(totals, chunks, (p + "hook_mlp_out",), step.shard)
     if store_after:
         out.store_state(p + "hook_resid_post", chunks)
 
@@ -251,8 +269,9 @@ def _attn_chunk(ch: Chunk, step: BlockStep, pattern: Tensor) -> Tensor:
     return out
 
 
-def _mlp_stats(chunks: list[Chunk], step: BlockStep) -> dict[int, RuleStats]:
-    """First pass over the chunks for a competitive rule: per group, the statistics of every key."""
+def _mlp_stats(chunks: list[Chunk], step: BlockStep, out: Outputs) -> dict[int, RuleStats]:
+    """First pass over the chunks for a competitive rule: per group, the statistics of every key
+    (a sharded replay: of this rank's chunks, then reduced over the ranks)."""
     rule, w = step.rule, step.w
     if rule.linear or not isinstance(w.mlp, MLPView):
         return {}
@@ -271,6 +290,13 @@ def _mlp_stats(chunks: list[Chunk], step: BlockStep) -> dict[int, RuleStats]:
         del x_ln
         keep = rule.caches_keys and (step.cache_keys or per_group[ch.g] == 1)
         ch.keys = stats[ch.g].fold(keys, ch.a, ch.lo, keep=keep)
+    if step.shard is not None:  # the pass's statistics are complete here: merge them across the ranks
+        _, B, P, _ = out.shape
+        for g in range(out.n_groups):
+            if g not in stats:
+                like = chunks[0].x if chunks else torch.empty(0, dtype=out.dtype, device=out.device)
+                stats[g] = rule.init_stats((B, P, F), like.dtype, like.device)
+        step.shard.reduce_stats(stats)
     return stats
 
 

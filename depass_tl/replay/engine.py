@@ -68,6 +68,7 @@ from depass_tl.replay.device import block_device, block_tensors, norm_device
 from depass_tl.replay.norm import apply_norm
 from depass_tl.replay.plan import plan_chunks, row_starts
 from depass_tl.replay.rules import DEFAULT_TEMPERATURE, RuleLike, get_rule
+from depass_tl.replay.shard import Shard
 from depass_tl.replay.state import FINAL_HOOK, InitialState, schedule, stage_index
 
 __all__ = ["replay_components"]
@@ -84,6 +85,7 @@ def replay_components(
     chunk_size: int | None = None,
     max_memory: int | None = None,
     causal_skip: bool = True,
+    shard: Shard | None = None,
 ) -> dict[str, Tensor]:
     """Propagate the initial components block by block and return the decomposed activations.
 
@@ -105,6 +107,9 @@ def replay_components(
         max_memory: bytes the replay may allocate (see :mod:`depass_tl.replay.plan`); chunks are sized
             to fit, or a :class:`DePassError` says what to drop.
         causal_skip: skip the positions a chunk cannot reach (exact; off only for testing).
+        shard: replay only this rank's chunks and reduce the rule statistics and padding moves across
+            ranks (:mod:`~depass_tl.replay.shard`); every stored hook then holds this rank's rows and
+            zeros elsewhere. None: one process.
 
     Returns:
         hook name -> ``[component, batch, pos, d_model]`` (components of all groups, in order).
@@ -129,14 +134,18 @@ def replay_components(
     causal = causal_skip and init.sources is None and not has_moe
     starts = [row_starts(c, causal) for c in comps if c is not None]
     names = [n for n in init.stored_hook_names(view) if n == FINAL_HOOK or keep(n)]
+    if shard is not None and splittable and chunk_size is None and max_memory is None:
+        chunk_size = shard.chunk_rows(K - 1)
     plan = plan_chunks(
         view, starts, batch=B, n_pos=P, itemsize=torch.finfo(dtype).bits // 8, rule=rule,
         n_stored=len(names), chunk_size=chunk_size, max_memory=max_memory, splittable=splittable, why_not=why_not,
     )
-    out = Outputs(set(names), (K * G, B, P, D), G, run.pad)
+    owned = [True] * len(plan.chunks) if shard is None else shard.owns(plan.chunks, P)
+    mine = {c for c, own in zip(plan.chunks, owned) if own}
+    dev = init.groups[0].components.device  # then each block's (a split model's blocks may differ)
+    out = Outputs(set(names), (K * G, B, P, D), G, run.pad, dtype=dtype, device=dev)
     active: list[Chunk] = []
     pending = list(range(G))
-    dev = init.groups[0].components.device  # then each block's (a split model's blocks may differ)
 
     def enter(stage: int) -> None:
         """Start the groups that enter at ``stage`` (as chunks); store the last group's start hook."""
@@ -145,6 +154,8 @@ def replay_components(
             x = comps[g]
             assert x is not None
             for a, b, lo in plan.of_group(g):
+                if (g, a, b, lo) not in mine:
+                    continue
                 active.append(Chunk(g, a, b, lo, K, x[a:b, :, lo:].to(dev, copy=True)))
             comps[g] = None
             if not pending:
@@ -157,7 +168,7 @@ def replay_components(
         if step is None or step.layer != l:
             w = _cast_view(block, dtype)
             step = BlockStep(l, w, PreparedAttn.build(w.attn), block_tensors(run.acts, f"blocks.{l}.", dtype, dev),
-                             rule, plan.cache_keys, K, init.sources)
+                             rule, plan.cache_keys, K, init.sources, shard)
             out.to(dev)
         for ch in active:  # to this block's device before new groups join (their state is stored with them)
             ch.x = ch.x.to(dev)
@@ -168,17 +179,18 @@ def replay_components(
             mlp_step(active, step, out, store_after=s >= last_entry)
     if pending:  # groups that start after the last block: nothing to replay but the final norm
         enter(2 * view.n_layers)
-    out.acts[FINAL_HOOK] = _final_norm(run, active, (K * G, B, P, D), dtype)
+    out.acts[FINAL_HOOK] = _final_norm(run, active, (K * G, B, P, D), dtype, dev)
     return out.acts
 
 
-def _final_norm(run: FrozenRun, chunks: list[Chunk], shape: tuple[int, int, int, int], dtype: torch.dtype) -> Tensor:
+def _final_norm(run: FrozenRun, chunks: list[Chunk], shape: tuple[int, int, int, int], dtype: torch.dtype,
+                device: torch.device) -> Tensor:
     """``ln_final`` with its frozen scale on every chunk: the decomposed ``unembed.hook_in``."""
-    dev = norm_device(run.view.ln_final, chunks[0].x.device)
+    dev = norm_device(run.view.ln_final, chunks[0].x.device if chunks else device)
     ln_final = _cast_view(run.view.ln_final, dtype)
     scale = run.acts.get("ln_final.hook_scale")
     scale = None if scale is None else scale.to(device=dev, dtype=dtype)
-    final = None
+    final = None if chunks else torch.zeros(shape, dtype=dtype, device=dev)  # a rank holding no chunk
     for ch in chunks:
         y = apply_norm(ch.x.to(dev), scale if not ch.lo or scale is None else scale[:, ch.lo:], ln_final,
                        ch.bias_local.to(dev))

@@ -2,8 +2,9 @@
 
 * ``induction``: 2-layer attention-only model with a previous-token head (L0H0) and induction heads
   (layer 1) that copy repeated random sequences of any length that fits its 64 positions.
-* ``ioi``: 3-layer model with MLPs that solves indirect-object identification
-  (``"When Mary and John went to the store, John gave a drink to"`` → ``" Mary"``).
+* ``ioi``: 2-layer attention-only model that solves indirect-object identification
+  (``"When Mary and John went to the store, John gave a drink to"`` → ``" Mary"``) with the textbook
+  circuit: name movers (layer 1) copy the IO from the end, steered by an S-inhibition head (L0H3).
 * ``facts``: 2-layer model with MLPs that recalls the synthetic facts in
   :data:`depass_tl.toy.data.FACTS` (two-token subjects, so recall needs the MLPs).
 

@@ -9,13 +9,12 @@ so the shipped weights, the encoders and the tests all agree.
   tokens again, the classic induction test). The repeats are predictable only by in-context copying
   (induction heads).
 * **ioi**: indirect-object identification sentences in the style of Wang et al. (2022),
-  ``"When Mary and John went to the store, John gave a drink to"`` → ``" Mary"``. Generalisation is
-  tested on *held-out templates* (sentence frames never seen in training, built from words that
-  are) and *held-out name pairs* (unordered pairs of names that never appear together in training).
-  Every name is trained (in other pairs), so its embedding and unembedding are learned; what is
-  held out is the combination and the frame, which is what copying-by-attention must generalise
-  over. Names that never occurred in training would have untrained (random) embeddings, so no
-  model could be expected to handle them.
+  ``"When Mary and John went to the store, John gave a drink to"`` → ``" Mary"``; defined in
+  :mod:`depass_tl.toy.ioi_data` and re-exported here. Generalisation is tested on *held-out
+  templates* (sentence frames never seen in training, built from words that are) and *held-out name
+  pairs*. Every name is trained (in other pairs), so its embedding and unembedding are learned;
+  names that never occurred in training would have untrained (random) embeddings, so no model
+  could be expected to handle them.
 * **facts**: a fixed table :data:`FACTS` of ``(subject, relation) → attribute``. Subjects are two
   tokens (first name + surname, e.g. ``" Anna Kowal"``) and every first name and every surname
   occurs in many subjects with unrelated attributes, so the attribute is a function of the *pair*:
@@ -25,18 +24,32 @@ so the shipped weights, the encoders and the tests all agree.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import random
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
 from depass_tl.errors import DePassError
-from depass_tl.toy.encoder import BOS_TOKEN, split_words
+from depass_tl.toy._words import stable_hash as _stable_hash
+from depass_tl.toy._words import vocab_from as _vocab_from
+from depass_tl.toy.encoder import BOS_TOKEN
+from depass_tl.toy.ioi_data import (
+    IOI_HELDOUT_TEMPLATES,
+    IOI_KINDS,
+    IOI_NAMES,
+    IOI_OBJECTS,
+    IOI_PLACES,
+    IOI_TEMPLATES,
+    IOI_TRAIN_TEMPLATES,
+    IOI_TRAINING_MIX,
+    IOIPrompt,
+    ioi_name_pair_split,
+    ioi_prompts,
+    ioi_vocab,
+)
 
 __all__ = [
     "FACTS",
@@ -44,9 +57,12 @@ __all__ = [
     "FACT_RELATIONS",
     "FACT_SURNAMES",
     "IOI_HELDOUT_TEMPLATES",
+    "IOI_KINDS",
     "IOI_NAMES",
     "IOI_OBJECTS",
     "IOI_PLACES",
+    "IOI_TEMPLATES",
+    "IOI_TRAINING_MIX",
     "IOI_TRAIN_TEMPLATES",
     "Fact",
     "IOIPrompt",
@@ -58,19 +74,6 @@ __all__ = [
     "ioi_vocab",
     "repeated_sequences",
 ]
-
-
-def _stable_hash(text: str) -> int:
-    """A hash that is the same on every machine and Python version (unlike ``hash``)."""
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
-
-
-def _vocab_from(texts: list[str], extra: list[str]) -> list[str]:
-    words: dict[str, None] = {BOS_TOKEN: None}
-    for text in texts:
-        words.update(dict.fromkeys(split_words(text)))
-    words.update(dict.fromkeys(extra))
-    return list(words)
 
 
 # --------------------------------------------------------------------------------- induction
@@ -178,106 +181,6 @@ def copy_sequences(
         row = row[:seq_len]
         rows.append(row + fresh(seq_len - len(row)))
     return torch.tensor(rows, dtype=torch.long)
-
-
-# --------------------------------------------------------------------------------------- IOI
-IOI_NAMES: list[str] = (
-    "Mary John Tom James Dan Sid Martin Amy Kate Anna Lisa Paul Mark Sarah Emma Jack Rose Alex "
-    "Ben Claire David Eric Grace Henry Ivy Laura Mike Nina Oscar Peter Ruth Sam"
-).split()
-IOI_PLACES: list[str] = (
-    "store garden restaurant school hospital office house station park beach library market"
-).split()
-IOI_OBJECTS: list[str] = "drink ring bone basketball computer necklace snack book letter flower key".split()
-
-# {A} and {B} are the two names in order of appearance, {S} the repeated subject.
-IOI_TRAIN_TEMPLATES: list[str] = [
-    "When {A} and {B} went to the {PLACE}, {S} gave a {OBJECT} to",
-    "Then, {A} and {B} went to the {PLACE}. {S} gave a {OBJECT} to",
-    "After {A} and {B} went to the {PLACE}, {S} gave a {OBJECT} to",
-    "While {A} and {B} were working at the {PLACE}, {S} gave a {OBJECT} to",
-    "Then, {A} and {B} had a lot of fun at the {PLACE}. {S} gave a {OBJECT} to",
-    "When {A} and {B} got a {OBJECT} at the {PLACE}, {S} decided to give it to",
-    "Then, {A} and {B} had a long argument. Afterwards {S} said to",
-    "After the lunch, {A} and {B} went to the {PLACE}. {S} gave a {OBJECT} to",
-    "Friends {A} and {B} found a {OBJECT} at the {PLACE}. {S} gave it to",
-    "The {PLACE} was busy when {A} and {B} arrived, and {S} handed a {OBJECT} to",
-    "Later {A} and {B} were thinking about going to the {PLACE}. {S} wanted to give a {OBJECT} to",
-    "While {A} and {B} were at the {PLACE}, {S} gave it to",
-]
-# New sentence frames made only of words that occur in the training templates.
-IOI_HELDOUT_TEMPLATES: list[str] = [
-    "After {A} and {B} had a lot of fun at the {PLACE}, {S} gave a {OBJECT} to",
-    "While {A} and {B} went to the {PLACE}, {S} decided to give a {OBJECT} to",
-    "Then, {A} and {B} found a {OBJECT} at the {PLACE}. {S} handed it to",
-]
-
-
-@dataclass(frozen=True)
-class IOIPrompt:
-    """One IOI sentence: ``text`` (no answer), the indirect object ``io`` and subject ``s``.
-
-    ``io`` and ``s`` are token strings with their leading space (``" Mary"``), so
-    ``encoder.token_id(prompt.io)`` is the answer token.
-    """
-
-    text: str
-    io: str
-    s: str
-    template: str
-
-
-def ioi_vocab() -> list[str]:
-    """The IOI model's vocabulary: BOS, all template words, names, places and objects."""
-    fill = {"A": IOI_NAMES[0], "B": IOI_NAMES[1], "S": IOI_NAMES[0]}
-    fill |= {"PLACE": IOI_PLACES[0], "OBJECT": IOI_OBJECTS[0]}
-    texts = [t.format(**fill) for t in IOI_TRAIN_TEMPLATES + IOI_HELDOUT_TEMPLATES]
-    extra = [" " + w for w in IOI_NAMES + IOI_PLACES + IOI_OBJECTS]
-    return _vocab_from(texts, extra)
-
-
-def ioi_name_pair_split() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """Split the unordered name pairs into (train, held-out); about 1 in 5 pairs is held out.
-
-    Every name occurs in many training pairs.
-    """
-    train, heldout = [], []
-    for pair in itertools.combinations(IOI_NAMES, 2):
-        (heldout if _stable_hash("|".join(pair)) % 5 == 0 else train).append(pair)
-    return train, heldout
-
-
-def ioi_prompts(
-    n: int, *, split: Literal["train", "heldout"], seed: int
-) -> list[IOIPrompt]:
-    """Sample ``n`` IOI prompts from the training or the held-out templates and name pairs.
-
-    ``split="heldout"`` uses held-out templates *and* held-out name pairs (both unseen in
-    training). Half of the prompts have the order IO-then-S in the first clause, half S-then-IO.
-
-    Examples:
-        >>> p = ioi_prompts(1, split="train", seed=0)[0]
-        >>> p.io != p.s and p.io in p.text and p.s in p.text
-        True
-    """
-    if split not in ("train", "heldout"):
-        raise DePassError(f"split must be 'train' or 'heldout'; got {split!r}")
-    train_pairs, heldout_pairs = ioi_name_pair_split()
-    pairs = train_pairs if split == "train" else heldout_pairs
-    templates = IOI_TRAIN_TEMPLATES if split == "train" else IOI_HELDOUT_TEMPLATES
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        io, s = rng.choice(pairs)
-        if rng.random() < 0.5:
-            io, s = s, io
-        a, b = (io, s) if rng.random() < 0.5 else (s, io)
-        template = rng.choice(templates)
-        text = template.format(
-            A=a, B=b, S=s, PLACE=rng.choice(IOI_PLACES), OBJECT=rng.choice(IOI_OBJECTS)
-        )
-        out.append(IOIPrompt(text=text, io=" " + io, s=" " + s, template=template))
-    return out
 
 
 # ------------------------------------------------------------------------------------- facts

@@ -21,14 +21,15 @@ from depass_tl.errors import DePassError
 from depass_tl.toy.checkpoint import save
 from depass_tl.toy.data import (
     FACTS,
+    IOI_TRAINING_MIX,
+    copy_sequences,
     facts_vocab,
     induction_vocab,
     ioi_prompts,
-    copy_sequences,
     ioi_vocab,
 )
 from depass_tl.toy.encoder import ToyEncoder
-from depass_tl.toy.evaluate import evaluate_facts, evaluate_induction, evaluate_ioi, pad_right
+from depass_tl.toy.evaluate import evaluate_facts, evaluate_induction, ioi_metrics, pad_right
 
 __all__ = ["MODEL_CONFIGS", "TRAINING", "TrainResult", "save_trained", "train"]
 
@@ -39,8 +40,8 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
         normalization_type="LN", positional_embedding_type="standard", act_fn=None,
     ),
     "ioi": dict(
-        n_layers=3, d_model=64, n_heads=4, d_head=16, d_mlp=256, n_ctx=32, act_fn="gelu",
-        normalization_type="LN", positional_embedding_type="standard",
+        n_layers=2, d_model=64, n_heads=4, d_head=16, n_ctx=32, attn_only=True,
+        normalization_type="LN", positional_embedding_type="standard", act_fn=None,
     ),
     "facts": dict(
         n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=256, n_ctx=16, act_fn="gelu",
@@ -51,7 +52,7 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
 # Optimisation settings per model.
 TRAINING: dict[str, dict[str, Any]] = {
     "induction": dict(steps=3000, batch=64, lr=2e-3, weight_decay=0.01, seq_len=64),
-    "ioi": dict(steps=2500, batch=64, lr=1e-3, weight_decay=0.01, max_extra_bos=3),
+    "ioi": dict(steps=2500, batch=64, lr=1e-3, weight_decay=0.01, max_extra_bos=3, mix=dict(IOI_TRAINING_MIX)),
     "facts": dict(steps=1500, batch=128, lr=2e-3, weight_decay=0.0),
 }
 
@@ -60,7 +61,10 @@ _DESCRIPTIONS = {
         "2-layer attention-only model trained on random tokens in which earlier segments recur at random "
         "distances (depass_tl.toy.data.copy_sequences)"
     ),
-    "ioi": "3-layer model with MLPs trained on IOI sentences (held-out templates and name pairs)",
+    "ioi": (
+        "2-layer attention-only model trained on IOI sentences (depass_tl.toy.ioi_data: classic ABBA/BABA, "
+        "IO named last, one name); held-out templates and name pairs"
+    ),
     "facts": "2-layer model with MLPs that recalls the synthetic facts in depass_tl.toy.data.FACTS",
 }
 
@@ -160,7 +164,8 @@ def train(name: str, *, seed: int = 0, steps: int | None = None, progress: bool 
                 logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)
             )
         elif name == "ioi":
-            prompts = ioi_prompts(settings["batch"], split="train", seed=seed * 1_000_003 + step)
+            # the training mixture of IOI_TRAINING_MIX: classic prompts, IO named last, one name
+            prompts = ioi_prompts(settings["batch"], split="train", seed=seed * 1_000_003 + step, kind="mix")
             # 0-3 extra BOS tokens in front shift the sentence, so the model cannot rely on
             # absolute positions (without this it fails on held-out templates of other lengths)
             rows = [
@@ -183,8 +188,7 @@ def train(name: str, *, seed: int = 0, steps: int | None = None, progress: bool 
     if name == "induction":
         metrics = evaluate_induction(model)
     elif name == "ioi":
-        metrics = {f"heldout_{k}": v for k, v in evaluate_ioi(model, encoder, split="heldout").items()}
-        metrics |= {f"train_{k}": v for k, v in evaluate_ioi(model, encoder, split="train").items()}
+        metrics = ioi_metrics(model, encoder)
     else:
         metrics = evaluate_facts(model, encoder)
     return TrainResult(model, encoder, metrics, training=dict(settings, seed=seed))

@@ -27,7 +27,7 @@ torch.set_grad_enabled(False)  # inference only in this notebook
 # %% [markdown]
 # ## A model that does a real task
 #
-# `depass_tl.toy.load("ioi")` returns a 3-layer model trained on *indirect object identification*
+# `depass_tl.toy.load("ioi")` returns a 2-layer attention-only model trained on *indirect object identification*
 # (IOI): in *"When Mary and John went to the store, John gave a drink to"* the right next word is the
 # name that was **not** repeated, *Mary*. It is a `TransformerBridge` on TransformerLens 4 and a
 # `HookedTransformer` on TL 2/3 (`model_class=` picks one on TL 3); everything below works on both.
@@ -63,8 +63,9 @@ print("logit difference Mary - John:", float(logits[0, -1, io] - logits[0, -1, s
 logits, dc = depass_tl.run_with_depass(model, tokens)   # like model.run_with_cache(tokens)
 print(dc)
 print("labels:", dc.labels)
-print("shape at blocks.2.hook_resid_post:", tuple(dc["blocks.2.hook_resid_post"].shape))
-print("TL shorthand works too:", tuple(dc["resid_post", 2].shape))
+last = model.cfg.n_layers - 1
+print(f"shape at blocks.{last}.hook_resid_post:", tuple(dc[f"blocks.{last}.hook_resid_post"].shape))
+print("TL shorthand works too:", tuple(dc["resid_post", last].shape))
 
 # %% [markdown]
 # The cache is keyed by the usual TransformerLens hook names. Axis 0 is the component axis, aligned
@@ -146,24 +147,37 @@ assert max(grouped.completeness_error(relative=True).values()) < 1e-4
 # All are exact (the total is the real activation); they differ in how it is allocated. To see whether
 # the choice matters for a question, `depass_tl.evaluate.rule_sensitivity(model, tokens, io,
 # incorrect=s)` compares every rule and temperature from one capture.
+#
+# The `ioi` toy is attention-only, so the rules only matter on a model with MLPs: the `facts` toy
+# (2 layers with MLPs) recalls synthetic facts such as *"Anna Kowal lives in the city of"* → *Rome*,
+# and its MLPs do the recalling.
 
 # %%
 from depass_tl.replay.rules import rule_names
+from depass_tl.toy.data import FACTS
 
+facts_model, facts_enc = toy.load("facts")
+fact = FACTS[0]
+fact_tokens = facts_enc.encode(fact.prompt)
+fact_str = facts_enc.to_str_tokens(fact_tokens)
+answer = facts_enc.token_id(fact.attribute)
+print(repr(fact.prompt), "->", facts_enc.to_str_tokens(facts_model(fact_tokens)[0, -1].argmax(-1, keepdim=True)))
 rows = {}
 for rule in rule_names():
-    _, d = depass_tl.run_with_depass(model, tokens, mlp_rule=rule)
-    a = d.logit_attrs(io, incorrect_tokens=s)[:, 0]
-    rows[rule] = {"' Mary' share": float(a[str_tokens.index(" Mary")]),
-                  "top token": str_tokens[int(a[:-1].argmax())],
+    _, d = depass_tl.run_with_depass(facts_model, fact_tokens, mlp_rule=rule)
+    a = d.logit_attrs(answer)[:, 0]
+    rows[rule] = {"first-name share": float(a[1]), "surname share": float(a[2]),
+                  "top token": fact_str[int(a[:-1].argmax())],
                   "max rel. error": max(d.completeness_error(relative=True).values())}
     assert rows[rule]["max rel. error"] < 1e-4
 import pandas as pd
-pd.DataFrame(rows).T
+rule_table = pd.DataFrame(rows).T
+assert rule_table["surname share"].astype(float).std() > 0.01  # the rules allocate differently
+rule_table
 
 # %% [markdown]
-# The table shows the IO token's share under each rule and which token each rule ranks first; the
-# allocations differ in size, and every rule stays complete.
+# The table shows the subject's two tokens' shares of the answer's logit under each rule and which
+# token each rule ranks first; the allocations differ in size, and every rule stays complete.
 #
 # ## Other components
 #

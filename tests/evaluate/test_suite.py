@@ -69,7 +69,8 @@ def test_suite_end_to_end_on_the_ioi_toy_model():
                                   ablations=("zero", "resample"), corrupt_tokens=corrupt, progress=False)
     acc = comp.table(measure="accuracy")
     assert len(acc) == len(heads) * 2 * 2 and list(acc.columns[:3]) == ["k=1 mean", "k=1 lo", "k=1 hi"]
-    assert comp.compute["exact ablation (zero)"].forward == len(prompts) * (1 + 12)  # clean + one per head
+    n_heads = model.cfg.n_layers * model.cfg.n_heads
+    assert comp.compute["exact ablation (zero)"].forward == len(prompts) * (1 + n_heads)  # clean + one per head
     # DePass's top heads must hurt the IO-vs-S logit difference more than its bottom heads
     top, _ = comp.results[("depass softmax T=0.1", "top", "zero")]
     bottom, _ = comp.results[("depass softmax T=0.1", "bottom", "zero")]

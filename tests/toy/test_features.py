@@ -37,7 +37,8 @@ def test_compare_runs_tls_patching_and_depass_on_this_class(ioi) -> None:
     cmp = compare(ioi, PROMPT, CORRUPTED, answer_tokens=" Mary", incorrect_tokens=" John",
                   layouts=["resid_pre", "attn_head_out_all_pos"])
     resid = cmp["resid_pre"]
-    assert resid.patching.shape == (3, 15) and cmp["attn_head_out_all_pos"].patching.shape == (3, 4)
+    n_layers, n_heads = ioi.cfg.n_layers, ioi.cfg.n_heads
+    assert resid.patching.shape == (n_layers, 15) and cmp["attn_head_out_all_pos"].patching.shape == (n_layers, n_heads)
     # one patching cell by hand: the clean layer-0 residual at S2 (position 10) patched into the corrupted run
     clean, corrupted = ioi.to_tokens(PROMPT), ioi.to_tokens(CORRUPTED)
     _, cache = ioi.run_with_cache(clean, names_filter="blocks.0.hook_resid_pre")

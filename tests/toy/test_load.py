@@ -40,7 +40,7 @@ needs_both = pytest.mark.skipif(
 # The configurations documented in the README / depass_tl.toy docstring.
 DOCUMENTED = {
     "induction": dict(n_layers=2, d_model=64, n_heads=4, d_head=16, attn_only=True, normalization_type="LN"),
-    "ioi": dict(n_layers=3, d_model=64, n_heads=4, d_head=16, d_mlp=256, attn_only=False, normalization_type="LN"),
+    "ioi": dict(n_layers=2, d_model=64, n_heads=4, d_head=16, attn_only=True, normalization_type="LN"),
     "facts": dict(n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=256, attn_only=False, normalization_type="LN"),
 }
 

@@ -1,6 +1,6 @@
 """The shipped toy models do their tasks: fast, independent evaluations on fresh data.
 
-The thresholds are the issue's requirements (IOI ≥ 90% on held-out prompts) or fixed bounds well
+The thresholds are the issues' requirements (IOI ≥ 95% on held-out prompts) or fixed bounds well
 above chance; each test also checks that the model still matches the number stored in its JSON
 config (what the training script reported), within sampling noise.
 """
@@ -129,7 +129,7 @@ def _last_logits_by_length(model: torch.nn.Module, rows: list[list[int]]) -> tor
 
 
 @torch.no_grad()
-def test_ioi_heldout_accuracy_at_least_90_percent() -> None:
+def test_ioi_heldout_accuracy_at_least_95_percent() -> None:
     model, encoder = toy.load("ioi")
     prompts = ioi_prompts(300, split="heldout", seed=777)
     logits = _last_logits_by_length(model, [encoder.encode(p.text)[0].tolist() for p in prompts])
@@ -139,11 +139,26 @@ def test_ioi_heldout_accuracy_at_least_90_percent() -> None:
     rows = torch.arange(len(prompts))
     io_vs_s = float((logits[rows, io] > logits[rows, s]).float().mean())
     top_name = float((names[logits[:, names].argmax(-1)] == io).float().mean())
-    assert io_vs_s >= 0.9
-    assert top_name >= 0.9
+    assert io_vs_s >= 0.95
+    assert top_name >= 0.95
     reported = toy.info("ioi")["metrics"]
-    assert reported["heldout_io_top_name_accuracy"] >= 0.9
+    assert reported["heldout_io_top_name_accuracy"] >= 0.95
     assert top_name > reported["heldout_io_top_name_accuracy"] - 0.05
+
+
+@pytest.mark.parametrize("kind", ["io_last", "one_name"])
+@torch.no_grad()
+def test_ioi_other_kinds_heldout_accuracy_at_least_95_percent(kind: str) -> None:
+    """The prompts that make copying the IO from context necessary (see depass_tl.toy.ioi_data)."""
+    model, encoder = toy.load("ioi")
+    prompts = ioi_prompts(200, split="heldout", seed=778, kind=kind)
+    logits = _last_logits_by_length(model, [encoder.encode(p.text)[0].tolist() for p in prompts])
+    io = torch.tensor([encoder.token_id(p.io) for p in prompts])
+    names = torch.tensor([encoder.token_id(" " + n) for n in IOI_NAMES])
+    top_name = float((names[logits[:, names].argmax(-1)] == io).float().mean())
+    assert top_name >= 0.95
+    reported = toy.info("ioi")["metrics"][f"heldout_{kind}_io_top_name_accuracy"]
+    assert top_name > reported - 0.05
 
 
 @torch.no_grad()

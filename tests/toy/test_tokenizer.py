@@ -114,13 +114,13 @@ def test_split_words_and_the_tokenizer_agree_on_a_known_sentence() -> None:
 
 def test_unknown_words_become_unk_which_the_model_cannot_embed() -> None:
     model, encoder = toy.load("ioi")
-    tokens = model.to_tokens("When Mary met John")
+    tokens = model.to_tokens("When Mary kissed John")
     assert model.to_str_tokens(tokens[0]) == ["<|BOS|>", "When", " Mary", UNK_TOKEN, " John"]
     assert int(tokens[0, 3]) == model.cfg.d_vocab
     with pytest.raises(IndexError):
         model(tokens)
-    with pytest.raises(DePassError, match="word ' met' in 'When Mary met John' is not in the toy vocabulary"):
-        encoder.encode("When Mary met John")
+    with pytest.raises(DePassError, match="word ' kissed' in 'When Mary kissed John' is not in the toy vocabulary"):
+        encoder.encode("When Mary kissed John")
 
 
 def test_build_tokenizer_refuses_bad_vocabularies() -> None:
