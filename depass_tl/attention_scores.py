@@ -81,7 +81,8 @@ class ScoreAttribution:
     pre-softmax score from ``query_pos[b]`` to ``key_pos[b]``.
 
     Each group of ``group_size`` consecutive components (as in the :class:`DePassCache`) sums to
-    ``clean``, TransformerLens's ``hook_attn_scores`` at those positions.
+    ``clean``, the model's pre-softmax scores at those positions (TransformerLens's ``hook_attn_scores``
+    on a HookedTransformer; ``q · k / attn_scale`` from the cached, rotated queries and keys on a Bridge).
     """
 
     values: Float[Tensor, "component batch head"] = field(repr=False)
