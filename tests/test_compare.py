@@ -202,6 +202,28 @@ def test_single_logit_metric_and_no_hooks_left() -> None:
     assert sum(len(hp._forward_hooks) + len(hp._backward_hooks) for hp in model.hook_dict.values()) == 0
 
 
+def test_progress_false_silences_tls_patching_bars(capfd, monkeypatch) -> None:
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    model = _linear_attn_only(2)
+    clean, corrupted = _clean_corrupted(model)
+    original = tl_patching.tqdm
+    loud = compare(model, clean, corrupted, answer_tokens=7, layouts=["resid_pre"])
+    assert "it/s" in capfd.readouterr().err  # TL draws a bar by default: the check below can fail
+    quiet = compare(model, clean, corrupted, answer_tokens=7, layouts=["resid_pre"], progress=False)
+    assert capfd.readouterr().err == ""
+    assert tl_patching.tqdm is original  # restored
+    torch.testing.assert_close(quiet["resid_pre"].patching, loud["resid_pre"].patching, atol=0, rtol=0)
+
+    def failing_sweep(*args: Any, **kwargs: Any) -> None:
+        assert tl_patching.tqdm is not original  # silenced during the sweep
+        raise RuntimeError("sweep failed")
+
+    monkeypatch.setattr(tl_patching, "get_act_patch_resid_pre", failing_sweep)
+    with pytest.raises(RuntimeError, match="sweep failed"):
+        compare(model, clean, corrupted, answer_tokens=7, layouts=["resid_pre"], progress=False)
+    assert tl_patching.tqdm is original  # restored after an error inside the sweep as well
+
+
 def test_string_prompts_answers_and_position_labels() -> None:
     words = ["When", " Mary", " and", " John", " went", ",", " gave", " to"]
     tok = word_tokenizer(words)

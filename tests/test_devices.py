@@ -35,6 +35,10 @@ requires_cuda = pytest.mark.skipif(
 )
 RULES = ("softmax", "max", "ratio")
 ATOL = 1e-9
+#: Models whose own norms compute in float32 (HF Llama-family RMSNorm) round differently on CUDA and on
+#: the CPU, so the split model's *clean* logits already differ from the unsplit ones (7.2e-7 on an H200,
+#: float64 model); their decompositions are compared at this tolerance instead.
+FLOAT32_NORM_ATOL = 2e-5
 
 
 def _specs() -> dict[str, Any]:
@@ -47,20 +51,24 @@ def _tokens(vocab: int, seed: int = 0) -> torch.Tensor:
 
 def _assert_same(split: Any, whole: Any, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> None:
     """Every spec x rule: the split model's decomposition equals the unsplit model's."""
+    from tests.tl_cases import has_float32_norms
+
+    on_cuda = any(p.device.type == "cuda" for p in split.parameters())
+    atol = FLOAT32_NORM_ATOL if on_cuda and has_float32_norms(whole) else ATOL
     for name, spec in _specs().items():
         for rule in RULES:
             kw = dict(components=spec, mlp_rule=rule, attention_mask=mask)
             logits_s, dc_s = depass_tl.run_with_depass(split, tokens, **kw)
             logits_w, dc_w = depass_tl.run_with_depass(whole, tokens, **kw)
-            torch.testing.assert_close(logits_s.cpu(), logits_w, atol=ATOL, rtol=0)
+            torch.testing.assert_close(logits_s.cpu(), logits_w, atol=atol, rtol=0)
             assert list(dc_s) == list(dc_w) and dc_s.labels == dc_w.labels
             for hook in dc_w:
-                torch.testing.assert_close(dc_s[hook].cpu(), dc_w[hook], atol=ATOL, rtol=0, msg=f"{name} {rule} {hook}")
+                torch.testing.assert_close(dc_s[hook].cpu(), dc_w[hook], atol=atol, rtol=0, msg=f"{name} {rule} {hook}")
             answer = tokens[:, -1]
             torch.testing.assert_close(dc_s.logit_attrs(answer, incorrect_tokens=5).cpu(),
-                                       dc_w.logit_attrs(answer, incorrect_tokens=5), atol=ATOL, rtol=0)
+                                       dc_w.logit_attrs(answer, incorrect_tokens=5), atol=atol, rtol=0)
             err_s, err_w = dc_s.completeness_error(), dc_w.completeness_error()
-            assert err_s == pytest.approx(err_w, abs=ATOL) and max(err_w.values()) < 1e-5  # HF norms: float32 inside
+            assert err_s == pytest.approx(err_w, abs=atol) and max(err_w.values()) < 1e-5  # HF norms: float32 inside
 
 
 def _assert_placed(split: Any, n_layers: int) -> None:

@@ -2,7 +2,7 @@
 
 Every notebook in ``notebooks/`` is executed top to bottom in a fresh kernel (nbclient); a cell that
 raises, including the notebooks' own ``assert`` cells that pin the claims their prose makes, fails
-the test. ``06_gpt2_ioi.ipynb`` needs GPT-2's weights from the HuggingFace hub; tests never download,
+the test, and so does a progress bar in any output (``TQDM_DISABLE`` is unset, as for a student). ``06_gpt2_ioi.ipynb`` needs GPT-2's weights from the HuggingFace hub; tests never download,
 so it runs its analysis only when the weights are already in the local cache, and otherwise is executed
 to check that it says in one line what it needs and skips the rest (its code cells are also checked to
 compile). ``05_decompx_bert.ipynb`` runs DecompX on the transformers model on every TL version; its
@@ -62,13 +62,34 @@ def execute(path: Path, monkeypatch: pytest.MonkeyPatch) -> nbformat.NotebookNod
     # the kernel must import this checkout's depass_tl, and must never reach the network
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # a student's setting: bars would show, so none may be drawn
     nb = nbformat.read(str(path), as_version=4)
     client = nbclient.NotebookClient(
         nb, timeout=TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
     )
     client.execute()  # raises CellExecutionError, naming the cell, on any error
     return nb
+
+
+PROGRESS_BAR = re.compile(r"\d+%\||\d+/\d+ \[[^\]]*(it/s|s/it)")
+
+
+def progress_bars(nb: nbformat.NotebookNode) -> list[str]:
+    """``"cell i: text"`` for every output of an executed notebook that is a progress bar (tqdm text or widget)."""
+    found = []
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []):
+            text = out.get("text", "") if out.output_type == "stream" else ""
+            widget = any("widget" in kind for kind in out.get("data", {}))
+            if widget or PROGRESS_BAR.search(text):
+                found.append(f"cell {i}: {text.strip()[:80] or 'a widget'}")
+    return found
+
+
+def test_progress_bar_pattern() -> None:
+    assert PROGRESS_BAR.search("\r 40%|████      | 4/10 [00:01<00:02,  2.9it/s]")
+    assert PROGRESS_BAR.search("DAS: 3/150 [00:00<00:05, 28.1it/s]")
+    assert not PROGRESS_BAR.search("E(v) = 0.65 | whole site 100% of the effect")
 
 
 def strip_magics(source: str) -> str:
@@ -142,6 +163,7 @@ def test_code_cells_compile(name: str) -> None:
 @pytest.mark.parametrize("name", [n for n in ALL if n not in NEEDS_GPT2])
 def test_notebook_executes(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     nb = execute(NOTEBOOKS / name, monkeypatch)
+    assert progress_bars(nb) == [], f"{name} draws progress bars; pass progress=False"
     if name in COMPARES_HOOKED_ENCODER:
         printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
         if HAS_HOOKED:
@@ -159,6 +181,7 @@ def test_gpt2_notebook_runs_or_says_what_it_needs(name: str, monkeypatch: pytest
         execute(NOTEBOOKS / name, monkeypatch)
         return
     nb = execute(NOTEBOOKS / name, monkeypatch)
+    assert progress_bars(nb) == []
     code = [c for c in nb.cells if c.cell_type == "code"]
     printed = ["".join(o.get("text", "") for o in c.outputs) for c in code]
     skipped = [i for i, text in enumerate(printed) if text.startswith("Skipping this notebook")]

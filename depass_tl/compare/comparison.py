@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -235,6 +237,20 @@ def _pos_labels(model: Any, clean: Tensor, corrupted: Tensor) -> tuple[str, ...]
 
 
 # ----------------------------------------------------------------------------------- compare
+@contextmanager
+def _tl_progress_bars(tl_patching: Any, *, enabled: bool) -> Iterator[None]:
+    """Leave TL's patching progress bars on, or swap its module's ``tqdm`` for a disabled one."""
+    if enabled:
+        yield
+        return
+    original = tl_patching.tqdm
+    tl_patching.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        tl_patching.tqdm = original
+
+
 @checked(hints={
     "clean": TOKENS_HINT.replace("input", "clean"), "corrupted": TOKENS_HINT.replace("input", "corrupted"),
     "answer_tokens": "answer_tokens: expected an id, a string, or one per prompt",
@@ -255,6 +271,7 @@ def compare(
     temperature: float = DEFAULT_TEMPERATURE,
     dtype: torch.dtype | None = None,
     prepend_bos: bool | None = None,
+    progress: bool = True,
 ) -> Comparison:
     """DePass attributions and TL activation patching for the same metric, on the same axes.
 
@@ -276,6 +293,10 @@ def compare(
         temperature: softmax temperature (for a rule given by name).
         dtype: DePass accumulation dtype (default: float32, float64 for float64 models).
         prepend_bos: for string input, passed to ``model.to_tokens``.
+        progress: show the progress bar TransformerLens draws for each patching sweep; ``False``
+            silences it (for notebooks and logs; TL's functions have no switch of their own, so its
+            ``patching`` module's ``tqdm`` is replaced by a disabled one during the sweeps and restored
+            after, also on errors).
 
     Returns:
         A :class:`Comparison`.
@@ -353,7 +374,7 @@ def compare(
     results: dict[str, LayoutComparison] = {}
     for name in names:
         lay = LAYOUTS[name]
-        with torch.no_grad():
+        with torch.no_grad(), _tl_progress_bars(tl_patching, enabled=progress):
             patched = getattr(tl_patching, lay.tl_function)(model, corrupt_toks, clean_cache, patching_metric)
         patched = patched.detach().double().cpu()
         assert tuple(patched.shape) == layout_shape(name, run_clean), (name, tuple(patched.shape))

@@ -37,6 +37,7 @@ from torch import Tensor
 from depass_tl.errors import DePassError
 from depass_tl.subspace_patching.linalg import as_basis
 from depass_tl.subspace_patching.setters import Positions, position_mask
+from depass_tl.tokenization import AnswerTokens, answer_ids
 
 __all__ = ["DORMANT_UNIT_REL_STD", "FlowCheck", "subspace_flow"]
 
@@ -99,7 +100,7 @@ def subspace_flow(
     hook_name: str,
     basis: Any,
     *,
-    logit_tokens: tuple[int, int],
+    logit_tokens: tuple[AnswerTokens, AnswerTokens],
     pos: Positions = -1,
 ) -> FlowCheck:
     """Run the DePass flow check for a subspace at an MLP hidden site or a residual site.
@@ -110,7 +111,8 @@ def subspace_flow(
         hook_name: ``blocks.L.mlp.hook_post`` or ``blocks.L.hook_resid_pre|mid|post``.
         basis: Orthonormal ``[d, k]`` basis or unit vector.
         logit_tokens: ``(answer, other)``: the credit is to ``logit[answer] − logit[other]`` at the
-            last position.
+            last position. Each is one token id for every example, or one id per example (a list or
+            a ``[batch]`` integer tensor), e.g. each prompt's own pair of names.
         pos: The site positions that are split (others stay in the complement's ``rest``).
 
     Returns:
@@ -138,9 +140,10 @@ def subspace_flow(
             f"the flow check supports blocks.L.mlp.hook_post and blocks.L.hook_resid_pre/mid/post, "
             f"got {hook_name!r}"
         )
-    if len(logit_tokens) != 2:
+    if not isinstance(logit_tokens, (tuple, list)) or len(logit_tokens) != 2:
         raise DePassError(f"logit_tokens must be (answer, other) token ids, got {logit_tokens!r}")
-    answer, other = (int(t) for t in logit_tokens)
+    d_vocab = int(model.W_U.shape[-1])
+    answer, other = (answer_ids(t, tokens.shape[0], d_vocab, None) for t in logit_tokens)
     layer = int((mlp or resid).group(1))  # type: ignore[union-attr]
     start_hook = f"blocks.{layer}.hook_resid_post" if mlp is not None else hook_name
     names = [hook_name, start_hook] + ([f"blocks.{layer}.hook_mlp_out"] if mlp is not None else [])
@@ -191,7 +194,8 @@ def subspace_flow(
     attrs = dc.logit_attrs(answer, incorrect_tokens=other, pos=-1)  # [component, batch]
     with torch.no_grad():
         logits = model(tokens)
-    clean_ld = logits[:, -1, answer] - logits[:, -1, other]
+    last = logits[:, -1]
+    clean_ld = last.gather(-1, answer.to(last.device)[:, None])[:, 0] - last.gather(-1, other.to(last.device)[:, None])[:, 0]
     completeness = float((attrs.sum(0) - clean_ld.to(attrs.dtype)).abs().max())
 
     def credit(label: str) -> Tensor:

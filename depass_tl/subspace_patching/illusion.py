@@ -58,6 +58,7 @@ from depass_tl.subspace_patching.dormancy import DormancyStats, dormancy_stats
 from depass_tl.subspace_patching.flow import FlowCheck, subspace_flow
 from depass_tl.subspace_patching.linalg import as_basis, row_null_split
 from depass_tl.subspace_patching.setters import Positions, position_mask, subspace_patch
+from depass_tl.tokenization import AnswerTokens, answer_ids
 
 __all__ = [
     "CANCELLATION_MIN",
@@ -263,7 +264,7 @@ def illusion_report(
     *,
     pos: Positions = -1,
     reader: Float[Tensor, "d_w n_read"] | None = None,
-    logit_tokens: tuple[int, int] | None = None,
+    logit_tokens: tuple[AnswerTokens, AnswerTokens] | None = None,
     rtol: float | None = None,
     thresholds: Thresholds | None = None,
 ) -> IllusionReport:
@@ -280,7 +281,9 @@ def illusion_report(
         pos: Site positions (default: last).
         reader: Downstream weights ``[d, n_read]`` (row convention); required unless the site is
             ``blocks.L.mlp.hook_post`` (default ``model.W_out[L]``).
-        logit_tokens: ``(answer, other)`` for the DePass flow check; ``None`` skips it.
+        logit_tokens: ``(answer, other)`` for the DePass flow check; ``None`` skips it. Each is one
+            token id, or one id per example (``[batch]``, e.g. each prompt's own names; the flow
+            check runs on base and source, so each example's pair is used for both of its runs).
         rtol: Relative SVD rank tolerance for ``W``.
         thresholds: Verdict thresholds (default: the module constants).
 
@@ -375,7 +378,11 @@ def illusion_report(
     if logit_tokens is not None:
         both = torch.cat([base_tokens, source_tokens])
         both_pos = torch.cat([pos, pos]) if isinstance(pos, Tensor) and pos.ndim == 1 else pos
-        flow = subspace_flow(model, both, hook_name, v, logit_tokens=logit_tokens, pos=both_pos)
+        if not isinstance(logit_tokens, (tuple, list)) or len(logit_tokens) != 2:
+            raise DePassError(f"logit_tokens must be (answer, other) token ids, got {logit_tokens!r}")
+        n, d_vocab = base_tokens.shape[0], int(model.W_U.shape[-1])
+        pair = tuple(answer_ids(t, n, d_vocab, None).repeat(2) for t in logit_tokens)
+        flow = subspace_flow(model, both, hook_name, v, logit_tokens=pair, pos=both_pos)
 
     rho = None if e_v == 0.0 else e_row / e_v
     sigma = e_v - e_row - e_null

@@ -7,7 +7,7 @@
 # * what the returned `DePassCache` holds (hook name → `[component, batch, pos, d_model]`);
 # * how to check **completeness** (the components add up to the real activations and logits);
 # * how to read a **logit attribution** per input token and draw it as a token heatmap;
-# * how grouping, the DataFrame export and the three MLP rules work.
+# * how grouping, the DataFrame export and the MLP rules work.
 #
 # Everything runs on a CPU in seconds, with a small model that ships with the package.
 
@@ -27,9 +27,9 @@ torch.set_grad_enabled(False)  # inference only in this notebook
 # %% [markdown]
 # ## A model that does a real task
 #
-# `depass_tl.toy.load("ioi")` returns a 2-layer attention-only model trained on *indirect object identification*
-# (IOI): in *"When Mary and John went to the store, John gave a drink to"* the right next word is the
-# name that was **not** repeated, *Mary*. It is a `TransformerBridge` on TransformerLens 4 and a
+# `depass_tl.toy.load("ioi")` returns a small attention-only model trained on *indirect object
+# identification* (IOI): in *"When Mary and John went to the store, John gave a drink to"* the right
+# next word is the name that was **not** repeated, *Mary*. It is a `TransformerBridge` on TransformerLens 4 and a
 # `HookedTransformer` on TL 2/3 (`model_class=` picks one on TL 3); everything below works on both.
 # It comes with a word-level tokenizer (`model.to_tokens`, strings everywhere) and a `ToyEncoder`
 # over the same vocabulary (`encode`, `token_id`, `to_str_tokens`), which names unknown words.
@@ -63,9 +63,9 @@ print("logit difference Mary - John:", float(logits[0, -1, io] - logits[0, -1, s
 logits, dc = depass_tl.run_with_depass(model, tokens)   # like model.run_with_cache(tokens)
 print(dc)
 print("labels:", dc.labels)
-last = model.cfg.n_layers - 1
-print(f"shape at blocks.{last}.hook_resid_post:", tuple(dc[f"blocks.{last}.hook_resid_post"].shape))
-print("TL shorthand works too:", tuple(dc["resid_post", last].shape))
+last_layer = model.cfg.n_layers - 1
+print(f"shape at blocks.{last_layer}.hook_resid_post:", tuple(dc[f"blocks.{last_layer}.hook_resid_post"].shape))
+print("TL shorthand works too:", tuple(dc["resid_post", last_layer].shape))
 
 # %% [markdown]
 # The cache is keyed by the usual TransformerLens hook names. Axis 0 is the component axis, aligned
@@ -111,8 +111,16 @@ viz.token_heatmap(dc, io, incorrect_tokens=s, str_tokens=str_tokens)
 # %%
 top = int(attrs[:-1, 0].argmax())
 print("largest positive share:", dc.labels[top], repr(str_tokens[top]), f"{float(attrs[top, 0]):+.3f}")
-print("share of the first ' John' (the subject):", f"{float(attrs[str_tokens.index(' John'), 0]):+.3f}")
+s1, s2 = [p for p, t in enumerate(str_tokens) if t == " John"]
+print(f"share of the first ' John' (S1): {float(attrs[s1, 0]):+.3f}, of the second (S2): {float(attrs[s2, 0]):+.3f}")
 assert str_tokens[top] == " Mary"
+assert attrs[s1, 0] < 0 < attrs[s2, 0]
+
+# %% [markdown]
+# The two *John*s pull in opposite directions. The first one pushes towards *John*, as a name in the
+# context would. The second one pushes towards *Mary*: it is the repetition that marks John as the
+# subject, the name *not* to copy, and what the model carries from the repeated token to the last
+# position lowers John's logit there. Notebook 03 follows this signal through the heads.
 
 # %% [markdown]
 # ## Tables and groups
@@ -141,43 +149,47 @@ assert max(grouped.completeness_error(relative=True).values()) < 1e-4
 # * `softmax` (the paper's default): shares `softmax(γ / 0.1)`;
 # * `ratio`: the frozen slope `post / pre` times `γ_c`, which makes the whole replay linear;
 # * `max`: the whole neuron to the largest `γ_c`;
-# * `taylor` (the official code's): `(act(g) / g) γ_c`; the same as `ratio` here (the toy's MLPs are
-#   not gated), different on gated MLPs (Llama), where it splits along the gate.
+# * `taylor` (the official code's): `(act(g) / g) γ_c`; the same as `ratio` on MLPs that are not
+#   gated, different on gated MLPs (Llama), where it splits along the gate.
 #
-# All are exact (the total is the real activation); they differ in how it is allocated. To see whether
-# the choice matters for a question, `depass_tl.evaluate.rule_sensitivity(model, tokens, io,
-# incorrect=s)` compares every rule and temperature from one capture.
-#
-# The `ioi` toy is attention-only, so the rules only matter on a model with MLPs: the `facts` toy
-# (2 layers with MLPs) recalls synthetic facts such as *"Anna Kowal lives in the city of"* → *Rome*,
-# and its MLPs do the recalling.
+# All are exact (the total is the real activation); they differ in how it is allocated. Rules only
+# matter where MLPs do the work, so for this section we take the `facts` toy: two layers whose MLPs
+# recall synthetic facts about two-token subjects (*" Anna Kowal lives in the city of"* → a city), a
+# recall that needs both tokens of the name. To see whether the choice matters for a question of your
+# own, `depass_tl.evaluate.rule_sensitivity(model, tokens, answer)` compares every rule and
+# temperature from one capture.
 
 # %%
 from depass_tl.replay.rules import rule_names
 from depass_tl.toy.data import FACTS
+import pandas as pd
 
 facts_model, facts_enc = toy.load("facts")
 fact = FACTS[0]
 fact_tokens = facts_enc.encode(fact.prompt)
 fact_str = facts_enc.to_str_tokens(fact_tokens)
-answer = facts_enc.token_id(fact.attribute)
-print(repr(fact.prompt), "->", facts_enc.to_str_tokens(facts_model(fact_tokens)[0, -1].argmax(-1, keepdim=True)))
-rows = {}
+city = facts_enc.token_id(fact.attribute)
+print(repr(fact.prompt), "→", facts_enc.to_str_tokens(facts_model(fact_tokens)[0, -1].argmax(-1, keepdim=True)))
+assert int(facts_model(fact_tokens)[0, -1].argmax()) == city
+
+rows, shares = {}, {}
 for rule in rule_names():
     _, d = depass_tl.run_with_depass(facts_model, fact_tokens, mlp_rule=rule)
-    a = d.logit_attrs(answer)[:, 0]
-    rows[rule] = {"first-name share": float(a[1]), "surname share": float(a[2]),
-                  "top token": fact_str[int(a[:-1].argmax())],
+    shares[rule] = d.logit_attrs(city)[:, 0]
+    rows[rule] = {f"{fact_str[1]!r} share": float(shares[rule][1]), f"{fact_str[2]!r} share": float(shares[rule][2]),
+                  "top token": fact_str[int(shares[rule][:-1].argmax())],
                   "max rel. error": max(d.completeness_error(relative=True).values())}
     assert rows[rule]["max rel. error"] < 1e-4
-import pandas as pd
-rule_table = pd.DataFrame(rows).T
-assert rule_table["surname share"].astype(float).std() > 0.01  # the rules allocate differently
-rule_table
+assert rows["softmax"]["top token"] == fact_str[1] and rows["ratio"]["top token"] == fact_str[2]
+assert torch.allclose(shares["taylor"], shares["ratio"], atol=1e-5)
+pd.DataFrame(rows).T
 
 # %% [markdown]
-# The table shows the subject's two tokens' shares of the answer's logit under each rule and which
-# token each rule ranks first; the allocations differ in size, and every rule stays complete.
+# The table shows the shares of the subject's two tokens in the logit of the right city, under each
+# rule. Every rule is complete, yet they disagree on *which* token matters most: `softmax` (and `max`)
+# give each neuron to the token that drives it hardest and put the first name on top, while `ratio`
+# (and `taylor`, the same here) share every neuron in proportion and put the surname on top. When a
+# conclusion rests on one token's share, check it under more than one rule.
 #
 # ## Other components
 #
@@ -188,12 +200,21 @@ rule_table
 # %%
 _, dc_heads = depass_tl.run_with_depass(model, tokens, components=depass_tl.heads())
 print(dc_heads.labels)
+head_shares = {lab: float(a) for lab, a in zip(dc_heads.labels, dc_heads.logit_attrs(io, incorrect_tokens=s)[:, 0])
+               if "H" in lab}
+ranked = sorted(head_shares, key=lambda lab: -abs(head_shares[lab]))
+top3 = sum(abs(head_shares[lab]) for lab in ranked[:3]) / sum(abs(v) for v in head_shares.values())
+print("largest heads:", {lab: round(head_shares[lab], 2) for lab in ranked[:3]}, f"({top3:.0%} of the total |share|)")
+assert top3 > 0.6
 viz.head_grid(dc_heads, io, incorrect_tokens=s)
 
 # %% [markdown]
-# Notebook 02 uses these head components to find the heads that do a task.
+# The grid has one row per layer and one cell per head, coloured by the head's share of
+# *logit(Mary) − logit(John)*. Most cells are pale: three heads carry most of the total, and their
+# names are printed above. Notebook 02 uses these head components to find the heads that do a task,
+# and notebook 03 names the IOI heads (name movers, S-inhibition) and checks them with patching.
 #
-# ## Exercises
+# ## What to try next
 #
 # 1. Swap the names (*"When John and Mary …, Mary gave a drink to"*) and check that the attribution
 #    follows the indirect object.

@@ -268,7 +268,7 @@ preference.round(2)
 # equals the patching effect exactly. Here `L0H3` changes the name movers' patterns, so they differ.
 
 # %%
-cmp = compare(model, clean, corrupted, answer_tokens=io, incorrect_tokens=s)
+cmp = compare(model, clean, corrupted, answer_tokens=io, incorrect_tokens=s, progress=False)
 print(f"metric: clean {cmp.metric_clean:.2f}, corrupted {cmp.metric_corrupted:.2f}")
 agreement = cmp.agreement(k=5)
 assert list(agreement.index) == ["resid_pre", "attn_out", "attn_head_out_by_pos", "attn_head_out_all_pos"]

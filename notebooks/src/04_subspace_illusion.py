@@ -8,10 +8,11 @@
 #   the output because it reads a variable on one axis and writes it on another, dormant one;
 # * the `illusion_report`: rowspace/nullspace split, component patches, dormancy and a DePass flow
 #   check, with a verdict;
-# * how to train a direction with DAS (`train_das`) on a toy model and audit it.
+# * how to train a subspace with DAS (`train_das`) on a toy model, test it on held-out names and
+#   sentence frames, and audit it.
 #
-# Part 1 is a hand-built 3-neuron example where every number can be checked by hand; part 2 trains a
-# direction on the `ioi` toy.
+# Part 1 is a hand-built 3-neuron example where every number can be checked by hand; part 2 trains
+# subspaces on the `ioi` toy across names and sentence frames and tests them on held-out ones.
 
 # %%
 import warnings
@@ -98,83 +99,212 @@ assert abs(mediator.phantom_fraction) < 1e-9 and abs(mediator.cancellation_ratio
 # tell them apart (for a linear read-out the patch effect *is* the change of the subspace's credit);
 # resolving it by pathway can.
 #
-# ## Part 2 · A direction learned by DAS on the IOI toy
+# ## Part 2 · DAS on the IOI toy: across names and sentence frames, tested on held-out ones
 #
-# Distributed alignment search (DAS) learns a unit vector `v` at a site so that patching along `v`
-# makes the base run behave like the source run. We use
+# Distributed alignment search (DAS) learns a `k`-dimensional subspace `V` at a site so that patching
+# along it makes the base run behave like the source run. A subspace that only works on the prompts it
+# was trained on says little about the model, so we train and test on disjoint sets, using the toy's
+# own data module (`depass_tl.toy.data`: its names and its training / held-out sentence frames):
 #
-# * base prompts *"When Mary and John went to the P, John gave a O to"* (answer Mary),
-# * source prompts with the roles swapped, *"When John and Mary …, Mary gave …"* (answer John),
-# * the metric `logit(Mary) − logit(John)` per prompt, and
-# * the site `blocks.0.mlp.hook_post` (layer 0's 256 MLP neurons) at the last position.
-#
-# The MLP hidden layer is 4 times wider than the residual stream, so `W_out` has a large nullspace:
-# plenty of room for an illusion. We train on 16 pairs and audit on 16 held-out pairs.
+# * **pairs**: base and source are the *same* sentence except for the repeated subject S2, e.g.
+#   *"When Mary and John went to the store, John gave a drink to"* (answer Mary) and
+#   *"… , Mary gave a drink to"* (answer John). Everything but "who is the subject" is held fixed;
+# * **metric**: `logit(base answer) − logit(base other name)` per prompt (positive on the base,
+#   negative on the source). An *effect* is the fraction of the base→source change a patch produces
+#   (1 = all of it), projected on each prompt's own change, as in `illusion_report`;
+# * **names**: every fourth name of the toy's list is held out of DAS training;
+# * **frames**: DAS trains on frames of the toy's training set and is tested on its held-out frames
+#   (never seen by the toy either). DAS patches one `[batch, pos]` batch, so we keep the frames of the
+#   most common token length;
+# * **site**: the residual stream at the last position.
 
 # %%
-import itertools, random
+import collections, random
+from dataclasses import dataclass
 from depass_tl import toy
-from depass_tl.toy.data import IOI_OBJECTS, IOI_PLACES
+from depass_tl.toy import data
+from depass_tl.toy.encoder import split_words
 
 ioi, enc = toy.load("ioi")
-template = "When {A} and {B} went to the {PLACE}, {S} gave a {OBJECT} to"
-fillers = random.Random(0).sample(list(itertools.product(IOI_PLACES, IOI_OBJECTS)), 32)
-base_ioi = enc.encode([template.format(A="Mary", B="John", S="John", PLACE=p, OBJECT=o) for p, o in fillers])
-source_ioi = enc.encode([template.format(A="John", B="Mary", S="Mary", PLACE=p, OBJECT=o) for p, o in fillers])
-mary, john = enc.token_id(" Mary"), enc.token_id(" John")
+held_names = data.IOI_NAMES[3::4]                   # never seen by DAS
+train_names = [n for n in data.IOI_NAMES if n not in held_names]
 
-def metric(logits):                              # one value per prompt
-    return logits[:, -1, mary] - logits[:, -1, john]
+def n_words(frame):
+    return len(split_words(frame.format(A="Mary", B="John", S="John", IO="Mary", PLACE="store", OBJECT="drink")))
 
-site = "blocks.0.mlp.hook_post"
-train, test = slice(0, 16), slice(16, 32)
-das = train_das(ioi, base_ioi[train], source_ioi[train], site, metric, steps=150, lr=0.05, seed=0, progress=False)
-print(f"DAS loss: {das.losses[0]:.1f} -> {das.losses[-1]:.2f}")
-assert das.losses[-1] < 0.1 * das.losses[0]
-
-# %%
-report = illusion_report(ioi, base_ioi[test], source_ioi[test], site, das.basis, metric, logit_tokens=(mary, john))
-print(report)
+length = collections.Counter(map(n_words, data.IOI_TRAIN_TEMPLATES)).most_common(1)[0][0]
+train_frames = [f for f in data.IOI_TRAIN_TEMPLATES if n_words(f) == length]
+held_frames = [f for f in data.IOI_HELDOUT_TEMPLATES if n_words(f) == length]
+print(f"DAS training names ({len(train_names)}):", " ".join(train_names))
+print(f"held-out names ({len(held_names)}):", " ".join(held_names))
+print(f"frames of {length} words: {len(train_frames)} for training, {len(held_frames)} held out, e.g.")
+print("  train:", train_frames[0], "\n  held out:", held_frames[0])
+assert not set(held_names) & set(train_names) and not set(held_frames) & set(train_frames)
+assert len(train_frames) >= 2 and len(held_frames) >= 2
 
 # %%
-print(f"held-out effect of the DAS direction E(v) = {report.effect_v:.2f}")
-print(f"patching the whole MLP hidden layer at that position: E(full) = {report.effect_full:.2f}")
-print(f"unit row part alone: E(v_row) = {report.effect_row:.2f}  (rho = {report.rho:.2f}); "
-      f"null part alone: {report.effect_null:.2g}")
-print(f"flow check: phantom fraction {report.flow.phantom_fraction:.2f}, cancellation ratio {report.flow.cancellation_ratio:.2f}")
-print("verdict:", report.verdict)
-assert report.effect_v > 0.5 and report.effect_full < 0.5 * report.effect_v
-assert report.rho < report.thresholds.rho_max
-assert report.flow.cancellation_ratio >= report.thresholds.cancellation_min
-assert report.flow.phantom_fraction < report.thresholds.phi_min
-assert report.verdict == "illusion_suspected"
+@dataclass
+class Pairs:
+    base: torch.Tensor      # [batch, pos]
+    source: torch.Tensor    # the same sentences with the other name as S2
+    answer: torch.Tensor    # [batch] the base's answer (its indirect object)
+    other: torch.Tensor     # [batch] the base's subject
+
+    def metric(self, logits):  # one value per prompt
+        last = logits[:, -1]
+        return last.gather(1, self.answer[:, None])[:, 0] - last.gather(1, self.other[:, None])[:, 0]
+
+def make_pairs(frames, names, n, seed):
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        x, y = rng.sample(names, 2)
+        fill = dict(A=x, B=y, PLACE=rng.choice(data.IOI_PLACES), OBJECT=rng.choice(data.IOI_OBJECTS))
+        frame = rng.choice(frames)
+        base, source = frame.format(S=y, **fill), frame.format(S=x, **fill)  # answers x, then y
+        if rng.random() < 0.5:                      # half of the bases repeat the first name
+            base, source, x, y = source, base, y, x
+        rows.append((base, source, enc.token_id(" " + x), enc.token_id(" " + y)))
+    base, source, answer, other = zip(*rows)
+    return Pairs(enc.encode(list(base)), enc.encode(list(source)), torch.tensor(answer), torch.tensor(other))
+
+sets = {
+    "one pair, one frame": make_pairs(train_frames[:1], train_names[:2], 32, seed=0),
+    "train": make_pairs(train_frames, train_names, 64, seed=1),
+    "held-out names": make_pairs(train_frames, held_names, 64, seed=2),
+    "held-out frames": make_pairs(held_frames, train_names, 64, seed=3),
+    "held-out both": make_pairs(held_frames, held_names, 64, seed=4),
+}
+print(enc.decode(sets["train"].base[0]), "→", enc.decode(sets["train"].answer[:1]))
+print(enc.decode(sets["train"].source[0]), "→", enc.decode(sets["train"].other[:1]))
+
+@torch.no_grad()
+def effect_at(site, basis, pairs):
+    _, cache = ioi.run_with_cache(pairs.source, names_filter=[site])
+    hook = subspace_patch_hook(basis, cache[site], pos=-1)
+    y_base, y_source = pairs.metric(ioi(pairs.base)), pairs.metric(ioi(pairs.source))
+    y = pairs.metric(ioi.run_with_hooks(pairs.base, fwd_hooks=[(site, hook)]))
+    gap = y_source - y_base
+    return float(((y - y_base) * gap).sum() / (gap**2).sum())
 
 # %% [markdown]
-# Read the numbers above in order:
+# First, *where* is "who is the subject" at the last position? Patch the whole residual stream there
+# (ordinary activation patching, `V = I`) before each layer:
+
+# %%
+whole = torch.eye(ioi.cfg.d_model)
+scan = {layer: effect_at(f"blocks.{layer}.hook_resid_pre", whole, sets["train"]) for layer in range(1, ioi.cfg.n_layers)}
+print({f"blocks.{layer}.hook_resid_pre": round(e, 2) for layer, e in scan.items()})
+assert max(scan.values()) > 0.8, "no layer's last position carries the subject here; try pos= the S2 position"
+layer = min(l for l, e in scan.items() if e > 0.8)
+site = f"blocks.{layer}.hook_resid_pre"
+print("site:", site)
+
+# %% [markdown]
+# We take the earliest layer where the whole last position carries most of the effect (the scan
+# above): the toy's S-inhibition head has moved the subject's identity there, and the name movers
+# read it. We train two `k = 8` subspaces at that site: a
+# *narrow* one on a single name pair and frame (what this notebook used to do), and a *broad* one on
+# all training names and frames. The variable is *which name* is the subject, so one direction is not
+# enough (exercise 1).
+
+# %%
+k = 8
+narrow = train_das(ioi, sets["one pair, one frame"].base, sets["one pair, one frame"].source, site,
+                   sets["one pair, one frame"].metric, k=k, steps=150, lr=0.05, seed=0, progress=False)
+broad = train_das(ioi, sets["train"].base, sets["train"].source, site, sets["train"].metric,
+                  k=k, steps=150, lr=0.05, seed=0, progress=False)
+table = pd.DataFrame({name: {"narrow DAS": effect_at(site, narrow.basis, p), "broad DAS": effect_at(site, broad.basis, p),
+                             "whole site": effect_at(site, whole, p)} for name, p in sets.items()})
+print(table.round(2).to_string())
+
+# %%
+row = table.loc
+assert row["narrow DAS", "one pair, one frame"] > 0.9
+assert all(row["narrow DAS", name] < 0.45 for name in sets if name != "one pair, one frame")
+assert row["broad DAS", "train"] > 0.8 and row["broad DAS", "held-out frames"] > 0.7
+assert 0.35 < row["broad DAS", "held-out names"] < row["whole site", "held-out names"] - 0.2
+assert 0.35 < row["broad DAS", "held-out both"] < row["whole site", "held-out both"] - 0.2
+assert all(row["whole site", name] > 0.85 for name in sets)
+
+# %% [markdown]
+# Read the table by rows:
 #
-# 1. The learned direction transfers much of the base→source change on pairs it was not trained on:
-#    it looks like "the variable that decides the answer".
-# 2. Patching the *whole* MLP hidden layer at that position does far less: a 1-D slice of a site doing
-#    more than the site itself is the first warning sign, since the site is not a bottleneck.
-# 3. The part of `v` that the rest of the model can read (its `W_out` rowspace part) keeps only a
-#    fraction of the effect and the nullspace part does nothing alone: the effect needs both, the
-#    *superadditivity* of the distilled example.
-# 4. The flow check replays the subspace part and the complement of the site through the model with
-#    DePass. The subspace's credit runs mostly through active neurons here (Φ is small, unlike in the
-#    distilled example), but it and the complement's credit largely cancel (R is above its threshold):
-#    along `v` the model normally writes something that the rest of the site offsets, and the patch
-#    breaks that balance.
+# * **narrow DAS** reproduces the source on its own pair and little anywhere else (well under half
+#   of the effect): it learned where *Mary vs John* sits, not where the subject sits;
+# * **broad DAS** transfers most of the effect on the training set and keeps most of it on held-out
+#   frames: the subspace does not depend on the sentence frame. On held-out names it keeps only part
+#   (well below the whole site): the variable is a *name*, and an 8-dimensional subspace fitted on
+#   the training names covers the directions of unseen names only partly;
+# * the **whole site** moves (nearly) everything on every set: the information is there for every
+#   name; it is the learned subspace that does not generalise fully.
 #
-# The verdict is *illusion suspected*: the direction is a property of the patch, not evidence that the
-# model stores the IO/S order along it. (Thresholds are in `depass_tl.subspace_patching.Thresholds`.)
+# ## Auditing the broad subspace
 #
-# ## Exercises
+# Who reads the site? The name-mover heads of that layer, whose queries at the last position decide
+# which name they copy. The rowspace test needs a reader of lower rank than the site (all heads'
+# queries together span the whole residual stream), so we audit against the top name mover: the head
+# that attends most from the last position to the answer. We audit the broad subspace on the
+# held-out set with `reader=` its query weights `W_Q`, passing each prompt's own pair of names to the
+# flow check (`logit_tokens` takes one id per prompt).
+
+# %%
+held = sets["held-out both"]
+_, cache = ioi.run_with_cache(held.base, names_filter=[f"blocks.{layer}.attn.hook_pattern"])
+io_pos = (held.base == held.answer[:, None]).int().argmax(1)       # the answer's (first) position
+to_io = cache[f"blocks.{layer}.attn.hook_pattern"][torch.arange(len(io_pos)), :, -1, io_pos].mean(0)
+mover = int(to_io.argmax())
+print(f"attention from the last position to the answer, layer {layer}:", [round(float(a), 2) for a in to_io])
+assert to_io[mover] > 0.4
+report = illusion_report(ioi, held.base, held.source, site, broad.basis, held.metric,
+                         reader=ioi.W_Q[layer, mover], logit_tokens=(held.answer, held.other))
+print(f"name mover L{layer}H{mover}; verdict: {report.verdict}")
+print(f"E(V) = {report.effect_v:.2f}, E(whole site) = {report.effect_full:.2f}, row part {report.effect_row:.2f}, "
+      f"null part {report.effect_null:.2f}: sigma = {report.sigma:.2f}, epsilon = {report.epsilon:.2f}")
+f = report.flow
+print(f"flow check: subspace credit {f.subspace_credit:.2f}, complement {f.complement_credit:.2f}, "
+      f"R = {f.cancellation_ratio:.2f} (mean logit difference {report.metric_base:.1f})")
+assert report.verdict == "faithful" and not report.rowspace_uninformative
+assert report.sigma < report.thresholds.sigma_frac * report.effect_v and report.epsilon < 0
+assert report.effect_row > 0.05 and report.effect_null > 0.05
+assert f.cancellation_ratio < report.thresholds.cancellation_min
+assert max(abs(f.subspace_credit), abs(f.complement_credit)) < 0.1 * report.metric_base
+narrow_held = illusion_report(ioi, held.base, held.source, site, narrow.basis, held.metric,
+                              reader=ioi.W_Q[layer, mover], logit_tokens=(held.answer, held.other))
+print("narrow DAS on the held-out set:", narrow_held.verdict)
+assert narrow_held.verdict == "inconclusive"
+
+# %% [markdown]
+# The broad subspace passes the audit, for reasons we can read off:
 #
-# 1. Train DAS at a residual-stream site, e.g. `blocks.2.hook_resid_pre`, and audit it with
-#    `reader=` set to the query weights of the head found in notebook 03
-#    (`ioi.W_Q[2, h]`); does the verdict change?
-# 2. Use `subspace_patch_setter` with `transformer_lens.patching.generic_activation_patch` to patch the
-#    DAS direction layer by layer.
-# 3. In part 1, sweep `v = cos θ e1 + sin θ e2` and plot the effect against θ (it is `sin 2θ`).
+# * no superadditivity (σ well below its threshold): the part of `V` that the top name mover's query
+#   reads and the part it does not each carry some of the effect, and together no more than their sum
+#   (the other part acts through the other heads' queries); in part 1's `v_ill` the parts did nothing
+#   alone and everything together;
+# * the subspace does *less* than the whole site (ε < 0), as a genuine part of the site should;
+# * the flow check finds no cancellation, but look at the credits: both are tiny next to the logit
+#   difference. This site acts on the answer through the name mover's *query*, that is through an
+#   attention pattern, and DePass freezes attention patterns: the direct credit it measures is not where
+#   the effect is. Here the flow check is blind, and the verdict rests on the patch signature (notebook
+#   03 meets the same limit with the S-inhibition heads).
+#
+# The narrow subspace, audited on the held-out set, is *inconclusive*: its effect there is too small to
+# explain. The report audits whether an effect is carried by what the model reads; whether a subspace
+# *generalises* is a separate question, answered only by held-out names and frames. The verdict
+# `illusion_suspected` needs a site with room for it: part 1's dormant MLP unit, or a wide MLP hidden
+# layer (the `facts` toy has one; exercise 3).
+#
+# ## What to try next
+#
+# 1. Train the broad subspace with `k = 1, 2, 4, 16` and plot the held-out effects against `k`: how
+#    many dimensions does "which name is the subject" need, and where does the gap to the whole site
+#    close?
+# 2. Hold out names by another rule (e.g. `data.IOI_NAMES[::4]`) or add the held-out names to the
+#    training set: is the gap on held-out names about *which* names, or about how many?
+# 3. Train DAS at `blocks.0.mlp.hook_post` of the `facts` toy (`toy.load("facts")`) on two subjects
+#    and audit it: does a wide MLP hidden layer give the illusion room?
+# 4. Use `subspace_patch_setter` with `transformer_lens.patching.generic_activation_patch` to patch
+#    the broad subspace position by position.
+# 5. In part 1, sweep `v = cos θ e1 + sin θ e2` and plot the effect against θ (it is `sin 2θ`).
 #
 # **Next:** 05 (DecompX on a BERT classifier).

@@ -155,6 +155,11 @@ fig.update_traces(text=words, texttemplate="%{text}")
 fig
 
 # %% [markdown]
+# Each row of the figure is a held-out sentence and each cell a token, with its word written in and
+# its share of the margin as the colour (blue towards *positive*, red towards *negative*, in logits).
+# In most rows one cell is much darker than the rest, and it sits on the sentiment word or on *not*;
+# the next cell counts how often.
+#
 # Does the explanation point at the words that define the label? For every held-out sentence we take
 # the word with the largest |share| (between `[CLS]` and `[SEP]`) and check whether it is the
 # sentiment word or *not*. With five words of which one or two matter, picking a word at random would
@@ -243,7 +248,7 @@ else:
     assert difference < 1e-4
 
 # %% [markdown]
-# ## Exercises
+# ## What to try next
 #
 # 1. Explain the *negated* sentences only. How is the credit split between *not* and the sentiment word?
 # 2. Compare DecompX's own rules for spreading the biases over the tokens (`bias_policy="absdot"`, the

@@ -102,6 +102,10 @@ print("largest positive share:", repr(dc.str_tokens[0][top]), f"{float(attrs[top
 viz.token_heatmap(dc, io_names[0], incorrect_tokens=s_names[0])
 
 # %% [markdown]
+# The heatmap colours each token of the first prompt by its share of `logit(IO) − logit(S)` (blue
+# towards the indirect object); the printed line names the token with the largest positive share.
+
+# %% [markdown]
 # ## Heads
 #
 # `components=depass_tl.heads()` over all 12 layers, averaged over the 8 prompts. Each layer's heads,
@@ -127,12 +131,17 @@ viz.head_grid(dc_heads, attrs=head_attrs.expand(-1, len(io)), target="mean logit
 
 # %%
 cmp = compare(model, clean, corrupted, answer_tokens=io, incorrect_tokens=s,
-              layouts=["resid_pre", "attn_head_out_all_pos"])
+              layouts=["resid_pre", "attn_head_out_all_pos"], progress=False)
 print(f"metric: clean {cmp.metric_clean:.2f}, corrupted {cmp.metric_corrupted:.2f}")
 cmp.agreement(k=10).round(3)
 
 # %%
 viz.side_by_side(cmp, "attn_head_out_all_pos")
+
+# %% [markdown]
+# The two panels share one colour scale in logits (DePass difference left, patching right, one cell per
+# head). Look for heads that are dark in one panel and pale in the other: the cell below lists the
+# top 10 of each.
 
 # %%
 heads_cmp = cmp["attn_head_out_all_pos"]
@@ -157,6 +166,9 @@ assert share_patch > 0.99  # the prompts differ only at S2
 viz.side_by_side(cmp, "resid_pre")
 
 # %% [markdown]
+# In this figure (layers as rows, positions as columns) the patching panel's layer-0 row has a single
+# coloured cell, at the second subject, while the DePass panel's layer-0 row can also colour positions
+# whose tokens are the same in both prompts (its largest positions are printed above).
 # As on the toy model, patching the layer-0 residual stream can only act at the position where the
 # prompts differ (the second subject), so it puts the whole effect there. Whatever share DePass's
 # difference puts on *other* positions (printed above) comes from tokens that are identical in both
@@ -167,7 +179,7 @@ viz.side_by_side(cmp, "resid_pre")
 # is to *steer attention* (Wang et al.'s S-inhibition, induction and duplicate-token heads) to rank
 # higher under patching than under DePass. Check this against the lists above.
 #
-# ## Next steps
+# ## What to try next
 #
 # * `layouts=["attn_head_out_by_pos"]` resolves the heads by position (slower: one patching run per
 #   layer, position and head).

@@ -323,3 +323,49 @@ def test_informative_rowspace_test_says_it_ran() -> None:
     model = build_toy((0.0, 2.0), bypass=True)
     rep = illusion_report(model, tokens(1), tokens(2), SITE, torch.tensor([1.0, 1.0], dtype=F64) / 2**0.5, logit_diff)
     assert dict(rep.checks)["rowspace test"].endswith("patch signature met")
+
+
+def test_flow_with_one_pair_of_logit_tokens_per_example() -> None:
+    # Swapping answer and other for the second example (x = 2) negates its credits: the subspace's
+    # per-example credits (0, x, 0)·w become (1, −2), so the mean is −0.5 instead of 1.5, while Φ and R,
+    # built from absolute per-example credits, do not change.
+    model = build_toy()
+    same = subspace_flow(model, tokens(1, 2), SITE, V_ILL, logit_tokens=(torch.tensor([ANSWER] * 2), [OTHER] * 2))
+    assert same == subspace_flow(model, tokens(1, 2), SITE, V_ILL, logit_tokens=LT)
+    mixed = subspace_flow(model, tokens(1, 2), SITE, V_ILL,
+                          logit_tokens=(torch.tensor([ANSWER, OTHER]), torch.tensor([OTHER, ANSWER])))
+    assert mixed.subspace_credit == pytest.approx(-0.5, abs=1e-12)
+    assert mixed.phantom_fraction == pytest.approx(1.0, abs=1e-12)
+    assert mixed.cancellation_ratio == pytest.approx(3.0, abs=1e-12)
+    assert mixed.completeness_error < 1e-12
+    with pytest.raises(DePassError, match=r"one per prompt \(2\); got 3"):
+        subspace_flow(model, tokens(1, 2), SITE, V_ILL, logit_tokens=([ANSWER] * 3, OTHER))
+
+
+def test_per_example_logit_tokens_match_one_example_at_a_time() -> None:
+    # On a random model at a residual site (no dormancy grouping, so examples do not interact), the flow
+    # check with each example's own pair equals the one-example checks combined: sums of |credit| add
+    # up and the mean credit is the mean of the single-example credits.
+    from tests.models import config_model
+
+    model = config_model(n_layers=2, d_model=6, n_ctx=5, d_head=3, n_heads=2, d_mlp=10, d_vocab=12, act_fn="gelu",
+                         dtype=F64, seed=3)
+    toks = torch.tensor([[1, 4, 2, 7], [3, 3, 9, 1], [5, 0, 2, 2]])
+    answer, other = torch.tensor([2, 7, 11]), torch.tensor([5, 1, 0])
+    v = torch.randn(6, generator=torch.Generator().manual_seed(1), dtype=F64)
+    v = v / v.norm()
+    site = "blocks.0.hook_resid_post"
+    batch = subspace_flow(model, toks, site, v, logit_tokens=(answer, other))
+    singles = [subspace_flow(model, toks[i : i + 1], site, v, logit_tokens=(int(answer[i]), int(other[i])))
+               for i in range(3)]
+    assert batch.subspace_active == pytest.approx(sum(s.subspace_active for s in singles), rel=1e-10)
+    assert batch.complement_active == pytest.approx(sum(s.complement_active for s in singles), rel=1e-10)
+    assert batch.subspace_credit == pytest.approx(sum(s.subspace_credit for s in singles) / 3, rel=1e-10)
+    assert batch.completeness_error < 1e-10
+    # the report passes each example's pair to both its base and its source run
+    source = torch.tensor([[1, 8, 2, 5], [3, 6, 9, 0], [5, 1, 2, 3]])
+    metric = lambda lg: lg[:, -1].gather(1, answer[:, None])[:, 0] - lg[:, -1].gather(1, other[:, None])[:, 0]  # noqa: E731
+    rep = illusion_report(model, toks, source, site, v, metric, reader=model.W_U, logit_tokens=(answer, other))
+    both = subspace_flow(model, torch.cat([toks, source]), site, v,
+                         logit_tokens=(answer.repeat(2), other.repeat(2)))
+    assert rep.flow == both
