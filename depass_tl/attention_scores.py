@@ -16,15 +16,23 @@ log-n query scaling, split q/k/v inputs, shortformer positions.
 
 Both model classes are supported. On a ``HookedTransformer`` the parts are checked against TL's
 ``hook_attn_scores``. On a ``TransformerBridge`` (whose ``hook_attn_scores`` is not always the
-pre-softmax score: TL 4's native model hooks the pattern there) the clean score is ``q · k /
-attn_scale`` from the cached ``hook_q``/``hook_k`` (``hook_rot_q``/``hook_rot_k`` with rotary
-embeddings), and that score is itself checked against the model's own attention pattern: the
-softmax of the query's row of scores must reproduce ``hook_pattern``. Rotary embeddings on the
-Bridge are supported where it hooks the rotated queries and keys and their ``cos``/``sin`` tables
-(Llama-style rotate-half; checked against ``hook_rot_k``); other Bridges with rotary embeddings
-(NeoX's partial rotary hooks no rotated keys) and attention sinks are refused. Padded batches work
-with right padding; with left padding on a rotary model TL shifts the positions by the mask, which
-the DePassCache does not record, so the final check raises.
+pre-softmax score: TL 4's native model and Bridges around Hugging Face modules that return only the
+weights, e.g. OPT, hook the pattern there) the clean score is ``q · k / attn_scale`` from the cached
+``hook_q``/``hook_k``, rotated where the model has rotary embeddings, and that score is itself checked
+against the model's own attention pattern: the softmax of the query's row of scores must reproduce
+``hook_pattern`` (a key whose pattern is 0 is masked and refused). Rotary embeddings on the Bridge
+use the model's own tables: TL's native rotary module (adjacent pairs), or the ``hook_cos`` /
+``hook_sin`` of Hugging Face models (rotate-half, partial rotary as in NeoX; checked against
+``hook_rot_q`` / ``hook_rot_k`` where the Bridge hooks them). Attention sinks are refused on the
+Bridge. Padded batches work with right padding, and with left padding on the Bridge (which shifts
+rotary positions by the mask, read back from the model's pattern or its ``hook_cos``); with left
+padding on a rotary HookedTransformer TL shifts the positions by the mask, which the DePassCache does
+not record, so the final check raises.
+
+The final check allows 256 units of rounding of the clean run's precision times the magnitude of the
+parts: the model's dtype, or float32 for a float64 Bridge whose RMS norms (TL-native, Hugging Face
+Llama-family) normalise in float32 (``ModelView.clean_run_dtype``), so its q and k carry float32
+rounding (~1e-7 relative) that the split, with the frozen scale in float64, does not.
 
 Examples:
     On the induction toy (a HookedTransformer on TL 2.x / 3.x, a TransformerBridge on TL 4), the
@@ -73,7 +81,8 @@ class ScoreAttribution:
     pre-softmax score from ``query_pos[b]`` to ``key_pos[b]``.
 
     Each group of ``group_size`` consecutive components (as in the :class:`DePassCache`) sums to
-    ``clean``, TransformerLens's ``hook_attn_scores`` at those positions.
+    ``clean``, the model's pre-softmax scores at those positions (TransformerLens's ``hook_attn_scores``
+    on a HookedTransformer; ``q · k / attn_scale`` from the cached, rotated queries and keys on a Bridge).
     """
 
     values: Float[Tensor, "component batch head"] = field(repr=False)
@@ -209,21 +218,99 @@ def _per_head_cache(t: Tensor, n_heads: int) -> Tensor:
     return t if t.shape[2] == n_heads else t.repeat_interleave(n_heads // t.shape[2], dim=2)
 
 
+def _rotate_half(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """HF's rotary embedding on the first ``cos.shape[-1]`` dims of ``x`` [batch, pos, head, d].
+
+    ``x·cos + rotate_half(x)·sin`` there; the other dims pass unchanged (partial rotary, NeoX).
+    """
+    rd = cos.shape[-1]
+    cos, sin = cos[:, :, None].to(x.dtype), sin[:, :, None].to(x.dtype)  # [batch or 1, pos, 1, rd]
+    turned, passed = x[..., :rd], x[..., rd:]
+    half = torch.cat([-turned[..., rd // 2:], turned[..., : rd // 2]], -1)
+    return torch.cat([turned * cos + half * sin, passed], -1)
+
+
+def _bridge_rotary(model: Any, cache: Any, layer: int, dtype: torch.dtype) -> tuple[Any, Any]:
+    """``(rotate, matrix)`` for a Bridge's rotary embedding, from the model's own tables.
+
+    ``rotate(t)`` applies it to ``t`` [batch, pos, head, d_head] at positions ``0..pos-1``; ``matrix(b, p)``
+    is ``R`` [d_head, d_head] with ``rotate(v) = v @ R`` for prompt ``b`` at position ``p``. TL's native
+    model rotates with its ``rotary`` module (adjacent pairs, tables from its own buffers); Hugging Face
+    models behind a Bridge rotate half of the dims with the ``cos`` / ``sin`` their attention hooks
+    (per prompt: left padding's shifted positions included).
+    """
+    prefix, d_head = f"blocks.{layer}.attn.", model.cfg.d_head
+    rotary = getattr(getattr(model.blocks[layer].attn, "original_component", None), "rotary", None)
+    if rotary is not None and callable(getattr(rotary, "apply_rope", None)):  # TL-native model (boot_native)
+        # the Bridge hands the native model TL's mask-derived positions (cumsum(mask) - 1, 1 at padding); the
+        # mask is read back from the model's own pattern: a key no query attends to is padding
+        real = (cache[prefix + "hook_pattern"] > 0).any(1).any(1)  # [batch, key]
+        ids = real.long().cumsum(-1) - 1
+        ids = ids.masked_fill(~real, 1).to(rotary.cos_cached.device)
+
+        def rotate(t: Tensor) -> Tensor:
+            heads_first = t.transpose(1, 2)  # apply_rope wants [batch, head, pos, d_head]
+            return rotary.apply_rope(heads_first, heads_first, position_ids=ids[:, : t.shape[1]])[0].transpose(1, 2)
+
+        def matrix(b: int, p: int) -> Tensor:
+            eye = torch.eye(d_head, dtype=_model_dtype(model), device=rotary.cos_cached.device)[:, None, None, :]
+            at = ids[b, p].expand(d_head, 1)
+            return rotary.apply_rope(eye, eye, position_ids=at)[0][:, 0, 0, :].to(dtype)
+
+        return rotate, matrix
+    if prefix + "hook_cos" in cache and prefix + "hook_sin" in cache:  # HF models: rotate-half (Llama, NeoX, ...)
+        cos, sin = cache[prefix + "hook_cos"], cache[prefix + "hook_sin"]  # [batch or 1, pos, rotary_dim]
+        if cos.ndim != 3 or cos.shape[-1] > d_head or cos.shape[-1] % 2:
+            raise DePassError(
+                f"attention_score_attrs: this TransformerBridge's hook_cos has shape {tuple(cos.shape)}, not "
+                f"[batch, pos, rotary_dim <= d_head={d_head}] of a rotate-half rotary embedding; use a "
+                "HookedTransformer."
+            )
+
+        def rotate(t: Tensor) -> Tensor:
+            return _rotate_half(t, cos[:, : t.shape[1]], sin[:, : t.shape[1]])
+
+        def matrix(b: int, p: int) -> Tensor:
+            row = min(b, cos.shape[0] - 1)
+            return _rotate_half_matrix(cos[row, p].double(), sin[row, p].double(), d_head).to(dtype)
+
+        return rotate, matrix
+    arch = getattr(model.cfg, "architecture", None) or type(model).__name__
+    raise DePassError(
+        f"attention_score_attrs: this TransformerBridge ({arch})"
+        " has rotary embeddings but neither a TL-native rotary module nor hook_cos / hook_sin tables, so a key cannot "
+        "be rotated per component; use a HookedTransformer for this model."
+    )
+
+
 def _bridge_reference(model: Any, cache: Any, layer: int, side: str, heads: list[int], q_pos: Tensor, k_pos: Tensor,
                       dtype: torch.dtype) -> _Reference:
     cfg, prefix = model.cfg, f"blocks.{layer}.attn."
     if getattr(cfg, "use_attention_sinks", False):
         raise DePassError("attention_score_attrs on a TransformerBridge cannot check scores against a pattern with "
                           "attention sinks (use_attention_sinks=True); use a HookedTransformer.")
-    rotary = cfg.positional_embedding_type == "rotary"
-    if rotary and not all(prefix + n in cache for n in ("hook_rot_q", "hook_rot_k", "hook_cos", "hook_sin")):
-        raise DePassError(
-            f"attention_score_attrs: this TransformerBridge ({getattr(cfg, 'architecture', None) or type(model).__name__}) "
-            "has rotary embeddings but does not hook the rotated queries and keys (hook_rot_q / hook_rot_k) and their "
-            "cos / sin tables, so a key cannot be rotated per component; use a HookedTransformer for this model."
-        )
-    q = _per_head_cache(cache[prefix + ("hook_rot_q" if rotary else "hook_q")], cfg.n_heads).to(torch.float64)
-    k = _per_head_cache(cache[prefix + ("hook_rot_k" if rotary else "hook_k")], cfg.n_heads).to(torch.float64)
+    q = _per_head_cache(cache[prefix + "hook_q"], cfg.n_heads).to(torch.float64)  # [batch, pos, head, d_head]
+    k = _per_head_cache(cache[prefix + "hook_k"], cfg.n_heads).to(torch.float64)
+    rotation = None
+    split = k_pos if side == "key" else q_pos
+    if cfg.positional_embedding_type == "rotary":
+        rotate, matrix = _bridge_rotary(model, cache, layer, torch.float64)
+        rotation = [matrix(i, p) for i, p in enumerate(split.tolist())]
+        name = "k" if side == "key" else "q"
+        if prefix + "hook_rot_q" in cache and prefix + "hook_rot_k" in cache:  # the model's own rotated q and k
+            plain, turned = cache[prefix + f"hook_{name}"], cache[prefix + f"hook_rot_{name}"]
+            for i, p in enumerate(split.tolist()):
+                if not torch.allclose(plain[i, p].double() @ rotation[i], turned[i, p].double(),
+                                      rtol=1e-4, atol=1e-4):
+                    raise DePassError(
+                        "attention_score_attrs: this TransformerBridge's rotary embedding is not the kind its "
+                        "hook_cos / hook_sin imply (hook_rot_k does not match); use a HookedTransformer for this model."
+                    )
+            q = _per_head_cache(cache[prefix + "hook_rot_q"], cfg.n_heads).to(torch.float64)
+            k = _per_head_cache(cache[prefix + "hook_rot_k"], cfg.n_heads).to(torch.float64)
+        else:  # rotated here with the model's tables; the pattern check below confirms the result
+            q, k = rotate(q), rotate(k)
+        rotation = [r.to(dtype) for r in rotation]
     attn_scale = float(cfg.attn_scale) if getattr(cfg, "attn_scale", -1.0) > 0 else cfg.d_head ** 0.5
     pattern = cache[prefix + "hook_pattern"]  # [batch, head, query, key]
     rows, head_idx = torch.arange(q_pos.shape[0]), torch.tensor(heads)
@@ -233,29 +320,16 @@ def _bridge_reference(model: Any, cache: Any, layer: int, side: str, heads: list
     seen = row_pattern > 0
     rebuilt = torch.where(seen, row_scores, torch.full_like(row_scores, -torch.inf)).softmax(-1)
     miss = float((rebuilt - row_pattern).abs().max())
-    if miss > 1e-3:
+    if miss > max(1e-3, 4 * torch.finfo(pattern.dtype).eps):  # a few units of a half-precision pattern's rounding
         raise DePassError(
             f"attention_score_attrs: q · k / {attn_scale:.4g} from this TransformerBridge's hook_q / hook_k does not "
             f"reproduce its attention pattern (off by {miss:.3g}); its scores have a term the split does not model "
-            "(e.g. a scale other than sqrt(d_head) or a bias), so it is refused."
+            "(e.g. a scale other than sqrt(d_head) or a bias), or the cache is from another input, so it is refused."
         )
-    rotation = None
-    split = k_pos if side == "key" else q_pos
-    if rotary:
-        cos, sin = cache[prefix + "hook_cos"], cache[prefix + "hook_sin"]  # [batch or 1, pos, rotary_dim]
-        rotation = [_rotate_half_matrix(cos[min(i, cos.shape[0] - 1), p].double(), sin[min(i, sin.shape[0] - 1), p].double(),
-                                        cfg.d_head) for i, p in enumerate(split.tolist())]
-        name = "k" if side == "key" else "q"
-        plain, turned = cache[prefix + f"hook_{name}"], cache[prefix + f"hook_rot_{name}"]
-        for i, p in enumerate(split.tolist()):
-            if not torch.allclose(plain[i, p].double() @ rotation[i], turned[i, p].double(), rtol=1e-4, atol=1e-4):
-                raise DePassError(
-                    "attention_score_attrs: this TransformerBridge's rotary embedding is not the rotate-half kind its "
-                    "hook_cos / hook_sin imply (hook_rot_k does not match); use a HookedTransformer for this model."
-                )
-        rotation = [r.to(dtype) for r in rotation]
     other = (q if side == "key" else k)[rows, q_pos if side == "key" else k_pos][:, heads]
     clean = (q_rows * k[rows, k_pos][:, heads]).sum(-1) / attn_scale
+    # a key the model masks (padding, outside a window) has pattern 0: its score is -inf, as in hook_attn_scores
+    clean = torch.where(row_pattern[rows, :, k_pos] > 0, clean, torch.full_like(clean, -torch.inf))
     return _Reference(other.to(dtype), clean.to(dtype), rotation, attn_scale)
 
 
@@ -266,9 +340,10 @@ def _check_complete(result: ScoreAttribution, eps: float) -> None:
     allowed = _CHECK_ULPS * eps * (groups.abs().sum(1) + result.clean.abs())
     if not bool((miss <= allowed).all()):  # NaN fails too
         raise CompletenessError(
-            f"the split scores miss TransformerLens's hook_attn_scores by up to {float(miss.max()):.3g} (allowed "
-            f"{float(allowed.max()):.3g}): the DePassCache and the ActivationCache must come from the same model and "
-            "input (rotary models: without left padding, whose shifted positions the DePassCache does not record)."
+            f"the split scores miss the model's clean scores by up to {float(miss.max()):.3g} (allowed "
+            f"{float(allowed.max()):.3g}): the DePassCache and the ActivationCache must come from the same model "
+            "and input (rotary HookedTransformers: without left padding, whose shifted positions the DePassCache "
+            "does not record)."
         )
 
 
@@ -389,5 +464,6 @@ def attention_score_attrs(
         values=values, labels=tuple(dc.labels), layer=layer, heads=tuple(head_list), side=side,
         query_pos=q_pos, key_pos=k_pos, clean=ref.clean, group_size=dc.group_size,
     )
-    _check_complete(result, torch.finfo(_model_dtype(model)).eps)
+    # the clean run's own precision: a float64 Bridge whose RMS norms normalise in float32 rounds its q and k there
+    _check_complete(result, torch.finfo(read_model_view(model).clean_run_dtype).eps)
     return result

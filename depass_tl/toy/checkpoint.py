@@ -10,7 +10,8 @@ A toy model is a folder (``depass_tl/toy/weights/<name>/`` for the shipped ones)
 ``model.safetensors`` holds a ``HookedTransformer`` state dict without its buffers, so TL 2.x / 3.x
 load it as it is, and :func:`hooked_to_bridge_state` renames and reshapes it for TL's native
 ``TransformerBridge`` (``TransformerBridge.boot_native``, TL >= 3.5), the same mapping as TL 4's
-``convert_tl_checkpoint``, ``b_U`` included. The model config is restricted to what both classes
+``convert_tl_checkpoint``, ``b_U`` included (:func:`bridge_to_hooked_state` is the way back, so
+:func:`save` also takes a native Bridge, e.g. on TL 4). The model config is restricted to what both classes
 compute identically (:data:`PORTABLE_DEFAULTS`), so the two are the same function. Nothing is
 pickled.
 
@@ -49,6 +50,7 @@ __all__ = [
     "MODEL_CONFIG_KEYS",
     "MODEL_FILE",
     "PORTABLE_DEFAULTS",
+    "bridge_to_hooked_state",
     "convert_v1",
     "hooked_to_bridge_state",
     "read_config",
@@ -88,7 +90,8 @@ def _portable_config(cfg: Any) -> dict[str, Any]:
         problems.append(f"positional_embedding_type={config['positional_embedding_type']!r} (needs 'standard')")
     if not config["attn_only"] and config["act_fn"] not in _ACTS:
         problems.append(f"act_fn={config['act_fn']!r} (needs one of {_ACTS})")
-    if not math.isclose(float(cfg.attn_scale), math.sqrt(cfg.d_head)):
+    scale = float(cfg.attn_scale)  # a Bridge's config keeps -1 for "sqrt(d_head)" (TL's native model reads it so)
+    if not math.isclose(scale if scale > 0 else math.sqrt(cfg.d_head), math.sqrt(cfg.d_head)):
         problems.append(f"attn_scale={cfg.attn_scale!r} (needs sqrt(d_head))")
     if getattr(cfg, "d_vocab_out", cfg.d_vocab) not in (-1, cfg.d_vocab):
         problems.append(f"d_vocab_out={cfg.d_vocab_out!r} (needs d_vocab)")
@@ -110,6 +113,12 @@ def _write(folder: Path, state: Mapping[str, Tensor], config: dict[str, Any]) ->
     return folder
 
 
+def _is_native_bridge(model: Any) -> bool:
+    """A ``TransformerBridge`` around TL's own native model (``TransformerBridge.boot_native``)."""
+    return (any(c.__name__ == "TransformerBridge" for c in type(model).__mro__)
+            and type(getattr(model, "original_model", None)).__name__ == "NativeModel")
+
+
 def save(
     model: Any,
     vocab: Sequence[str],
@@ -120,13 +129,17 @@ def save(
     metrics: Mapping[str, float] | None = None,
     training: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Save a trained ``HookedTransformer`` and its vocabulary as a toy model folder.
+    """Save a trained model and its vocabulary as a toy model folder.
 
     The folder then loads with ``depass_tl.toy.load(folder)`` as a ``HookedTransformer`` (TL 2.x /
-    3.x) or a ``TransformerBridge`` (TL 3.x / 4.x), each with the tokenizer attached.
+    3.x) or a ``TransformerBridge`` (TL 3.x / 4.x), each with the tokenizer attached. The model is a
+    ``HookedTransformer`` or a ``TransformerBridge`` around TL's native model (``boot_native``, e.g.
+    :func:`depass_tl.toy.random_model` or ``toy.load(..., model_class="bridge")`` on TL 4), whose
+    parameters are stored in HookedTransformer layout (:func:`bridge_to_hooked_state`).
 
     Args:
-        model: A ``HookedTransformer`` whose config fits :data:`PORTABLE_DEFAULTS`.
+        model: A ``HookedTransformer`` or TL-native ``TransformerBridge`` whose config fits
+            :data:`PORTABLE_DEFAULTS`.
         vocab: The token strings by id, ``"<|BOS|>"`` first, ``len(vocab) == model.cfg.d_vocab``.
         folder: Where to write (created if needed; existing files are overwritten).
         name: The model's name (default: the folder's name).
@@ -138,25 +151,45 @@ def save(
         The folder.
 
     Raises:
-        DePassError: If the model is not a HookedTransformer, its config is not portable, or the
+        DePassError: If the model is neither of those two, its config is not portable, or the
             vocabulary does not fit it.
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from depass_tl import toy
+        >>> vocab = ["<|BOS|>", " a", " b"]
+        >>> model = toy.random_model(n_layers=1, d_model=8, n_heads=2, d_head=4, d_mlp=16, n_ctx=8,
+        ...                          d_vocab=len(vocab), act_fn="gelu", normalization_type="LN", seed=0)
+        >>> folder = toy.save(model, vocab, tempfile.mkdtemp() + "/my_toy", description="an example")
+        >>> loaded, encoder = toy.load(folder)
+        >>> tokens = torch.tensor([[0, 1, 2]])
+        >>> torch.allclose(loaded(tokens), model(tokens), atol=1e-5), encoder.vocab == vocab
+        (True, True)
     """
-    if type(model).__name__ != "HookedTransformer":
-        raise DePassError(f"toy.save takes a HookedTransformer (TL 2.x / 3.x); got {type(model).__name__}")
+    native = _is_native_bridge(model)
+    if not native and type(model).__name__ != "HookedTransformer":
+        inner = getattr(model, "original_model", None)
+        around = f" around {type(inner).__name__}" if inner is not None else ""
+        raise DePassError(
+            f"toy.save takes a HookedTransformer (TL 2.x / 3.x) or a TransformerBridge around TL's native model "
+            f"(TransformerBridge.boot_native, toy.random_model on TL 4); got {type(model).__name__}{around}"
+        )
     encoder = ToyEncoder(vocab)  # validates BOS first and uniqueness
     if len(encoder) != model.cfg.d_vocab:
         raise DePassError(f"the vocabulary has {len(encoder)} tokens, the model's d_vocab is {model.cfg.d_vocab}")
     folder = Path(folder)
+    model_config = _portable_config(model.cfg)
     config = {
         "format_version": FORMAT_VERSION,
         "name": name or folder.name,
         "description": description,
-        "model_config": _portable_config(model.cfg),
+        "model_config": model_config,
         "vocab": encoder.vocab,
         "metrics": dict(metrics or {}),
         "training": dict(training or {}),
     }
-    return _write(folder, dict(model.named_parameters()), config)
+    state = bridge_to_hooked_state(model.state_dict(), model_config) if native else dict(model.named_parameters())
+    return _write(folder, state, config)
 
 
 def convert_v1(json_path: str | Path, folder: str | Path) -> Path:
@@ -235,4 +268,47 @@ def hooked_to_bridge_state(state: Mapping[str, Tensor], config: Mapping[str, Any
             out[f"{stem}.bias"] = t
         else:
             raise DePassError(f"cannot map {key!r} onto TL's native TransformerBridge")
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+#: The native Bridge's ``nn.Linear`` (suffix, weight or bias) -> HookedTransformer parameter (inverse of ``_LINEAR``).
+_LINEAR_BACK = {(module, kind): leaf for leaf, (module, kind) in _LINEAR.items()}
+
+
+def bridge_to_hooked_state(state: Mapping[str, Tensor], config: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The inverse of :func:`hooked_to_bridge_state`: a TL-native ``TransformerBridge`` state dict in
+    HookedTransformer names and shapes (per-head ``W_Q`` ``[head, d_model, d_head]``, ``W_in`` ``[d_model,
+    d_mlp]``, ...).
+
+    Raises:
+        DePassError: On a key this mapping does not know (e.g. a model whose weights were processed).
+
+    Examples:
+        >>> import torch
+        >>> state = {"blocks.0.attn.q.weight": torch.arange(24.).reshape(6, 4), "unembed.weight": torch.zeros(5, 4)}
+        >>> {k: tuple(v.shape) for k, v in bridge_to_hooked_state(state, {"n_heads": 2, "d_head": 3}).items()}
+        {'blocks.0.attn.W_Q': (2, 4, 3), 'unembed.W_U': (4, 5)}
+    """
+    n_heads, d_head = int(config["n_heads"]), int(config["d_head"])
+    out: dict[str, Tensor] = {}
+    for key, t in state.items():
+        stem, _, kind = key.rpartition(".")
+        parent, _, module = stem.rpartition(".")
+        if parent.endswith(".attn") and module in ("q", "k", "v") and kind == "weight":
+            out[f"{parent}.W_{module.upper()}"] = t.reshape(n_heads, d_head, -1).permute(0, 2, 1)
+        elif parent.endswith(".attn") and module in ("q", "k", "v") and kind == "bias":
+            out[f"{parent}.b_{module.upper()}"] = t.reshape(n_heads, d_head)
+        elif parent.endswith(".attn") and module == "o":
+            out[f"{parent}.{'W_O' if kind == 'weight' else 'b_O'}"] = (
+                t.T.reshape(n_heads, d_head, -1) if kind == "weight" else t)
+        elif parent.endswith(".mlp") and (f".{module}", kind) in _LINEAR_BACK:
+            out[f"{parent}.{_LINEAR_BACK[(f'.{module}', kind)]}"] = t.T if kind == "weight" else t
+        elif stem == "unembed" and ("", kind) in _LINEAR_BACK:
+            out[f"unembed.{_LINEAR_BACK[('', kind)]}"] = t.T if kind == "weight" else t
+        elif stem in ("embed", "pos_embed") and kind == "weight":
+            out[f"{stem}.{'W_E' if stem == 'embed' else 'W_pos'}"] = t
+        elif module in ("ln1", "ln2", "ln_final") and kind in ("weight", "bias"):
+            out[f"{stem}.{'w' if kind == 'weight' else 'b'}"] = t
+        else:
+            raise DePassError(f"cannot map {key!r} of TL's native TransformerBridge onto a HookedTransformer")
     return {k: v.contiguous() for k, v in out.items()}

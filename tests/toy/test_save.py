@@ -1,6 +1,8 @@
-"""``depass_tl.toy.save``: a trained HookedTransformer + vocabulary -> a folder every TL version loads.
+"""``depass_tl.toy.save``: a trained model + vocabulary -> a folder every TL version loads.
 
-Saving takes a ``HookedTransformer``, so these tests need TL 2.x / 3.x (training needs it too).
+The model comes from the test factory (tests/models.py): a ``HookedTransformer`` on TL 2.x / 3.x, TL's
+native ``TransformerBridge`` on TL 4.x; where TL has both (3.x), a Bridge saves too and must write the
+same tensors as the HookedTransformer it was loaded from.
 """
 
 from __future__ import annotations
@@ -15,25 +17,23 @@ import torch
 from depass_tl import toy
 from depass_tl.errors import DePassError
 from depass_tl.toy.tokenizer import TOKENIZER_FILES
-from tests._tl_version import HAS_BRIDGE, requires_hooked
-
-pytestmark = requires_hooked
+from tests._tl_version import HAS_BRIDGE, HAS_HOOKED, TL_MAJOR
+from tests.models import config_model, randomise
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 VOCAB = ["<|BOS|>", "When", " Mary", " and", " John", ",", " to"]
 
 
 def _model(**overrides):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
     cfg = dict(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=12, d_vocab=len(VOCAB), act_fn="gelu",
-               normalization_type="LN", seed=3)
-    model = HookedTransformer(HookedTransformerConfig(**(cfg | overrides)))
-    with torch.no_grad():  # TL initialises LN weights to 1 and biases to 0: randomise them so a dropped one shows
-        for name, p in model.named_parameters():
-            if name.endswith((".w", ".b", "b_U", "b_O", "b_in", "b_out", "b_V")):
-                p.add_(torch.randn_like(p) * 0.5)
+               normalization_type="LN", seed=3, dtype=torch.float32)
+    model = config_model(**(cfg | overrides))
+    randomise(model, seed=3)  # TL initialises norm weights to 1 and biases to 0: random ones show a dropped one
     return model.eval()
+
+
+#: The classes ``toy.load`` builds on the installed TL (``"hooked"`` needs TL < 4, ``"bridge"`` TL >= 3).
+LOAD_CLASSES = (["hooked"] if HAS_HOOKED else []) + (["bridge"] if HAS_BRIDGE else [])
 
 
 @pytest.mark.parametrize("overrides", [{}, {"attn_only": True}, {"normalization_type": None, "act_fn": "relu"}])
@@ -46,7 +46,7 @@ def test_round_trip_gives_the_same_function_on_every_class(tmp_path: Path, overr
     tokens = torch.tensor([[0, 1, 2, 3, 4, 5, 4, 6]])
     with torch.no_grad():
         expected = model(tokens)
-        for model_class in ["hooked"] + (["bridge"] if HAS_BRIDGE else []):
+        for model_class in LOAD_CLASSES:
             loaded, encoder = toy.load(out, model_class=model_class)
             torch.testing.assert_close(loaded(tokens), expected, rtol=0, atol=1e-5)
             assert loaded.to_str_tokens("When Mary and John", prepend_bos=False) == ["When", " Mary", " and", " John"]
@@ -77,3 +77,28 @@ def test_bad_vocabularies_and_models_are_refused(tmp_path: Path) -> None:
         toy.save(_model(), VOCAB[1:] + ["<|BOS|>"], tmp_path / "x")
     with pytest.raises(DePassError, match="takes a HookedTransformer"):
         toy.save(torch.nn.Linear(2, 2), VOCAB, tmp_path / "x")
+
+
+@pytest.mark.skipif(not HAS_BRIDGE, reason=f"needs TransformerBridge (TL >= 3); installed TL {TL_MAJOR}.x")
+def test_a_bridge_saves_the_tensors_it_was_loaded_from(tmp_path: Path) -> None:
+    """Save -> load as a native Bridge -> save again: the same tensors, names and config (HookedTransformer layout)."""
+    from safetensors.torch import load_file
+
+    first = toy.save(_model(), VOCAB, tmp_path / "first", description="d")
+    bridge, _ = toy.load(first, model_class="bridge")
+    second = toy.save(bridge, VOCAB, tmp_path / "second", name="first", description="d")
+    a, b = (load_file(str(f / "model.safetensors")) for f in (first, second))
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert json.loads((first / "toy.json").read_text()) == json.loads((second / "toy.json").read_text())
+
+
+@pytest.mark.skipif(not HAS_BRIDGE, reason=f"needs TransformerBridge (TL >= 3); installed TL {TL_MAJOR}.x")
+def test_a_bridge_around_a_hugging_face_model_is_refused(tmp_path: Path) -> None:
+    from tests.bridge_models import build_bridge
+
+    model, _ = build_bridge("gpt2")
+    with pytest.raises(DePassError, match="TL's native model.*around GPT2LMHeadModel"):
+        toy.save(model, ["<|BOS|>"] + [f" w{i}" for i in range(model.cfg.d_vocab - 1)], tmp_path / "x")
+    assert not (tmp_path / "x").exists()
