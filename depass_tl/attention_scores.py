@@ -116,9 +116,12 @@ class ScoreAttribution:
         return pd.DataFrame(rows)
 
 
-def _refuse_nonlinear(cfg: Any) -> None:
+def _refuse_nonlinear(cfg: Any, model: Any) -> None:
+    qk_norm_modules = any(getattr(block.attn, name, None) is not None  # a Bridge's cfg says use_qk_norm=False
+                          for block in model.blocks for name in ("q_norm", "k_norm"))
     checks = [
         (getattr(cfg, "use_qk_norm", False), "use_qk_norm=True (a norm on each query/key)"),
+        (qk_norm_modules, "q_norm / k_norm modules (a norm on each query/key, e.g. Qwen3)"),
         (getattr(cfg, "original_architecture", None) in ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM"),
          f"original_architecture={getattr(cfg, 'original_architecture', None)!r} (QK norm)"),
         (getattr(cfg, "clip_qkv", None) is not None, f"clip_qkv={getattr(cfg, 'clip_qkv', None)} (clamped q/k)"),
@@ -406,7 +409,7 @@ def attention_score_attrs(
             f"attention_score_attrs supports HookedTransformer and TransformerBridge models; got {type(model).__name__}."
         )
     cfg = model.cfg
-    _refuse_nonlinear(cfg)
+    _refuse_nonlinear(cfg, model)
     if side not in ("key", "query"):
         raise DePassError(f"side must be 'key' or 'query'; got {side!r}")
     if not 0 <= layer < cfg.n_layers:

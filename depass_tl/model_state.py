@@ -106,9 +106,22 @@ def _non_finite(named: Iterable[tuple[str, Tensor]]) -> list[str]:
     return [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
+#: Parameters a model allocates but its forward never reads, per ``cfg.positional_embedding_type``:
+#: TransformerLens's ``HookedTransformer`` allocates ``pos_embed.W_pos`` with ``torch.empty`` also for
+#: rotary and ALiBi models (BLOOM), so it can hold NaN or inf garbage that means nothing.
+_UNUSED_WHEN: dict[str, tuple[str, ...]] = {"rotary": ("pos_embed.W_pos",), "alibi": ("pos_embed.W_pos",)}
+
+
+def _used_parameters(model: torch.nn.Module) -> list[tuple[str, Tensor]]:
+    pos_type = getattr(getattr(model, "cfg", None), "positional_embedding_type", None)
+    unused = _UNUSED_WHEN.get(pos_type, ()) if isinstance(pos_type, str) else ()
+    return [(name, p) for name, p in model.named_parameters() if name not in unused]
+
+
 def _check_finite_weights(model: torch.nn.Module) -> None:
-    """Refuse NaN or inf in a parameter; remember the parameters' versions once they are found finite."""
-    params = list(model.named_parameters())
+    """Refuse NaN or inf in a parameter the forward reads; remember the parameters' versions once they are
+    found finite."""
+    params = _used_parameters(model)
     versions = tuple((p.data_ptr(), p._version) for _, p in params)
     try:
         with _LOCKS_GUARD:

@@ -261,6 +261,33 @@ FAMILY_SPECS: dict[str, FamilySpec] = {
     )
 }
 
+def _qwen3_config() -> Any:
+    return tr.Qwen3Config(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+        intermediate_size=64, vocab_size=VOCAB, max_position_embeddings=N_CTX, rms_norm_eps=1e-6,
+        hidden_act="silu", use_sliding_window=False,
+    )
+
+
+def _olmo_config() -> Any:
+    return tr.OlmoConfig(
+        num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64, vocab_size=VOCAB,
+        max_position_embeddings=N_CTX, hidden_act="silu", clip_qkv=0.5,
+    )
+
+
+#: HF models built only as TL 4 twins of a config feature (:data:`HT_FEATURE_TWINS`), not families of their
+#: own (tests over :data:`FAMILIES` do not run them): query/key norms (Qwen3) and the q/k/v clamp (OLMo).
+TWIN_SPECS: dict[str, FamilySpec] = {
+    spec.name: spec
+    for spec in (
+        FamilySpec("qwen3", "Qwen3ForCausalLM", "Qwen2 + RMS norms on queries and keys, GQA 4/2", _qwen3_config,
+                   hf_float32_ops=_RMS_ROPE_SOFTMAX),
+        FamilySpec("olmo", "OlmoForCausalLM", "weightless LN, gated SiLU, rotary, q/k/v clamped to 0.5",
+                   _olmo_config, hf_float32_ops=_ROPE_SOFTMAX),
+    )
+}
+
 #: Families that the TL version in use cannot convert, with the reason (see docs/families.md).
 #: ``tests/test_families.py`` checks each reason against the installed TL, so a TL upgrade that adds
 #: support makes that test fail (then move the family into :data:`FAMILIES`).
@@ -358,7 +385,7 @@ def _neutral_dir() -> Path:
 
 
 def _hf_config(family: str) -> Any:
-    spec = FAMILY_SPECS[family]
+    spec = {**FAMILY_SPECS, **TWIN_SPECS}[family]
     hf_config = spec.make_hf_config()
     hf_config.architectures = [spec.hf_class]
     # Eager reference kernels: SDPA/grouped_mm differ by kernel noise, and grouped_mm has no float64.
@@ -393,7 +420,7 @@ def hf_config_folder(family: str) -> Path:
 
 @functools.cache
 def _build_hf(family: str, dtype: torch.dtype, seed: int) -> nn.Module:
-    spec = FAMILY_SPECS[family]
+    spec = {**FAMILY_SPECS, **TWIN_SPECS}[family]
     torch.manual_seed(seed)
     hf_model = getattr(tr, spec.hf_class)(_hf_config(family))
     _randomise_hf(hf_model, seed=seed)
@@ -600,6 +627,8 @@ HT_FEATURE_TWINS: dict[str, str] = {} if HAS_HOOKED else {
     "local_attn": "mistral",  # sliding-window attention
     "alibi": "bloom",  # ALiBi
     "post_embedding_ln": "bloom",  # LayerNorm after the embedding
+    "qk_norm": "qwen3",  # RMS norms on queries and keys
+    "clip_qkv": "olmo",  # q/k/v clamped (depass_tl refuses it on the Bridge)
 }
 
 

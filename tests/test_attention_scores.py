@@ -20,6 +20,7 @@ import depass_tl
 from depass_tl.attention_scores import attention_score_attrs
 from depass_tl.backends.bridge import is_bridge
 from depass_tl.errors import DePassError, HookNotFoundError, UnsupportedModelError
+from tests._tl_version import HAS_HOOKED
 from tests.families import FAMILIES, HT_CONFIG_FEATURES, build_family, build_ht, family_tokens, from_pretrained_flags
 from tests.models import config_model
 from tests.tl_cases import bridge_refusal, norm_atol
@@ -29,8 +30,9 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 # config -> the field the refusal must name
 REFUSED_FEATURES = {
     "alibi": "'alibi'", "post_embedding_ln": "'alibi'", "gemma2_like": "attn_scores_soft_cap",
-    "split_qkv_attn_result": "use_split_qkv_input", "clip_qkv": "clip_qkv", "qk_norm": "use_qk_norm",
-    "shortformer": "'shortformer'",
+    "split_qkv_attn_result": "use_split_qkv_input", "clip_qkv": "clip_qkv",
+    # TL 4 builds qk_norm as a Qwen3 Bridge (tests/families.py HT_FEATURE_TWINS), whose cfg says use_qk_norm=False
+    "qk_norm": "use_qk_norm" if HAS_HOOKED else "q_norm / k_norm modules", "shortformer": "'shortformer'",
 }
 REFUSED_FAMILIES = {"bloom": "'alibi'", "gemma2": "attn_scores_soft_cap"}
 LAYER = 1

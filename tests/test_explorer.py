@@ -164,7 +164,7 @@ def test_page_is_one_self_contained_file_holding_the_data(case, tmp_path) -> Non
 
 
 def test_page_text_cannot_break_out_of_its_script() -> None:
-    case = explorer_case("hooked" if HAS_HOOKED else "bridge")
+    case = explorer_case("gpt2")
     evil = "</script><script>alert(1)</script><!--"
     data = dict(case.data, prompt=evil, str_tokens=[evil] + case.data["str_tokens"][1:])
     text = viz.explorer_html(data, title=evil)
@@ -248,7 +248,7 @@ def test_head_breakdown_on_every_config_feature() -> None:
                 clean, abs=2e-4 * scale), name
         assert not any(math.isnan(v) for row in data["attention"] for head in row for v in head)
     # Gemma-2-like with a random b_O: the post-attention norm would mix b_O into every part (heads() refuses too)
-    assert bridge_refused == (set() if HAS_HOOKED else {"moe", "solu_ln"})
+    assert bridge_refused == (set() if HAS_HOOKED else {"moe", "solu_ln", "clip_qkv"})
     if not HAS_HOOKED:  # TL 4's twin is HF Gemma-2, whose attention output has no bias: nothing to refuse
         assert refused == {}
         return

@@ -15,7 +15,6 @@ import pytest
 
 from depass_tl import viz
 from depass_tl.viz._explorer_page import DECIMALS
-from tests._tl_version import HAS_HOOKED
 from tests.browser import INSTALL, Browser, find_browser
 from tests.explorer_cases import KINDS, explorer_case
 
@@ -165,7 +164,7 @@ def test_the_page_shows_the_caches_numbers_as_the_user_clicks(kind: str, tmp_pat
 
 def test_the_page_fits_a_narrow_window(tmp_path) -> None:
     """Responsive: at phone width nothing overflows sideways (panels stack, charts scale)."""
-    case = explorer_case("hooked" if HAS_HOOKED else "bridge")
+    case = explorer_case("gpt2")
     page = viz.save_explorer(case.data, tmp_path / "explorer.html")
     with Browser(width=420, height=900) as b:
         b.open(page)

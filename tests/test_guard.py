@@ -16,10 +16,12 @@ import pytest
 import torch
 
 import depass_tl
-from depass_tl.errors import CompletenessError, DePassValueError
+from depass_tl.errors import CompletenessError, DePassValueError, ModelStateError
 from depass_tl.guard import RTOL_BY_PRECISION, check_values, completeness_rtol, group_error
 from depass_tl.reverse import attribute_run, logit_target
+from tests._tl_version import requires_hooked
 from tests.model_classes import CLASSES, model_of
+from tests.models import make_model, random_tokens
 
 RULES = ["softmax", "ratio", "max"]
 
@@ -172,3 +174,20 @@ def test_group_error_sums_each_group_on_its_own() -> None:
     parts = torch.stack([clean / 2, clean / 2, clean, torch.zeros_like(clean)])  # two groups of two
     assert group_error(parts, clean, 2) == (0.0, 5.0)
     assert group_error(parts, clean, 4) == (5.0, 5.0)  # one group of four sums to twice the clean
+
+
+@requires_hooked
+def test_a_rotary_models_unused_position_table_may_hold_nan() -> None:
+    """HookedTransformer allocates ``pos_embed.W_pos`` with ``torch.empty`` for rotary and ALiBi models too
+    (BLOOM's could hold NaN garbage), and never reads it: that is not a broken model. A NaN in a weight the
+    forward reads still is."""
+    model = make_model("gpt2", positional_embedding_type="alibi")
+    tokens = random_tokens(model)
+    with torch.no_grad():
+        model.pos_embed.W_pos.fill_(float("nan"))
+    logits, dc = depass_tl.run_with_depass(model, tokens)
+    assert torch.isfinite(logits).all() and dc.completeness_error(relative=True)["logits"] < 1e-6
+    with torch.no_grad():
+        model.blocks[0].attn.W_Q[0, 0, 0] = float("nan")
+    with pytest.raises(ModelStateError, match="blocks.0.attn.W_Q"):
+        depass_tl.run_with_depass(model, tokens)

@@ -15,6 +15,10 @@ Token components (and ``bias``) under each of TL's processing flags, from theory
   every token drops by ``x_c · mean_v(W_U)`` (``bias`` also by ``mean_v(b_U)``); logit *differences*
   are unchanged.
 
+A TransformerBridge (TL 4) has no single flags, only all four at once (``enable_compatibility_mode``):
+the tests at the end check that combination over every family and rule, on either TL (on TL 3 as
+HookedTransformer's from_pretrained defaults); the single-flag tests need HookedTransformer.
+
 TL 3.9 processes float64 weights in float32 (tests/test_families.py), so processed and unprocessed
 models agree to float32 rounding only: bound ``1e-5`` relative to the largest attribution (seen:
 <= 2e-6). Everything is float64 otherwise.
@@ -93,3 +97,58 @@ def test_center_unembed_shifts_single_logits_by_the_mean_unembedding(rule: str) 
     _close(centred.logit_attrs(A), expected)
     assert float(shift.abs().max()) > 100 * TOL * float(expected.abs().max())  # single logits did move
     _close(centred.logit_diff_attrs(A, B), raw.logit_diff_attrs(A, B))
+
+
+# ------------------------------------------------------------------ all of from_pretrained's flags at once
+#: Families whose norms are LayerNorms: ``center_writing_weights`` centres their residual writes (TL skips it
+#: under RMSNorm, which does not subtract the mean). From the HF architectures, not from the TL config.
+LAYERNORM_FAMILIES = {"gpt2", "neox", "opt", "bloom", "gptj", "falcon"}
+POST_EMBEDDING_LN_FAMILIES = {"bloom"}
+RESIDUAL_HOOK = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_processing_centres_residual_components_and_nothing_else(family: str, rule: str) -> None:
+    """The only processing a Bridge has (``enable_compatibility_mode``: fold_ln, center_writing_weights,
+    center_unembed, fold_value_biases together; HookedTransformer's from_pretrained defaults on TL 3):
+    every component at every residual-stream hook is the raw one, centred over ``d_model`` for LayerNorm
+    families and untouched for RMSNorm families (folding moves nothing, see the module docstring)."""
+    _, raw = _replay(family, rule)
+    _, processed = _replay(family, rule, **from_pretrained_flags(family))
+    centred = family in LAYERNORM_FAMILIES
+    # BLOOM's residual stream starts at its post-embedding LayerNorm, whose weight and bias write it but are
+    # not writing weights TL centres: that start stays, every write after it is centred.
+    start = raw["blocks.0.hook_resid_pre"] if family in POST_EMBEDDING_LN_FAMILIES else 0
+    checked = 0
+    for name in raw:
+        if not name.endswith(RESIDUAL_HOOK):
+            continue
+        written = raw[name] - (start if "resid" in name else 0)
+        expected = raw[name] - written.mean(-1, keepdim=True) if centred else raw[name]
+        _close(processed[name], expected)
+        checked += 1
+    assert checked == (8 if family in ("neox", "gptj", "falcon") else 10)  # 2 layers; parallel blocks: no resid_mid
+    if centred:  # the raw components were not centred already, so centring is really tested
+        last = raw["blocks.1.hook_resid_post"]
+        assert float(last.mean(-1).abs().max()) > 100 * TOL * float(last.abs().max())
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_processing_shifts_single_logits_by_the_mean_unembedding(family: str, rule: str) -> None:
+    """fold_ln moves the final norm's weight into ``W_U`` (its bias into ``b_U``), then center_unembed takes
+    the mean over the vocabulary away: component c's logit for every token drops by ``x_c · mean_v(W_U)``
+    with ``x_c`` its raw ``unembed.hook_in`` (``bias`` also by ``mean_v(b_U)``); no shift without
+    center_unembed (Gemma-2's capped logits)."""
+    model, raw = _replay(family, rule)
+    _, processed = _replay(family, rule, **from_pretrained_flags(family))
+    x = raw["unembed.hook_in"][:, :, -1]  # [component, batch, d_model]
+    shift = torch.zeros(x.shape[:2], dtype=x.dtype)
+    if from_pretrained_flags(family)["center_unembed"]:
+        shift = x @ model.W_U.mean(-1).to(x.dtype)
+        if getattr(model, "b_U", None) is not None:
+            shift[-1] += model.b_U.mean().to(x.dtype)
+        assert float(shift.abs().max()) > 100 * TOL * float(raw.logit_attrs(A).abs().max())  # single logits move
+    for token in (A, B, 0):
+        _close(processed.logit_attrs(token), raw.logit_attrs(token) - shift)

@@ -55,11 +55,13 @@ def norm_tol(model: Any, exact: float) -> float:
 
 #: What depass_tl refuses on a TransformerBridge, as the UnsupportedModelError's message (a regex):
 #: SoLU MLPs (the Bridge hooks neither the SoLU softmax input nor the inner LayerNorm's scale), MoE
-#: blocks (no expert weights or per-expert hooks) and one norm shared by attention and MLP (GPT-J, Falcon).
+#: blocks (no expert weights or per-expert hooks), one norm shared by attention and MLP (GPT-J, Falcon) and
+#: OLMo's q/k/v clamp (the pre-clamp value is not hooked; every clamp in the test models is 0.5).
 BRIDGE_REFUSALS: dict[str, str] = {
     "solu": r"act_fn='solu(_ln)?' on a TransformerBridge is not replayed",
     "moe": r"mixture-of-experts block",
     "shared_norm": r"has an MLP but no ln2",
+    "clip_qkv": r"clip_qkv=0\.5 \(q/k/v clamped, as in OLMo\) on a TransformerBridge is not replayed",
 }
 
 
@@ -74,6 +76,9 @@ def bridge_refusal(model: Any, config: dict[str, Any] | None = None, *, family: 
         return BRIDGE_REFUSALS["shared_norm"]
     if family == "mixtral" or (config or {}).get("num_experts") or getattr(model.cfg, "num_experts", None):
         return BRIDGE_REFUSALS["moe"]
+    hf_config = getattr(getattr(model, "original_model", None), "config", None)  # TL 4.3 drops OLMo's clip_qkv
+    if family == "olmo" or (config or {}).get("clip_qkv") or getattr(hf_config, "clip_qkv", None):
+        return BRIDGE_REFUSALS["clip_qkv"]
     act_fn = (config or {}).get("act_fn") or getattr(model.cfg, "act_fn", None)
     if act_fn in ("solu", "solu_ln"):
         return BRIDGE_REFUSALS["solu"]

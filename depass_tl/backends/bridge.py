@@ -135,6 +135,14 @@ def _refuse_encoders(model: Any, cfg: Any) -> None:
         )
 
 
+def _clip_qkv(model: Any, cfg: Any) -> float | None:
+    """The q/k/v clamp: TL's ``cfg.clip_qkv``, else the wrapped HF model's (TL 4.3 does not map OLMo's into cfg)."""
+    clip = getattr(cfg, "clip_qkv", None)
+    if clip is None:
+        clip = getattr(getattr(getattr(model, "original_model", None), "config", None), "clip_qkv", None)
+    return clip
+
+
 def read_bridge_view(model: Any) -> ModelView:
     """Read a ``TransformerBridge``'s config and weights (no copies of model tensors; nothing modified).
 
@@ -144,10 +152,11 @@ def read_bridge_view(model: Any) -> ModelView:
     cfg = model.cfg
     _refuse_encoders(model, cfg)
     check_supported(cfg)
-    if getattr(cfg, "clip_qkv", None) is not None:
+    clip = _clip_qkv(model, cfg)
+    if clip is not None:
         raise UnsupportedModelError(
-            f"cfg.clip_qkv={cfg.clip_qkv} on a TransformerBridge is not replayed (the pre-clamp value is not "
-            "hooked); use a HookedTransformer."
+            f"clip_qkv={clip} (q/k/v clamped, as in OLMo) on a TransformerBridge is not replayed (the pre-clamp "
+            "value is not hooked); use a HookedTransformer (TransformerLens < 4)."
         )
     parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
     blocks = []

@@ -2,9 +2,11 @@
 TransformerLens offers.
 
 The classifier fixtures (``clf32``, ``clf64``) are parametrised by backend: ``transformers`` (the HF
-``BertForSequenceClassification`` itself; every TL version) and ``HookedEncoder`` (the same weights
-converted offline; TL < 4 only, TL 4 removed the class). Tests written against a fixture therefore run
-their real checks on TL 4 too.
+``BertForSequenceClassification`` itself; every TL version) and the installed TransformerLens's own BERT
+class: ``HookedEncoder`` (the same weights converted offline) on TL < 4, a ``TransformerBridge`` (the same
+encoder weights in a ``BertForMaskedLM`` folder, booted; the classifier head read from the HF state dict)
+on TL 4, which removed HookedEncoder. Tests written against a fixture therefore run their real checks
+through two backends on every TL version.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ requires_hooked_encoder = pytest.mark.skipif(
 requires_bridge = pytest.mark.skipif(
     not HAS_BRIDGE, reason=f"needs TransformerBridge (TL >= 3); installed TransformerLens {TL_VERSION}"
 )
-#: The backends a classifier test runs through: those the installed TL has (TL 4 has no HookedEncoder, so
-#: its parametrisations are not generated there rather than skipped).
-BACKENDS = ["transformers"] + (["HookedEncoder"] if HAS_HOOKED else [])
+#: The installed TL's own BERT class: HookedEncoder (TL < 4) or, where TL removed it, the TransformerBridge.
+TL_BACKEND = "HookedEncoder" if HAS_HOOKED else "TransformerBridge"
+#: The backends a classifier test runs through: transformers' model and the installed TL's class.
+BACKENDS = ["transformers", TL_BACKEND]
 #: The backends of a masked-LM test.
 MLM_BACKENDS = ["transformers"] + (["TransformerBridge"] if HAS_BRIDGE else []) + (["HookedEncoder"] if HAS_HOOKED else [])
 
@@ -75,13 +78,35 @@ def random_bert(cls_name: str = "BertForSequenceClassification", *, dtype: torch
     return hf
 
 
+def tl_encoder(hf: Any, backend: str) -> Any:
+    """A ``BertForSequenceClassification``'s encoder through ``backend``: the HF model itself, it converted to a
+    HookedEncoder, or its encoder weights in a ``BertForMaskedLM`` booted as a TransformerBridge (the MLM head
+    there is random and unused: the tests pass the classifier head)."""
+    if backend == "transformers":
+        return hf
+    if backend == "HookedEncoder":
+        from depass_tl.decompx import hooked_encoder_from_hf_bert
+
+        return hooked_encoder_from_hf_bert(hf.state_dict(), hf.config, dtype=hf.dtype)
+    import transformers
+
+    from tests.bridge_models import boot_folder, save_hf_model
+
+    torch.manual_seed(0)
+    mlm = transformers.BertForMaskedLM(hf.config).eval().to(hf.dtype)
+    _, unexpected = mlm.load_state_dict(hf.state_dict(), strict=False)
+    assert sorted(unexpected) == ["bert.pooler.dense.bias", "bert.pooler.dense.weight", "classifier.bias",
+                                  "classifier.weight"], unexpected  # every encoder weight went in
+    return boot_folder(save_hf_model(mlm), dtype=hf.dtype)
+
+
 def make_classifier(*, dtype: torch.dtype, seed: int = 0, n_layers: int = 2, backend: str = "transformers",
                     hidden_act: str = "gelu") -> Classifier:
-    """Random BertForSequenceClassification, run as itself or converted offline to a HookedEncoder."""
-    from depass_tl.decompx import SequenceClassificationHead, hooked_encoder_from_hf_bert
+    """Random BertForSequenceClassification, run as itself or through the installed TL (:func:`tl_encoder`)."""
+    from depass_tl.decompx import SequenceClassificationHead
 
     hf = random_bert(dtype=dtype, seed=seed, n_layers=n_layers, hidden_act=hidden_act)
-    encoder = hf if backend == "transformers" else hooked_encoder_from_hf_bert(hf.state_dict(), hf.config, dtype=dtype)
+    encoder = tl_encoder(hf, backend)
     head = SequenceClassificationHead.from_hf_state_dict(hf.state_dict())
     gen = torch.Generator().manual_seed(seed + 1)
     tokens = torch.randint(0, 50, (2, 7), generator=gen)

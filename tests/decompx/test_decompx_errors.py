@@ -233,16 +233,20 @@ def test_transformer_lens_4_without_hooked_encoder(clf32, monkeypatch):
 def test_no_hooks_left_and_model_untouched(clf32, mlm32):
     for model, head in ((clf32.encoder, clf32.head), (mlm32, MLMHead.from_encoder(mlm32, token_ids=[2, 3]))):
         before = {k: v.clone() for k, v in model.state_dict().items()}
+        with torch.no_grad():
+            model(clf32.tokens)  # a TL 4 Bridge wires its own capture hooks on its first forward (and keeps them)
+        own = _attached_hooks(model)
+        assert own == 0 or clf32.backend == "TransformerBridge", own
         for policy in ("bias", "absdot"):
             run_decompx(model, clf32.tokens, head=head, bias_policy=policy, ffn_approx="gelu_la")
-            assert _attached_hooks(model) == 0
+            assert _attached_hooks(model) == own
         # a forward that raises inside the scoped hooks (token id out of range reaches the embedding)
         with pytest.raises(IndexError):
             capture_encoder(
                 read_encoder(model), torch.tensor([[1, 500]]), token_type_ids=None, attention_mask=None,
                 dtype=torch.float32, with_head=False,
             )
-        assert _attached_hooks(model) == 0
+        assert _attached_hooks(model) == own
         after = model.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before)
         assert not model.training

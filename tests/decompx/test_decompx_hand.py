@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from depass_tl.decompx import SequenceClassificationHead, run_decompx
-from tests.decompx.conftest import BACKENDS
+from tests.decompx.conftest import BACKENDS, tl_encoder
 
 
 def _phi(x: float) -> float:
@@ -61,14 +61,9 @@ def _hand_hf():
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def hand_model(request):
-    """``(model, head)`` through each backend: the transformers model, or it converted to a HookedEncoder."""
-    from depass_tl.decompx import hooked_encoder_from_hf_bert
-
+    """``(model, head)`` through each backend: the transformers model, or it through the installed TL."""
     hf = _hand_hf()
-    head = SequenceClassificationHead.from_hf_state_dict(hf.state_dict())
-    if request.param == "transformers":
-        return hf, head
-    return hooked_encoder_from_hf_bert(hf.state_dict(), hf.config, dtype=torch.float64), head
+    return tl_encoder(hf, request.param), SequenceClassificationHead.from_hf_state_dict(hf.state_dict())
 
 
 def _t(rows):
