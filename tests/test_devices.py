@@ -49,12 +49,17 @@ def _tokens(vocab: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(4, vocab, (2, 7), generator=torch.Generator().manual_seed(seed))
 
 
-def _assert_same(split: Any, whole: Any, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-    """Every spec x rule: the split model's decomposition equals the unsplit model's."""
+def _atol(split: Any, whole: Any) -> float:
+    """:data:`ATOL`, or :data:`FLOAT32_NORM_ATOL` for a model with float32 norms split onto a CUDA device."""
     from tests.tl_cases import has_float32_norms
 
     on_cuda = any(p.device.type == "cuda" for p in split.parameters())
-    atol = FLOAT32_NORM_ATOL if on_cuda and has_float32_norms(whole) else ATOL
+    return FLOAT32_NORM_ATOL if on_cuda and has_float32_norms(whole) else ATOL
+
+
+def _assert_same(split: Any, whole: Any, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+    """Every spec x rule: the split model's decomposition equals the unsplit model's."""
+    atol = _atol(split, whole)
     for name, spec in _specs().items():
         for rule in RULES:
             kw = dict(components=spec, mlp_rule=rule, attention_mask=mask)
@@ -83,16 +88,17 @@ def _assert_placed(split: Any, n_layers: int) -> None:
 def _assert_other_entry_points(split: Any, whole: Any, tmp_path: Path) -> None:
     """Reverse mode (attribute) and run_dataset on the split model."""
     tokens = _tokens(split.cfg.d_vocab, seed=1)
+    atol = _atol(split, whole)
     for spec in (depass_tl.tokens(), depass_tl.heads(layer=0)):
         a = depass_tl.attribute(split, tokens, target=7, components=spec, mode="reverse")
         b = depass_tl.attribute(whole, tokens, target=7, components=spec, mode="reverse")
-        torch.testing.assert_close(a.values.cpu(), b.values, atol=ATOL, rtol=0)
+        torch.testing.assert_close(a.values.cpu(), b.values, atol=atol, rtol=0)
     prompts = [[5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15, 16]]  # padded in one batch
     for model, out in ((split, "s"), (whole, "w")):
         depass_tl.run_dataset(model, prompts, target=7, batch_size=3, out=tmp_path / out, progress=False)
     s, w = depass_tl.read_results(tmp_path / "s"), depass_tl.read_results(tmp_path / "w")
     for x, y in zip(s["attributions"], w["attributions"]):
-        assert list(x) == pytest.approx(list(y), abs=ATOL)
+        assert list(x) == pytest.approx(list(y), abs=atol)
 
 
 def _move_inputs(device: torch.device) -> Any:
