@@ -16,9 +16,10 @@ Two kinds of rule:
   (:func:`depass_tl.attribute`) applies, and every replay can be cut into chunks of components
   (mixture-of-experts layers included), each replayed on its own.
 * **competitive** (not linear): a component's share depends on the other components of its group,
-  through per-``(batch, pos, neuron)`` *statistics*. A chunked replay makes two passes per MLP layer:
-  :meth:`RuleStats.fold` folds every chunk's keys into the statistics, then
-  :meth:`RuleStats.allocate` splits the target of each chunk. :meth:`RuleStats.merge` combines
+  through per-``(batch, pos, neuron)`` *statistics*. The replay cuts each MLP layer into units (one
+  group at a block of positions, holding every component of the group that can be nonzero there):
+  :meth:`RuleStats.fold` folds the unit's keys into the statistics, then :meth:`RuleStats.allocate`
+  splits the target. :meth:`RuleStats.merge` combines
   statistics folded over disjoint sets of components (e.g. on several devices or processes: fold
   locally, gather, merge in rank order); it is associative and commutative up to float rounding, and
   the freshly initialised statistics are its identity. :meth:`MLPRule.stats_bytes` tells the memory
