@@ -306,18 +306,6 @@ class State:
         else:
             self.X.index_add_(0, index, t)
 
-    def widen(self) -> None:
-        """Hold every position again (``lo`` = 0 for every chunk), padding with exact zeros."""
-        if all(ch.lo == 0 for ch in self.chunks):
-            return
-        old = [(ch.lo, ch.x) for ch in self.chunks]
-        self.plan = [(g, a, b, 0) for g, a, b, _ in self.plan]
-        if self.every is not None:
-            self.every = [(g, a, b, 0) for g, a, b, _ in self.every]
-        self._layout(self.X.dtype, self.X.device)
-        for ch, (lo, x) in zip(self.chunks, old):
-            ch.x[:, :, lo:] = x
-
     # ------------------------------------------------------------------------------------ passes
     def attn_passes(self) -> list[tuple[int, int]]:
         return attn_passes(self.active, self.attn_rows)

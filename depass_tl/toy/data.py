@@ -36,43 +36,20 @@ from depass_tl.errors import DePassError
 from depass_tl.toy._words import stable_hash as _stable_hash
 from depass_tl.toy._words import vocab_from as _vocab_from
 from depass_tl.toy.encoder import BOS_TOKEN
-from depass_tl.toy.ioi_data import (
-    IOI_HELDOUT_TEMPLATES,
-    IOI_KINDS,
-    IOI_NAMES,
-    IOI_OBJECTS,
-    IOI_PLACES,
-    IOI_TEMPLATES,
-    IOI_TRAIN_TEMPLATES,
-    IOI_TRAINING_MIX,
-    IOIPrompt,
-    ioi_name_pair_split,
-    ioi_prompts,
-    ioi_vocab,
-)
+from depass_tl.toy import ioi_data as _ioi_data
+from depass_tl.toy.ioi_data import *  # noqa: F403  (re-exported: the IOI task lives in ioi_data)
 
 __all__ = [
     "FACTS",
     "FACT_FIRST_NAMES",
     "FACT_RELATIONS",
     "FACT_SURNAMES",
-    "IOI_HELDOUT_TEMPLATES",
-    "IOI_KINDS",
-    "IOI_NAMES",
-    "IOI_OBJECTS",
-    "IOI_PLACES",
-    "IOI_TEMPLATES",
-    "IOI_TRAINING_MIX",
-    "IOI_TRAIN_TEMPLATES",
     "Fact",
-    "IOIPrompt",
     "copy_sequences",
     "facts_vocab",
     "induction_vocab",
-    "ioi_name_pair_split",
-    "ioi_prompts",
-    "ioi_vocab",
     "repeated_sequences",
+    *_ioi_data.__all__,
 ]
 
 
