@@ -171,3 +171,27 @@ def test_custom_rule_on_device() -> None:
         assert dc.completeness.worst[1] <= completeness_tolerance(torch.float32)
     finally:
         unregister_rule("equal")
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="the fused kernel runs on CUDA tensors (its interpreter test: tests/test_kernels.py)")
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_fused_softmax_kernel_equals_the_eager_split(arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default split on CUDA is the fused Triton kernel (replay/kernels.py); it gives the eager split's
+    numbers (float32 rounding) in both precisions, and every hook still sums to the clean run."""
+    from depass_tl.replay import kernels
+
+    model = _model(arch)
+    run = capture(model, random_tokens(model, batch=2, pos=100).to(DEVICE))
+    init = depass_tl.tokens().init(run, torch.float32)
+    monkeypatch.setenv(kernels.KERNELS_ENV, "eager")
+    want = replay_components(run, init)
+    monkeypatch.setenv(kernels.KERNELS_ENV, "auto")
+    assert kernels.use_fused(want["unembed.hook_in"])
+    got = replay_components(run, init)
+    assert kernels._state.get("compiled") and kernels._state["broken"] is None  # it ran, no fallback
+    for name in want:
+        scale = want[name].abs().max()
+        assert (got[name] - want[name]).abs().max() <= 1e-5 * scale, name
+    for precision in ("exact", "fast"):
+        _, dc = depass_tl.run_with_depass(model, run.tokens, names_filter=[], precision=precision)
+        assert dc.completeness.worst[1] <= completeness_tolerance(torch.float32, precision)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from depass_tl.errors import DePassError
+from depass_tl.replay.kernels import softmax_share_, use_fused
 from depass_tl.replay.rules.base import DEFAULT_TEMPERATURE, MLPRule, RuleStats
 
 __all__ = ["Softmax", "SoftmaxStats"]
@@ -102,6 +103,12 @@ class Softmax(MLPRule):
                 for g in range(G)
             ]
             return torch.cat(parts)
+        if use_fused(keys) and softmax_share_(keys, target, bias_rows, self.temperature) is not None:
+            return keys  # the same split in two passes over the keys (replay/kernels.py)
+        return self.eager_share(keys, target, bias_rows)
+
+    def eager_share(self, keys: Tensor, target: Tensor, bias_rows: Tensor) -> Tensor:
+        """:meth:`share` of one group in PyTorch ops (what the fused kernel is checked against)."""
         # exp(γ/T − m) over the active components (γ ≠ 0), in place: 8 passes over [component, ...]
         inactive = keys == 0
         e = keys.div_(self.temperature).masked_fill_(inactive, float("-inf"))

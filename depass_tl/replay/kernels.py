@@ -1,0 +1,163 @@
+"""Fused GPU kernels for the replay's memory-bound steps (Triton), and when they are used.
+
+The ``softmax`` rule's one-shot split of a unit (:meth:`~depass_tl.replay.rules.Softmax.share`) is,
+in eager PyTorch, nine passes over the ``[component, batch, pos, d_mlp]`` keys: compare with 0, divide
+by T, mask, max, subtract, exp, sum, divide, multiply — about 54 bytes moved per element, 80 % of the
+replay's non-matmul memory traffic at 1024 tokens (``benchmarks/profile_ops.py``). The kernel here does
+the same arithmetic in two passes over the keys, writing the shares in place: per column (one
+``(batch, pos, neuron)``) an online max and sum of ``exp(γ/T − m)`` over the active components
+(``γ ≠ 0``), then ``share_c = exp(γ_c/T − m) · target / sum``, the whole target to the bias
+component where no component is active: 12 bytes per element.
+
+The shares equal the eager ones up to float rounding (the sum is accumulated with rescaling, ``exp``
+is the GPU's), and they still sum to the target to rounding: completeness is unchanged. Tested
+against the eager split in Triton's interpreter on CPU (``TRITON_INTERPRET=1``, CI) and on CUDA
+(``tests/test_cuda.py``, ``scripts/gpu_check.sh``).
+
+**When.** ``DEPASS_TL_KERNELS`` (environment variable, read at each call):
+
+* ``auto`` (default): the fused kernel for float32 / float64 CUDA tensors when ``triton`` imports
+  (it ships with PyTorch's CUDA wheels); the eager split on CPU.
+* ``eager``: never (e.g. to compare, or to rule the kernel out when debugging).
+* ``triton``: also for CPU tensors, which only runs under ``TRITON_INTERPRET=1`` (for tests);
+  a :class:`~depass_tl.errors.DePassError` when ``triton`` is not installed.
+
+If compiling the kernel fails on a machine (Triton needs a C compiler for its launcher), the first
+call warns once with the cause and the process keeps the eager split.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from depass_tl.errors import DePassValueError
+
+__all__ = ["KERNELS_ENV", "kernel_mode", "use_fused", "softmax_share_"]
+
+KERNELS_ENV = "DEPASS_TL_KERNELS"
+MODES = ("auto", "eager", "triton")
+BLOCK = 1024  # columns per program: 8 per thread at 4 warps (128-bit loads)
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {"kernel": None, "broken": None}
+
+
+def kernel_mode() -> str:
+    """The ``DEPASS_TL_KERNELS`` setting (``auto`` when unset)."""
+    mode = os.environ.get(KERNELS_ENV, "auto").strip().lower() or "auto"
+    if mode not in MODES:
+        raise DePassValueError(f"{KERNELS_ENV}={mode!r}: use one of {', '.join(MODES)} (unset means auto).")
+    return mode
+
+
+def _kernel() -> Any:
+    """The jitted Triton kernel (built once per process), or None when triton does not import."""
+    if _state["kernel"] is None:
+        with _lock:
+            if _state["kernel"] is None:
+                try:
+                    import triton  # noqa: F401
+                except ImportError:
+                    _state["kernel"] = False
+                else:
+                    _state["kernel"] = _build()
+    return _state["kernel"] or None
+
+
+def use_fused(keys: Tensor) -> bool:
+    """Whether the fused softmax split runs on ``keys`` (see the module docstring)."""
+    mode = kernel_mode()
+    if mode == "eager" or _state["broken"] is not None:
+        return False
+    if keys.dtype not in (torch.float32, torch.float64) or not keys.is_contiguous():
+        return False
+    if torch.is_grad_enabled() and keys.requires_grad:
+        return False
+    if mode == "auto" and not keys.is_cuda:
+        return False
+    if _kernel() is None:
+        if mode == "triton":
+            raise DePassValueError(f"{KERNELS_ENV}=triton needs the triton package (pip install triton), or unset it.")
+        return False
+    return True
+
+
+def softmax_share_(keys: Tensor, target: Tensor, bias_rows: Tensor, temperature: float) -> Tensor | None:
+    """The ``softmax`` shares of one group written into ``keys`` ``[n, ...]``; returns ``keys``.
+
+    ``target``: ``[...]`` (the keys' shape without the component axis); ``bias_rows``: the group's bias
+    row (one element) or empty. Returns None when the kernel could not be compiled on this machine
+    (warned once; the caller then splits eagerly).
+    """
+    kernel = _kernel()
+    n = keys.shape[0]
+    cols = keys[0].numel() if n else 0
+    if n == 0 or cols == 0:
+        return keys
+    t = target.to(keys.dtype).contiguous()
+    assert t.numel() == cols, "target must have the shape of one component's keys"
+    has_bias = len(bias_rows) > 0
+    bias = bias_rows.to(device=keys.device, dtype=torch.int64) if has_bias else keys.new_zeros(1, dtype=torch.int64)
+    grid = (-(-cols // BLOCK),)
+    try:
+        kernel[grid](keys, t, bias, n, cols, float(temperature), HAS_BIAS=has_bias, BLOCK=BLOCK, num_warps=4)
+    except Exception as err:  # compiling failed (no C compiler, unsupported GPU, ...): eager from now on
+        if _state["broken"] is not None or _state.get("compiled") or kernel_mode() == "triton":
+            raise
+        _state["broken"] = f"{type(err).__name__}: {err}"
+        warnings.warn(f"depass_tl: the fused softmax kernel could not run here ({_state['broken']}); this process "
+                      f"uses the eager split (same results; set {KERNELS_ENV}=eager to silence this).",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    _state["compiled"] = True
+    return keys
+
+
+def _build() -> Any:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def softmax_share_kernel(keys_ptr, target_ptr, bias_ptr, n_rows, n_cols, temperature,
+                             HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        cols = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        inside = cols < n_cols
+        neg_inf = float("-inf")
+        k0 = tl.load(keys_ptr + cols, mask=inside, other=0.0)
+        m = tl.full([BLOCK], neg_inf, k0.dtype)  # running max of γ/T over the active components
+        s = tl.zeros([BLOCK], k0.dtype)  # running Σ exp(γ/T − m)
+        ptr = keys_ptr + cols  # 64-bit pointers, advanced one row (n_cols elements) at a time
+        for i in range(0, n_rows):
+            k = tl.load(ptr, mask=inside, other=0.0)
+            ptr += n_cols
+            active = k != 0
+            score = tl.where(active, k / temperature, neg_inf)
+            m_new = tl.maximum(m, score)
+            safe = tl.where(m_new == neg_inf, 0.0, m_new)
+            s = s * tl.exp(m - safe) + tl.where(active, tl.exp(score - safe), 0.0)
+            m = m_new
+        m = tl.where(m == neg_inf, 0.0, m)
+        none = s == 0  # no active component: the whole target to the bias component
+        t = tl.load(target_ptr + cols, mask=inside, other=0.0)
+        scale = t / tl.where(none, 1.0, s)
+        if HAS_BIAS:
+            bias_row = tl.load(bias_ptr)
+        else:
+            bias_row = -1
+        ptr = keys_ptr + cols
+        for i in range(0, n_rows):
+            k = tl.load(ptr, mask=inside, other=0.0)
+            active = k != 0
+            share = tl.where(active, tl.exp(k / temperature - m), 0.0) * scale
+            share = tl.where(none & (i == bias_row), t, share)
+            tl.store(ptr, share, mask=inside)
+            ptr += n_cols
+
+    return softmax_share_kernel
