@@ -170,23 +170,26 @@ SHAPES = {  # name: (config, model dtype); smoke: tiny versions of the same fami
 }
 L = (lambda n: {128: 8, 512: 16, 1024: 24, 2048: 32}[n]) if SMOKE else (lambda n: n)
 MEM_BUDGET = "64MB" if SMOKE else args.memory_budget
-# (label, shape, model dtype, tokens, precision, max_memory, global TF32): the most important rows first
+# (label, shape, model dtype, tokens, precision, max_memory, global TF32, DEPASS_TL_KERNELS: "eager" compares
+# the fused softmax kernel with the eager split): the most important rows first
 ROWS_PLAN = [  # grouped by model (each is built once), the most important rows of each first
-    ("gpt2 fp32", "gpt2", torch.float32, 1024, "exact", None, False),
-    ("gpt2 fp32", "gpt2", torch.float32, 1024, "fast", None, False),
-    ("gpt2 fp32", "gpt2", torch.float32, 128, "exact", None, False),
-    ("gpt2 fp32", "gpt2", torch.float32, 128, "fast", None, False),
-    ("gpt2 fp32", "gpt2", torch.float32, 512, "exact", None, False),
-    ("gpt2 fp32", "gpt2", torch.float32, 512, "fast", None, False),
-    ("gpt2 fp32 +TF32 global", "gpt2", torch.float32, 1024, "exact", None, True),
-    ("llama8 fp32", "llama8", torch.float32, 2048, "exact", MEM_BUDGET, False),
-    ("llama8 fp32", "llama8", torch.float32, 2048, "fast", None, False),
-    ("llama8 fp32", "llama8", torch.float32, 1024, "exact", None, False),
-    ("llama8 fp32", "llama8", torch.float32, 1024, "fast", None, False),
-    ("gpt2 bf16", "gpt2", torch.bfloat16, 1024, "exact", None, False),
-    ("gpt2 bf16", "gpt2", torch.bfloat16, 1024, "fast", None, False),
-    ("gpt2 fp32", "gpt2", torch.float32, 2048, "exact", None, False),
-    ("gpt2 fp32", "gpt2", torch.float32, 2048, "fast", None, False),
+    ("gpt2 fp32", "gpt2", torch.float32, 1024, "exact", None, False, "auto"),
+    ("gpt2 fp32", "gpt2", torch.float32, 1024, "fast", None, False, "auto"),
+    ("gpt2 fp32", "gpt2", torch.float32, 128, "exact", None, False, "auto"),
+    ("gpt2 fp32", "gpt2", torch.float32, 128, "fast", None, False, "auto"),
+    ("gpt2 fp32 eager split", "gpt2", torch.float32, 1024, "exact", None, False, "eager"),
+    ("gpt2 fp32 eager split", "gpt2", torch.float32, 1024, "fast", None, False, "eager"),
+    ("gpt2 fp32", "gpt2", torch.float32, 512, "exact", None, False, "auto"),
+    ("gpt2 fp32", "gpt2", torch.float32, 512, "fast", None, False, "auto"),
+    ("gpt2 fp32 +TF32 global", "gpt2", torch.float32, 1024, "exact", None, True, "auto"),
+    ("llama8 fp32", "llama8", torch.float32, 2048, "exact", MEM_BUDGET, False, "auto"),
+    ("llama8 fp32", "llama8", torch.float32, 2048, "fast", None, False, "auto"),
+    ("llama8 fp32", "llama8", torch.float32, 1024, "exact", None, False, "auto"),
+    ("llama8 fp32", "llama8", torch.float32, 1024, "fast", None, False, "auto"),
+    ("gpt2 bf16", "gpt2", torch.bfloat16, 1024, "exact", None, False, "auto"),
+    ("gpt2 bf16", "gpt2", torch.bfloat16, 1024, "fast", None, False, "auto"),
+    ("gpt2 fp32", "gpt2", torch.float32, 2048, "exact", None, False, "auto"),
+    ("gpt2 fp32", "gpt2", torch.float32, 2048, "fast", None, False, "auto"),
 ]
 # rough H200 seconds of a row's first replay + batched forward, to skip rows that cannot finish in time
 FIRST_GUESS = {("gpt2", 128): 1, ("gpt2", 512): 3, ("gpt2", 1024): 6, ("gpt2", 2048): 25,
@@ -231,7 +234,8 @@ SKIPS: list[str] = []
 _prev_cost: dict[str, tuple[int, float]] = {}
 
 
-def run_row(label: str, shape: str, dtype: torch.dtype, N: int, precision: str, budget: str | None, tf32: bool) -> None:
+def run_row(label: str, shape: str, dtype: torch.dtype, N: int, precision: str, budget: str | None, tf32: bool,
+            kernels: str = "auto") -> None:
     n_ctx = max(n for _, s, _, n, *_ in ROWS_PLAN if s == shape) if not SMOKE else 64
     model = model_for(shape, dtype, n_ctx)
     toks = torch.randint(0, model.cfg.d_vocab, (1, L(N)), generator=torch.Generator().manual_seed(0)).to(DEV)
@@ -242,6 +246,8 @@ def run_row(label: str, shape: str, dtype: torch.dtype, N: int, precision: str, 
     old = torch.backends.cuda.matmul.fp32_precision if hasattr(torch.backends.cuda.matmul, "fp32_precision") else None
     if tf32 and old is not None:
         torch.backends.cuda.matmul.fp32_precision = "tf32"
+    old_kernels = os.environ.get("DEPASS_TL_KERNELS")
+    os.environ["DEPASS_TL_KERNELS"] = kernels
     try:
         t1, _, _ = measure(lambda: model(toks, return_type=None))
         t1 = min(measure(lambda: model(toks, return_type=None))[0] for _ in range(3))
@@ -264,9 +270,13 @@ def run_row(label: str, shape: str, dtype: torch.dtype, N: int, precision: str, 
     finally:
         if tf32 and old is not None:
             torch.backends.cuda.matmul.fp32_precision = old
+        if old_kernels is None:
+            os.environ.pop("DEPASS_TL_KERNELS", None)
+        else:
+            os.environ["DEPASS_TL_KERNELS"] = old_kernels
     t_dp = min(times)
     budget_b = parse_memory(budget) if budget else None
-    row = dict(label=label, tokens=n_tok, precision=precision, requested_precision=prec_used, C=C, depass_s=t_dp,
+    row = dict(label=label, kernels=kernels, tokens=n_tok, precision=precision, requested_precision=prec_used, C=C, depass_s=t_dp,
                reps=len(times), peak_GB=peak / 1e9, budget_GB=None if budget_b is None else budget_b / 1e9,
                peak_over_budget=None if budget_b is None else peak / budget_b, fwd1_ms=t1 * 1e3, fwdC_s=t_fwC,
                fwdC_scaled=copies < C, dp_over_fwd1=t_dp / t1, dp_over_fwdC=t_dp / t_fwC, rel_completeness=err,
@@ -339,7 +349,7 @@ def main() -> None:
     if args.profile:
         profile()
         return
-    for label, shape, dtype, N, precision, budget, tf32 in ROWS_PLAN:
+    for label, shape, dtype, N, precision, budget, tf32, kernels in ROWS_PLAN:
         name = f"{label} N={N} {precision}"
         if args.only and not any(o in name for o in args.only):
             continue
@@ -349,7 +359,7 @@ def main() -> None:
             SKIPS.append(f"{name} (time: est {est:.0f}s)")
             continue
         try:
-            run_row(label, shape, dtype, N, precision, budget, tf32)
+            run_row(label, shape, dtype, N, precision, budget, tf32, kernels)
         except Exception as e:  # noqa: BLE001  (one row failing must not lose the others)
             SKIPS.append(f"{name} ({type(e).__name__}: {str(e)[:160]})")
             print(f"  {name}: {type(e).__name__}: {str(e)[:300]}", flush=True)
@@ -358,12 +368,18 @@ def main() -> None:
     table()
     result = targets()
     bad = [r for r in ROWS if not r["rel_completeness"] <= r["tolerance"]]
+    from depass_tl.replay import kernels as _kernels
+
+    fused = ("fell back to the eager split: " + _kernels._state["broken"]) if _kernels._state["broken"] else (
+        "ran" if _kernels._state.get("compiled") else "not used")
+    print(f"fused softmax kernel (depass_tl/replay/kernels.py): {fused}")
     print("skipped: " + ("; ".join(SKIPS) if SKIPS else "none"))
     print("completeness within tolerance: " + ("OK" if not bad else "FAIL " + ", ".join(
         f"{r['label']} N={r['tokens']} {r['precision']}" for r in bad)))
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "bench_gpu.json"), "w") as f:
-            json.dump(dict(device=HW, torch=torch.__version__, kit=KIT, rows=ROWS, targets=result, skipped=SKIPS),
+            json.dump(dict(device=HW, torch=torch.__version__, kit=KIT, rows=ROWS, targets=result, skipped=SKIPS,
+                           fused_kernel=fused),
                       f, indent=1)
     if bad:
         sys.exit(1)

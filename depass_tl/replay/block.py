@@ -49,7 +49,7 @@ from depass_tl.replay.norm import apply_norm
 from depass_tl.replay.rules import MLPRule, Neurons, RuleStats
 from depass_tl.replay.shard import Shard
 from depass_tl.replay.state import SourcesPlan
-from depass_tl.replay.weights import Folded, PreparedBlock
+from depass_tl.replay.weights import PreparedBlock
 
 __all__ = ["pad_to_bias", "Chunk", "Outputs", "BlockStep", "attn_step", "mlp_step", "unit_shares"]
 
@@ -213,30 +213,41 @@ def _bias_rows_add(t: Tensor, rows: Tensor, const: Tensor | None) -> None:
         t.index_add_(0, rows, const.expand(len(rows), -1))
 
 
-def _linear_rows(x: Tensor, f: Folded, inv: Tensor | None) -> Tensor:
-    """``(x W') * inv`` per row (the folded norm), without the bias constant."""
-    y = x @ f.W
-    if f.scaled:
-        assert inv is not None, "a norm needs its captured scale"
-        y.mul_(inv[:, None])
-    return y
-
-
 # ----------------------------------------------------------------------------------- attention
-def _attention(state: State, step: BlockStep, i: int, j: int, inv: Tensor | None, fused: bool) -> Tensor | None:
-    """Attention of chunks ``[i, j)``; adds into ``X`` when ``fused``, else returns ``[rows, d_model]``."""
+def scaled_pattern(step: BlockStep) -> tuple[Tensor, Tensor | None]:
+    """The frozen pattern with ``ln1``'s row scale folded into its key columns, and that scale ``s``.
+
+    Values are ``v_c = (x_c W') / s + b`` (:mod:`~depass_tl.replay.weights`, ``b`` on the bias rows) and
+    are mixed as ``Σ_k A[q, k] v_c[k]``; ``A[q, k] / s[k]`` applied to ``x_c W'`` gives the same without a
+    pass over the values, and the bias rows then add ``b · s[k]`` (``[batch, pos]`` small). Computed
+    once per layer; ``s`` is None when ``ln1`` has no scale (the pattern is returned as is)."""
+    pattern = step.acts[step.prefix + "attn.hook_pattern"]
+    scale = step.acts.get(step.prefix + "ln1.hook_scale")
+    if not step.prep.V.scaled:
+        return pattern, None
+    assert scale is not None, "a norm needs its captured scale"
+    B, P = scale.shape[0], scale.shape[1]
+    return pattern / scale.reshape(B, 1, 1, P), scale.reshape(B * P)
+
+
+def _attention(state: State, step: BlockStep, i: int, j: int, pattern: Tensor, scale: Tensor | None,
+               fused: bool) -> Tensor | None:
+    """Attention of chunks ``[i, j)``; adds into ``X`` when ``fused``, else returns ``[rows, d_model]``.
+
+    ``pattern`` and ``scale``: :func:`scaled_pattern`."""
     pb, B = step.prep, state.B
     chunks = state.chunks[i:j]
     r0, r1 = chunks[0].off, chunks[-1].off + chunks[-1].numel_rows
     H, e, n_kv = pb.n_heads, pb.d_head, pb.n_kv
-    v = _linear_rows(state.X[r0:r1], pb.V, None if inv is None else inv[r0:r1])
-    pattern = step.acts[step.prefix + "attn.hook_pattern"]
+    v = state.X[r0:r1] @ pb.V.W  # x W'; the 1/s of ln1 is in the pattern's key columns
     clip = step.scale("attn.clip_ratio")
     z = torch.empty(r1 - r0, H * e, dtype=v.dtype, device=v.device)
     for ch in chunks:
         a, n, P_i, lo = ch.off - r0, ch.n_rows, ch.x.shape[2], ch.lo
         rows = slice(a, a + ch.numel_rows)
-        _bias_add(v, _shift(ch.bias_flat(), r0), pb.V.const)
+        bias_rows = _shift(ch.bias_flat(), r0)
+        if bias_rows is not None and pb.V.const is not None:  # b_V (and ln1's bias path): b · s, see above
+            v[bias_rows] += pb.V.const if scale is None else scale[:, None] * pb.V.const
         vi = v[rows].view(n, B, P_i, n_kv, e)
         if clip is not None:
             vi = vi * clip[:, lo:]
@@ -441,13 +452,12 @@ def attn_step(state: State, step: BlockStep, out: Outputs, *, store_pre: bool, s
     p, block = step.prefix, step.w
     if store_pre:
         out.store_state(p + "hook_resid_pre", state.active)
-    inv_all = step.inv_scale("ln1.hook_scale")
-    inv = None if inv_all is None else inv_all.index_select(0, state.pos[: state.active_rows])
+    pattern, scale = scaled_pattern(step)
     parallel = block.parallel and block.mlp is not None
     fused = not parallel and not out.needs(p + "hook_attn_out") and step.sources is None and block.ln1_post is None
     parts = []
     for i, j in state.attn_passes():
-        parts.append(_attention(state, step, i, j, inv, fused))
+        parts.append(_attention(state, step, i, j, pattern, scale, fused))
     if fused:
         return _store_after(state, out, p, block, store_after)
     a_out = torch.cat(parts) if len(parts) > 1 else parts[0] if parts else state.X.new_zeros(0, state.D)
