@@ -160,6 +160,7 @@ def _count_fused(counter: OpCounter) -> Any:
 
 def profile(tokens: int, layers: int, precision: str, skip_matmul: bool, rule: str,
             kernels: str = "eager") -> dict[str, Any]:
+    import depass_tl
     from depass_tl.capture import capture
     from depass_tl.components import tokens as token_spec
     from depass_tl.replay.engine import replay_components
@@ -179,15 +180,26 @@ def profile(tokens: int, layers: int, precision: str, skip_matmul: bool, rule: s
     saved = mod.use_fused, mod.softmax_share_
     if kernels == "fused":
         mod.use_fused, mod.softmax_share_ = (lambda keys: True), _count_fused(counter)
+    whole = OpCounter(False)
     try:
         with counter, torch.no_grad():
             replay_components(run, init, mlp_rule=rule, keep=lambda name: False, chunk_size=chunk)
+        if not skip_matmul:  # the whole call: capture, checks, replay, guard, cache (real numbers: the guard checks them)
+            if kernels == "fused":
+                mod.softmax_share_ = _count_fused(whole)
+            with whole:
+                depass_tl.run_with_depass(model, toks, mlp_rule=rule, names_filter=[], chunk_size=chunk)
     finally:
         mod.use_fused, mod.softmax_share_ = saved
+    forward = OpCounter(True)
+    with forward, torch.no_grad():
+        model(toks, return_type=None)
     n_ops = sum(counter.ops.values())
     n_bytes = sum(counter.bytes.values())
     est = counter.flops / GEMM_FLOPS[precision] + n_bytes / HBM_BYTES_S
     return dict(tokens=tokens, layers=layers, kernels=kernels, chunk=chunk, ops=n_ops, ops_per_layer=n_ops / layers,
+                call_ops=sum(whole.ops.values()) if not skip_matmul else None, call_syncs=whole.syncs,
+                forward_ops=sum(forward.ops.values()),
                 syncs=counter.syncs, gemm_tflop=counter.flops / 1e12, gb_moved=n_bytes / 1e9,
                 est_gpu_s=est, est_launch_s=n_ops * LAUNCH_S, top_ops=counter.ops.most_common(),
                 top_bytes=[(k, round(v / 1e9, 3)) for k, v in counter.bytes.most_common()])
@@ -209,12 +221,14 @@ def main() -> None:
     kinds = ["eager", "fused"] if args.kernels == "both" else [args.kernels]
     rows = [profile(n, args.layers, args.precision, args.skip_matmul, args.rule, k) for n in args.tokens for k in kinds]
     print(f"# replay profile, GPT-2-small shape, {args.layers} layers, {args.rule}, CUDA chunking, counted on CPU")
-    print("| tokens | softmax split | chunk | ops | ops/layer | syncs | GEMM TFLOP | GB moved (non-GEMM) | est. H200 s "
-          f"({args.precision}: GEMM + bytes) | est. launch s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| tokens | softmax split | chunk | replay ops | ops/layer | GEMM TFLOP | GB moved (non-GEMM) | est. H200 s "
+          f"({args.precision}: GEMM + bytes) | est. launch s | whole call: ops (syncs) | one forward: ops |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['tokens']} | {r['kernels']} | {r['chunk']} | {r['ops']} | {r['ops_per_layer']:.0f} | {r['syncs']} | "
-              f"{r['gemm_tflop']:.3f} | {r['gb_moved']:.2f} | {r['est_gpu_s']:.3f} | {r['est_launch_s']:.3f} |")
+        call = "-" if r["call_ops"] is None else f"{r['call_ops']} ({r['call_syncs']})"
+        print(f"| {r['tokens']} | {r['kernels']} | {r['chunk']} | {r['ops']} | {r['ops_per_layer']:.0f} | "
+              f"{r['gemm_tflop']:.3f} | {r['gb_moved']:.2f} | {r['est_gpu_s']:.3f} | {r['est_launch_s']:.3f} | {call} | "
+              f"{r['forward_ops']} |")
     for r in rows:
         print(f"\ntokens {r['tokens']} ({r['kernels']}): most frequent ops {r['top_ops'][:12]}")
         print(f"tokens {r['tokens']} ({r['kernels']}): most bytes (GB) {r['top_bytes'][:8]}")

@@ -220,6 +220,7 @@ def _check_residual_identity(acts: dict[str, Tensor], view: ModelView, edited: I
     whether a replay can follow it is decided per replay (:func:`depass_tl.foreign_hooks.check_edits`).
     """
     edited = set(edited)
+    layers, gaps = [], []
     for l, block in enumerate(view.blocks):
         p = f"blocks.{l}."
         if any(p + h in edited for h in _IDENTITY_HOOKS):
@@ -228,9 +229,13 @@ def _check_residual_identity(acts: dict[str, Tensor], view: ModelView, edited: I
         if block.mlp is not None:
             total = total + acts[p + "hook_mlp_out"]
         ref = acts[p + "hook_resid_post"]
-        err = float((total - ref).abs().max())
-        tol = 1e-3 * max(1.0, float(ref.abs().max()))
-        if err > tol:
+        layers.append(l)
+        gaps.append(torch.stack([(total - ref).abs().max(), ref.abs().max()]).float().to(view.device))
+    if not layers:
+        return
+    for l, (err, size) in zip(layers, torch.stack(gaps).tolist()):  # one host sync for every layer
+        tol = 1e-3 * max(1.0, size)
+        if not err <= tol:
             raise UnsupportedModelError(
                 f"layer {l}: hook_resid_pre + hook_attn_out (+ hook_mlp_out) differs from hook_resid_post by "
                 f"{err:.3g}; the model's residual stream is not the sum its hooks report, so it cannot be "

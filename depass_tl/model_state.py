@@ -103,7 +103,29 @@ def check_model_state(model: Any) -> None:
 
 
 def _non_finite(named: Iterable[tuple[str, Tensor]]) -> list[str]:
-    return [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    """The names of the floating tensors holding NaN or inf: one host sync for all of them when they are
+    finite (:func:`all_finite`), one per tensor only to name the culprits."""
+    named = [(name, t) for name, t in named if t.is_floating_point() and t.numel()]
+    if all_finite([t for _, t in named]):
+        return []
+    return [name for name, t in named if not bool(torch.isfinite(t).all())]
+
+
+def all_finite(tensors: Iterable[Tensor]) -> bool:
+    """Whether every element of every (floating, non-empty) tensor is finite.
+
+    The largest magnitude of each tensor (NaN propagates), a few fused kernels per device and dtype
+    (``torch._foreach_norm``), then one host sync per device: on a GPU, checking a model's hundred
+    captured activations no longer costs a hundred synchronisations.
+    """
+    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for t in tensors:
+        if t.is_floating_point() and t.numel():
+            groups.setdefault((t.device, t.dtype), []).append(t.detach())
+    flags: dict[torch.device, list[Tensor]] = {}
+    for (device, _), ts in groups.items():
+        flags.setdefault(device, []).append(torch.isfinite(torch.stack(torch._foreach_norm(ts, float("inf")))).all())
+    return all(bool(torch.stack(fs).all()) for fs in flags.values())
 
 
 #: Parameters a model allocates but its forward never reads, per ``cfg.positional_embedding_type``:
@@ -154,9 +176,9 @@ def check_finite(logits: Tensor, acts: dict[str, Tensor], order: list[str]) -> N
     Raises:
         ModelStateError: names the first non-finite hook.
     """
-    bad = _non_finite((name, acts[name]) for name in order if name in acts)
-    if not bad and bool(torch.isfinite(logits).all()):
+    if all_finite([logits, *acts.values()]):
         return
+    bad = _non_finite((name, acts[name]) for name in order if name in acts)
     first = f"first at {bad[0]}" if bad else "in the logits"
     raise ModelStateError(
         f"the model's clean run has NaN or inf values ({first}) although its weights are finite: an activation "

@@ -143,3 +143,66 @@ def test_weights_are_not_copied_for_same_dtype() -> None:
     cast = engine_mod._cast_view(view.blocks[0], torch.float64)
     assert cast.mlp.W_in.data_ptr() == view.blocks[0].mlp.W_in.data_ptr()
     assert dataclasses.is_dataclass(cast)
+
+
+class _OpLog(torch.utils._python_dispatch.TorchDispatchMode):
+    """The aten ops dispatched inside the block (views included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_all_finite_checks_every_tensor_in_one_pass() -> None:
+    from depass_tl.model_state import all_finite
+
+    good = [torch.randn(3, 4), torch.randn(5).half(), torch.randn(2, dtype=torch.float64), torch.zeros(0),
+            torch.arange(4)]
+    assert all_finite(good)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for i in range(3):
+            tensors = [t.clone() for t in good]
+            tensors[i].view(-1)[-1] = bad
+            assert not all_finite(tensors), (bad, i)
+    with _OpLog() as log:
+        all_finite([torch.randn(3) for _ in range(40)])
+    assert log.ops.count("_local_scalar_dense") == 1  # one host sync for the 40 tensors
+
+
+def test_zero_biases_are_found_with_one_check() -> None:
+    """Reading a view decides which biases are all zeros in one batched check (not one sync per bias)
+    and gives the same view as deciding them one at a time."""
+    from depass_tl.backends.common import maybe_bias, zero_biases_known
+
+    model = make_model("gpt2", n_layers=2)
+    with torch.no_grad():
+        model.blocks[0].attn.b_O.zero_()
+        model.blocks[1].mlp.b_in.fill_(0.5)
+    biases = [model.blocks[0].attn.b_O, model.blocks[0].attn.b_V, model.blocks[1].mlp.b_in, None]
+    plain = [maybe_bias(b) for b in biases]
+    with zero_biases_known(model), _OpLog() as log:
+        batched = [maybe_bias(b) for b in biases]
+    assert [b is None for b in batched] == [b is None for b in plain] and plain[0] is None and plain[2] is not None
+    assert "_local_scalar_dense" not in log.ops and "eq" not in log.ops  # answered from the batched check
+    assert maybe_bias(torch.zeros(3)) is None  # outside the context: checked on the spot
+
+
+def test_residual_identity_is_checked_for_every_layer_at_once() -> None:
+    """The clean cache's resid_pre + attn_out + mlp_out = resid_post check (one host sync for all layers)
+    names the first layer where it fails, and skips layers whose hooks the user edited."""
+    from depass_tl.capture import _check_residual_identity
+    from depass_tl.errors import UnsupportedModelError
+
+    model = make_model("gpt2", n_layers=3)
+    run = capture(model, random_tokens(model, pos=7))
+    acts = dict(run.acts)
+    _check_residual_identity(acts, run.view)
+    for bad in (1, 2):
+        broken = {**acts, f"blocks.{bad}.hook_mlp_out": acts[f"blocks.{bad}.hook_mlp_out"] + 0.5}
+        with pytest.raises(UnsupportedModelError, match=f"layer {bad}: hook_resid_pre"):
+            _check_residual_identity(broken, run.view)
+        _check_residual_identity(broken, run.view, edited=[f"blocks.{bad}.hook_mlp_out"])

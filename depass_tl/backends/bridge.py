@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from depass_tl.backends.base import Backend, class_named
-from depass_tl.backends.common import check_supported, maybe_bias, soft_cap
+from depass_tl.backends.common import check_supported, maybe_bias, soft_cap, zero_biases_known
 from depass_tl.errors import UnsupportedModelError
 from depass_tl.model_view import AttnView, BlockView, MLPView, ModelView, NormView
 
@@ -149,6 +149,11 @@ def read_bridge_view(model: Any) -> ModelView:
     Raises:
         UnsupportedModelError: MoE, encoders, ``clip_qkv``, or a module layout the replay does not know.
     """
+    with zero_biases_known(model):  # one batched zero check for every bias, not one sync each
+        return _read_bridge_view(model)
+
+
+def _read_bridge_view(model: Any) -> ModelView:
     cfg = model.cfg
     _refuse_encoders(model, cfg)
     check_supported(cfg)

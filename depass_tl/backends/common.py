@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from depass_tl.errors import UnsupportedModelError
 
-__all__ = ["check_supported", "maybe_bias", "soft_cap"]
+__all__ = ["check_supported", "maybe_bias", "zero_biases_known", "soft_cap"]
+
+_ZERO: ContextVar[dict[int, bool] | None] = ContextVar("depass_tl_zero_biases", default=None)
 
 
 def _get(cfg: Any, name: str, default: Any = None) -> Any:
@@ -49,11 +55,48 @@ def check_supported(cfg: Any) -> None:
 
 
 def maybe_bias(t: Any) -> Tensor | None:
-    """A detached bias, or None when it is absent or all zeros (then the replay skips it)."""
+    """A detached bias, or None when it is absent or all zeros (then the replay skips it).
+
+    Inside :func:`zero_biases_known` a model's bias parameters are answered from one batched check."""
     if t is None:
         return None
+    known = _ZERO.get()
+    zero = None
+    if known is not None:  # the parameter itself, or a whole-tensor view of it (a Bridge's reshaped b_V)
+        base = t._base if t._base is not None and t._base.numel() == t.numel() else t
+        zero = known.get(id(base))
     t = t.detach()
-    return None if bool((t == 0).all()) else t
+    if zero is None:
+        zero = bool((t == 0).all())
+    return None if zero else t
+
+
+def _bias_like(name: str) -> bool:
+    last = name.rsplit(".", 1)[-1]
+    return last in ("b", "bias") or last.startswith(("b_", "_b_"))
+
+
+@contextmanager
+def zero_biases_known(model: Any) -> Iterator[None]:
+    """Decide which of ``model``'s bias parameters are all zeros at once, for :func:`maybe_bias` within.
+
+    Reading a view asks this of every bias (about 50 for GPT-2 small); one at a time that is one host
+    synchronisation each on a GPU. Here: the largest magnitude of each (``torch._foreach_norm``, fused)
+    and one synchronisation per device and dtype.
+    """
+    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for name, p in model.named_parameters():
+        if _bias_like(name) and p.is_floating_point() and p.numel():
+            groups.setdefault((p.device, p.dtype), []).append(p)
+    known: dict[int, bool] = {}
+    for ps in groups.values():
+        norms = torch._foreach_norm([p.detach() for p in ps], float("inf"))
+        known.update(zip(map(id, ps), (torch.stack(norms) == 0).tolist()))
+    token = _ZERO.set(known)
+    try:
+        yield
+    finally:
+        _ZERO.reset(token)
 
 
 def soft_cap(cfg: Any) -> float | None:

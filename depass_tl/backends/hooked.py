@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from depass_tl.backends.base import Backend
-from depass_tl.backends.common import check_supported, maybe_bias, soft_cap
+from depass_tl.backends.common import check_supported, maybe_bias, soft_cap, zero_biases_known
 from depass_tl.errors import UnsupportedModelError
 from depass_tl.model_view import AttnView, BlockView, ExpertView, MLPView, ModelView, MoEView, NormView
 
@@ -89,6 +89,11 @@ def read_hooked_view(model: Any) -> ModelView:
     Raises:
         UnsupportedModelError: a config feature the replay does not handle.
     """
+    with zero_biases_known(model):  # one batched zero check for every bias, not one sync each
+        return _read_hooked_view(model)
+
+
+def _read_hooked_view(model: Any) -> ModelView:
     cfg = model.cfg
     check_supported(cfg)
     clip = getattr(cfg, "clip_qkv", None)

@@ -105,8 +105,9 @@ def softmax_share_(keys: Tensor, target: Tensor, bias_rows: Tensor, temperature:
     has_bias = len(bias_rows) > 0
     bias = bias_rows.to(device=keys.device, dtype=torch.int64) if has_bias else keys.new_zeros(1, dtype=torch.int64)
     grid = (-(-cols // BLOCK),)
+    temp = _scalar(float(temperature), keys)  # in the keys' dtype (a Python float would reach the kernel as float32)
     try:
-        kernel[grid](keys, t, bias, n, cols, float(temperature), HAS_BIAS=has_bias, BLOCK=BLOCK, num_warps=4)
+        kernel[grid](keys, t, bias, temp, n, cols, HAS_BIAS=has_bias, BLOCK=BLOCK, num_warps=4)
     except Exception as err:  # compiling failed (no C compiler, unsupported GPU, ...): eager from now on
         if _state["broken"] is not None or _state.get("compiled") or kernel_mode() == "triton":
             raise
@@ -119,14 +120,25 @@ def softmax_share_(keys: Tensor, target: Tensor, bias_rows: Tensor, temperature:
     return keys
 
 
+def _scalar(value: float, like: Tensor) -> Tensor:
+    """``value`` as a one-element tensor of ``like``'s dtype and device, made once per process."""
+    key = (value, like.dtype, like.device)
+    cache = _state.setdefault("scalars", {})
+    if key not in cache:
+        cache[key] = torch.full((1,), value, dtype=like.dtype, device=like.device)
+    return cache[key]
+
+
 def _build() -> Any:
     import triton
     import triton.language as tl
 
-    @triton.jit
-    def softmax_share_kernel(keys_ptr, target_ptr, bias_ptr, n_rows, n_cols, temperature,
+    # one compiled variant for every unit size (no specialisation on n_rows == 1 or n_cols % 16)
+    @triton.jit(do_not_specialize=["n_rows", "n_cols"])
+    def softmax_share_kernel(keys_ptr, target_ptr, bias_ptr, temperature_ptr, n_rows, n_cols,
                              HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
         pid = tl.program_id(0)
+        temperature = tl.load(temperature_ptr)
         cols = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         inside = cols < n_cols
         neg_inf = float("-inf")
