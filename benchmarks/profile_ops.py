@@ -139,23 +139,30 @@ def _mm_shape(name: str, args: tuple) -> tuple[int, ...]:
     return (args[1].shape[0], args[1].shape[1], args[2].shape[2])  # baddbmm
 
 
-def _count_fused(counter: OpCounter) -> Any:
-    """Stand-ins for the fused softmax kernel (:mod:`depass_tl.replay.kernels`) on CPU: the eager split
-    computes the numbers (not counted) and the kernel is counted as one launch that reads the keys
-    twice, writes them once and reads the target."""
-    from depass_tl.replay.rules import softmax as mod
+def _count_fused(counter: OpCounter) -> tuple[Any, Any]:
+    """Stand-ins for the fused kernels (:mod:`depass_tl.replay.kernels`) on CPU: the eager split computes
+    the numbers (not counted) and each kernel is counted as one launch and the bytes it moves (softmax:
+    reads the keys twice, writes them once; max: reads once, writes once; both read the target)."""
+    from depass_tl.replay.rules import Max, Softmax
 
-    def fused(keys: torch.Tensor, target: torch.Tensor, bias_rows: torch.Tensor, temperature: float) -> torch.Tensor:
+    def run(name: str, split: Any, keys: torch.Tensor, target: torch.Tensor, passes: int) -> torch.Tensor:
         counter.paused = True
         try:
-            mod.Softmax(temperature).eager_share(keys, target, bias_rows)
+            split()
         finally:
             counter.paused = False
-        counter.ops["fused_softmax_share"] += 1
-        counter.bytes["fused_softmax_share"] += 3 * _nbytes(keys) + _nbytes(target)
+        counter.ops[name] += 1
+        counter.bytes[name] += passes * _nbytes(keys) + _nbytes(target)
         return keys
 
-    return fused
+    def softmax(keys: torch.Tensor, target: torch.Tensor, bias_rows: torch.Tensor, temperature: float) -> torch.Tensor:
+        return run("fused_softmax_share", lambda: Softmax(temperature).eager_share(keys, target, bias_rows), keys,
+                   target, 3)
+
+    def max_(keys: torch.Tensor, target: torch.Tensor, bias_rows: torch.Tensor) -> torch.Tensor:
+        return run("fused_max_share", lambda: Max().eager_share(keys, target, bias_rows), keys, target, 2)
+
+    return softmax, max_
 
 
 def profile(tokens: int, layers: int, precision: str, skip_matmul: bool, rule: str,
@@ -175,22 +182,28 @@ def profile(tokens: int, layers: int, precision: str, skip_matmul: bool, rule: s
     K = tokens + 1
     chunk = max(DEFAULT_CHUNK_ROWS["cuda"], -(-(K - 1) // MAX_CAUSAL_CHUNKS))  # what a CUDA replay would use
     counter = OpCounter(skip_matmul)
-    from depass_tl.replay.rules import softmax as mod
+    from depass_tl.replay.rules import argmax as max_mod
+    from depass_tl.replay.rules import softmax as soft_mod
 
-    saved = mod.use_fused, mod.softmax_share_
-    if kernels == "fused":
-        mod.use_fused, mod.softmax_share_ = (lambda keys: True), _count_fused(counter)
+    saved = soft_mod.use_fused, soft_mod.softmax_share_, max_mod.use_fused, max_mod.max_share_
+
+    def patch(c: OpCounter) -> None:
+        soft_mod.softmax_share_, max_mod.max_share_ = _count_fused(c)
+        soft_mod.use_fused = max_mod.use_fused = lambda keys: True
+
     whole = OpCounter(False)
     try:
+        if kernels == "fused":
+            patch(counter)
         with counter, torch.no_grad():
             replay_components(run, init, mlp_rule=rule, keep=lambda name: False, chunk_size=chunk)
         if not skip_matmul:  # the whole call: capture, checks, replay, guard, cache (real numbers: the guard checks them)
             if kernels == "fused":
-                mod.softmax_share_ = _count_fused(whole)
+                patch(whole)
             with whole:
                 depass_tl.run_with_depass(model, toks, mlp_rule=rule, names_filter=[], chunk_size=chunk)
     finally:
-        mod.use_fused, mod.softmax_share_ = saved
+        soft_mod.use_fused, soft_mod.softmax_share_, max_mod.use_fused, max_mod.max_share_ = saved
     forward = OpCounter(True)
     with forward, torch.no_grad():
         model(toks, return_type=None)
@@ -213,7 +226,7 @@ def main() -> None:
     ap.add_argument("--rule", default="softmax")
     ap.add_argument("--skip-matmul", action="store_true", help="count matmuls without computing them")
     ap.add_argument("--kernels", choices=["eager", "fused", "both"], default="both",
-                    help="the softmax split as eager ops, as the fused kernel (counted analytically), or both")
+                    help="the softmax / max split as eager ops, as the fused kernel (counted analytically), or both")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()

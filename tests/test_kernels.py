@@ -68,7 +68,7 @@ import torch
 import depass_tl
 from depass_tl.capture import capture
 from depass_tl.replay.engine import replay_components
-from depass_tl.replay.rules import Softmax
+from depass_tl.replay.rules import Max, Softmax
 from depass_tl.replay import kernels
 from tests.models import make_model, random_tokens
 
@@ -102,20 +102,32 @@ for dtype in (torch.float32, torch.float64):
 print("share", worst[torch.float32], worst[torch.float64])
 assert worst[torch.float32] <= 2e-6 and worst[torch.float64] <= 1e-14, worst
 
-# a whole replay (every stored hook), on a standard and a gated MLP, with padding
-for arch in ("gpt2", "llama"):
+# max: the same numbers exactly (no arithmetic), ties to the first component, none active to the bias
+for dtype in (torch.float32, torch.float64):
+    for n, shape in [(1, (2, 3)), (3, (1, 2, 4)), (33, (2, 3, 40))]:
+        keys = torch.randint(-3, 4, (n, *shape)).to(dtype)  # many ties and zeros (inactive)
+        keys[:, ..., -1] = 0
+        target = torch.randn(*shape, dtype=dtype)
+        for bias in (torch.tensor([n - 1]), torch.tensor([], dtype=torch.long)):
+            want = with_mode("eager", lambda: Max().share(keys.clone(), target, bias, n))
+            got = Max().share(keys.clone(), target, bias, n)
+            assert torch.equal(got, want), (dtype, n, shape, len(bias))
+print("max share equal")
+
+# a whole replay (every stored hook), on a standard and a gated MLP, with padding, under both rules
+for arch, rule in (("gpt2", "softmax"), ("llama", "softmax"), ("gpt2", "max")):
     model = make_model(arch, dtype=torch.float64, n_layers=2, d_model=16, n_heads=2, d_mlp=24, d_vocab=50, n_ctx=16)
     toks = random_tokens(model, batch=2, pos=9)
     mask = torch.ones_like(toks); mask[1, 6:] = 0
     run = capture(model, toks, attention_mask=mask)
     init = depass_tl.tokens().init(run, torch.float64)
-    want = with_mode("eager", lambda: replay_components(run, init, chunk_size=3, dtype=torch.float64))
-    got = replay_components(run, init, chunk_size=3, dtype=torch.float64)
+    want = with_mode("eager", lambda: replay_components(run, init, chunk_size=3, dtype=torch.float64, mlp_rule=rule))
+    got = replay_components(run, init, chunk_size=3, dtype=torch.float64, mlp_rule=rule)
     scale = max(v.abs().max() for v in want.values())
     err = max(((got[k] - want[k]).abs().max() / scale).item() for k in want)
-    print(arch, "replay", err)
-    assert err <= 1e-13, (arch, err)
-    logits, dc = depass_tl.run_with_depass(model, toks, attention_mask=mask)
+    print(arch, rule, "replay", err)
+    assert err <= 1e-13, (arch, rule, err)
+    logits, dc = depass_tl.run_with_depass(model, toks, attention_mask=mask, mlp_rule=rule)
     assert dc.completeness.worst[1] <= 1e-9
 print("OK")
 '''

@@ -204,3 +204,16 @@ def test_statistics_merge_like_one_pass(rule: MLPRule) -> None:
             use = keys[a:b].clone() if rule.reads_keys else None
             out.append(merged.allocate(use, target, local, a, b - a, 0))
         torch.testing.assert_close(torch.cat(out), ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["softmax", "max"])
+def test_one_shot_split_without_a_bias_row(name: str) -> None:
+    """A group handed over without its bias row (``bias_rows`` empty): where a component is active the
+    shares sum to the target; where none is, nobody gets it (there is no bias component to hold it)."""
+    rule = get_rule(name)
+    keys = torch.randn(4, 2, 5, dtype=torch.float64)
+    keys[:, :, 0] = 0  # nothing active at neuron 0
+    target = torch.randn(2, 5, dtype=torch.float64)
+    shares = rule.share(keys.clone(), target, torch.tensor([], dtype=torch.long), 4)
+    assert torch.allclose(shares.sum(0)[:, 1:], target[:, 1:], rtol=0, atol=1e-12)
+    assert torch.equal(shares[:, :, 0], torch.zeros(4, 2, dtype=torch.float64))

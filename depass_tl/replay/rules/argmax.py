@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from depass_tl.replay.kernels import max_share_, use_fused
 from depass_tl.replay.rules.base import MLPRule, RuleStats
 
 __all__ = ["Max", "MaxStats"]
@@ -66,15 +67,25 @@ class Max(MLPRule):
         if keys.requires_grad and torch.is_grad_enabled():
             keys = keys.clone()
         G = keys.shape[0] // group_size
-        if G > 1 or len(bias_rows) != 1:
+        if G > 1:
             parts = []
             for g in range(G):
                 local = bias_rows[(bias_rows >= g * group_size) & (bias_rows < (g + 1) * group_size)] - g * group_size
                 parts.append(self.share(keys[g * group_size : (g + 1) * group_size], target, local, group_size))
             return torch.cat(parts)
+        if use_fused(keys) and max_share_(keys, target, bias_rows) is not None:
+            return keys  # the same split in two passes (replay/kernels.py)
+        return self.eager_share(keys, target, bias_rows)
+
+    def eager_share(self, keys: Tensor, target: Tensor, bias_rows: Tensor) -> Tensor:
+        """:meth:`share` of one group in PyTorch ops (what the fused kernel is checked against)."""
         inactive = keys == 0
         none = inactive.all(0)  # [batch, pos, d_mlp]
         winner = keys.masked_fill_(inactive, float("-inf")).argmax(0)  # first maximal index on ties
         del inactive
-        winner = torch.where(none, bias_rows.to(winner.dtype), winner)  # nothing active: the bias gets it all
-        return keys.zero_().scatter_(0, winner[None], target[None])
+        if len(bias_rows):
+            winner = torch.where(none, bias_rows.to(winner.dtype), winner)  # nothing active: the bias gets it all
+            value = target
+        else:  # nothing active and no bias component here: no component gets it
+            value = torch.where(none, torch.zeros_like(target), target)
+        return keys.zero_().scatter_(0, winner[None], value[None])
