@@ -370,9 +370,10 @@ def main() -> None:
     bad = [r for r in ROWS if not r["rel_completeness"] <= r["tolerance"]]
     from depass_tl.replay import kernels as _kernels
 
-    fused = ("fell back to the eager split: " + _kernels._state["broken"]) if _kernels._state["broken"] else (
-        "ran" if _kernels._state.get("compiled") else "not used")
-    print(f"fused softmax kernel (depass_tl/replay/kernels.py): {fused}")
+    status = _kernels.kernel_status()
+    fused = ("fell back to the eager split: " + status["fallback"]) if status["fallback"] else (
+        "ran: " + ", ".join(status["ran"]) if status["ran"] else "not used")
+    print(f"fused kernels (depass_tl/replay/kernels.py): {fused}")
     print("skipped: " + ("; ".join(SKIPS) if SKIPS else "none"))
     print("completeness within tolerance: " + ("OK" if not bad else "FAIL " + ", ".join(
         f"{r['label']} N={r['tokens']} {r['precision']}" for r in bad)))

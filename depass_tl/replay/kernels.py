@@ -40,7 +40,7 @@ from torch import Tensor
 
 from depass_tl.errors import DePassValueError
 
-__all__ = ["KERNELS_ENV", "kernel_mode", "use_fused", "softmax_share_", "max_share_"]
+__all__ = ["KERNELS_ENV", "kernel_mode", "use_fused", "kernel_status", "softmax_share_", "max_share_"]
 
 KERNELS_ENV = "DEPASS_TL_KERNELS"
 MODES = ("auto", "eager", "triton")
@@ -58,6 +58,12 @@ def kernel_mode() -> str:
     return mode
 
 
+def kernel_status() -> dict[str, Any]:
+    """What this process did: the mode, the kernels that ran (``softmax``, ``max``), and the reason it fell
+    back to the eager split (None: it did not)."""
+    return {"mode": kernel_mode(), "ran": sorted(_state.get("ran", ())), "fallback": _state["broken"]}
+
+
 def _kernel() -> Any:
     """The jitted Triton kernels by rule name (built once per process), or None when triton does not import."""
     if _state["kernel"] is None:
@@ -73,7 +79,7 @@ def _kernel() -> Any:
 
 
 def use_fused(keys: Tensor) -> bool:
-    """Whether the fused softmax split runs on ``keys`` (see the module docstring)."""
+    """Whether a fused split (``softmax``, ``max``) runs on ``keys`` (see the module docstring)."""
     mode = kernel_mode()
     if mode == "eager" or _state["broken"] is not None:
         return False
@@ -121,14 +127,14 @@ def _launch(which: str, keys: Tensor, target: Tensor, bias_rows: Tensor, temp: T
     try:
         kernel[grid](*args, n, cols, HAS_BIAS=has_bias, BLOCK=BLOCK, num_warps=4)
     except Exception as err:  # compiling failed (no C compiler, unsupported GPU, ...): eager from now on
-        if _state["broken"] is not None or _state.get("compiled") or kernel_mode() == "triton":
-            raise
+        if _state["broken"] is not None or which in _state.setdefault("ran", set()) or kernel_mode() == "triton":
+            raise  # it ran before (or was forced): not a compilation problem
         _state["broken"] = f"{type(err).__name__}: {err}"
         warnings.warn(f"depass_tl: the fused {which} kernel could not run here ({_state['broken']}); this process "
                       f"uses the eager split (same results; set {KERNELS_ENV}=eager to silence this).",
                       RuntimeWarning, stacklevel=4)
         return None
-    _state["compiled"] = True
+    _state.setdefault("ran", set()).add(which)
     return keys
 
 

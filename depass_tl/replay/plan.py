@@ -18,7 +18,7 @@ at most ``attn_rows`` / ``mlp_rows`` (component, batch, position) rows, sized so
   (``init_bytes``; token components are kept as ``[batch, pos, d_model]``, not densely);
 * the flat state (``Σ rows · d_model``) and its index tensors; every stored hook but the last
   (dense ``[component, batch, pos, d_model]``); one block's weights in the accumulation dtype, laid out
-  for the replay, and its frozen tensors;
+  for the replay, its frozen tensors and its attention pattern with ``ln1``'s scale folded in;
 * per pass row, the working tensors: attention values, mixed values and their per-chunk copies (and the
   output unless it is added in place); the MLP's gathered input, keys/shares (``d_mlp``), the rule's
   temporaries and the output;
@@ -192,7 +192,9 @@ def plan_chunks(
     dense = C * B * P * D * itemsize
     attn_row = _attn_row_elems(view) * itemsize
     mlp_row = _mlp_row_bytes(view, rule, itemsize)
-    weights = 2 * _block_weight_bytes(view, itemsize)
+    heads = max(b.attn.W_O.shape[0] for b in view.blocks) if view.blocks else 0
+    # one block's weights laid out for the replay, and its pattern with ln1's scale folded in (block.py)
+    weights = 2 * _block_weight_bytes(view, itemsize) + B * heads * P * P * itemsize
 
     def cut(size: int) -> list[tuple[int, int, int, int]]:
         if not splittable:
