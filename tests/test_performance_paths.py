@@ -54,6 +54,26 @@ def test_non_causal_pattern_falls_back_exactly() -> None:
         assert fast["unembed.hook_in"][5, :, :5].abs().max() > 0  # tok5 now reaches earlier positions
 
 
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_causal_query_blocks_are_exact(arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mixing each block of queries with the keys up to its end only (causal patterns) gives the numbers
+    of the whole-pattern product, and a non-causal pattern is never split."""
+    from depass_tl.replay import block as block_mod
+
+    model = make_model(arch, n_layers=2, n_ctx=32)
+    run = capture(model, random_tokens(model, pos=23))
+    init = depass_tl.tokens().init(run, torch.float64)
+    monkeypatch.setattr(block_mod, "MAX_QUERY_BLOCKS", 1)
+    whole = replay_components(run, init, dtype=torch.float64, chunk_size=5)
+    monkeypatch.setattr(block_mod, "MAX_QUERY_BLOCKS", 4)
+    monkeypatch.setattr(block_mod, "QUERY_BLOCK", 3)
+    assert block_mod.query_blocks(23, True) == [(0, 5), (5, 11), (11, 17), (17, 23)]
+    split = replay_components(run, init, dtype=torch.float64, chunk_size=5)
+    for name in whole:
+        torch.testing.assert_close(split[name], whole[name], rtol=0, atol=1e-12)
+    assert block_mod.query_blocks(23, False) == [(0, 23)]
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_prepared_attention_equals_plain(arch: str) -> None:
     model = make_model(arch)

@@ -38,7 +38,8 @@ components of one group, :mod:`~depass_tl.replay.plan`) kept in one flat state
 (:mod:`~depass_tl.replay.layout`); every sublayer runs over all chunks before the next, its matrix
 products over many chunks at once. A chunk whose components are exactly zero before position ``lo``
 (token components) is held and computed from ``lo`` on when the attention patterns are causal
-(checked once per replay; a non-causal pattern turns skipping off). The MLP splits *units*: every
+(checked once per replay; a non-causal pattern turns skipping off); with causal patterns long chunks also
+mix each block of queries with the keys up to its end only. The MLP splits *units*: every
 component of a group at a block of positions, so the competitive rules (``softmax`` / ``max``), whose
 shares span every component of a group, see complete statistics in one pass
 (:class:`~depass_tl.replay.rules.RuleStats`); padding moves are summed per group and settled after each
@@ -114,7 +115,8 @@ def replay_components(
         chunk_size: at most this many components per chunk (the bias components get their own).
         max_memory: bytes the call may allocate (see :mod:`depass_tl.replay.plan`); passes are sized
             to fit, or a :class:`DePassError` says what to drop.
-        causal_skip: skip the positions a chunk cannot reach (exact; off only for testing).
+        causal_skip: skip the positions a chunk cannot reach, and the keys after each block of queries
+            when mixing values (:func:`~depass_tl.replay.block.query_blocks`); exact, off only for testing.
         held_bytes: memory the caller already holds for this call (the captured run), counted
             against ``max_memory``.
         reducer: called with each MLP unit's statistics under a competitive rule once they are complete
@@ -142,7 +144,8 @@ def replay_components(
     )
     sources: list[Any] = [_padded(g.source, dtype, run.pad, K) for g in init.groups]
     layers = sorted({l for l, _ in schedule(view, first)})
-    causal = causal_skip and init.sources is None and not has_moe and _causal(run, layers)
+    pattern_causal = causal_skip and _causal(run, layers)
+    causal = pattern_causal and init.sources is None and not has_moe
     starts = [_starts(src, causal) for src in sources]
     names = [n for n in init.stored_hook_names(view) if n == FINAL_HOOK or keep(n)]
     dev0 = block_device(view.blocks[layers[0]]) if layers else view.device
@@ -184,7 +187,7 @@ def replay_components(
         if step is None or step.layer != l:
             w = _cast_view(block, dtype)
             step = BlockStep(l, w, PreparedBlock.build(w, rule.gated_keys), block_tensors(run.acts, f"blocks.{l}.", dtype, dev),
-                             rule, K, init.sources, reducer, shard)
+                             rule, K, init.sources, reducer, shard, pattern_causal)
             out.to(dev)
             state.to(dev)
         enter(s)
