@@ -30,6 +30,7 @@ call warns once with the cause and the process keeps the eager split.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import warnings
@@ -125,7 +126,8 @@ def _launch(which: str, keys: Tensor, target: Tensor, bias_rows: Tensor, temp: T
     grid = (-(-cols // BLOCK),)
     args = (keys, t, bias) if temp is None else (keys, t, bias, temp)  # the temperature in the keys' dtype
     try:
-        kernel[grid](*args, n, cols, HAS_BIAS=has_bias, BLOCK=BLOCK, num_warps=4)
+        with _on(keys.device):  # a model split over GPUs: launch on the keys' device, not the current one
+            kernel[grid](*args, n, cols, HAS_BIAS=has_bias, BLOCK=BLOCK, num_warps=4)
     except Exception as err:  # compiling failed (no C compiler, unsupported GPU, ...): eager from now on
         if _state["broken"] is not None or which in _state.setdefault("ran", set()) or kernel_mode() == "triton":
             raise  # it ran before (or was forced): not a compilation problem
@@ -136,6 +138,11 @@ def _launch(which: str, keys: Tensor, target: Tensor, bias_rows: Tensor, temp: T
         return None
     _state.setdefault("ran", set()).add(which)
     return keys
+
+
+def _on(device: torch.device) -> Any:
+    """The CUDA device context of ``device`` (Triton launches on the current device); nothing for CPU tensors."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _scalar(value: float, like: Tensor) -> Tensor:
