@@ -13,10 +13,11 @@ from depass_tl.capture import capture
 from depass_tl.coefficients import FrozenRun
 from depass_tl.replay import device as device_mod
 from depass_tl.replay import engine as engine_mod
-from depass_tl.replay.attention import PreparedAttn, attention, attention_prepared
+from depass_tl.replay.attention import attention
 from depass_tl.replay.engine import replay_components
 from depass_tl.replay.rules import get_rule, rule_names
 from depass_tl.replay.plan import row_starts
+from depass_tl.replay.weights import PreparedBlock
 from tests.models import ARCHS, make_model, random_tokens
 
 RULES = rule_names()  # every registered rule
@@ -76,17 +77,29 @@ def test_causal_query_blocks_are_exact(arch: str, monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_prepared_attention_equals_plain(arch: str) -> None:
+    """The flat engine's value/output matrices (replay/weights.PreparedBlock, here without a norm to fold)
+    compute the plain attention of replay/attention.py."""
     model = make_model(arch)
     run = capture(model, random_tokens(model))
-    view = run.view.blocks[0].attn
+    block = dataclasses.replace(run.view.blocks[0], ln1=None)
+    view = block.attn
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(5, 2, 6, model.cfg.d_model, generator=gen, dtype=torch.float64)
     bias = torch.tensor([4])
     pattern = run.get("blocks.0.attn.hook_pattern")
     ref = attention(x, pattern, view, bias)
-    got = attention_prepared(x, pattern, PreparedAttn.build(view), bias)
+    pb = PreparedBlock.build(block, "gate")
+    v = (x.reshape(-1, x.shape[-1]) @ pb.V.W).reshape(5, 2, 6, pb.n_kv, pb.d_head)
+    if pb.V.const is not None:
+        v[bias] += pb.V.const.reshape(pb.n_kv, pb.d_head)
+    if pb.kv_of_head is not None:
+        v = v.index_select(3, pb.kv_of_head)
+    z = torch.einsum("bhqk,cbkhe->cbqhe", pattern, v)
+    got = (z.reshape(-1, pb.n_heads * pb.d_head) @ pb.W_O).reshape(ref.shape)
+    if pb.b_O is not None:
+        got[bias] += pb.b_O
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-13)
-    assert PreparedAttn.build(view).W_V.is_contiguous()
+    assert pb.V.W.is_contiguous()
 
 
 @pytest.mark.parametrize("rule", ["softmax", "max"])

@@ -14,7 +14,8 @@ from depass_tl.errors import UnsupportedModelError
 
 __all__ = ["check_supported", "maybe_bias", "zero_biases_known", "soft_cap"]
 
-_ZERO: ContextVar[dict[int, bool] | None] = ContextVar("depass_tl_zero_biases", default=None)
+_ZERO: ContextVar[dict[tuple[int, int, torch.dtype, torch.device], bool] | None] = ContextVar(
+    "depass_tl_zero_biases", default=None)
 
 
 def _get(cfg: Any, name: str, default: Any = None) -> Any:
@@ -61,14 +62,16 @@ def maybe_bias(t: Any) -> Tensor | None:
     if t is None:
         return None
     known = _ZERO.get()
-    zero = None
-    if known is not None:  # the parameter itself, or a whole-tensor view of it (a Bridge's reshaped b_V)
-        base = t._base if t._base is not None and t._base.numel() == t.numel() else t
-        zero = known.get(id(base))
     t = t.detach()
+    zero = None if known is None else known.get(_memory(t))  # also a whole-tensor view (a Bridge's reshaped b_V)
     if zero is None:
         zero = bool((t == 0).all())
     return None if zero else t
+
+
+def _memory(t: Tensor) -> tuple[int, int, torch.dtype, torch.device]:
+    """What a tensor's values are: its memory (views of a whole parameter share it), not its identity."""
+    return (t.data_ptr(), t.numel(), t.dtype, t.device)
 
 
 def _bias_like(name: str) -> bool:
@@ -88,10 +91,10 @@ def zero_biases_known(model: Any) -> Iterator[None]:
     for name, p in model.named_parameters():
         if _bias_like(name) and p.is_floating_point() and p.numel():
             groups.setdefault((p.device, p.dtype), []).append(p)
-    known: dict[int, bool] = {}
+    known: dict[tuple[int, int, torch.dtype, torch.device], bool] = {}
     for ps in groups.values():
         norms = torch._foreach_norm([p.detach() for p in ps], float("inf"))
-        known.update(zip(map(id, ps), (torch.stack(norms) == 0).tolist()))
+        known.update(zip(map(_memory, ps), (torch.stack(norms) == 0).tolist()))
     token = _ZERO.set(known)
     try:
         yield
