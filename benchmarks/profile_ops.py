@@ -38,11 +38,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # H200 constants of the estimate: fp32 SIMT GEMMs ran at ~49 TFLOP/s in the H200 profile of this
 # replay (aten::mm, 1024 tokens); TF32 and HBM rates are nominal derated; launch cost from 6,939
 # launches in a 0.104 s call (profile-h200-2026-12-04.log).
-GEMM_FLOPS = {"exact": 49e12, "fast": 300e12}
+GEMM_FLOPS = {"exact": 49e12, "fast": 300e12, "tf32x3": 300e12}  # tf32x3: its three TF32 products are counted
 HBM_BYTES_S = 4.0e12
 LAUNCH_S = 12e-6
 
-MATMULS = {"mm", "addmm", "bmm", "baddbmm", "matmul", "addmm_", "addbmm"}
+MATMULS = {"mm", "addmm", "bmm", "baddbmm", "matmul", "addmm_", "addbmm", "baddbmm_"}
 VIEWS = {
     "view", "_unsafe_view", "reshape", "permute", "transpose", "t", "expand", "slice", "select", "unsqueeze",
     "squeeze", "as_strided", "alias", "detach", "split", "split_with_sizes", "unbind", "view_as", "narrow",
@@ -62,7 +62,7 @@ def _flops(name: str, args: tuple, out: Any) -> int:
     if name in ("addmm", "addmm_"):
         (m, k), (_, n) = shape(args[1]), shape(args[2])
         return 2 * m * k * n
-    if name in ("bmm", "baddbmm"):
+    if name in ("bmm", "baddbmm", "baddbmm_"):
         a, b = (args[0], args[1]) if name == "bmm" else (args[1], args[2])
         (bt, m, k), (_, _, n) = shape(a), shape(b)
         return 2 * bt * m * k * n
@@ -93,7 +93,7 @@ class OpCounter(TorchDispatchMode):
         if name in MATMULS:
             if self.skip_matmul:
                 out = torch.zeros(_mm_shape(name, args), dtype=args[-1].dtype, device=args[-1].device)
-                if name in ("addmm_",):
+                if name in ("addmm_", "baddbmm_"):
                     out = args[0]
                 elif kwargs.get("out") is not None:
                     out = kwargs["out"]
@@ -139,10 +139,11 @@ def _mm_shape(name: str, args: tuple) -> tuple[int, ...]:
     return (args[1].shape[0], args[1].shape[1], args[2].shape[2])  # baddbmm
 
 
-def _count_fused(counter: OpCounter) -> tuple[Any, Any]:
+def _count_fused(counter: OpCounter) -> tuple[Any, Any, Any]:
     """Stand-ins for the fused kernels (:mod:`depass_tl.replay.kernels`) on CPU: the eager split computes
     the numbers (not counted) and each kernel is counted as one launch and the bytes it moves (softmax:
-    reads the keys twice, writes them once; max: reads once, writes once; both read the target)."""
+    reads the keys twice, writes them once; max: reads once, writes once; both read the target; the
+    TF32 split of ``tf32x3`` reads its input once and writes two parts)."""
     from depass_tl.replay.rules import Max, Softmax
 
     def run(name: str, split: Any, keys: torch.Tensor, target: torch.Tensor, passes: int) -> torch.Tensor:
@@ -162,7 +163,21 @@ def _count_fused(counter: OpCounter) -> tuple[Any, Any]:
     def max_(keys: torch.Tensor, target: torch.Tensor, bias_rows: torch.Tensor) -> torch.Tensor:
         return run("fused_max_share", lambda: Max().eager_share(keys, target, bias_rows), keys, target, 2)
 
-    return softmax, max_
+    def split_tf32(x: torch.Tensor, consume: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        from depass_tl.replay.matmul import Split
+
+        out: list[Split] = []
+        run("fused_split_tf32", lambda: out.append(_eager_split(x, consume)), x, x[:0], 3)
+        return out[0].hi, out[0].lo
+
+    return softmax, max_, split_tf32
+
+
+def _eager_split(x: torch.Tensor, consume: bool) -> Any:
+    from depass_tl.replay import matmul
+
+    hi = (x.view(torch.int32) + (1 << 12)).bitwise_and_(-(1 << 13)).view(torch.float32)
+    return matmul.Split(hi, x.sub_(hi) if consume else x - hi)
 
 
 def profile(tokens: int, layers: int, precision: str, skip_matmul: bool, rule: str,
@@ -185,25 +200,34 @@ def profile(tokens: int, layers: int, precision: str, skip_matmul: bool, rule: s
     from depass_tl.replay.rules import argmax as max_mod
     from depass_tl.replay.rules import softmax as soft_mod
 
-    saved = soft_mod.use_fused, soft_mod.softmax_share_, max_mod.use_fused, max_mod.max_share_
+    from depass_tl.precision import matmul_precision
+    from depass_tl.replay import matmul
+
+    saved = (soft_mod.use_fused, soft_mod.softmax_share_, max_mod.use_fused, max_mod.max_share_, matmul.use_fused,
+             matmul.split_tf32_)
 
     def patch(c: OpCounter) -> None:
-        soft_mod.softmax_share_, max_mod.max_share_ = _count_fused(c)
-        soft_mod.use_fused = max_mod.use_fused = lambda keys: True
+        soft_mod.softmax_share_, max_mod.max_share_, matmul.split_tf32_ = _count_fused(c)
+        soft_mod.use_fused = max_mod.use_fused = matmul.use_fused = lambda keys: True
 
     whole = OpCounter(False)
+    devices = matmul.DEVICE_TYPES
+    matmul.DEVICE_TYPES = ("cuda", "cpu")  # tf32x3: split the products here as a CUDA replay would
     try:
         if kernels == "fused":
             patch(counter)
-        with counter, torch.no_grad():
+        with counter, torch.no_grad(), matmul_precision(precision):
             replay_components(run, init, mlp_rule=rule, keep=lambda name: False, chunk_size=chunk)
         if not skip_matmul:  # the whole call: capture, checks, replay, guard, cache (real numbers: the guard checks them)
             if kernels == "fused":
                 patch(whole)
             with whole:
-                depass_tl.run_with_depass(model, toks, mlp_rule=rule, names_filter=[], chunk_size=chunk)
+                depass_tl.run_with_depass(model, toks, mlp_rule=rule, names_filter=[], chunk_size=chunk,
+                                          precision=precision)
     finally:
-        soft_mod.use_fused, soft_mod.softmax_share_, max_mod.use_fused, max_mod.max_share_ = saved
+        (soft_mod.use_fused, soft_mod.softmax_share_, max_mod.use_fused, max_mod.max_share_, matmul.use_fused,
+         matmul.split_tf32_) = saved
+        matmul.DEVICE_TYPES = devices
     forward = OpCounter(True)
     with forward, torch.no_grad():
         model(toks, return_type=None)
@@ -222,7 +246,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tokens", type=int, nargs="+", default=[128])
     ap.add_argument("--layers", type=int, default=12)
-    ap.add_argument("--precision", choices=["exact", "fast"], default="exact")
+    ap.add_argument("--precision", choices=sorted(GEMM_FLOPS), default="exact")
     ap.add_argument("--rule", default="softmax")
     ap.add_argument("--skip-matmul", action="store_true", help="count matmuls without computing them")
     ap.add_argument("--kernels", choices=["eager", "fused", "both"], default="both",

@@ -277,8 +277,10 @@ def run_with_depass(
             passes are sized to fit, or a ``DePassError`` says what to drop (usually ``names_filter=[]``).
             See :mod:`depass_tl.memory`.
         precision: ``"exact"`` (default: float32 matmuls, TF32 off during the call whatever the global
-            setting) or ``"fast"`` (TF32 tensor-core matmuls on CUDA; relative completeness about 1e-3).
-            The cache records it and the completeness it measured (:mod:`depass_tl.precision`).
+            setting), ``"tf32x3"`` (float32 accuracy from three TF32 tensor-core products per product
+            on CUDA, :mod:`depass_tl.replay.matmul`) or ``"fast"`` (TF32 tensor-core matmuls on CUDA;
+            relative completeness about 1e-3). On CPU all three compute the same. The cache records
+            it and the completeness it measured (:mod:`depass_tl.precision`).
         ignore_special_token: as the official DePass code's option of that name (token components,
             competitive rules): ``tok0`` (BOS) gets no MLP share at positions > 0, and at position 0 its
             MLP key is 1 (there it is the only token, so it keeps the MLP output). Default False.

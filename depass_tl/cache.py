@@ -41,7 +41,7 @@ class DePassCache(Decomposition):
         str_tokens: token strings per prompt (None without a tokenizer).
         start_hook: where the replay started.
         mlp_rule: the MLP allocation rule used.
-        precision: the replay's precision mode (``"exact"`` or ``"fast"``; :mod:`depass_tl.precision`);
+        precision: the replay's precision mode (``"exact"``, ``"tf32x3"`` or ``"fast"``; :mod:`depass_tl.precision`);
             ``completeness`` holds the error it measured and the tolerance that mode allows.
         logits_soft_capped: True when the model soft-caps its logits; attributions are then of the
             pre-cap logits (``unembed.hook_out``), which is what sums exactly.

@@ -1,14 +1,26 @@
-"""Precision modes of a replay: ``"exact"`` (default) and ``"fast"``, and the completeness they promise.
+"""Precision modes of a replay: ``"exact"`` (default), ``"tf32x3"`` and ``"fast"``, and the completeness
+they promise.
 
 * ``"exact"``: every matmul in true float32 (or the accumulation dtype you ask for). On CUDA,
   TensorFloat-32 is switched **off for the duration of the call** whatever the global setting
   (``torch.backends.cuda.matmul.fp32_precision`` / ``allow_tf32`` / ``torch.set_float32_matmul_precision``)
   and restored afterwards, so a notebook that enabled TF32 for training still gets exact attributions.
+* ``"tf32x3"``: float32 accuracy on the tensor cores. The replay's float32 products on CUDA (the
+  attention's values, mixing and output, the MLP's two matrices) are each computed as three TF32
+  products of operands split into high and low parts (:mod:`depass_tl.replay.matmul`), within a few
+  float32 roundings of ``"exact"``; everything else (the clean run, mixture-of-experts layers, the
+  guard) runs as ``"exact"``. Meant for GPUs whose TF32 rate is several times their float32 rate
+  (Ampere and later). On CPU it computes the same as ``"exact"``.
 * ``"fast"``: CUDA float32 matmuls run on the tensor cores in TF32 (10-bit mantissa inputs, float32
   accumulation), several times faster on Ampere and later GPUs; the elementwise work (norm scales, rule
   allocation, sums over components) stays in float32. On CPU ``"fast"`` computes the same as ``"exact"``.
 
-Completeness (components summing to the clean activations) holds in both modes up to rounding; what
+**Which one.** ``"exact"`` for reference numbers and small inputs; ``"tf32x3"`` for long inputs on a
+GPU when the numbers must stay float32-accurate; ``"fast"`` when a relative completeness error of
+about 1e-3 is acceptable (rankings of components, plots), not for comparing against another
+implementation to float precision.
+
+Completeness (components summing to the clean activations) holds in every mode up to rounding; what
 changes is the rounding. :func:`completeness_tolerance` is the one place that says how much is expected
 for an accumulation dtype and a precision: the relative error (max ``|Σ_c x_c − clean|`` over max
 ``|clean|``) that a correct replay stays below. Measured on random GPT-2-small-shaped models:
@@ -34,11 +46,12 @@ import torch
 
 from depass_tl.errors import DePassValueError
 from depass_tl.guard import RTOL_BY_PRECISION, completeness_rtol
+from depass_tl.replay.matmul import cuda_tf32, split_products
 
 __all__ = ["Precision", "PRECISIONS", "check_precision", "matmul_precision", "completeness_tolerance"]
 
-Precision = Literal["exact", "fast"]
-PRECISIONS: tuple[str, ...] = tuple(RTOL_BY_PRECISION)  # ("exact", "fast")
+Precision = Literal["exact", "tf32x3", "fast"]
+PRECISIONS: tuple[str, ...] = tuple(RTOL_BY_PRECISION)  # ("exact", "tf32x3", "fast")
 
 def check_precision(precision: object) -> str:
     """``precision`` if it is a known mode, else a :class:`~depass_tl.errors.DePassError` naming the modes."""
@@ -62,31 +75,13 @@ def completeness_tolerance(dtype: torch.dtype, precision: str = "exact", model_d
     return completeness_rtol(dtype, dtype if model_dtype is None else model_dtype, precision)
 
 
-def _cuda_matmul():  # type: ignore[no-untyped-def]
-    return torch.backends.cuda.matmul
-
-
 @contextmanager
 def matmul_precision(precision: str) -> Iterator[None]:
-    """Run the block with CUDA float32 matmuls in IEEE float32 (``"exact"``) or TF32 (``"fast"``).
+    """Run the block with CUDA float32 matmuls in IEEE float32 (``"exact"``), TF32 (``"fast"``), or IEEE
+    float32 with the replay's own products split into three TF32 ones (``"tf32x3"``,
+    :mod:`depass_tl.replay.matmul`).
 
-    The global setting is restored on exit, also after an exception. Torch >= 2.9 has two APIs for
-    this (``fp32_precision`` and the legacy ``allow_tf32``) that refuse to be read once mixed; the
-    newer one is used when present, which leaves whatever the caller set readable as before.
-    """
+    The global setting is restored on exit, also after an exception."""
     check_precision(precision)
-    matmul = _cuda_matmul()
-    if hasattr(matmul, "fp32_precision"):
-        old = matmul.fp32_precision
-        matmul.fp32_precision = "ieee" if precision == "exact" else "tf32"
-        try:
-            yield
-        finally:
-            matmul.fp32_precision = old
-    else:  # torch < 2.9
-        old_flag = matmul.allow_tf32
-        matmul.allow_tf32 = precision == "fast"
-        try:
-            yield
-        finally:
-            matmul.allow_tf32 = old_flag
+    with cuda_tf32(precision == "fast"), split_products(precision == "tf32x3"):
+        yield

@@ -21,14 +21,15 @@ def test_bench_gpu_cpu_smoke(tmp_path: Path) -> None:
     env = {**os.environ, "OUT": str(tmp_path), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--cpu-smoke", "--reps", "1",
-         "--only", "gpt2 fp32 N=128", "llama8 fp32 N=2048 exact"],
+         "--only", "gpt2 fp32 N=128", "gpt2 fp32 N=1024 tf32x3", "llama8 fp32 N=2048 exact"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "| model | precision | tokens |" in proc.stdout and "completeness within tolerance: OK" in proc.stdout
     result = json.loads((tmp_path / "bench_gpu.json").read_text())
     rows = {(r["label"], r["precision"], r["budget_GB"] is not None) for r in result["rows"]}
-    assert rows == {("gpt2 fp32", "exact", False), ("gpt2 fp32", "fast", False), ("llama8 fp32", "exact", True)}
+    assert rows == {("gpt2 fp32", "exact", False), ("gpt2 fp32", "fast", False), ("gpt2 fp32", "tf32x3", False),
+                    ("llama8 fp32", "exact", True)}
     for r in result["rows"]:
         assert 0 <= r["rel_completeness"] <= r["tolerance"] and r["depass_s"] > 0 and r["C"] == r["tokens"] + 1
         if r["budget_GB"] is not None:  # the whole call's peak (PeakMemory on CPU) under max_memory

@@ -34,7 +34,7 @@ def _model(arch: str, dtype: torch.dtype = torch.float32, **kw):  # type: ignore
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-@pytest.mark.parametrize("precision", ["exact", "fast"])
+@pytest.mark.parametrize("precision", ["exact", "tf32x3", "fast"])
 def test_completeness_and_reference(arch: str, precision: str) -> None:
     """Both precisions sum to the clean logits within their tolerance and match a float64 CPU replay."""
     model = _model(arch)
@@ -48,6 +48,32 @@ def test_completeness_and_reference(arch: str, precision: str) -> None:
     _, ref = depass_tl.run_with_depass(ref_model, toks.cpu(), names_filter=[])
     got, want = dc["unembed.hook_in"].double().cpu(), ref["unembed.hook_in"]
     assert (got - want).abs().max() <= 10 * tol * want.abs().max()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_tf32x3_is_as_accurate_as_exact(arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """precision="tf32x3" splits the replay's products into TF32 ones (on CUDA) and stays within a few
+    float32 roundings of "exact" against a float64 replay, while "fast" is far off; on the CPU it is "exact"."""
+    from depass_tl.replay import matmul
+
+    splits: list[int] = []
+    real = matmul.split
+    monkeypatch.setattr(matmul, "split", lambda t, consume=False: splits.append(t.numel()) or real(t, consume=consume))
+    model = _model(arch)
+    toks = random_tokens(model, batch=2, pos=120).to(DEVICE)
+    got = {p: depass_tl.run_with_depass(model, toks, names_filter=[], precision=p)[1]["unembed.hook_in"].double().cpu()
+           for p in ("exact", "tf32x3", "fast")}
+    if DEVICE == "cpu":
+        assert not splits and torch.equal(got["tf32x3"], got["exact"])
+        return
+    assert splits, "no product was split"
+    ref = _model(arch, torch.float64)
+    ref.load_state_dict(model.state_dict())
+    want = depass_tl.run_with_depass(ref, toks, names_filter=[], dtype=torch.float64)[1]["unembed.hook_in"].cpu()
+    err = {p: ((g - want).abs().max() / want.abs().max()).item() for p, g in got.items()}
+    print(f"relative error vs float64 ({arch}): {err}")
+    assert err["tf32x3"] <= 8 * err["exact"] + 1e-6, err
+    assert err["fast"] >= 10 * err["tf32x3"], err
 
 
 @pytest.mark.parametrize("rule", RULES)

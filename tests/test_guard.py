@@ -149,7 +149,7 @@ def test_the_tolerance_depends_only_on_dtypes_and_precision(monkeypatch) -> None
     assert completeness_rtol(f64, f64) == 1e-9
     assert completeness_rtol(f64, f32) == completeness_rtol(f32, f32) == 1e-4
     assert completeness_rtol(f32, bf16) > completeness_rtol(f32, f16) > completeness_rtol(f32, f32)
-    with pytest.raises(DePassValueError, match="precision must be one of 'exact', 'fast'"):
+    with pytest.raises(DePassValueError, match="precision must be one of 'exact', 'tf32x3', 'fast'"):
         completeness_rtol(f32, f32, "fastest")
     assert completeness_rtol(f32, f32, "fast") == 1e-2 and completeness_rtol(f32, bf16, "fast") == 8e-2
     assert completeness_rtol(f64, f64, "fast") == 1e-2  # TF32 rounding is coarser than float64's

@@ -1,4 +1,5 @@
-"""The fused softmax kernel (depass_tl/replay/kernels.py): when it runs, and that it equals the eager split.
+"""The fused kernels (depass_tl/replay/kernels.py): when they run, and that they equal the eager code
+(the softmax and max splits, the TF32 split of ``precision="tf32x3"``).
 
 The kernel itself runs here in Triton's interpreter on CPU (``TRITON_INTERPRET=1``, in a subprocess
 because the variable must be set before Triton is imported), when the ``triton`` package is installed
@@ -114,6 +115,27 @@ for dtype in (torch.float32, torch.float64):
             assert torch.equal(got, want), (dtype, n, shape, len(bias))
 assert "max" in kernels.kernel_status()["ran"]
 print("max share equal")
+
+# the TF32 split of precision="tf32x3" (replay/matmul.py): the kernel's parts equal the eager ones bit for bit
+from depass_tl.replay import matmul
+x = torch.randn(3, 1000) * torch.logspace(-20, 20, 1000)
+x[0, :4] = torch.tensor([0.0, -0.0, 1.0 + 2.0**-11, -(1.0 + 2.0**-11)])  # zeros and ties
+want = with_mode("eager", lambda: matmul.split(x.clone()))
+got = matmul.split(x.clone())
+assert "split" in kernels.kernel_status()["ran"]
+assert torch.equal(got.hi, want.hi) and torch.equal(got.lo, want.lo) and torch.equal(got.hi + got.lo, x)
+y = x.clone()
+c = matmul.split(y, consume=True)
+assert c.lo.data_ptr() == y.data_ptr() and torch.equal(c.hi, want.hi) and torch.equal(y, want.lo)
+# and a whole float32 tf32x3 replay with its products split here (the max rule: no rounding of its own)
+matmul.DEVICE_TYPES = ("cuda", "cpu")
+model = make_model("gpt2", dtype=torch.float32, n_layers=2, d_model=16, n_heads=2, d_mlp=24, d_vocab=50, n_ctx=16)
+toks = random_tokens(model, batch=2, pos=9)
+want = with_mode("eager", lambda: depass_tl.run_with_depass(model, toks, mlp_rule="max", precision="tf32x3")[1])
+got = depass_tl.run_with_depass(model, toks, mlp_rule="max", precision="tf32x3")[1]
+assert all(torch.equal(got[k], want[k]) for k in want.keys())
+matmul.DEVICE_TYPES = ("cuda",)
+print("split equal")
 
 # a whole replay (every stored hook), on a standard and a gated MLP, with padding, under both rules
 for arch, rule in (("gpt2", "softmax"), ("llama", "softmax"), ("gpt2", "max")):

@@ -90,7 +90,7 @@ def test_the_replay_runs_with_the_mode_flag(restore_flag) -> None:  # type: igno
 
 def test_unknown_precision_is_refused() -> None:
     model = make_model("gpt2")
-    with pytest.raises(DePassError, match="precision must be one of 'exact', 'fast'"):
+    with pytest.raises(DePassError, match="precision must be one of 'exact', 'tf32x3', 'fast'"):
         depass_tl.run_with_depass(model, random_tokens(model), precision="tf32")
     with pytest.raises(DePassError, match="precision must be one of"):
         check_precision(None)

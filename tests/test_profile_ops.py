@@ -33,6 +33,19 @@ def test_fused_split_is_counted_as_one_launch_per_unit() -> None:
     assert eager["call_syncs"] <= 20
 
 
+def test_tf32x3_triples_the_products_and_the_fused_split_is_one_launch() -> None:
+    exact = profile_ops.profile(12, 2, "exact", True, "softmax", "eager")
+    eager = profile_ops.profile(12, 2, "tf32x3", True, "softmax", "eager")
+    fused = profile_ops.profile(12, 2, "tf32x3", True, "softmax", "fused")
+    # three products per product; a norm's bias folded through a matrix (one row, once per replay) stays IEEE
+    assert 2.99 * exact["gemm_tflop"] <= eager["gemm_tflop"] <= 3 * exact["gemm_tflop"] * (1 + 1e-12)
+    assert fused["gemm_tflop"] == eager["gemm_tflop"]
+    splits = dict(fused["top_ops"])["fused_split_tf32"]
+    strided = dict(fused["top_ops"]).get("bitwise_and_", 0)  # weights held as views: split eagerly (small)
+    assert splits > strided and splits + strided == dict(eager["top_ops"])["bitwise_and_"]  # one kernel per split
+    assert fused["gb_moved"] < eager["gb_moved"] and eager["gb_moved"] > exact["gb_moved"]
+
+
 def test_cli_prints_the_table(tmp_path: Path) -> None:
     out = tmp_path / "p.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_ops.py"), "--tokens", "8", "--layers", "1",

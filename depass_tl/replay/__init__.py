@@ -13,5 +13,7 @@ module                      what it holds
 :mod:`.engine`              ``replay_components``: schedule, devices, groups entering
 :mod:`.reverse`             reverse mode (one backward pass) under a linear rule
 :mod:`.device`              each block on its weights' device
+:mod:`.matmul`              the replay's matrix products; ``precision="tf32x3"`` splits them into TF32 ones
+:mod:`.kernels`             fused Triton kernels on CUDA (softmax / max splits, the TF32 split)
 ==========================  ==========================================================================
 """

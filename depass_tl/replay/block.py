@@ -43,6 +43,7 @@ from torch import Tensor
 
 from depass_tl.model_view import BlockView, MLPView, MoEView
 from depass_tl.replay.layout import Chunk, MLPPass, State
+from depass_tl.replay.matmul import Operand, accumulate_, apply, operand, product
 from depass_tl.replay.mlp import mlp_neurons
 from depass_tl.replay.moe import moe
 from depass_tl.replay.norm import apply_norm
@@ -258,16 +259,17 @@ def query_blocks(n_pos: int, causal: bool) -> list[tuple[int, int]]:
     return list(zip(bounds, bounds[1:]))
 
 
-def _attention(state: State, step: BlockStep, i: int, j: int, pattern: Tensor, scale: Tensor | None,
+def _attention(state: State, step: BlockStep, i: int, j: int, pattern: Operand, scale: Tensor | None,
                fused: bool) -> Tensor | None:
     """Attention of chunks ``[i, j)``; adds into ``X`` when ``fused``, else returns ``[rows, d_model]``.
 
-    ``pattern`` and ``scale``: :func:`scaled_pattern`."""
+    ``pattern`` and ``scale``: :func:`scaled_pattern` (the pattern split once per layer when the
+    products are, :mod:`~depass_tl.replay.matmul`)."""
     pb, B = step.prep, state.B
     chunks = state.chunks[i:j]
     r0, r1 = chunks[0].off, chunks[-1].off + chunks[-1].numel_rows
     H, e, n_kv = pb.n_heads, pb.d_head, pb.n_kv
-    v = state.X[r0:r1] @ pb.V.W  # x W'; the 1/s of ln1 is in the pattern's key columns
+    v = product(state.X[r0:r1], pb.V.W)  # x W'; the 1/s of ln1 is in the pattern's key columns
     clip = step.scale("attn.clip_ratio")
     z = torch.empty(r1 - r0, H * e, dtype=v.dtype, device=v.device)
     for ch in chunks:
@@ -282,11 +284,12 @@ def _attention(state: State, step: BlockStep, i: int, j: int, pattern: Tensor, s
         if pb.kv_of_head is not None:
             vi = vi.index_select(3, pb.kv_of_head)  # [chunk, batch, key_pos, head, d_head]
         # z[c, b, q, h, :] = Σ_k A[b, h, q, k] v[c, b, k, h, :], one matmul per (batch, head)
-        vp = vi.permute(1, 3, 2, 0, 4).reshape(B * H, P_i, n * e)
-        A = pattern[:, :, lo:, lo:].reshape(B * H, P_i, P_i)
+        vp = operand(vi.permute(1, 3, 2, 0, 4).reshape(B * H, P_i, n * e), consume=True)  # v is not read again
+        A = apply(pattern, lambda t: t[:, :, lo:, lo:].reshape(B * H, P_i, P_i))
         zr = z[rows].view(n, B, P_i, H, e)
         for q0, q1 in query_blocks(P_i, step.causal):  # causal: queries q0:q1 read keys :q1 only
-            zp = torch.bmm(A[:, q0:q1, :q1], vp[:, :q1]).view(B, H, q1 - q0, n, e)
+            zp = product(apply(A, lambda t: t[:, q0:q1, :q1]), apply(vp, lambda t: t[:, :q1]))
+            zp = zp.view(B, H, q1 - q0, n, e)
             zr[:, :, q0:q1].copy_(zp.permute(3, 0, 2, 1, 4))
     del v
     credit = step.credit_attn
@@ -302,13 +305,13 @@ def _attention(state: State, step: BlockStep, i: int, j: int, pattern: Tensor, s
         if _needs_copy(state.X, z):
             state.add_(slice(r0, r1), z @ pb.W_O)
         else:
-            state.X[r0:r1].addmm_(z, pb.W_O)
+            accumulate_(state.X[r0:r1], z, pb.W_O, consume_a=True)
         for ch in chunks:
             rows_b = ch.bias_flat()
             if rows_b is not None and pb.b_O is not None:
                 state.add_(rows_b, pb.b_O)
         return None
-    out = z @ pb.W_O
+    out = product(z, pb.W_O, consume_a=True)
     del z
     for ch in chunks:
         _bias_add(out, _shift(ch.bias_flat(), r0), pb.b_O)
@@ -380,7 +383,7 @@ def _mlp_pass(state: State, step: BlockStep, mp: MLPPass, inv: Tensor | None) ->
     if pb.key.scaled:
         assert inv is not None, "a norm needs its captured scale"
         x.mul_(inv.index_select(0, mp.pos)[:, None])
-    keys = x @ pb.key.W  # [rows, d_mlp]
+    keys = product(x, pb.key.W, consume_a=True)  # [rows, d_mlp]
     del x
     F = keys.shape[-1]
     credit = step.credit_mlp
@@ -406,7 +409,7 @@ def _mlp_pass(state: State, step: BlockStep, mp: MLPPass, inv: Tensor | None) ->
         del share, k
     if m.kind == "gated":
         _bias_rows_add(keys, mp.bias_rows, m.b_in)
-    out = keys @ m.W_out
+    out = product(keys, m.W_out, consume_a=True)
     del keys
     _bias_rows_add(out, mp.bias_rows, m.b_out)
     for u in mp.units:
@@ -483,6 +486,7 @@ def attn_step(state: State, step: BlockStep, out: Outputs, *, store_pre: bool, s
     if store_pre:
         out.store_state(p + "hook_resid_pre", state.active)
     pattern, scale = scaled_pattern(step)
+    pattern = operand(pattern)  # split once per layer when the products are (precision="tf32x3")
     parallel = block.parallel and block.mlp is not None
     fused = not parallel and not out.needs(p + "hook_attn_out") and step.sources is None and block.ln1_post is None
     parts = []

@@ -71,6 +71,7 @@ from depass_tl.model_view import MoEView
 from depass_tl.replay.block import BlockStep, Outputs, Reducer, attn_step, mlp_step, pad_to_bias
 from depass_tl.replay.device import block_device, block_tensors, norm_device
 from depass_tl.replay.layout import State, attn_passes
+from depass_tl.replay.matmul import splitting
 from depass_tl.replay.norm import apply_norm
 from depass_tl.replay.plan import plan_chunks, row_starts
 from depass_tl.replay.rules import DEFAULT_TEMPERATURE, RuleLike, get_rule
@@ -155,6 +156,7 @@ def replay_components(
         view, starts, batch=B, n_pos=P, itemsize=torch.finfo(dtype).bits // 8, rule=rule,
         n_stored=len(names), chunk_size=chunk_size, max_memory=max_memory, splittable=splittable, why_not=why_not,
         device_type=torch.device(dev0).type, held_bytes=held_bytes, init_bytes=sum(_nbytes(s) for s in sources),
+        split_operands=splitting(dtype, dev0),
     )
     mine, every = plan.chunks, None
     if shard is not None:  # this rank's chunks; the MLP units are cut from the whole plan

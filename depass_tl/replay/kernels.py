@@ -41,7 +41,7 @@ from torch import Tensor
 
 from depass_tl.errors import DePassValueError
 
-__all__ = ["KERNELS_ENV", "kernel_mode", "use_fused", "kernel_status", "softmax_share_", "max_share_"]
+__all__ = ["KERNELS_ENV", "kernel_mode", "use_fused", "kernel_status", "softmax_share_", "max_share_", "split_tf32_"]
 
 KERNELS_ENV = "DEPASS_TL_KERNELS"
 MODES = ("auto", "eager", "triton")
@@ -113,8 +113,36 @@ def max_share_(keys: Tensor, target: Tensor, bias_rows: Tensor) -> Tensor | None
     return _launch("max", keys, target, bias_rows, None)
 
 
+def split_tf32_(x: Tensor, consume: bool) -> tuple[Tensor, Tensor] | None:
+    """``x`` (contiguous float32) as ``hi + lo`` in one pass (:func:`depass_tl.replay.matmul.split`):
+    12 bytes per element instead of 28; ``consume``: ``lo`` is written into ``x``. None when the kernel
+    could not be compiled here (warned once; the caller then splits eagerly)."""
+    hi = torch.empty_like(x)
+    lo = x if consume else torch.empty_like(x)
+    n = x.numel()
+    if n == 0:
+        return hi, lo
+    return (hi, lo) if _run("split", (-(-n // BLOCK),), (x, hi, lo, n), dict(BLOCK=BLOCK, num_warps=4), x.device) else None
+
+
+def _run(which: str, grid: tuple[int], args: tuple, meta: dict[str, Any], device: torch.device) -> bool:
+    """Launch kernel ``which`` on ``device``; False when it could not be compiled here (warned once)."""
+    try:
+        with _on(device):  # a model split over GPUs: launch on the tensors' device, not the current one
+            _kernel()[which][grid](*args, **meta)
+    except Exception as err:  # compiling failed (no C compiler, unsupported GPU, ...): eager from now on
+        if _state["broken"] is not None or which in _state.setdefault("ran", set()) or kernel_mode() == "triton":
+            raise  # it ran before (or was forced): not a compilation problem
+        _state["broken"] = f"{type(err).__name__}: {err}"
+        warnings.warn(f"depass_tl: the fused {which} kernel could not run here ({_state['broken']}); this process "
+                      f"uses eager PyTorch instead (same results; set {KERNELS_ENV}=eager to silence this).",
+                      RuntimeWarning, stacklevel=5)
+        return False
+    _state.setdefault("ran", set()).add(which)
+    return True
+
+
 def _launch(which: str, keys: Tensor, target: Tensor, bias_rows: Tensor, temp: Tensor | None) -> Tensor | None:
-    kernel = _kernel()[which]
     n = keys.shape[0]
     cols = keys[0].numel() if n else 0
     if n == 0 or cols == 0:
@@ -125,19 +153,7 @@ def _launch(which: str, keys: Tensor, target: Tensor, bias_rows: Tensor, temp: T
     bias = bias_rows.to(device=keys.device, dtype=torch.int64) if has_bias else keys.new_zeros(1, dtype=torch.int64)
     grid = (-(-cols // BLOCK),)
     args = (keys, t, bias) if temp is None else (keys, t, bias, temp)  # the temperature in the keys' dtype
-    try:
-        with _on(keys.device):  # a model split over GPUs: launch on the keys' device, not the current one
-            kernel[grid](*args, n, cols, HAS_BIAS=has_bias, BLOCK=BLOCK, num_warps=4)
-    except Exception as err:  # compiling failed (no C compiler, unsupported GPU, ...): eager from now on
-        if _state["broken"] is not None or which in _state.setdefault("ran", set()) or kernel_mode() == "triton":
-            raise  # it ran before (or was forced): not a compilation problem
-        _state["broken"] = f"{type(err).__name__}: {err}"
-        warnings.warn(f"depass_tl: the fused {which} kernel could not run here ({_state['broken']}); this process "
-                      f"uses the eager split (same results; set {KERNELS_ENV}=eager to silence this).",
-                      RuntimeWarning, stacklevel=4)
-        return None
-    _state.setdefault("ran", set()).add(which)
-    return keys
+    return keys if _run(which, grid, (*args, n, cols), dict(HAS_BIAS=has_bias, BLOCK=BLOCK, num_warps=4), keys.device) else None
 
 
 def _on(device: torch.device) -> Any:
@@ -220,4 +236,13 @@ def _build() -> Any:
             tl.store(ptr, tl.where(winner == i, t, 0.0), mask=inside)
             ptr += n_cols
 
-    return {"softmax": softmax_share_kernel, "max": max_share_kernel}
+    @triton.jit(do_not_specialize=["n"])
+    def split_tf32_kernel(x_ptr, hi_ptr, lo_ptr, n, BLOCK: tl.constexpr):
+        i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        inside = i < n
+        x = tl.load(x_ptr + i, mask=inside, other=0.0)
+        hi = ((x.to(tl.int32, bitcast=True) + 4096) & -8192).to(tl.float32, bitcast=True)
+        tl.store(hi_ptr + i, hi, mask=inside)
+        tl.store(lo_ptr + i, x - hi, mask=inside)
+
+    return {"softmax": softmax_share_kernel, "max": max_share_kernel, "split": split_tf32_kernel}

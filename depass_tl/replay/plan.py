@@ -92,8 +92,9 @@ def _d_mlp(view: ModelView) -> int:
     )
 
 
-def _attn_row_elems(view: ModelView) -> int:
-    """Working elements per (component, batch, position) row of an attention pass."""
+def _attn_row_elems(view: ModelView, split_operands: bool = False) -> int:
+    """Working elements per (component, batch, position) row of an attention pass (``split_operands``:
+    the products' operands split into two parts, :mod:`~depass_tl.replay.matmul`)."""
     out = 0
     for b in view.blocks:
         n_kv, D, e = b.attn.W_V.shape
@@ -102,13 +103,16 @@ def _attn_row_elems(view: ModelView) -> int:
         # values, mixed values, the chunk's permuted copy and matmul output, the output (when not added
         # in place), the 1/scale per row; a parallel block's MLP output beside it
         per = n_kv * e + 3 * H * e + gqa + D + 1 + (D if b.parallel else 0)
+        if split_operands:  # the state's rows as hi and lo, the permuted values' and z's hi parts
+            per += 2 * D + 2 * H * e
         out = max(out, per)
     return out
 
 
-def _mlp_row_bytes(view: ModelView, rule: MLPRule, itemsize: int) -> int:
+def _mlp_row_bytes(view: ModelView, rule: MLPRule, itemsize: int, split_operands: bool = False) -> int:
     """Working bytes per row of an MLP pass: gathered input, keys (shares in place), the rule's
-    temporaries, output, and the row index / position (int64 each)."""
+    temporaries, output, and the row index / position (int64 each); ``split_operands``: the hi parts
+    of the input and of the shares beside them."""
     D, out = view.d_model, 0
     for b in view.blocks:
         m = b.mlp
@@ -116,7 +120,7 @@ def _mlp_row_bytes(view: ModelView, rule: MLPRule, itemsize: int) -> int:
             F = m.W_in.shape[1]
             tmp = rule.split_temporaries * F  # what the rule's split allocates beside the keys
             extra = 2 * F if m.ln is not None else 0  # solu_ln's inner norm
-            elems = 2 * D + F + tmp + extra
+            elems = 2 * D + F + tmp + extra + (D + F if split_operands else 0)
             out = max(out, int(elems * itemsize) + 16)  # + the row index and position
         elif isinstance(m, MoEView):
             F = m.experts[0].W_in.shape[1]
@@ -133,6 +137,13 @@ def _block_weight_bytes(view: ModelView, itemsize: int) -> int:
         return 0
 
     return max(b.attn.W_V.numel() + b.attn.W_O.numel() + mlp_numel(b.mlp) for b in view.blocks) * itemsize
+
+
+def _largest_matrix(view: ModelView) -> int:
+    sizes = [t.numel() for b in view.blocks for t in (b.attn.W_V, b.attn.W_O)]
+    sizes += [t.numel() for b in view.blocks if isinstance(b.mlp, MLPView)
+              for t in (b.mlp.W_in, b.mlp.W_gate, b.mlp.W_out) if t is not None]
+    return max(sizes, default=0)
 
 
 def _cut(starts: Sequence[int], K: int, size: int, g: int) -> list[tuple[int, int, int, int]]:
@@ -168,6 +179,7 @@ def plan_chunks(
     device_type: str = "cpu",
     held_bytes: int = 0,
     init_bytes: int = 0,
+    split_operands: bool = False,
 ) -> ChunkPlan:
     """Cut every group into chunks and size the passes.
 
@@ -183,6 +195,8 @@ def plan_chunks(
         device_type: where the replay runs (``"cpu"``, ``"cuda"``): the default chunk size.
         held_bytes: memory already held for the call (the captured run).
         init_bytes: memory of the initial components.
+        split_operands: the products' float32 operands are split in two (``precision="tf32x3"``,
+            :mod:`~depass_tl.replay.matmul`): their parts are budgeted.
     """
     rule = get_rule(rule)
     if chunk_size is not None and chunk_size < 1:
@@ -190,11 +204,13 @@ def plan_chunks(
     G, K = len(starts), len(starts[0])
     C, D, B, P = G * K, view.d_model, batch, n_pos
     dense = C * B * P * D * itemsize
-    attn_row = _attn_row_elems(view) * itemsize
-    mlp_row = _mlp_row_bytes(view, rule, itemsize)
+    attn_row = _attn_row_elems(view, split_operands) * itemsize
+    mlp_row = _mlp_row_bytes(view, rule, itemsize, split_operands)
     heads = max(b.attn.W_O.shape[0] for b in view.blocks) if view.blocks else 0
     # one block's weights laid out for the replay, and its pattern with ln1's scale folded in (block.py)
     weights = 2 * _block_weight_bytes(view, itemsize) + B * heads * P * P * itemsize
+    if split_operands:  # the pattern's second part, and one matrix's two parts during its product
+        weights += B * heads * P * P * itemsize + 2 * _largest_matrix(view) * itemsize
 
     def cut(size: int) -> list[tuple[int, int, int, int]]:
         if not splittable:

@@ -1,0 +1,183 @@
+"""Float32-accurate matrix products on TF32 tensor cores ("3xTF32"), for ``precision="tf32x3"``.
+
+A CUDA GPU multiplies float32 matrices at its CUDA-core rate (about 50 TFLOP/s on an H200) or, in
+TF32, on its tensor cores at several times that, with each input rounded to 10 mantissa bits
+(``2**-11`` relative). The replay's products are most of its time on a GPU, so ``"tf32x3"`` keeps
+float32's accuracy on the tensor cores by splitting each operand into two TF32 numbers:
+
+* ``a = a_hi + a_lo``: ``a_hi`` is ``a`` rounded to 10 mantissa bits, so TF32 holds it exactly, and
+  ``a_lo = a - a_hi`` is exact in float32, with ``|a_lo| <= 2**-11 |a|``;
+* ``a @ b = a_lo @ b_hi + a_hi @ b_lo + a_hi @ b_hi (+ a_lo @ b_lo)``: the last term is at most
+  ``2**-22`` of the whole and is dropped; the first two lose at most ``2**-10`` of themselves to the
+  tensor core's rounding of their ``lo`` operand (``2**-21`` of the whole); the third is exact. Every
+  term accumulates in float32.
+
+So each product is within a few float32 roundings (``2**-24``) of the IEEE one, and the three TF32
+products cost less than one float32 product on a GPU with fast tensor cores. Where the split pays and
+is used: float32 operands on CUDA, autograd not recording (the bit manipulation of the split has
+no gradient: such products stay IEEE), inside :func:`split_products` (entered by
+:func:`~depass_tl.precision.matmul_precision` for ``"tf32x3"``, which leaves every other product in
+IEEE float32). On a CPU there are no tensor cores and the products are the IEEE ones.
+
+Examples:
+    >>> import torch
+    >>> a = torch.tensor([1.0 + 2.0 ** -20, -3.0])
+    >>> s = split(a)
+    >>> bool(torch.equal(s.hi + s.lo, a)), s.hi.tolist()
+    (True, [1.0, -3.0])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+from torch import Tensor
+
+from depass_tl.replay.kernels import split_tf32_, use_fused
+
+__all__ = ["Split", "Operand", "split", "split_products", "splitting", "splits", "operand", "apply", "product",
+           "accumulate_", "cuda_tf32"]
+
+DEVICE_TYPES: tuple[str, ...] = ("cuda",)
+"""Device types whose float32 products are split (those with TF32 tensor cores)."""
+
+_ON: ContextVar[bool] = ContextVar("depass_tl_tf32x3", default=False)
+_HALF_ULP = 1 << 12  # half a unit in TF32's last place, in float32's bits (23 - 10 = 13 bits dropped)
+_KEEP = -(1 << 13)  # the sign, exponent and 10 mantissa bits
+
+
+@dataclass(frozen=True)
+class Split:
+    """``hi + lo`` equal to a float32 tensor exactly, ``hi`` representable in TF32."""
+
+    hi: Tensor
+    lo: Tensor
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> Split:
+        """The same view (slice, reshape) of both parts."""
+        return Split(fn(self.hi), fn(self.lo))
+
+
+Operand = Union[Tensor, Split]
+
+
+def split(t: Tensor, *, consume: bool = False) -> Split:
+    """``t`` (float32) as ``hi + lo``: ``hi`` rounded to nearest at 10 mantissa bits, ``lo`` the exact rest.
+
+    ``consume``: write ``lo`` into ``t`` (one new tensor instead of two; ``t`` is then ``lo``). On CUDA one
+    fused pass (:func:`~depass_tl.replay.kernels.split_tf32_`), else three PyTorch ops."""
+    if t.dtype == torch.float32 and t.is_contiguous() and use_fused(t):
+        parts = split_tf32_(t, consume)
+        if parts is not None:
+            return Split(*parts)
+    hi = (t.view(torch.int32) + _HALF_ULP).bitwise_and_(_KEEP).view(torch.float32)
+    return Split(hi, t.sub_(hi) if consume else t - hi)
+
+
+@contextmanager
+def split_products(on: bool = True) -> Iterator[None]:
+    """Split the replay's float32 products on CUDA inside the block (this thread / context only)."""
+    token = _ON.set(on)
+    try:
+        yield
+    finally:
+        _ON.reset(token)
+
+
+def splitting(dtype: torch.dtype, device: torch.device | str) -> bool:
+    """Whether products of ``dtype`` tensors on ``device`` are split here (for the memory planner)."""
+    return _ON.get() and dtype == torch.float32 and torch.device(device).type in DEVICE_TYPES
+
+
+def splits(*ts: Tensor) -> bool:
+    """Whether a product of these operands is split (:func:`splitting`, and autograd not recording it)."""
+    if not all(splitting(t.dtype, t.device) for t in ts):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in ts))
+
+
+def operand(t: Tensor, *, consume: bool = False) -> Operand:
+    """``t`` split once when its products will be split (an operand of many products), else ``t``."""
+    return split(t, consume=consume) if splits(t) else t
+
+
+def apply(x: Operand, fn: Callable[[Tensor], Tensor]) -> Operand:
+    """``fn`` (a view: slice, reshape) applied to a tensor or to both parts of a :class:`Split`."""
+    return x.map(fn) if isinstance(x, Split) else fn(x)
+
+
+@contextmanager
+def cuda_tf32(on: bool) -> Iterator[None]:
+    """CUDA float32 matmuls in TF32 (``on``) or IEEE float32 inside the block; the setting is restored.
+
+    Torch >= 2.9 has two APIs for this (``fp32_precision`` and the legacy ``allow_tf32``) that refuse
+    to be read once mixed; the newer one is used when present."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        old = matmul.fp32_precision
+        matmul.fp32_precision = "tf32" if on else "ieee"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision = old
+    else:  # torch < 2.9
+        old_flag = matmul.allow_tf32
+        matmul.allow_tf32 = on
+        try:
+            yield
+        finally:
+            matmul.allow_tf32 = old_flag
+
+
+def _pair(a: Operand, b: Operand, consume_a: bool) -> tuple[Split, Split] | None:
+    if isinstance(a, Split) or isinstance(b, Split):
+        return (a if isinstance(a, Split) else split(a, consume=consume_a)), (b if isinstance(b, Split) else split(b))
+    if splits(a, b):
+        return split(a, consume=consume_a), split(b)
+    return None
+
+
+def _mul(a: Tensor, b: Tensor) -> Tensor:
+    return torch.bmm(a, b) if a.dim() == 3 else torch.mm(a, b)
+
+
+def _addmul_(out: Tensor, a: Tensor, b: Tensor) -> None:
+    if a.dim() == 3:
+        out.baddbmm_(a, b)
+    else:
+        out.addmm_(a, b)
+
+
+def product(a: Operand, b: Operand, *, consume_a: bool = False) -> Tensor:
+    """``a @ b`` (2-D, or 3-D batched), split into three TF32 products when :func:`splits` says so.
+
+    ``consume_a``: ``a`` is not needed afterwards (its split then reuses its memory)."""
+    pair = _pair(a, b, consume_a)
+    if pair is None:
+        assert isinstance(a, Tensor) and isinstance(b, Tensor)
+        return a @ b
+    A, B = pair
+    with cuda_tf32(True):  # the small terms first, then the large one
+        out = _mul(A.lo, B.hi)
+        _addmul_(out, A.hi, B.lo)
+        _addmul_(out, A.hi, B.hi)
+    return out
+
+
+def accumulate_(out: Tensor, a: Operand, b: Operand, *, consume_a: bool = False) -> None:
+    """``out += a @ b`` (2-D) in place, split like :func:`product`."""
+    pair = _pair(a, b, consume_a)
+    if pair is None:
+        assert isinstance(a, Tensor) and isinstance(b, Tensor)
+        out.addmm_(a, b)
+        return
+    A, B = pair
+    with cuda_tf32(True):
+        _addmul_(out, A.lo, B.hi)
+        _addmul_(out, A.hi, B.lo)
+        _addmul_(out, A.hi, B.hi)

@@ -1,0 +1,194 @@
+"""``precision="tf32x3"``: float32-accurate products from three TF32 ones (depass_tl/replay/matmul.py).
+
+A CPU has no TF32, so the tests emulate the tensor cores: every operand of a split product is rounded
+to TF32 (by truncation, the worse of the two roundings a GPU may use) and multiplied exactly, the
+result rounded to float32 once. Against that emulation the split must be about as accurate as IEEE
+float32 and far more accurate than one TF32 product, for single products and for whole replays; a
+split that drops its low parts must fail the same checks. On a real GPU tests/test_cuda.py runs the
+mode itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import Tensor
+
+import depass_tl
+from depass_tl.errors import CompletenessError
+from depass_tl.memory import PeakMemory
+from depass_tl.precision import completeness_tolerance, matmul_precision
+from depass_tl.replay import matmul
+from depass_tl.replay.matmul import Split, accumulate_, product, split, split_products
+from tests.models import make_model, random_tokens
+
+LOW_BITS = (1 << 13) - 1  # the float32 mantissa bits TF32 does not hold
+
+
+def tf32(t: Tensor) -> Tensor:
+    """``t`` as a tensor core reads it: truncated to 10 mantissa bits."""
+    return (t.contiguous().view(torch.int32) & ~LOW_BITS).view(torch.float32)
+
+
+class EmulatedTF32:
+    """Stands in for the TF32 products of :mod:`depass_tl.replay.matmul` on a CPU, counting them."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def exact(self, a: Tensor, b: Tensor) -> Tensor:
+        self.calls += 1
+        return torch.matmul(tf32(a).double(), tf32(b).double())
+
+    def mul(self, a: Tensor, b: Tensor) -> Tensor:
+        return self.exact(a, b).float()
+
+    def addmul_(self, out: Tensor, a: Tensor, b: Tensor) -> None:
+        out.copy_((out.double() + self.exact(a, b)).float())
+
+
+@pytest.fixture
+def split_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Split float32 products on the CPU too (each part multiplied in IEEE float32)."""
+    monkeypatch.setattr(matmul, "DEVICE_TYPES", ("cuda", "cpu"))
+
+
+@pytest.fixture
+def emulated(monkeypatch: pytest.MonkeyPatch, split_on_cpu: None) -> Iterator[EmulatedTF32]:
+    emu = EmulatedTF32()
+    monkeypatch.setattr(matmul, "_mul", emu.mul)
+    monkeypatch.setattr(matmul, "_addmul_", emu.addmul_)
+    yield emu
+
+
+def drop_low_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken split (the low parts lost): one TF32 product's accuracy."""
+    real = matmul.split
+
+    def hi_only(t: Tensor, *, consume: bool = False) -> Split:
+        s = real(t, consume=consume)
+        return Split(s.hi, torch.zeros_like(s.lo))
+
+    monkeypatch.setattr(matmul, "split", hi_only)
+
+
+def test_split_is_exact_and_its_high_part_fits_tf32() -> None:
+    gen = torch.Generator().manual_seed(0)
+    t = torch.randn(4096, generator=gen) * torch.logspace(-30, 30, 4096)
+    t[:3] = torch.tensor([0.0, -0.0, -(1.0 + 2.0**-11)])  # zeros; a tie rounds away from zero
+    s = split(t)
+    assert torch.equal(s.hi + s.lo, t)
+    assert not (s.hi.view(torch.int32) & LOW_BITS).any()
+    assert (s.lo.abs() <= t.abs() * 2.0**-11).all()
+    assert s.hi[2].item() == -(1.0 + 2.0**-10)
+    u = t.clone()
+    c = split(u, consume=True)
+    assert c.lo.data_ptr() == u.data_ptr() and torch.equal(c.hi, s.hi) and torch.equal(u, s.lo)
+
+
+def _errors(a: Tensor, b: Tensor, got: Tensor) -> float:
+    truth = a.double() @ b.double()
+    return ((got.double() - truth).abs().max() / truth.abs().max()).item()
+
+
+@pytest.mark.parametrize("shape", [((300, 768), (768, 200)), ((6, 50, 70), (6, 70, 40))])
+def test_split_product_is_as_accurate_as_float32(emulated: EmulatedTF32, shape) -> None:  # type: ignore[no-untyped-def]
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.randn(*shape[0], generator=gen), torch.randn(*shape[1], generator=gen)
+    ieee = _errors(a, b, a @ b)
+    one_tf32 = _errors(a, b, torch.matmul(tf32(a).double(), tf32(b).double()).float())
+    with split_products():
+        got = product(a, b)
+    assert emulated.calls == 3
+    three = _errors(a, b, got)
+    assert three <= 4 * ieee + 2.0**-23, (three, ieee)
+    assert one_tf32 >= 50 * three, (one_tf32, three)
+
+
+def test_split_accumulation_is_as_accurate_as_float32(emulated: EmulatedTF32, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    gen = torch.Generator().manual_seed(2)
+    a, b, c = torch.randn(200, 512, generator=gen), torch.randn(512, 64, generator=gen), torch.randn(200, 64, generator=gen)
+    truth = c.double() + a.double() @ b.double()
+    out = c.clone()
+    with split_products():
+        accumulate_(out, a.clone(), b, consume_a=True)
+    err = ((out.double() - truth).abs().max() / truth.abs().max()).item()
+    ieee = ((c.addmm(a, b).double() - truth).abs().max() / truth.abs().max()).item()
+    assert emulated.calls == 3 and err <= 4 * ieee + 2.0**-23, (err, ieee)
+
+
+def test_products_are_split_only_where_they_should_be(emulated: EmulatedTF32) -> None:
+    a, b = torch.randn(8, 8), torch.randn(8, 8)
+    assert torch.equal(product(a, b), a @ b) and emulated.calls == 0  # the mode is off
+    with split_products():
+        product(a.double(), b.double())  # float64: no TF32
+        product(a.requires_grad_(), b)  # autograd: the split has no gradient
+        assert emulated.calls == 0
+        with torch.no_grad():
+            product(a, b)
+        assert emulated.calls == 3
+    assert not matmul.splitting(torch.float32, "cpu")
+
+
+def _replay(model, toks, **kw):  # type: ignore[no-untyped-def]
+    return depass_tl.run_with_depass(model, toks, names_filter=lambda n: n.endswith(("hook_attn_out", "hook_mlp_out")) or
+                                     n == "unembed.hook_in", **kw)[1]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_tf32x3_replay_is_float32_accurate(arch: str, emulated: EmulatedTF32, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    model = make_model(arch, n_layers=2, d_model=64, d_mlp=256, n_heads=4, n_ctx=64, dtype=torch.float32)
+    toks = random_tokens(model, batch=2, pos=40)
+    ref = _replay(model, toks, dtype=torch.float64)
+    exact = _replay(model, toks)
+    split3 = _replay(model, toks, precision="tf32x3")
+    assert split3.precision == "tf32x3" and emulated.calls > 0
+    assert split3.completeness.rtol == completeness_tolerance(torch.float32, "exact")
+
+    def worst(dc) -> float:  # type: ignore[no-untyped-def]
+        return max(((dc[n].double() - ref[n]).abs().max() / ref[n].abs().max()).item() for n in ref.keys())
+
+    assert worst(split3) <= 8 * worst(exact) + 1e-6, (worst(split3), worst(exact))
+    drop_low_parts(monkeypatch)  # a split that loses its low parts: one TF32 product's rounding, which
+    with pytest.raises(CompletenessError, match="precision='tf32x3'"):  # float32's guard refuses
+        _replay(model, toks, precision="tf32x3")
+
+
+def test_on_a_cpu_tf32x3_computes_the_exact_numbers() -> None:
+    model = make_model("llama", dtype=torch.float32)
+    toks = random_tokens(model)
+    exact = _replay(model, toks)
+    same = _replay(model, toks, precision="tf32x3")
+    assert same.precision == "tf32x3"
+    for name in exact.keys():
+        assert torch.equal(same[name], exact[name]), name
+
+
+def test_matmul_precision_leaves_ieee_on_and_splits_inside() -> None:
+    cuda = torch.backends.cuda.matmul
+    with matmul_precision("tf32x3"):  # every product but the replay's split ones stays IEEE
+        assert matmul._ON.get()
+        assert (cuda.fp32_precision == "ieee") if hasattr(cuda, "fp32_precision") else not cuda.allow_tf32
+        with matmul_precision("exact"):
+            assert not matmul._ON.get()
+    assert not matmul._ON.get()
+
+
+def test_the_split_is_budgeted(split_on_cpu: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the split on, the whole call's peak still stays under max_memory (its parts are planned)."""
+    calls = []
+    real = matmul.split
+    monkeypatch.setattr(matmul, "split", lambda t, consume=False: calls.append(1) or real(t, consume=consume))
+    model = make_model("gpt2", n_layers=2, d_model=32, d_mlp=256, n_ctx=64, dtype=torch.float32)
+    toks = random_tokens(model, batch=1, pos=48)
+    with PeakMemory() as unbounded:
+        _, ref = depass_tl.run_with_depass(model, toks, names_filter=[], precision="tf32x3")
+    assert calls
+    for frac in (0.7, 0.9):
+        budget = int(unbounded.peak * frac)
+        with PeakMemory() as mem:
+            _, dc = depass_tl.run_with_depass(model, toks, names_filter=[], max_memory=budget, precision="tf32x3")
+        assert mem.peak <= budget, (mem.peak, budget, unbounded.peak)
+        torch.testing.assert_close(dc["unembed.hook_in"], ref["unembed.hook_in"], rtol=0, atol=2e-5)
