@@ -57,8 +57,15 @@ def test_tf32x3_is_as_accurate_as_exact(arch: str, monkeypatch: pytest.MonkeyPat
     from depass_tl.replay import matmul
 
     splits: list[int] = []
-    real = matmul.split
+    real, real_mul = matmul.split, matmul._mul
     monkeypatch.setattr(matmul, "split", lambda t, consume=False: splits.append(t.numel()) or real(t, consume=consume))
+    flags: set[str] = set()  # what cuBLAS is told when the split products run: TF32
+
+    def mul(a, b):  # type: ignore[no-untyped-def]
+        flags.add(torch.backends.cuda.matmul.fp32_precision)
+        return real_mul(a, b)
+
+    monkeypatch.setattr(matmul, "_mul", mul)
     model = _model(arch)
     toks = random_tokens(model, batch=2, pos=120).to(DEVICE)
     got = {p: depass_tl.run_with_depass(model, toks, names_filter=[], precision=p)[1]["unembed.hook_in"].double().cpu()
@@ -66,7 +73,7 @@ def test_tf32x3_is_as_accurate_as_exact(arch: str, monkeypatch: pytest.MonkeyPat
     if DEVICE == "cpu":
         assert not splits and torch.equal(got["tf32x3"], got["exact"])
         return
-    assert splits, "no product was split"
+    assert splits and flags == {"tf32"}, (len(splits), flags)
     ref = _model(arch, torch.float64)
     ref.load_state_dict(model.state_dict())
     want = depass_tl.run_with_depass(ref, toks, names_filter=[], dtype=torch.float64)[1]["unembed.hook_in"].cpu()
