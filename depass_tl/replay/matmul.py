@@ -160,7 +160,7 @@ def product(a: Operand, b: Operand, *, consume_a: bool = False) -> Tensor:
     pair = _pair(a, b, consume_a)
     if pair is None:
         assert isinstance(a, Tensor) and isinstance(b, Tensor)
-        return a @ b
+        return torch.bmm(a, b) if a.dim() == 3 else a @ b
     A, B = pair
     with cuda_tf32(True):  # the small terms first, then the large one
         out = _mul(A.lo, B.hi)
