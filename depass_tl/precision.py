@@ -39,7 +39,8 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
+from contextlib import contextmanager, nullcontext
 from typing import Literal
 
 import torch
@@ -75,13 +76,25 @@ def completeness_tolerance(dtype: torch.dtype, precision: str = "exact", model_d
     return completeness_rtol(dtype, dtype if model_dtype is None else model_dtype, precision)
 
 
+_TURNS = threading.RLock()
+
+
+def _take_turns() -> bool:
+    """Whether blocks must take turns on the process-wide TF32 setting: where CUDA matmuls read it."""
+    return torch.cuda.is_available()
+
+
 @contextmanager
 def matmul_precision(precision: str) -> Iterator[None]:
     """Run the block with CUDA float32 matmuls in IEEE float32 (``"exact"``), TF32 (``"fast"``), or IEEE
     float32 with the replay's own products split into three TF32 ones (``"tf32x3"``,
     :mod:`depass_tl.replay.matmul`).
 
-    The global setting is restored on exit, also after an exception."""
+    The global setting is restored on exit, also after an exception. It is one setting for the whole
+    process, so on a machine with CUDA these blocks take turns across threads (a re-entrant lock): a
+    call in one thread never computes with another call's setting. Code outside depass_tl that changes
+    the setting from another thread during a call is not covered."""
     check_precision(precision)
-    with cuda_tf32(precision == "fast"), split_products(precision == "tf32x3"):
+    with _TURNS if _take_turns() else nullcontext(), cuda_tf32(precision == "fast"), \
+            split_products(precision == "tf32x3"):
         yield

@@ -7,6 +7,9 @@ The CUDA numbers (TF32 really used or not) are checked by tests/test_cuda.py on 
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 import torch
 
@@ -14,6 +17,7 @@ import depass_tl
 from depass_tl.errors import DePassError
 from depass_tl.guard import completeness_rtol
 from depass_tl.memory import PeakMemory
+from depass_tl import precision
 from depass_tl.precision import check_precision, completeness_tolerance, matmul_precision
 from depass_tl.replay.rules import Ratio, register_rule, unregister_rule
 from tests.models import make_model, random_tokens
@@ -86,6 +90,37 @@ def test_the_replay_runs_with_the_mode_flag(restore_flag) -> None:  # type: igno
     assert fast.completeness.rtol == completeness_tolerance(torch.float32, "fast") == 1e-2
     # on the CPU TF32 does not exist: both modes compute the same numbers
     torch.testing.assert_close(fast["unembed.hook_in"], exact["unembed.hook_in"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("turns", [True, False])
+def test_blocks_take_turns_across_threads(turns: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TF32 setting is one per process: where CUDA reads it, a block in another thread waits for the
+    running one to end (here an exact call would otherwise run inside a tf32x3 call's window); the same
+    thread re-enters. Without turns (no CUDA: nothing reads the setting) the blocks overlap."""
+    monkeypatch.setattr(precision, "_take_turns", lambda: turns)
+    events: list[str] = []
+    inside = threading.Event()
+
+    def first() -> None:
+        with matmul_precision("tf32x3"):
+            with matmul_precision("exact"):  # re-entered by the same thread
+                events.append("first in")
+            inside.set()
+            time.sleep(0.3)
+            events.append("first out")
+
+    def second() -> None:
+        assert inside.wait(10)
+        with matmul_precision("exact"):
+            events.append("second in")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    want = ["first in", "first out", "second in"] if turns else ["first in", "second in", "first out"]
+    assert events == want
 
 
 def test_unknown_precision_is_refused() -> None:
