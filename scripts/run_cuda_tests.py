@@ -1,7 +1,9 @@
 """Run test modules with pytest when it (and tests/conftest.py's hypothesis) imports, else with a small
-built-in runner (parametrize, skipif / skip marks, ``tmp_path``): the GPU machine has no pytest.
+built-in runner (parametrize, skipif / skip marks, ``tmp_path``, ``monkeypatch``): the GPU machine has
+no pytest.
 
     python3 scripts/run_cuda_tests.py tests/test_cuda.py tests/test_devices.py
+    python3 scripts/run_cuda_tests.py --mini tests/test_cuda.py   # the built-in runner even with pytest
 
 Exit status 0 when nothing failed.
 """
@@ -86,10 +88,11 @@ def _mini(paths: list[str]) -> int:
                     continue
                 params = fn.__code__.co_varnames[: fn.__code__.co_argcount]
                 t0 = time.perf_counter()
+                patch = pytest.MonkeyPatch()
                 try:
                     with tempfile.TemporaryDirectory() as tmp:
-                        extra = {"tmp_path": Path(tmp)} if "tmp_path" in params else {}
-                        fn(**kwargs, **extra)
+                        extra = {"tmp_path": Path(tmp), "monkeypatch": patch}
+                        fn(**kwargs, **{k: v for k, v in extra.items() if k in params})
                     passed += 1
                     print(f"PASSED {label} ({time.perf_counter() - t0:.1f}s)", flush=True)
                 except pytest.SkipTest as e:
@@ -98,6 +101,8 @@ def _mini(paths: list[str]) -> int:
                 except Exception:  # noqa: BLE001
                     failed += 1
                     print(f"FAILED {label}\n{traceback.format_exc()}", flush=True)
+                finally:
+                    patch.undo()
     print(f"{passed} passed, {failed} failed, {skipped} skipped")
     return 1 if failed else 0
 
@@ -105,8 +110,10 @@ def _mini(paths: list[str]) -> int:
 def main() -> int:
     os.chdir(ROOT)
     sys.path.insert(0, str(ROOT))
-    paths = sys.argv[1:] or ["tests/test_cuda.py", "tests/test_devices.py"]
-    rc = _with_pytest(paths)
+    args = sys.argv[1:]
+    mini = "--mini" in args  # the built-in runner even where pytest imports (to check the runner itself)
+    paths = [a for a in args if a != "--mini"] or ["tests/test_cuda.py", "tests/test_devices.py"]
+    rc = None if mini else _with_pytest(paths)
     return _mini(paths) if rc is None else rc
 
 

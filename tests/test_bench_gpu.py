@@ -34,3 +34,16 @@ def test_bench_gpu_cpu_smoke(tmp_path: Path) -> None:
         assert 0 <= r["rel_completeness"] <= r["tolerance"] and r["depass_s"] > 0 and r["C"] == r["tokens"] + 1
         if r["budget_GB"] is not None:  # the whole call's peak (PeakMemory on CPU) under max_memory
             assert 0 < r["peak_over_budget"] <= 1.0, r
+
+
+def test_cuda_tests_run_under_the_built_in_runner() -> None:
+    """The GPU machine has no pytest: scripts/run_cuda_tests.py's own runner (parametrize, skips,
+    tmp_path, monkeypatch) must run tests/test_cuda.py. Checked here on the CPU (DEPASS_TEST_DEVICE=cpu)."""
+    env = {**os.environ, "DEPASS_TEST_DEVICE": "cpu", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "run_cuda_tests.py"), "--mini", "tests/test_cuda.py", "tests/test_devices.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "own runner" in out and " 0 failed" in out, out[-4000:]
+    assert "PASSED tests/test_cuda.py::test_tf32x3_is_as_accurate_as_exact[gpt2]" in out, out[-4000:]  # monkeypatch

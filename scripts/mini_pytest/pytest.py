@@ -2,7 +2,8 @@
 
 Only :mod:`scripts.run_cuda_tests` puts this folder on ``sys.path``, and only when the real pytest (or
 the ``hypothesis`` that ``tests/conftest.py`` needs) does not import. Marks are recorded on the
-function (``parametrize``, ``skipif``, ``skip``); everything else is what the tests call directly.
+function (``parametrize``, ``skipif``, ``skip``); the runner passes ``tmp_path`` and ``monkeypatch``;
+everything else is what the tests call directly.
 """
 
 from __future__ import annotations
@@ -80,6 +81,47 @@ class approx:  # noqa: N801
 
     def __eq__(self, other: object) -> bool:
         return math.isclose(float(other), self.expected, rel_tol=self.rel, abs_tol=self.abs)  # type: ignore[arg-type]
+
+
+class MonkeyPatch:
+    """``setattr`` / ``setitem`` / ``setenv`` / ``delenv``, all undone by :meth:`undo` (the runner calls it)."""
+
+    _MISSING = object()
+
+    def __init__(self) -> None:
+        self._undo: list[Any] = []
+
+    def setattr(self, target: Any, name: str, value: Any, raising: bool = True) -> None:
+        old = getattr(target, name, self._MISSING)
+        if old is self._MISSING and raising:
+            raise AttributeError(f"{target!r} has no attribute {name!r}")
+        self._undo.append(lambda: delattr(target, name) if old is self._MISSING else setattr(target, name, old))
+        setattr(target, name, value)
+
+    def setitem(self, d: Any, key: Any, value: Any) -> None:
+        old = d.get(key, self._MISSING)
+        self._undo.append(lambda: d.pop(key, None) if old is self._MISSING else d.__setitem__(key, old))
+        d[key] = value
+
+    def setenv(self, name: str, value: str) -> None:
+        import os
+
+        self.setitem(os.environ, name, str(value))
+
+    def delenv(self, name: str, raising: bool = True) -> None:
+        import os
+
+        if name not in os.environ:
+            if raising:
+                raise KeyError(name)
+            return
+        old = os.environ[name]
+        self._undo.append(lambda: os.environ.__setitem__(name, old))
+        del os.environ[name]
+
+    def undo(self) -> None:
+        while self._undo:
+            self._undo.pop()()
 
 
 class Config:  # annotations only
