@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 import depass_tl
-from depass_tl.errors import CompletenessError
+from depass_tl.errors import CompletenessError, DePassError
 from depass_tl.memory import PeakMemory
 from depass_tl.precision import completeness_tolerance, matmul_precision
 from depass_tl.replay import matmul
@@ -192,3 +192,14 @@ def test_the_split_is_budgeted(split_on_cpu: None, monkeypatch: pytest.MonkeyPat
             _, dc = depass_tl.run_with_depass(model, toks, names_filter=[], max_memory=budget, precision="tf32x3")
         assert mem.peak <= budget, (mem.peak, budget, unbounded.peak)
         torch.testing.assert_close(dc["unembed.hook_in"], ref["unembed.hook_in"], rtol=0, atol=2e-5)
+
+
+def test_tf32x3_is_refused_on_a_gpu_without_tf32_tensor_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pre-Ampere GPU ignores the TF32 switch: three IEEE products for the numbers of one. Refused, named."""
+    capability = {"cuda:0": (7, 0), "cuda:1": (8, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d: capability[str(torch.device(d))])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: "Tesla V100")
+    with pytest.raises(DePassError, match=r'tf32x3" needs TF32 tensor cores.*cuda:0 \(Tesla V100\) has 7\.0'):
+        matmul.require_tensor_cores("cuda:0")
+    matmul.require_tensor_cores("cuda:1")
+    matmul.require_tensor_cores("cpu")

@@ -71,7 +71,7 @@ from depass_tl.model_view import MoEView
 from depass_tl.replay.block import BlockStep, Outputs, Reducer, attn_step, mlp_step, pad_to_bias
 from depass_tl.replay.device import block_device, block_tensors, norm_device
 from depass_tl.replay.layout import State, attn_passes
-from depass_tl.replay.matmul import splitting
+from depass_tl.replay.matmul import require_tensor_cores, splitting
 from depass_tl.replay.norm import apply_norm
 from depass_tl.replay.plan import plan_chunks, row_starts
 from depass_tl.replay.rules import DEFAULT_TEMPERATURE, RuleLike, get_rule
@@ -150,6 +150,9 @@ def replay_components(
     starts = [_starts(src, causal) for src in sources]
     names = [n for n in init.stored_hook_names(view) if n == FINAL_HOOK or keep(n)]
     dev0 = block_device(view.blocks[layers[0]]) if layers else view.device
+    for dev in {torch.device(block_device(view.blocks[layer])) for layer in layers}:
+        if splitting(dtype, dev):  # precision="tf32x3" on CUDA
+            require_tensor_cores(dev)
     if shard is not None and splittable and chunk_size is None and max_memory is None:
         chunk_size = shard.chunk_rows(K - 1)
     plan = plan_chunks(

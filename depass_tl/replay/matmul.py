@@ -39,10 +39,11 @@ from typing import Union
 import torch
 from torch import Tensor
 
+from depass_tl.errors import DePassValueError
 from depass_tl.replay.kernels import split_tf32_, use_fused
 
 __all__ = ["Split", "Operand", "split", "split_products", "splitting", "splits", "operand", "apply", "product",
-           "accumulate_", "cuda_tf32"]
+           "accumulate_", "cuda_tf32", "require_tensor_cores"]
 
 DEVICE_TYPES: tuple[str, ...] = ("cuda",)
 """Device types whose float32 products are split (those with TF32 tensor cores)."""
@@ -93,6 +94,21 @@ def split_products(on: bool = True) -> Iterator[None]:
 def splitting(dtype: torch.dtype, device: torch.device | str) -> bool:
     """Whether products of ``dtype`` tensors on ``device`` are split here (for the memory planner)."""
     return _ON.get() and dtype == torch.float32 and torch.device(device).type in DEVICE_TYPES
+
+
+def require_tensor_cores(device: torch.device | str) -> None:
+    """Refuse ``"tf32x3"`` on a CUDA device without TF32 tensor cores (compute capability < 8.0): cuBLAS
+    would run its three products in IEEE float32, three times ``"exact"``'s work for the same numbers."""
+    d = torch.device(device)
+    if d.type != "cuda":
+        return
+    major, minor = torch.cuda.get_device_capability(d)
+    if major < 8:
+        raise DePassValueError(
+            f'precision="tf32x3" needs TF32 tensor cores (compute capability 8.0 or later: Ampere, Hopper, ...); '
+            f"{d} ({torch.cuda.get_device_name(d)}) has {major}.{minor}, where its three products per product would "
+            'all run in IEEE float32. Use precision="exact" (the same numbers, a third of the work).'
+        )
 
 
 def splits(*ts: Tensor) -> bool:
