@@ -208,7 +208,7 @@ def profile(tokens: int, layers: int, precision: str, skip_matmul: bool, rule: s
 
     def patch(c: OpCounter) -> None:
         soft_mod.softmax_share_, max_mod.max_share_, matmul.split_tf32_ = _count_fused(c)
-        soft_mod.use_fused = max_mod.use_fused = matmul.use_fused = lambda keys: True
+        soft_mod.use_fused = max_mod.use_fused = matmul.use_fused = lambda keys, kernel: True
 
     whole = OpCounter(False)
     devices = matmul.DEVICE_TYPES

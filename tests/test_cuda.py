@@ -219,7 +219,7 @@ def test_fused_softmax_kernel_equals_the_eager_split(arch: str, monkeypatch: pyt
     monkeypatch.setenv(kernels.KERNELS_ENV, "eager")
     want = replay_components(run, init)
     monkeypatch.setenv(kernels.KERNELS_ENV, "auto")
-    assert kernels.use_fused(want["unembed.hook_in"])
+    assert kernels.use_fused(want["unembed.hook_in"], "softmax")
     got = replay_components(run, init)
     status = kernels.kernel_status()
     assert "softmax" in status["ran"] and status["fallback"] is None  # it ran, no fallback

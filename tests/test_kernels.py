@@ -28,27 +28,55 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 def test_unknown_mode_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(kernels.KERNELS_ENV, "fastest")
     with pytest.raises(DePassError, match="DEPASS_TL_KERNELS='fastest'"):
-        kernels.use_fused(torch.ones(2, 3))
+        kernels.use_fused(torch.ones(2, 3), "softmax")
 
 
 @pytest.mark.parametrize("mode", ["", "auto", "eager"])
 def test_cpu_tensors_split_eagerly_unless_forced(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     monkeypatch.setenv(kernels.KERNELS_ENV, mode)
-    assert kernels.use_fused(torch.ones(2, 3)) is False
+    assert kernels.use_fused(torch.ones(2, 3), "softmax") is False
 
 
 def test_forced_mode_needs_triton(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(kernels.KERNELS_ENV, "triton")
     keys = torch.ones(2, 3)
     if HAS_TRITON:
-        assert kernels.use_fused(keys) is True
-        assert kernels.use_fused(keys.half()) is False  # float32 / float64 only
-        assert kernels.use_fused(keys.t()) is False  # contiguous keys only
+        assert kernels.use_fused(keys, "softmax") is True
+        assert kernels.use_fused(keys.half(), "softmax") is False  # float32 / float64 only
+        assert kernels.use_fused(keys.t(), "softmax") is False  # contiguous keys only
         with torch.enable_grad():
-            assert kernels.use_fused(keys.requires_grad_()) is False  # autograd through the split: eager
+            assert kernels.use_fused(keys.requires_grad_(), "softmax") is False  # autograd through the split: eager
     else:
         with pytest.raises(DePassError, match="needs the triton package"):
-            kernels.use_fused(keys)
+            kernels.use_fused(keys, "softmax")
+
+
+
+def test_a_kernel_that_cannot_compile_falls_back_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel whose compilation fails warns once and runs eagerly from then on; the other kernels
+    (separate compilations) are still used."""
+    launched: list[str] = []
+
+    def kernel(name: str, fails: bool):  # type: ignore[no-untyped-def]
+        def launch(*args, **meta):  # type: ignore[no-untyped-def]
+            if fails:
+                raise RuntimeError("no C compiler")
+            launched.append(name)
+        return {(1,): launch}
+
+    monkeypatch.setattr(kernels, "_state", {"kernel": None, "broken": {}})
+    monkeypatch.setattr(kernels, "_kernel", lambda: {"split": kernel("split", True), "softmax": kernel("softmax", False)})
+    monkeypatch.setenv(kernels.KERNELS_ENV, "auto")
+    cpu = torch.device("cpu")
+    with pytest.warns(RuntimeWarning, match="fused split kernel could not run here .RuntimeError: no C compiler"):
+        assert kernels._run("split", (1,), (), {}, cpu) is False
+    assert kernels._run("softmax", (1,), (), {}, cpu) is True and launched == ["softmax"]
+    assert kernels.kernel_status()["fallback"] == "split: RuntimeError: no C compiler"
+    assert kernels.kernel_status()["ran"] == ["softmax"]
+    monkeypatch.setenv(kernels.KERNELS_ENV, "triton")  # CPU tensors are then eligible
+    keys = torch.ones(2, 3)
+    assert kernels.use_fused(keys, "softmax") is True
+    assert kernels.use_fused(keys, "split") is False  # the broken one only
 
 
 _INTERPRETED = r'''

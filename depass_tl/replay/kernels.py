@@ -24,8 +24,9 @@ against the eager split in Triton's interpreter on CPU (``TRITON_INTERPRET=1``, 
 * ``triton``: also for CPU tensors, which only runs under ``TRITON_INTERPRET=1`` (for tests);
   a :class:`~depass_tl.errors.DePassError` when ``triton`` is not installed.
 
-If compiling the kernel fails on a machine (Triton needs a C compiler for its launcher), the first
-call warns once with the cause and the process keeps the eager split.
+If compiling a kernel fails on a machine (Triton needs a C compiler for its launcher), its first call
+warns once with the cause and the process keeps the eager form of that step; the other kernels are
+still tried (each is its own compilation).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ MODES = ("auto", "eager", "triton")
 BLOCK = 1024  # columns per program: 8 per thread at 4 warps (128-bit loads)
 
 _lock = threading.Lock()
-_state: dict[str, Any] = {"kernel": None, "broken": None}  # kernel: the dict of jitted kernels
+_state: dict[str, Any] = {"kernel": None, "broken": {}}  # kernel: the dict of jitted kernels; broken: why, by name
 
 
 def kernel_mode() -> str:
@@ -60,9 +61,11 @@ def kernel_mode() -> str:
 
 
 def kernel_status() -> dict[str, Any]:
-    """What this process did: the mode, the kernels that ran (``softmax``, ``max``), and the reason it fell
-    back to the eager split (None: it did not)."""
-    return {"mode": kernel_mode(), "ran": sorted(_state.get("ran", ())), "fallback": _state["broken"]}
+    """What this process did: the mode, the kernels that ran (``softmax``, ``max``, ``split``), and why
+    kernels fell back to eager PyTorch (``"name: reason"``, one per failed kernel; None: none did)."""
+    broken = _state["broken"]
+    fallback = "; ".join(f"{k}: {why}" for k, why in sorted(broken.items())) or None
+    return {"mode": kernel_mode(), "ran": sorted(_state.get("ran", ())), "fallback": fallback}
 
 
 def _kernel() -> Any:
@@ -79,10 +82,10 @@ def _kernel() -> Any:
     return _state["kernel"] or None
 
 
-def use_fused(keys: Tensor) -> bool:
-    """Whether a fused split (``softmax``, ``max``) runs on ``keys`` (see the module docstring)."""
+def use_fused(keys: Tensor, kernel: str) -> bool:
+    """Whether the fused ``kernel`` (``softmax``, ``max``, ``split``) runs on ``keys`` (see the module docstring)."""
     mode = kernel_mode()
-    if mode == "eager" or _state["broken"] is not None:
+    if mode == "eager" or kernel in _state["broken"]:
         return False
     if keys.dtype not in (torch.float32, torch.float64) or not keys.is_contiguous():
         return False
@@ -131,10 +134,10 @@ def _run(which: str, grid: tuple[int], args: tuple, meta: dict[str, Any], device
         with _on(device):  # a model split over GPUs: launch on the tensors' device, not the current one
             _kernel()[which][grid](*args, **meta)
     except Exception as err:  # compiling failed (no C compiler, unsupported GPU, ...): eager from now on
-        if _state["broken"] is not None or which in _state.setdefault("ran", set()) or kernel_mode() == "triton":
+        if which in _state["broken"] or which in _state.setdefault("ran", set()) or kernel_mode() == "triton":
             raise  # it ran before (or was forced): not a compilation problem
-        _state["broken"] = f"{type(err).__name__}: {err}"
-        warnings.warn(f"depass_tl: the fused {which} kernel could not run here ({_state['broken']}); this process "
+        _state["broken"][which] = f"{type(err).__name__}: {err}"
+        warnings.warn(f"depass_tl: the fused {which} kernel could not run here ({_state['broken'][which]}); this process "
                       f"uses eager PyTorch instead (same results; set {KERNELS_ENV}=eager to silence this).",
                       RuntimeWarning, stacklevel=5)
         return False

@@ -73,7 +73,7 @@ def split(t: Tensor, *, consume: bool = False) -> Split:
 
     ``consume``: write ``lo`` into ``t`` (one new tensor instead of two; ``t`` is then ``lo``). On CUDA one
     fused pass (:func:`~depass_tl.replay.kernels.split_tf32_`), else three PyTorch ops."""
-    if t.dtype == torch.float32 and t.is_contiguous() and use_fused(t):
+    if t.dtype == torch.float32 and t.is_contiguous() and use_fused(t, "split"):
         parts = split_tf32_(t, consume)
         if parts is not None:
             return Split(*parts)

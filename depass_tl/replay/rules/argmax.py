@@ -73,7 +73,7 @@ class Max(MLPRule):
                 local = bias_rows[(bias_rows >= g * group_size) & (bias_rows < (g + 1) * group_size)] - g * group_size
                 parts.append(self.share(keys[g * group_size : (g + 1) * group_size], target, local, group_size))
             return torch.cat(parts)
-        if use_fused(keys) and max_share_(keys, target, bias_rows) is not None:
+        if use_fused(keys, "max") and max_share_(keys, target, bias_rows) is not None:
             return keys  # the same split in two passes (replay/kernels.py)
         return self.eager_share(keys, target, bias_rows)
 

@@ -103,7 +103,7 @@ class Softmax(MLPRule):
                 for g in range(G)
             ]
             return torch.cat(parts)
-        if use_fused(keys) and softmax_share_(keys, target, bias_rows, self.temperature) is not None:
+        if use_fused(keys, "softmax") and softmax_share_(keys, target, bias_rows, self.temperature) is not None:
             return keys  # the same split in two passes over the keys (replay/kernels.py)
         return self.eager_share(keys, target, bias_rows)
 
