@@ -23,7 +23,7 @@ from depass_tl.errors import DePassError, DePassValueError, HookNotFoundError
 from depass_tl.foreign_hooks import check_edits
 from depass_tl.guard import Completeness, check_replay, tolerance
 from depass_tl.memory import parse_memory, storage_bytes
-from depass_tl.precision import check_precision, matmul_precision
+from depass_tl.precision import check_precision, matmul_precision, on_cuda
 from depass_tl.replay.engine import replay_components
 from depass_tl.replay.rules import DEFAULT_RULE, DEFAULT_TEMPERATURE, MLPRule, RuleLike, get_rule, official_key_edits
 from depass_tl.replay.state import FINAL_HOOK, InitialState
@@ -90,6 +90,11 @@ def _official_edits(rule: MLPRule, spec: ComponentSpec, init: InitialState, run:
                               official_position0=official_position0)
 
 
+def _run_on_cuda(run: FrozenRun) -> bool:
+    """Whether the captured run (so its replay) lives on a CUDA device, wholly or in part."""
+    return on_cuda([run.logits, *run.acts.values()])
+
+
 def _default_dtype(model_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if model_dtype == torch.float64 else torch.float32
 
@@ -144,7 +149,7 @@ def replay(
         shard = ComponentShard(where)
     elif not gather:
         raise DePassValueError("gather=False leaves a distributed replay's cache sharded; it needs distributed=True.")
-    with matmul_precision(precision):
+    with matmul_precision(precision, cuda=_run_on_cuda(run)):
         acts = replay_components(run, init, mlp_rule=rule, dtype=dtype, keep=keep, chunk_size=chunk_size,
                                  max_memory=budget, held_bytes=held, shard=shard)
 
@@ -171,7 +176,7 @@ def _cache(run: FrozenRun, init: InitialState, rule: MLPRule, acts: dict[str, Te
         final = run.get(FINAL_HOOK)
         final = final[rows.to(final.device), last_pos.to(final.device)].to(run.view.W_U.device)
         last = final @ run.view.W_U + (0 if run.view.b_U is None else run.view.b_U)
-    with matmul_precision(precision):
+    with matmul_precision(precision, cuda=_run_on_cuda(run)):
         completeness = _guard(run, acts, clean, init.group_size, dtype, precision)
     return DePassCache(
         activations=acts,
@@ -362,7 +367,8 @@ def run_with_depass(
     check_precision(precision)
     n_layers = int(getattr(getattr(model, "cfg", None), "n_layers", 0))
     extra = set() if components is None else components.required_hooks(n_layers)
-    with matmul_precision(precision):  # the clean run too: an exact replay must not inherit TF32 rounding
+    # the clean run too: an exact replay must not inherit TF32 rounding
+    with matmul_precision(precision, cuda=on_cuda(model.parameters()) if isinstance(model, torch.nn.Module) else None):
         run = capture(
             model, input, prepend_bos=prepend_bos, extra_hooks=extra, padding_side=padding_side,
             attention_mask=attention_mask,

@@ -38,18 +38,19 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import threading
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Literal
 
 import torch
+from torch import Tensor
 
 from depass_tl.errors import DePassValueError
 from depass_tl.guard import RTOL_BY_PRECISION, completeness_rtol
 from depass_tl.replay.matmul import cuda_tf32, split_products
 
-__all__ = ["Precision", "PRECISIONS", "check_precision", "matmul_precision", "completeness_tolerance"]
+__all__ = ["Precision", "PRECISIONS", "check_precision", "matmul_precision", "on_cuda", "completeness_tolerance"]
 
 Precision = Literal["exact", "tf32x3", "fast"]
 PRECISIONS: tuple[str, ...] = tuple(RTOL_BY_PRECISION)  # ("exact", "tf32x3", "fast")
@@ -84,17 +85,28 @@ def _take_turns() -> bool:
     return torch.cuda.is_available()
 
 
+def on_cuda(tensors: Iterable[Tensor]) -> bool:
+    """Whether any of ``tensors`` (a model's parameters, a captured run's tensors) is on a CUDA device."""
+    return any(t.is_cuda for t in tensors)
+
+
 @contextmanager
-def matmul_precision(precision: str) -> Iterator[None]:
+def matmul_precision(precision: str, *, cuda: bool | None = None) -> Iterator[None]:
     """Run the block with CUDA float32 matmuls in IEEE float32 (``"exact"``), TF32 (``"fast"``), or IEEE
     float32 with the replay's own products split into three TF32 ones (``"tf32x3"``,
     :mod:`depass_tl.replay.matmul`).
 
     The global setting is restored on exit, also after an exception. It is one setting for the whole
     process, so on a machine with CUDA these blocks take turns across threads (a re-entrant lock): a
-    call in one thread never computes with another call's setting. Code outside depass_tl that changes
-    the setting from another thread during a call is not covered."""
+    call in one thread never computes with another call's setting. ``cuda=False`` says the block
+    computes on no CUDA device (a CPU model on a GPU machine): there it neither touches the setting nor
+    waits for its turn, so CPU calls run beside CUDA ones. Code outside depass_tl that changes the
+    setting from another thread during a call is not covered."""
     check_precision(precision)
-    with _TURNS if _take_turns() else nullcontext(), cuda_tf32(precision == "fast"), \
-            split_products(precision == "tf32x3"):
+    turns = _take_turns()
+    if cuda is False and turns:  # nothing here reads the setting that CUDA calls in other threads use
+        with split_products(precision == "tf32x3"):
+            yield
+        return
+    with _TURNS if turns else nullcontext(), cuda_tf32(precision == "fast"), split_products(precision == "tf32x3"):
         yield

@@ -8,7 +8,6 @@ The CUDA numbers (TF32 really used or not) are checked by tests/test_cuda.py on 
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import torch
@@ -92,35 +91,68 @@ def test_the_replay_runs_with_the_mode_flag(restore_flag) -> None:  # type: igno
     torch.testing.assert_close(fast["unembed.hook_in"], exact["unembed.hook_in"], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("turns", [True, False])
-def test_blocks_take_turns_across_threads(turns: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("turns, second_cuda", [(True, None), (False, None), (True, False)])
+def test_blocks_take_turns_across_threads(turns: bool, second_cuda: bool | None, monkeypatch: pytest.MonkeyPatch,
+                                          restore_flag) -> None:  # type: ignore[no-untyped-def]
     """The TF32 setting is one per process: where CUDA reads it, a block in another thread waits for the
-    running one to end (here an exact call would otherwise run inside a tf32x3 call's window); the same
-    thread re-enters. Without turns (no CUDA: nothing reads the setting) the blocks overlap."""
+    running one to end (here a fast call would otherwise run inside an exact call's window); the same
+    thread re-enters. Without turns (no CUDA: nothing reads the setting) the blocks overlap, and so does
+    a block that says it computes on no CUDA device (``cuda=False``), which then leaves the setting alone."""
     monkeypatch.setattr(precision, "_take_turns", lambda: turns)
     events: list[str] = []
-    inside = threading.Event()
+    inside, second_in = threading.Event(), threading.Event()
+    overlap = not turns or second_cuda is False
 
     def first() -> None:
-        with matmul_precision("tf32x3"):
+        with matmul_precision("exact"):
             with matmul_precision("exact"):  # re-entered by the same thread
                 events.append("first in")
             inside.set()
-            time.sleep(0.3)
+            # overlapping, wait until the second block is in; else give it time to (wrongly) get in
+            second_in.wait(20 if overlap else 0.5)
             events.append("first out")
 
     def second() -> None:
         assert inside.wait(10)
-        with matmul_precision("exact"):
-            events.append("second in")
+        with matmul_precision("fast", cuda=second_cuda):
+            events.append(f"second in ({_flag()})")
+            second_in.set()
 
     threads = [threading.Thread(target=first), threading.Thread(target=second)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(20)
-    want = ["first in", "first out", "second in"] if turns else ["first in", "second in", "first out"]
-    assert events == want
+        t.join(30)
+    if not overlap:
+        assert events == ["first in", "first out", "second in (tf32)"]
+    else:  # the CPU-only block does not switch TF32 on under the exact one
+        assert events == ["first in", f"second in ({'ieee' if second_cuda is False else 'tf32'})", "first out"]
+
+
+def test_a_cpu_model_does_not_wait_for_cuda_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU machine a call on a CPU model neither waits for a CUDA call's turn nor flips its TF32
+    setting: run_with_depass completes while another thread holds the turn."""
+    monkeypatch.setattr(precision, "_take_turns", lambda: True)
+    model = make_model("gpt2")
+    toks = random_tokens(model)
+    holding, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def cuda_call() -> None:
+        with matmul_precision("exact"):
+            holding.set()
+            release.wait(300)  # released below
+
+    holder = threading.Thread(target=cuda_call)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        worker = threading.Thread(target=lambda: (depass_tl.run_with_depass(model, toks, precision="fast"), done.set()))
+        worker.start()
+        worker.join(60)
+        assert done.is_set(), "the CPU call waited for the CUDA call's turn"
+    finally:
+        release.set()
+        holder.join(10)
 
 
 def test_unknown_precision_is_refused() -> None:
