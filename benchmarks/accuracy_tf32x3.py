@@ -2,7 +2,7 @@
 
 A CPU has no TF32, so the products a CUDA replay would split are split here and each part product is
 emulated as a tensor core computes it (operands truncated to TF32, products accumulated in float32:
-``tests/test_matmul.py``'s ``EmulatedTF32``). Prints, for a random GPT-2-small-shaped model, the relative
+``tests/tf32_emulation.py``). Prints, for a random GPT-2-small-shaped model, the relative
 error of the components at ``unembed.hook_in`` against a float64 replay and the relative completeness
 error, for ``"exact"`` (IEEE float32), ``"tf32x3"`` and one TF32 product per product (what ``"fast"``
 computes on a GPU).
@@ -37,7 +37,7 @@ def main() -> None:
     from depass_tl.replay import matmul
     from depass_tl.replay.engine import replay_components
     from depass_tl.toy import random_model
-    from tests.test_matmul import EmulatedTF32
+    from tests.tf32_emulation import EmulatedTF32
 
     n = 24 if args.tiny else args.tokens
     shape = dict(n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=256) if args.tiny else \

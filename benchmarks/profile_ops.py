@@ -164,20 +164,13 @@ def _count_fused(counter: OpCounter) -> tuple[Any, Any, Any]:
         return run("fused_max_share", lambda: Max().eager_share(keys, target, bias_rows), keys, target, 2)
 
     def split_tf32(x: torch.Tensor, consume: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        from depass_tl.replay.matmul import Split
+        from depass_tl.replay.matmul import Split, split_eager
 
         out: list[Split] = []
-        run("fused_split_tf32", lambda: out.append(_eager_split(x, consume)), x, x[:0], 3)
+        run("fused_split_tf32", lambda: out.append(split_eager(x, consume=consume)), x, x[:0], 3)
         return out[0].hi, out[0].lo
 
     return softmax, max_, split_tf32
-
-
-def _eager_split(x: torch.Tensor, consume: bool) -> Any:
-    from depass_tl.replay import matmul
-
-    hi = (x.view(torch.int32) + (1 << 12)).bitwise_and_(-(1 << 13)).view(torch.float32)
-    return matmul.Split(hi, x.sub_(hi) if consume else x - hi)
 
 
 def profile(tokens: int, layers: int, precision: str, skip_matmul: bool, rule: str,

@@ -27,33 +27,9 @@ from depass_tl.precision import completeness_tolerance, matmul_precision
 from depass_tl.replay import matmul
 from depass_tl.replay.matmul import Split, accumulate_, product, split, split_products
 from tests.models import make_model, random_tokens
+from tests.tf32_emulation import LOW_BITS, EmulatedTF32, tf32
 
 ROOT = Path(__file__).resolve().parent.parent
-LOW_BITS = (1 << 13) - 1  # the float32 mantissa bits TF32 does not hold
-
-
-def tf32(t: Tensor) -> Tensor:
-    """``t`` as a tensor core reads it: truncated to 10 mantissa bits."""
-    return (t.contiguous().view(torch.int32) & ~LOW_BITS).view(torch.float32)
-
-
-class EmulatedTF32:
-    """Stands in for the TF32 products of :mod:`depass_tl.replay.matmul` on a CPU, counting them: the
-    operands truncated to TF32, the products (exact in float32) accumulated in float32."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def mul(self, a: Tensor, b: Tensor) -> Tensor:
-        self.calls += 1
-        return torch.matmul(tf32(a), tf32(b))
-
-    def addmul_(self, out: Tensor, a: Tensor, b: Tensor) -> None:
-        self.calls += 1
-        if a.dim() == 3:
-            out.baddbmm_(tf32(a), tf32(b))
-        else:
-            out.addmm_(tf32(a), tf32(b))
 
 
 @pytest.fixture
@@ -139,6 +115,25 @@ def test_products_are_split_only_where_they_should_be(emulated: EmulatedTF32) ->
     assert not matmul.splitting(torch.float32, "cpu")
 
 
+def test_a_split_operand_beside_one_that_may_not_be_split_stays_ieee(emulated: EmulatedTF32) -> None:
+    """A pattern split once per layer times values that autograd records (reverse mode inside a caller's
+    ``matmul_precision("tf32x3")``): the product is the IEEE one of the whole operands,
+    so the gradient reaches every term (a split other operand would hide its low part's from autograd)."""
+    gen = torch.Generator().manual_seed(3)
+    a, b = torch.randn(3, 6, 5, generator=gen), torch.randn(3, 5, 4, generator=gen)
+    with split_products():
+        sa = split(a)
+        with torch.enable_grad():
+            bg = b.clone().requires_grad_()
+            got = product(sa, bg)
+            got.square().sum().backward()
+        assert emulated.calls == 0 and torch.equal(got.detach(), torch.bmm(a, b))
+        bw = b.clone().requires_grad_()
+        torch.bmm(a, bw).square().sum().backward()
+        assert torch.equal(bg.grad, bw.grad)
+        assert emulated.calls == 0
+
+
 def _replay(model, toks, **kw):  # type: ignore[no-untyped-def]
     return depass_tl.run_with_depass(model, toks, names_filter=lambda n: n.endswith(("hook_attn_out", "hook_mlp_out")) or
                                      n == "unembed.hook_in", **kw)[1]
@@ -199,6 +194,24 @@ def test_the_split_is_budgeted(split_on_cpu: None, monkeypatch: pytest.MonkeyPat
             _, dc = depass_tl.run_with_depass(model, toks, names_filter=[], max_memory=budget, precision="tf32x3")
         assert mem.peak <= budget, (mem.peak, budget, unbounded.peak)
         torch.testing.assert_close(dc["unembed.hook_in"], ref["unembed.hook_in"], rtol=0, atol=2e-5)
+
+
+def test_each_matrix_is_split_once_per_layer(split_on_cpu: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a budget that cuts each layer into several passes, a block's matrices are split once per
+    layer, not once per pass: no tensor is split twice (every split tensor is held, so ids stay unique)."""
+    model = make_model("gpt2", n_layers=2, d_model=32, d_mlp=256, n_ctx=64, dtype=torch.float32)
+    toks = random_tokens(model, batch=1, pos=48)
+    with PeakMemory() as unbounded:
+        depass_tl.run_with_depass(model, toks, names_filter=[], precision="tf32x3")
+    seen: list[Tensor] = []
+    real = matmul.split
+    monkeypatch.setattr(matmul, "split", lambda t, consume=False: seen.append(t) or real(t, consume=consume))
+    depass_tl.run_with_depass(model, toks, names_filter=[], precision="tf32x3")
+    one_pass = len(seen)
+    seen.clear()
+    depass_tl.run_with_depass(model, toks, names_filter=[], precision="tf32x3", max_memory=int(unbounded.peak * 0.7))
+    assert len(seen) > one_pass  # more passes, so more of the activations' splits
+    assert len({id(t) for t in seen}) == len(seen), "a tensor was split twice"
 
 
 def test_tf32x3_is_refused_on_a_gpu_without_tf32_tensor_cores(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -36,7 +36,7 @@ components, and sums the padding moves with :meth:`Shard.reduce_sums
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -178,6 +178,7 @@ class BlockStep:
     reducer: Reducer | None = None
     shard: Shard | None = None
     causal: bool = False
+    _matrices: dict[int, tuple[Tensor, Operand]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def prefix(self) -> str:
@@ -187,6 +188,14 @@ class BlockStep:
         """The frozen ``blocks.{layer}.{name}`` at positions ``lo:hi`` (None when not captured)."""
         t = self.acts.get(self.prefix + name)
         return t if t is None or (lo == 0 and hi is None) else t[:, lo:hi]
+
+    def matrix(self, W: Tensor) -> Operand:
+        """``W`` (one of this block's matrices) as the products take it: under ``precision="tf32x3"`` on
+        CUDA split once per layer (:func:`~depass_tl.replay.matmul.operand`; the planner budgets the
+        parts), not once per pass; else ``W`` itself."""
+        if id(W) not in self._matrices:
+            self._matrices[id(W)] = (W, operand(W))  # W kept with its parts: the id stays its own
+        return self._matrices[id(W)][1]
 
     def inv_scale(self, name: str) -> Tensor | None:
         """``1 / hook_scale`` flattened to ``[batch * pos]`` (None when the norm has no scale)."""
@@ -269,7 +278,7 @@ def _attention(state: State, step: BlockStep, i: int, j: int, pattern: Operand, 
     chunks = state.chunks[i:j]
     r0, r1 = chunks[0].off, chunks[-1].off + chunks[-1].numel_rows
     H, e, n_kv = pb.n_heads, pb.d_head, pb.n_kv
-    v = product(state.X[r0:r1], pb.V.W)  # x W'; the 1/s of ln1 is in the pattern's key columns
+    v = product(state.X[r0:r1], step.matrix(pb.V.W))  # x W'; the 1/s of ln1 is in the pattern's key columns
     clip = step.scale("attn.clip_ratio")
     z = torch.empty(r1 - r0, H * e, dtype=v.dtype, device=v.device)
     for ch in chunks:
@@ -305,13 +314,13 @@ def _attention(state: State, step: BlockStep, i: int, j: int, pattern: Operand, 
         if _needs_copy(state.X, z):
             state.add_(slice(r0, r1), z @ pb.W_O)
         else:
-            accumulate_(state.X[r0:r1], z, pb.W_O, consume_a=True)
+            accumulate_(state.X[r0:r1], z, step.matrix(pb.W_O), consume_a=True)
         for ch in chunks:
             rows_b = ch.bias_flat()
             if rows_b is not None and pb.b_O is not None:
                 state.add_(rows_b, pb.b_O)
         return None
-    out = product(z, pb.W_O, consume_a=True)
+    out = product(z, step.matrix(pb.W_O), consume_a=True)
     del z
     for ch in chunks:
         _bias_add(out, _shift(ch.bias_flat(), r0), pb.b_O)
@@ -383,7 +392,7 @@ def _mlp_pass(state: State, step: BlockStep, mp: MLPPass, inv: Tensor | None) ->
     if pb.key.scaled:
         assert inv is not None, "a norm needs its captured scale"
         x.mul_(inv.index_select(0, mp.pos)[:, None])
-    keys = product(x, pb.key.W, consume_a=True)  # [rows, d_mlp]
+    keys = product(x, step.matrix(pb.key.W), consume_a=True)  # [rows, d_mlp]
     del x
     F = keys.shape[-1]
     credit = step.credit_mlp
@@ -409,7 +418,7 @@ def _mlp_pass(state: State, step: BlockStep, mp: MLPPass, inv: Tensor | None) ->
         del share, k
     if m.kind == "gated":
         _bias_rows_add(keys, mp.bias_rows, m.b_in)
-    out = product(keys, m.W_out, consume_a=True)
+    out = product(keys, step.matrix(m.W_out), consume_a=True)
     del keys
     _bias_rows_add(out, mp.bias_rows, m.b_out)
     for u in mp.units:
@@ -486,7 +495,8 @@ def attn_step(state: State, step: BlockStep, out: Outputs, *, store_pre: bool, s
     if store_pre:
         out.store_state(p + "hook_resid_pre", state.active)
     pattern, scale = scaled_pattern(step)
-    pattern = operand(pattern)  # split once per layer when the products are (precision="tf32x3")
+    # split once per layer when the products are (precision="tf32x3"); a scaled pattern is this layer's own
+    pattern = operand(pattern, consume=scale is not None)
     parallel = block.parallel and block.mlp is not None
     fused = not parallel and not out.needs(p + "hook_attn_out") and step.sources is None and block.ln1_post is None
     parts = []

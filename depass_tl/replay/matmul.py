@@ -12,7 +12,9 @@ float32's accuracy on the tensor cores by splitting each operand into two TF32 n
   tensor core's rounding of their ``lo`` operand (``2**-21`` of the whole); the third is exact. Every
   term accumulates in float32.
 
-So each product is within a few float32 roundings (``2**-24``) of the IEEE one, and the three TF32
+So each elementwise product is off by at most ``5 * 2**-22`` of itself (20 float32 units, ``2**-24``;
+far less on average): a whole replay is as accurate as with IEEE products (tests/test_matmul.py, with
+the tensor cores emulated, and tests/test_cuda.py measure it against float64). The three TF32
 products should cost less than one float32 product on a GPU with fast tensor cores (an H200's dense
 peaks: 495 TFLOP/s TF32, 67 float32; measured by ``benchmarks/bench_gpu.py``). Where the split pays and
 is used: float32 operands on CUDA, autograd not recording (the bit manipulation of the split has
@@ -42,8 +44,8 @@ from torch import Tensor
 from depass_tl.errors import DePassValueError
 from depass_tl.replay.kernels import split_tf32_, use_fused
 
-__all__ = ["Split", "Operand", "split", "split_products", "splitting", "splits", "operand", "apply", "product",
-           "accumulate_", "cuda_tf32", "require_tensor_cores"]
+__all__ = ["Split", "Operand", "split", "split_eager", "splitting", "splits", "operand", "apply", "product", "accumulate_",
+           "cuda_tf32", "require_tensor_cores"]
 
 DEVICE_TYPES: tuple[str, ...] = ("cuda",)
 """Device types whose float32 products are split (those with TF32 tensor cores)."""
@@ -77,13 +79,21 @@ def split(t: Tensor, *, consume: bool = False) -> Split:
         parts = split_tf32_(t, consume)
         if parts is not None:
             return Split(*parts)
+    return split_eager(t, consume=consume)
+
+
+def split_eager(t: Tensor, *, consume: bool = False) -> Split:
+    """:func:`split` in three PyTorch ops (add half a TF32 unit to the bits, clear the low 13, subtract)."""
     hi = (t.view(torch.int32) + _HALF_ULP).bitwise_and_(_KEEP).view(torch.float32)
     return Split(hi, t.sub_(hi) if consume else t - hi)
 
 
 @contextmanager
 def split_products(on: bool = True) -> Iterator[None]:
-    """Split the replay's float32 products on CUDA inside the block (this thread / context only)."""
+    """Split the replay's float32 products on CUDA inside the block (this thread / context only).
+
+    Internal: enter it through :func:`~depass_tl.precision.matmul_precision` (``"tf32x3"``), which also
+    makes threads take turns on the process-wide TF32 switch that each split product turns on."""
     token = _ON.set(on)
     try:
         yield
@@ -152,11 +162,17 @@ def cuda_tf32(on: bool) -> Iterator[None]:
 
 
 def _pair(a: Operand, b: Operand, consume_a: bool) -> tuple[Split, Split] | None:
-    if isinstance(a, Split) or isinstance(b, Split):
-        return (a if isinstance(a, Split) else split(a, consume=consume_a)), (b if isinstance(b, Split) else split(b))
-    if splits(a, b):
-        return split(a, consume=consume_a), split(b)
-    return None
+    """Both operands split, or None when the product stays IEEE: a plain operand that may not be split
+    (another dtype or device, or autograd recording it) is never split, even beside a split one."""
+    plain = [t for t in (a, b) if not isinstance(t, Split)]
+    if plain and not splits(*plain):
+        return None
+    return (a if isinstance(a, Split) else split(a, consume=consume_a)), (b if isinstance(b, Split) else split(b))
+
+
+def _whole(x: Operand) -> Tensor:
+    """``x`` as one tensor (a :class:`Split`'s ``hi + lo`` is its tensor exactly)."""
+    return x.hi + x.lo if isinstance(x, Split) else x
 
 
 def _mul(a: Tensor, b: Tensor) -> Tensor:
@@ -176,7 +192,7 @@ def product(a: Operand, b: Operand, *, consume_a: bool = False) -> Tensor:
     ``consume_a``: ``a`` is not needed afterwards (its split then reuses its memory)."""
     pair = _pair(a, b, consume_a)
     if pair is None:
-        assert isinstance(a, Tensor) and isinstance(b, Tensor)
+        a, b = _whole(a), _whole(b)
         return torch.bmm(a, b) if a.dim() == 3 else a @ b
     A, B = pair
     with cuda_tf32(True):  # the small terms first, then the large one
@@ -187,11 +203,11 @@ def product(a: Operand, b: Operand, *, consume_a: bool = False) -> Tensor:
 
 
 def accumulate_(out: Tensor, a: Operand, b: Operand, *, consume_a: bool = False) -> None:
-    """``out += a @ b`` (2-D) in place, split like :func:`product`."""
+    """``out += a @ b`` (2-D) in place, split like :func:`product`: each of the three terms is added into
+    ``out`` (three float32 roundings at ``out``'s magnitude instead of one; no product-sized temporary)."""
     pair = _pair(a, b, consume_a)
     if pair is None:
-        assert isinstance(a, Tensor) and isinstance(b, Tensor)
-        out.addmm_(a, b)
+        out.addmm_(_whole(a), _whole(b))
         return
     A, B = pair
     with cuda_tf32(True):

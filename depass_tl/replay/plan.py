@@ -139,13 +139,6 @@ def _block_weight_bytes(view: ModelView, itemsize: int) -> int:
     return max(b.attn.W_V.numel() + b.attn.W_O.numel() + mlp_numel(b.mlp) for b in view.blocks) * itemsize
 
 
-def _largest_matrix(view: ModelView) -> int:
-    sizes = [t.numel() for b in view.blocks for t in (b.attn.W_V, b.attn.W_O)]
-    sizes += [t.numel() for b in view.blocks if isinstance(b.mlp, MLPView)
-              for t in (b.mlp.W_in, b.mlp.W_gate, b.mlp.W_out) if t is not None]
-    return max(sizes, default=0)
-
-
 def _cut(starts: Sequence[int], K: int, size: int, g: int) -> list[tuple[int, int, int, int]]:
     """Components ``0 .. K-2`` of group ``g`` in chunks of at most ``size``, then the bias."""
     out = []
@@ -209,8 +202,8 @@ def plan_chunks(
     heads = max(b.attn.W_O.shape[0] for b in view.blocks) if view.blocks else 0
     # one block's weights laid out for the replay, and its pattern with ln1's scale folded in (block.py)
     weights = 2 * _block_weight_bytes(view, itemsize) + B * heads * P * P * itemsize
-    if split_operands:  # the pattern's second part, and one matrix's two parts during its product
-        weights += B * heads * P * P * itemsize + 2 * _largest_matrix(view) * itemsize
+    if split_operands:  # the pattern's second part, and the block's matrices as two parts each (split once)
+        weights += B * heads * P * P * itemsize + 2 * _block_weight_bytes(view, itemsize)
 
     def cut(size: int) -> list[tuple[int, int, int, int]]:
         if not splittable:
