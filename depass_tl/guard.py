@@ -54,8 +54,8 @@ RTOL_BY_DTYPE: dict[torch.dtype, float] = {
 #: precision (TF32 / bf16 matmuls) adds its entry here.
 #: ``"fast"``: TF32 matmul inputs (2**-11 relative rounding per product; measured about 3e-4 relative at
 #: 1024 tokens of a GPT-2-small shape on an H200, see :mod:`depass_tl.precision`).
-#: ``"tf32x3"``: none either; its products are within a few float32 roundings of the IEEE ones
-#: (:mod:`depass_tl.replay.matmul`).
+#: ``"tf32x3"``: none either; its replays are as accurate as IEEE float32 ones (each elementwise product
+#: within ``5 * 2**-22`` of itself, :mod:`depass_tl.replay.matmul`).
 RTOL_BY_PRECISION: dict[str, float] = {"exact": 0.0, "tf32x3": 0.0, "fast": 1e-2}
 
 
