@@ -23,7 +23,7 @@ from depass_tl.errors import DePassError, DePassValueError, HookNotFoundError
 from depass_tl.foreign_hooks import check_edits
 from depass_tl.guard import Completeness, check_replay, tolerance
 from depass_tl.memory import parse_memory, storage_bytes
-from depass_tl.precision import check_precision, matmul_precision, on_cuda
+from depass_tl.precision import all_on_cpu, check_precision, matmul_precision
 from depass_tl.replay.engine import replay_components
 from depass_tl.replay.rules import DEFAULT_RULE, DEFAULT_TEMPERATURE, MLPRule, RuleLike, get_rule, official_key_edits
 from depass_tl.replay.state import FINAL_HOOK, InitialState
@@ -91,8 +91,8 @@ def _official_edits(rule: MLPRule, spec: ComponentSpec, init: InitialState, run:
 
 
 def _run_on_cuda(run: FrozenRun) -> bool:
-    """Whether the captured run (so its replay) lives on a CUDA device, wholly or in part."""
-    return on_cuda([run.logits, *run.acts.values()])
+    """Whether the captured run (so its replay) may compute off the CPU (on a CUDA device), wholly or in part."""
+    return not all_on_cpu([run.logits, *run.acts.values()])
 
 
 def _default_dtype(model_dtype: torch.dtype) -> torch.dtype:
@@ -368,7 +368,8 @@ def run_with_depass(
     n_layers = int(getattr(getattr(model, "cfg", None), "n_layers", 0))
     extra = set() if components is None else components.required_hooks(n_layers)
     # the clean run too: an exact replay must not inherit TF32 rounding
-    with matmul_precision(precision, cuda=on_cuda(model.parameters()) if isinstance(model, torch.nn.Module) else None):
+    on_cpu = isinstance(model, torch.nn.Module) and all_on_cpu(model.parameters())
+    with matmul_precision(precision, cuda=False if on_cpu else None):
         run = capture(
             model, input, prepend_bos=prepend_bos, extra_hooks=extra, padding_side=padding_side,
             attention_mask=attention_mask,

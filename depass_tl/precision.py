@@ -50,7 +50,7 @@ from depass_tl.errors import DePassValueError
 from depass_tl.guard import RTOL_BY_PRECISION, completeness_rtol
 from depass_tl.replay.matmul import cuda_tf32, split_products
 
-__all__ = ["Precision", "PRECISIONS", "check_precision", "matmul_precision", "on_cuda", "completeness_tolerance"]
+__all__ = ["Precision", "PRECISIONS", "check_precision", "matmul_precision", "all_on_cpu", "completeness_tolerance"]
 
 Precision = Literal["exact", "tf32x3", "fast"]
 PRECISIONS: tuple[str, ...] = tuple(RTOL_BY_PRECISION)  # ("exact", "tf32x3", "fast")
@@ -85,9 +85,10 @@ def _take_turns() -> bool:
     return torch.cuda.is_available()
 
 
-def on_cuda(tensors: Iterable[Tensor]) -> bool:
-    """Whether any of ``tensors`` (a model's parameters, a captured run's tensors) is on a CUDA device."""
-    return any(t.is_cuda for t in tensors)
+def all_on_cpu(tensors: Iterable[Tensor]) -> bool:
+    """Whether every one of ``tensors`` (a model's parameters, a captured run's tensors) is on the CPU. A
+    model offloaded with an HF ``device_map`` is not (its ``meta`` weights reach a GPU at run time)."""
+    return all(t.device.type == "cpu" for t in tensors)
 
 
 @contextmanager

@@ -155,6 +155,12 @@ def test_a_cpu_model_does_not_wait_for_cuda_calls(monkeypatch: pytest.MonkeyPatc
         holder.join(10)
 
 
+def test_only_a_model_wholly_on_the_cpu_counts_as_cpu_only() -> None:
+    """Offloaded (``meta``) weights reach a GPU at run time: such a model takes its turn like a CUDA one."""
+    assert precision.all_on_cpu([torch.ones(2), torch.ones(3, dtype=torch.float64)])
+    assert not precision.all_on_cpu([torch.ones(2), torch.empty(2, device="meta")])
+
+
 def test_unknown_precision_is_refused() -> None:
     model = make_model("gpt2")
     with pytest.raises(DePassError, match="precision must be one of 'exact', 'tf32x3', 'fast'"):
