@@ -17,6 +17,7 @@ from depass_tl.memory import PeakMemory, format_bytes, parse_memory
 from depass_tl.replay.engine import replay_components
 from depass_tl.replay.plan import DEFAULT_CHUNK_ROWS, plan_chunks, row_starts
 from depass_tl.replay.rules import get_rule, rule_names
+from tests.budgets import tightest_budget
 from tests.families import FAMILIES, HT_CONFIG_FEATURES, HT_FEATURE_TWINS, build_family, build_ht, family_tokens
 from tests.models import ARCHS, make_model, random_tokens
 from tests.tl_cases import bridge_refusal, buildable_cases, norm_atol
@@ -143,6 +144,22 @@ def test_budget_bounds_peak_memory(rule: str) -> None:
             dc = replay(run, mlp_rule=rule, names_filter=[], max_memory=budget)
         assert mem.peak <= budget, (format_bytes(mem.peak), format_bytes(budget))
         torch.testing.assert_close(dc["unembed.hook_in"], ref["unembed.hook_in"], rtol=0, atol=2e-6)
+
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_tightest_budget_holds_for_weight_heavy_models(dtype: torch.dtype) -> None:
+    """A wide MLP and few tokens, so the block weights dominate: at the smallest budget the planner
+    accepts, the call stays under it. (A bfloat16 model's weights are cast to float32 copies per block;
+    the previous block's copies were alive while the next block's were made: 2x the planned weights.)"""
+    model = make_model("gpt2", n_layers=2, d_model=64, d_mlp=2048, n_ctx=16, dtype=dtype)
+    toks = random_tokens(model, batch=1, pos=6)
+
+    def call(budget: int) -> object:
+        return depass_tl.run_with_depass(model, toks, names_filter=[], max_memory=budget, dtype=torch.float32)
+
+    budget, peak = tightest_budget(call, 64 << 20)
+    assert peak <= budget, (format_bytes(peak), format_bytes(budget))
 
 
 def test_budget_too_small_says_what_to_drop() -> None:

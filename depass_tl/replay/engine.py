@@ -190,9 +190,11 @@ def replay_components(
         s, block = stage_index(l, stage), view.blocks[l]
         dev = block_device(block)
         if step is None or step.layer != l:
+            step = None  # the previous block's cast, prepared and split weights go first: one block's at a time
             w = _cast_view(block, dtype)
             step = BlockStep(l, w, PreparedBlock.build(w, rule.gated_keys), block_tensors(run.acts, f"blocks.{l}.", dtype, dev),
                              rule, K, init.sources, reducer, shard, pattern_causal)
+            del w
             out.to(dev)
             state.to(dev)
         enter(s)
@@ -202,6 +204,7 @@ def replay_components(
             mlp_step(state, step, out, store_after=s >= last_entry)
     if pending:  # groups that start after the last block: nothing to replay but the final norm
         enter(2 * view.n_layers)
+    del step  # the last block's prepared (and split) matrices: the final norm's budget holds no weights
     out.acts[FINAL_HOOK] = _final_norm(run, state, (K * G, B, P, D), dtype, plan.final_rows)
     return out.acts
 
