@@ -91,8 +91,10 @@ def _official_edits(rule: MLPRule, spec: ComponentSpec, init: InitialState, run:
 
 
 def _run_on_cuda(run: FrozenRun) -> bool:
-    """Whether the captured run (so its replay) may compute off the CPU (on a CUDA device), wholly or in part."""
-    return not all_on_cpu([run.logits, *run.acts.values()])
+    """Whether the captured run (so its replay) may compute off the CPU (on a CUDA device), wholly or in part:
+    its tensors and the weights the replay multiplies with."""
+    weights = [run.view.W_U, *(b.attn.W_O for b in run.view.blocks)]
+    return not all_on_cpu([run.logits, *weights, *run.acts.values()])
 
 
 def _default_dtype(model_dtype: torch.dtype) -> torch.dtype:

@@ -51,7 +51,6 @@ def test_forced_mode_needs_triton(monkeypatch: pytest.MonkeyPatch) -> None:
             kernels.use_fused(keys, "softmax")
 
 
-
 def test_a_kernel_that_cannot_compile_falls_back_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     """A kernel whose compilation fails warns once and runs eagerly from then on; the other kernels
     (separate compilations) are still used."""

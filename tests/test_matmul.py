@@ -26,6 +26,7 @@ from depass_tl.memory import PeakMemory
 from depass_tl.precision import completeness_tolerance, matmul_precision
 from depass_tl.replay import matmul
 from depass_tl.replay.matmul import Split, accumulate_, product, split, split_products
+from tests.budgets import tightest_budget
 from tests.models import make_model, random_tokens
 from tests.tf32_emulation import LOW_BITS, EmulatedTF32, tf32
 
@@ -212,6 +213,56 @@ def test_each_matrix_is_split_once_per_layer(split_on_cpu: None, monkeypatch: py
     depass_tl.run_with_depass(model, toks, names_filter=[], precision="tf32x3", max_memory=int(unbounded.peak * 0.7))
     assert len(seen) > one_pass  # more passes, so more of the activations' splits
     assert len({id(t) for t in seen}) == len(seen), "a tensor was split twice"
+
+
+
+def test_reverse_mode_inside_tf32x3_stays_ieee(emulated: EmulatedTF32, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reverse mode records the state with autograd: nothing is split (neither the pattern nor the
+    matrices, which would then be rebuilt from their parts in every product) and the attributions are
+    the IEEE ones, bit for bit."""
+    from depass_tl.reverse import attribute, direction_target
+
+    real, splits = matmul.split, []
+    monkeypatch.setattr(matmul, "split", lambda t, consume=False: splits.append(t.shape) or real(t, consume=consume))
+
+    model = make_model("gpt2", n_layers=2, d_model=32, d_mlp=64, n_ctx=32, dtype=torch.float32)
+    toks = random_tokens(model, batch=1, pos=12)
+    target = direction_target("blocks.1.hook_resid_post", torch.randn(1, 32, generator=torch.Generator().manual_seed(4)))
+    want = attribute(model, toks, target=target, mode="reverse").values
+    with matmul_precision("tf32x3"):
+        got = attribute(model, toks, target=target, mode="reverse").values
+    assert emulated.calls == 0 and not splits and torch.equal(got, want)
+
+
+def test_a_pattern_without_ln1_scale_is_not_consumed(split_on_cpu: None) -> None:
+    """Without ln1's scale the captured pattern itself is the operand: its split must leave it intact
+    (the scaled pattern, this layer's own tensor, is the one split in place), so a second replay of the
+    same capture computes the same numbers."""
+    from depass_tl.capture import capture
+    from depass_tl.replay.engine import replay_components
+
+    model = make_model("no_norm", n_layers=2, d_model=32, d_mlp=64, n_ctx=32, dtype=torch.float32)
+    run = capture(model, random_tokens(model, batch=1, pos=12))
+    patterns = {n: t.clone() for n, t in run.acts.items() if n.endswith("hook_pattern")}
+    init = depass_tl.tokens().init(run, torch.float32)
+    with matmul_precision("tf32x3"):
+        first = replay_components(run, init)["unembed.hook_in"]
+        second = replay_components(run, init)["unembed.hook_in"]
+    assert patterns and all(torch.equal(run.acts[n], t) for n, t in patterns.items())
+    assert torch.equal(first, second)
+
+
+def test_the_split_matrices_are_budgeted(split_on_cpu: None) -> None:
+    """A model whose weights outweigh its activations (wide MLP, few tokens): at the smallest budget the
+    planner accepts, the call stays under it only if the planner counts the matrices' two parts."""
+    model = make_model("gpt2", n_layers=2, d_model=64, d_mlp=2048, n_ctx=16, dtype=torch.float32)
+    toks = random_tokens(model, batch=1, pos=6)
+
+    def call(budget: int) -> object:
+        return depass_tl.run_with_depass(model, toks, names_filter=[], max_memory=budget, precision="tf32x3")
+
+    budget, peak = tightest_budget(call, 64 << 20)
+    assert peak <= budget, (peak, budget)
 
 
 def test_tf32x3_is_refused_on_a_gpu_without_tf32_tensor_cores(monkeypatch: pytest.MonkeyPatch) -> None:

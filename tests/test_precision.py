@@ -135,7 +135,8 @@ def test_a_cpu_model_does_not_wait_for_cuda_calls(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(precision, "_take_turns", lambda: True)
     model = make_model("gpt2")
     toks = random_tokens(model)
-    holding, release, done = threading.Event(), threading.Event(), threading.Event()
+    holding, release = threading.Event(), threading.Event()
+    result: list[object] = []
 
     def cuda_call() -> None:
         with matmul_precision("exact"):
@@ -146,10 +147,17 @@ def test_a_cpu_model_does_not_wait_for_cuda_calls(monkeypatch: pytest.MonkeyPatc
     holder.start()
     try:
         assert holding.wait(10)
-        worker = threading.Thread(target=lambda: (depass_tl.run_with_depass(model, toks, precision="fast"), done.set()))
+        def cpu_call() -> None:
+            try:
+                result.append(depass_tl.run_with_depass(model, toks, precision="fast"))
+            except Exception as err:  # reported below, not lost in the thread
+                result.append(err)
+
+        worker = threading.Thread(target=cpu_call)
         worker.start()
         worker.join(60)
-        assert done.is_set(), "the CPU call waited for the CUDA call's turn"
+        assert result, "the CPU call waited for the CUDA call's turn"
+        assert not isinstance(result[0], Exception), result[0]
     finally:
         release.set()
         holder.join(10)

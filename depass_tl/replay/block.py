@@ -189,12 +189,12 @@ class BlockStep:
         t = self.acts.get(self.prefix + name)
         return t if t is None or (lo == 0 and hi is None) else t[:, lo:hi]
 
-    def matrix(self, W: Tensor) -> Operand:
-        """``W`` (one of this block's matrices) as the products take it: under ``precision="tf32x3"`` on
-        CUDA split once per layer (:func:`~depass_tl.replay.matmul.operand`; the planner budgets the
-        parts), not once per pass; else ``W`` itself."""
+    def matrix(self, W: Tensor, state: State) -> Operand:
+        """``W`` (one of this block's matrices) as the products with the ``state``'s rows take it: under
+        ``precision="tf32x3"`` on CUDA split once per layer (:func:`~depass_tl.replay.matmul.operand`;
+        the planner budgets the parts), not once per pass; else ``W`` itself."""
         if id(W) not in self._matrices:
-            self._matrices[id(W)] = (W, operand(W))  # W kept with its parts: the id stays its own
+            self._matrices[id(W)] = (W, operand(W, beside=state.X))  # W kept with its parts: its id stays its own
         return self._matrices[id(W)][1]
 
     def inv_scale(self, name: str) -> Tensor | None:
@@ -278,7 +278,7 @@ def _attention(state: State, step: BlockStep, i: int, j: int, pattern: Operand, 
     chunks = state.chunks[i:j]
     r0, r1 = chunks[0].off, chunks[-1].off + chunks[-1].numel_rows
     H, e, n_kv = pb.n_heads, pb.d_head, pb.n_kv
-    v = product(state.X[r0:r1], step.matrix(pb.V.W))  # x W'; the 1/s of ln1 is in the pattern's key columns
+    v = product(state.X[r0:r1], step.matrix(pb.V.W, state))  # x W'; the 1/s of ln1 is in the pattern's key columns
     clip = step.scale("attn.clip_ratio")
     z = torch.empty(r1 - r0, H * e, dtype=v.dtype, device=v.device)
     for ch in chunks:
@@ -314,13 +314,13 @@ def _attention(state: State, step: BlockStep, i: int, j: int, pattern: Operand, 
         if _needs_copy(state.X, z):
             state.add_(slice(r0, r1), z @ pb.W_O)
         else:
-            accumulate_(state.X[r0:r1], z, step.matrix(pb.W_O), consume_a=True)
+            accumulate_(state.X[r0:r1], z, step.matrix(pb.W_O, state), consume_a=True)
         for ch in chunks:
             rows_b = ch.bias_flat()
             if rows_b is not None and pb.b_O is not None:
                 state.add_(rows_b, pb.b_O)
         return None
-    out = product(z, step.matrix(pb.W_O), consume_a=True)
+    out = product(z, step.matrix(pb.W_O, state), consume_a=True)
     del z
     for ch in chunks:
         _bias_add(out, _shift(ch.bias_flat(), r0), pb.b_O)
@@ -392,7 +392,7 @@ def _mlp_pass(state: State, step: BlockStep, mp: MLPPass, inv: Tensor | None) ->
     if pb.key.scaled:
         assert inv is not None, "a norm needs its captured scale"
         x.mul_(inv.index_select(0, mp.pos)[:, None])
-    keys = product(x, step.matrix(pb.key.W), consume_a=True)  # [rows, d_mlp]
+    keys = product(x, step.matrix(pb.key.W, state), consume_a=True)  # [rows, d_mlp]
     del x
     F = keys.shape[-1]
     credit = step.credit_mlp
@@ -418,7 +418,7 @@ def _mlp_pass(state: State, step: BlockStep, mp: MLPPass, inv: Tensor | None) ->
         del share, k
     if m.kind == "gated":
         _bias_rows_add(keys, mp.bias_rows, m.b_in)
-    out = product(keys, step.matrix(m.W_out), consume_a=True)
+    out = product(keys, step.matrix(m.W_out, state), consume_a=True)
     del keys
     _bias_rows_add(out, mp.bias_rows, m.b_out)
     for u in mp.units:
@@ -496,7 +496,7 @@ def attn_step(state: State, step: BlockStep, out: Outputs, *, store_pre: bool, s
         out.store_state(p + "hook_resid_pre", state.active)
     pattern, scale = scaled_pattern(step)
     # split once per layer when the products are (precision="tf32x3"); a scaled pattern is this layer's own
-    pattern = operand(pattern, consume=scale is not None)
+    pattern = operand(pattern, consume=scale is not None, beside=state.X)
     parallel = block.parallel and block.mlp is not None
     fused = not parallel and not out.needs(p + "hook_attn_out") and step.sources is None and block.ln1_post is None
     parts = []

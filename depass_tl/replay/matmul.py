@@ -128,9 +128,12 @@ def splits(*ts: Tensor) -> bool:
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in ts))
 
 
-def operand(t: Tensor, *, consume: bool = False) -> Operand:
-    """``t`` split once when its products will be split (an operand of many products), else ``t``."""
-    return split(t, consume=consume) if splits(t) else t
+def operand(t: Tensor, *, consume: bool = False, beside: Tensor | None = None) -> Operand:
+    """``t`` split once when its products will be split (an operand of many products), else ``t``.
+
+    ``beside``: the other operands' tensor (the replay's state): when its products may not be split
+    (autograd recording it), ``t`` is not split either, so no product rebuilds ``t`` from its parts."""
+    return split(t, consume=consume) if splits(t, *(() if beside is None else (beside,))) else t
 
 
 def apply(x: Operand, fn: Callable[[Tensor], Tensor]) -> Operand:

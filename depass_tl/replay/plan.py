@@ -39,7 +39,7 @@ from torch import Tensor
 
 from depass_tl.errors import DePassError
 from depass_tl.memory import format_bytes
-from depass_tl.model_view import MLPView, ModelView, MoEView
+from depass_tl.model_view import BlockView, MLPView, ModelView, MoEView
 from depass_tl.replay.rules import MLPRule, RuleLike, get_rule
 
 __all__ = [
@@ -139,6 +139,17 @@ def _block_weight_bytes(view: ModelView, itemsize: int) -> int:
     return max(b.attn.W_V.numel() + b.attn.W_O.numel() + mlp_numel(b.mlp) for b in view.blocks) * itemsize
 
 
+def _split_matrix_bytes(view: ModelView, itemsize: int) -> int:
+    """The matrices of one block that ``precision="tf32x3"`` splits (``BlockStep.matrix``): ``W_V``, ``W_O``
+    and, on dense MLPs, the key matrix (``W_in`` or ``W_gate``, the same shape) and ``W_out``; MoE
+    layers stay IEEE."""
+    def numel(b: BlockView) -> int:
+        n = b.attn.W_V.numel() + b.attn.W_O.numel()
+        return n + (b.mlp.W_in.numel() + b.mlp.W_out.numel() if isinstance(b.mlp, MLPView) else 0)
+
+    return max((numel(b) for b in view.blocks), default=0) * itemsize
+
+
 def _cut(starts: Sequence[int], K: int, size: int, g: int) -> list[tuple[int, int, int, int]]:
     """Components ``0 .. K-2`` of group ``g`` in chunks of at most ``size``, then the bias."""
     out = []
@@ -202,8 +213,8 @@ def plan_chunks(
     heads = max(b.attn.W_O.shape[0] for b in view.blocks) if view.blocks else 0
     # one block's weights laid out for the replay, and its pattern with ln1's scale folded in (block.py)
     weights = 2 * _block_weight_bytes(view, itemsize) + B * heads * P * P * itemsize
-    if split_operands:  # the pattern's second part, and the block's matrices as two parts each (split once)
-        weights += B * heads * P * P * itemsize + 2 * _block_weight_bytes(view, itemsize)
+    if split_operands:  # the pattern's second part, and the block's split matrices as two parts each
+        weights += B * heads * P * P * itemsize + 2 * _split_matrix_bytes(view, itemsize)
 
     def cut(size: int) -> list[tuple[int, int, int, int]]:
         if not splittable:
