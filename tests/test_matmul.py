@@ -27,7 +27,7 @@ from depass_tl.precision import completeness_tolerance, matmul_precision
 from depass_tl.replay import matmul
 from depass_tl.replay.matmul import Split, accumulate_, product, split, split_products
 from tests.budgets import tightest_budget
-from tests.models import make_model, random_tokens
+from tests.models import config_model, make_model, random_tokens
 from tests.tf32_emulation import LOW_BITS, EmulatedTF32, tf32
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,6 +157,34 @@ def test_a_tf32x3_replay_is_float32_accurate(arch: str, emulated: EmulatedTF32, 
     drop_low_parts(monkeypatch)  # a split that loses its low parts: one TF32 product's rounding, which
     with pytest.raises(CompletenessError, match="precision='tf32x3'"):  # float32's guard refuses
         _replay(model, toks, precision="tf32x3")
+
+
+
+@pytest.mark.parametrize("name", ["gpt2_like", "llama_like"])
+def test_a_tf32x3_replay_agrees_with_the_slow_reference(name: str, emulated: EmulatedTF32) -> None:
+    """Against the loop-by-loop float64 reference (tests/reference.py) at every hook both report, the
+    emulated tf32x3 replay of the float32 model is within 8x the IEEE float32 replay's error, and its
+    components sum to the clean activation there within float32's tolerance."""
+    from tests.reference import reference_depass
+    from tests.test_reference import BASE, CONFIGS, model_and_tokens
+
+    ref_model, toks = model_and_tokens(name)
+    want, _ = reference_depass(ref_model, toks, mlp_rule="softmax")
+    model = config_model(**{**BASE, "dtype": torch.float32}, **CONFIGS[name])
+    model.load_state_dict({k: v.float() for k, v in ref_model.state_dict().items()})
+    keep = [n for n in want if n.endswith(("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post"))
+            or n == "unembed.hook_in"]
+    exact = depass_tl.run_with_depass(model, toks, names_filter=keep)[1]
+    split3 = depass_tl.run_with_depass(model, toks, names_filter=keep, precision="tf32x3")[1]
+    assert emulated.calls > 0
+    tol = completeness_tolerance(torch.float32, "tf32x3")
+    for n in keep:
+        scale = want[n].abs().max().item()
+        err3 = (split3[n].double() - want[n]).abs().max().item() / scale
+        err = (exact[n].double() - want[n]).abs().max().item() / scale
+        assert err3 <= 8 * err + 1e-6, (n, err3, err)
+        clean = split3.clean[n].double()
+        assert (split3[n].double().sum(0) - clean).abs().max().item() <= tol * clean.abs().max().item(), n
 
 
 def test_on_a_cpu_tf32x3_computes_the_exact_numbers() -> None:
