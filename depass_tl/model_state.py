@@ -118,14 +118,21 @@ def all_finite(tensors: Iterable[Tensor]) -> bool:
     (``torch._foreach_norm``), then one host sync per device: on a GPU, checking a model's hundred
     captured activations no longer costs a hundred synchronisations.
     """
+    flags: dict[torch.device, list[Tensor]] = {}
+    for _, norms in largest_magnitudes(t for t in tensors if t.is_floating_point() and t.numel()):
+        flags.setdefault(norms.device, []).append(torch.isfinite(norms).all())
+    return all(bool(torch.stack(fs).all()) for fs in flags.values())
+
+
+def largest_magnitudes(tensors: Iterable[Tensor]) -> list[tuple[list[Tensor], Tensor]]:
+    """``max |t|`` of every (non-empty, floating) tensor, NaN where it holds one, without a host sync:
+    per device and dtype, the group's tensors and their maxima stacked on that device, a few fused
+    kernels each (``torch._foreach_norm``). The batched checks (:func:`all_finite`, the zero-bias check
+    of :func:`depass_tl.backends.common.zero_biases_known`) then synchronise once per group or device."""
     groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
     for t in tensors:
-        if t.is_floating_point() and t.numel():
-            groups.setdefault((t.device, t.dtype), []).append(t.detach())
-    flags: dict[torch.device, list[Tensor]] = {}
-    for (device, _), ts in groups.items():
-        flags.setdefault(device, []).append(torch.isfinite(torch.stack(torch._foreach_norm(ts, float("inf")))).all())
-    return all(bool(torch.stack(fs).all()) for fs in flags.values())
+        groups.setdefault((t.device, t.dtype), []).append(t.detach())
+    return [(ts, torch.stack(torch._foreach_norm(ts, float("inf")))) for ts in groups.values()]
 
 
 #: Parameters a model allocates but its forward never reads, per ``cfg.positional_embedding_type``:

@@ -7,8 +7,8 @@ they promise.
   and restored afterwards, so a notebook that enabled TF32 for training still gets exact attributions.
 * ``"tf32x3"``: float32 accuracy on the tensor cores. The replay's float32 products on CUDA (the
   attention's values, mixing and output, the MLP's two matrices) are each computed as three TF32
-  products of operands split into high and low parts (:mod:`depass_tl.replay.matmul`), within a few
-  float32 roundings of ``"exact"``; everything else (the clean run, mixture-of-experts layers, the
+  products of operands split into high and low parts (:mod:`depass_tl.replay.matmul`), as accurate
+  as ``"exact"`` (each elementwise product within ``5 * 2**-22`` of itself); everything else (the clean run, mixture-of-experts layers, the
   guard) runs as ``"exact"``. Meant for GPUs whose TF32 rate is several times their float32 rate
   (Ampere and later). On CPU it computes the same as ``"exact"``.
 * ``"fast"``: CUDA float32 matmuls run on the tensor cores in TF32 (10-bit mantissa inputs, float32
@@ -105,9 +105,7 @@ def matmul_precision(precision: str, *, cuda: bool | None = None) -> Iterator[No
     setting from another thread during a call is not covered."""
     check_precision(precision)
     turns = _take_turns()
-    if cuda is False and turns:  # nothing here reads the setting that CUDA calls in other threads use
-        with split_products(precision == "tf32x3"):
-            yield
-        return
-    with _TURNS if turns else nullcontext(), cuda_tf32(precision == "fast"), split_products(precision == "tf32x3"):
+    touch = not (cuda is False and turns)  # else nothing here reads the setting CUDA calls in other threads use
+    with _TURNS if turns and touch else nullcontext(), cuda_tf32(precision == "fast") if touch else nullcontext(), \
+            split_products(precision == "tf32x3"):
         yield

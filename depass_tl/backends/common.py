@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from depass_tl.errors import UnsupportedModelError
+from depass_tl.model_state import largest_magnitudes
 
 __all__ = ["check_supported", "maybe_bias", "zero_biases_known", "soft_cap"]
 
@@ -87,14 +88,10 @@ def zero_biases_known(model: Any) -> Iterator[None]:
     synchronisation each on a GPU. Here: the largest magnitude of each (``torch._foreach_norm``, fused)
     and one synchronisation per device and dtype.
     """
-    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-    for name, p in model.named_parameters():
-        if _bias_like(name) and p.is_floating_point() and p.numel():
-            groups.setdefault((p.device, p.dtype), []).append(p)
+    biases = (p for name, p in model.named_parameters() if _bias_like(name) and p.is_floating_point() and p.numel())
     known: dict[tuple[int, int, torch.dtype, torch.device], bool] = {}
-    for ps in groups.values():
-        norms = torch._foreach_norm([p.detach() for p in ps], float("inf"))
-        known.update(zip(map(_memory, ps), (torch.stack(norms) == 0).tolist()))
+    for ps, norms in largest_magnitudes(biases):
+        known.update(zip(map(_memory, ps), (norms == 0).tolist()))
     token = _ZERO.set(known)
     try:
         yield

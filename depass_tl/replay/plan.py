@@ -39,7 +39,7 @@ from torch import Tensor
 
 from depass_tl.errors import DePassError
 from depass_tl.memory import format_bytes
-from depass_tl.model_view import BlockView, MLPView, ModelView, MoEView
+from depass_tl.model_view import MLPView, ModelView, MoEView
 from depass_tl.replay.rules import MLPRule, RuleLike, get_rule
 
 __all__ = [
@@ -128,26 +128,18 @@ def _mlp_row_bytes(view: ModelView, rule: MLPRule, itemsize: int, split_operands
     return max(out, 1)
 
 
-def _block_weight_bytes(view: ModelView, itemsize: int) -> int:
+def _block_weight_bytes(view: ModelView, itemsize: int, *, split: bool = False) -> int:
+    """The largest block's matrices; ``split``: only those ``precision="tf32x3"`` splits
+    (``BlockStep.matrix``: ``W_V``, ``W_O`` and, on dense MLPs, the key matrix, ``W_in`` or ``W_gate`` of
+    the same shape, and ``W_out``; MoE layers stay IEEE)."""
     def mlp_numel(m: MLPView | MoEView | None) -> int:
         if isinstance(m, MLPView):
-            return sum(t.numel() for t in (m.W_in, m.W_gate, m.W_out) if t is not None)
-        if isinstance(m, MoEView):
+            return sum(t.numel() for t in ((m.W_in, m.W_out) if split else (m.W_in, m.W_gate, m.W_out)) if t is not None)
+        if isinstance(m, MoEView) and not split:
             return sum(t.numel() for e in m.experts for t in (e.W_gate, e.W_in, e.W_out))
         return 0
 
     return max(b.attn.W_V.numel() + b.attn.W_O.numel() + mlp_numel(b.mlp) for b in view.blocks) * itemsize
-
-
-def _split_matrix_bytes(view: ModelView, itemsize: int) -> int:
-    """The matrices of one block that ``precision="tf32x3"`` splits (``BlockStep.matrix``): ``W_V``, ``W_O``
-    and, on dense MLPs, the key matrix (``W_in`` or ``W_gate``, the same shape) and ``W_out``; MoE
-    layers stay IEEE."""
-    def numel(b: BlockView) -> int:
-        n = b.attn.W_V.numel() + b.attn.W_O.numel()
-        return n + (b.mlp.W_in.numel() + b.mlp.W_out.numel() if isinstance(b.mlp, MLPView) else 0)
-
-    return max((numel(b) for b in view.blocks), default=0) * itemsize
 
 
 def _cut(starts: Sequence[int], K: int, size: int, g: int) -> list[tuple[int, int, int, int]]:
@@ -214,7 +206,7 @@ def plan_chunks(
     # one block's weights laid out for the replay, and its pattern with ln1's scale folded in (block.py)
     weights = 2 * _block_weight_bytes(view, itemsize) + B * heads * P * P * itemsize
     if split_operands:  # the pattern's second part, and the block's split matrices as two parts each
-        weights += B * heads * P * P * itemsize + 2 * _split_matrix_bytes(view, itemsize)
+        weights += B * heads * P * P * itemsize + 2 * _block_weight_bytes(view, itemsize, split=True)
 
     def cut(size: int) -> list[tuple[int, int, int, int]]:
         if not splittable:
