@@ -47,6 +47,8 @@ __all__ = ["KERNELS_ENV", "kernel_mode", "use_fused", "kernel_status", "softmax_
 KERNELS_ENV = "DEPASS_TL_KERNELS"
 MODES = ("auto", "eager", "triton")
 BLOCK = 1024  # columns per program: 8 per thread at 4 warps (128-bit loads)
+TF32_HALF_ULP = 1 << 12  # half a unit in TF32's last place, in float32's bits (23 - 10 = 13 bits dropped)
+TF32_KEEP = -(1 << 13)  # the sign, exponent and 10 mantissa bits
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {"kernel": None, "broken": {}}  # kernel: the dict of jitted kernels; broken: why, by name
@@ -125,7 +127,8 @@ def split_tf32_(x: Tensor, consume: bool) -> tuple[Tensor, Tensor] | None:
     n = x.numel()
     if n == 0:
         return hi, lo
-    return (hi, lo) if _run("split", (-(-n // BLOCK),), (x, hi, lo, n), dict(BLOCK=BLOCK, num_warps=4), x.device) else None
+    return (hi, lo) if _run("split", (-(-n // BLOCK),), (x, hi, lo, n),
+                               dict(HALF_ULP=TF32_HALF_ULP, KEEP=TF32_KEEP, BLOCK=BLOCK, num_warps=4), x.device) else None
 
 
 def _run(which: str, grid: tuple[int], args: tuple, meta: dict[str, Any], device: torch.device) -> bool:
@@ -240,11 +243,11 @@ def _build() -> Any:
             ptr += n_cols
 
     @triton.jit(do_not_specialize=["n"])
-    def split_tf32_kernel(x_ptr, hi_ptr, lo_ptr, n, BLOCK: tl.constexpr):
+    def split_tf32_kernel(x_ptr, hi_ptr, lo_ptr, n, HALF_ULP: tl.constexpr, KEEP: tl.constexpr, BLOCK: tl.constexpr):
         i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         inside = i < n
         x = tl.load(x_ptr + i, mask=inside, other=0.0)
-        hi = ((x.to(tl.int32, bitcast=True) + 4096) & -8192).to(tl.float32, bitcast=True)
+        hi = ((x.to(tl.int32, bitcast=True) + HALF_ULP) & KEEP).to(tl.float32, bitcast=True)
         tl.store(hi_ptr + i, hi, mask=inside)
         tl.store(lo_ptr + i, x - hi, mask=inside)
 

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from depass_tl.errors import DePassValueError
-from depass_tl.replay.kernels import split_tf32_, use_fused
+from depass_tl.replay.kernels import TF32_HALF_ULP, TF32_KEEP, split_tf32_, use_fused
 
 __all__ = ["Split", "Operand", "split", "split_eager", "splitting", "splits", "operand", "apply", "product", "accumulate_",
            "cuda_tf32", "require_tensor_cores"]
@@ -51,8 +51,6 @@ DEVICE_TYPES: tuple[str, ...] = ("cuda",)
 """Device types whose float32 products are split (those with TF32 tensor cores)."""
 
 _ON: ContextVar[bool] = ContextVar("depass_tl_tf32x3", default=False)
-_HALF_ULP = 1 << 12  # half a unit in TF32's last place, in float32's bits (23 - 10 = 13 bits dropped)
-_KEEP = -(1 << 13)  # the sign, exponent and 10 mantissa bits
 
 
 @dataclass(frozen=True)
@@ -84,7 +82,7 @@ def split(t: Tensor, *, consume: bool = False) -> Split:
 
 def split_eager(t: Tensor, *, consume: bool = False) -> Split:
     """:func:`split` in three PyTorch ops (add half a TF32 unit to the bits, clear the low 13, subtract)."""
-    hi = (t.view(torch.int32) + _HALF_ULP).bitwise_and_(_KEEP).view(torch.float32)
+    hi = (t.view(torch.int32) + TF32_HALF_ULP).bitwise_and_(TF32_KEEP).view(torch.float32)
     return Split(hi, t.sub_(hi) if consume else t - hi)
 
 
