@@ -225,16 +225,22 @@ def _check_residual_identity(acts: dict[str, Tensor], view: ModelView, edited: I
         p = f"blocks.{l}."
         if any(p + h in edited for h in _IDENTITY_HOOKS):
             continue
-        total = acts[p + "hook_resid_pre"] + acts[p + "hook_attn_out"]
+        terms = [acts[p + "hook_resid_pre"], acts[p + "hook_attn_out"]]
         if block.mlp is not None:
-            total = total + acts[p + "hook_mlp_out"]
+            terms.append(acts[p + "hook_mlp_out"])
         ref = acts[p + "hook_resid_post"]
+        wide = torch.promote_types(ref.dtype, torch.float32)  # our sum adds no rounding of the model's dtype
+        total = sum(t.to(wide) for t in terms)
+        size = torch.stack([t.abs().max().to(wide) for t in (*terms, ref)]).max()
         layers.append(l)
-        gaps.append(torch.stack([(total - ref).abs().max(), ref.abs().max()]).float().to(view.device))
+        gaps.append(torch.stack([(total - ref.to(wide)).abs().max(), size]).float().to(view.device))
     if not layers:
         return
+    # the model adds the same terms in its own order and dtype: a few roundings at the largest term's magnitude
+    # (one bfloat16 unit is 2**-7 of it); a hook that means something else is off by far more
+    rel = max(1e-3, 4 * torch.finfo(view.dtype).eps)
     for l, (err, size) in zip(layers, torch.stack(gaps).tolist()):  # one host sync for every layer
-        tol = 1e-3 * max(1.0, size)
+        tol = rel * max(1.0, size)
         if not err <= tol:
             raise UnsupportedModelError(
                 f"layer {l}: hook_resid_pre + hook_attn_out (+ hook_mlp_out) differs from hook_resid_post by "

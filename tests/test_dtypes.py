@@ -20,6 +20,7 @@ import torch
 
 import depass_tl
 from depass_tl.replay.rules import rule_names
+from tests._tl_version import requires_bridge
 from tests.models import make_model, random_tokens
 
 HALF = {torch.bfloat16: 2e-2, torch.float16: 2e-3}
@@ -101,3 +102,36 @@ def test_custom_components_on_a_half_model_allow_its_rounding() -> None:
     with pytest.raises(depass_tl.DePassError, match="do not sum to the clean activation"):  # float32 stays strict
         depass_tl.run_with_depass(float_model, float_toks, components=depass_tl.custom(
             "blocks.1.hook_resid_pre", torch.stack([resid * 0.5, resid * 0.5 * (1 + 1e-3)]), ["a", "b"]))
+
+
+def test_residual_identity_allows_the_models_own_addition_order_in_bfloat16() -> None:
+    """Known answer: a model that adds ``resid_pre + (attn_out + mlp_out)`` in bfloat16 (HF's GPT-NeoX does)
+    lands one bfloat16 unit (2**-5 at 6.0) from ``(resid_pre + attn_out) + mlp_out``; the capture check must
+    take that for rounding, and still refuse a gap that is not rounding."""
+    from depass_tl.capture import _check_residual_identity
+    from depass_tl.errors import UnsupportedModelError
+
+    model, toks = _model("gpt2", torch.bfloat16)
+    run = depass_tl.capture(model, toks)
+    acts = dict(run.acts)
+    p = "blocks.0."
+    pre, attn, mlp = (torch.full_like(acts[p + "hook_resid_pre"], v) for v in (6.0, 0.02, 0.02))
+    post = pre + (attn + mlp)  # rounded in bfloat16, in the other order
+    assert float(((pre + attn) + mlp - post).abs().max()) == 2.0 ** -5  # the orders do differ here
+    acts.update({p + "hook_resid_pre": pre, p + "hook_attn_out": attn, p + "hook_mlp_out": mlp,
+                 p + "hook_resid_post": post})
+    _check_residual_identity(acts, run.view)  # rounding: accepted
+    acts[p + "hook_resid_post"] = post + 0.5  # 8 % of the stream: not rounding
+    with pytest.raises(UnsupportedModelError, match="layer 0: hook_resid_pre"):
+        _check_residual_identity(acts, run.view)
+
+
+@requires_bridge
+def test_a_bfloat16_parallel_bridge_is_decomposed() -> None:
+    """HF's GPT-NeoX (parallel attention and MLP) in bfloat16: refused by the capture's residual check before
+    its tolerance followed the model's dtype (a one-unit gap from HF's order of the three-term sum)."""
+    from tests.bridge_models import bridge_tokens, build_bridge
+
+    model, _ = build_bridge("neox", dtype=torch.bfloat16)
+    _, dc = depass_tl.run_with_depass(model, bridge_tokens(batch=2, pos=6))
+    assert max(dc.completeness_error(relative=True).values()) <= HALF[torch.bfloat16]
