@@ -228,23 +228,8 @@ class DePassCache(Decomposition):
         def regroup(v: Tensor) -> Tensor:
             return torch.stack([v[idx].sum(0) for idx in index])
 
-        return DePassCache(
-            activations={k: regroup(v) for k, v in self._acts.items()},
-            labels=new_labels,
-            clean=dict(self.clean),
-            clean_last_logits=self.clean_last_logits,
-            last_positions=self.last_positions,
-            tokens=self.tokens,
-            str_tokens=self.str_tokens,
-            W_U=self._W_U,
-            b_U=self._b_U,
-            group_size=len(new_labels),
-            start_hook=self.start_hook,
-            mlp_rule=self.mlp_rule,
-            logits_soft_capped=self.logits_soft_capped,
-            to_single_token=self._to_single_token,
-            completeness=self.completeness,
-        )
+        return self._replace(activations={k: regroup(v) for k, v in self._acts.items()}, labels=new_labels,
+                             group_size=len(new_labels))
 
     def _group_hits(self, name: str, rule: Any) -> list[int]:
         """The non-bias components a group's pattern (a regular expression) or list of labels matches."""
@@ -281,20 +266,23 @@ class DePassCache(Decomposition):
             DePassValueError: not a device, or one this machine does not have (e.g. ``"cuda"`` without CUDA).
         """
         device = check_device(device)
-        return DePassCache(
+        return self._replace(
             activations={k: v.to(device) for k, v in self._acts.items()},
-            labels=self.labels,
             clean={k: v.to(device) for k, v in self.clean.items()},
             clean_last_logits=self.clean_last_logits.to(device),
             last_positions=self.last_positions.to(device),
             tokens=self.tokens.to(device),
-            str_tokens=self.str_tokens,
             W_U=self._W_U.to(device),
             b_U=None if self._b_U is None else self._b_U.to(device),
-            group_size=self.group_size,
-            start_hook=self.start_hook,
-            mlp_rule=self.mlp_rule,
-            logits_soft_capped=self.logits_soft_capped,
-            to_single_token=self._to_single_token,
-            completeness=self.completeness,
         )
+
+    def _replace(self, **changes: Any) -> "DePassCache":
+        """A cache with this one's fields (every argument of ``__init__``), ``changes`` replacing some."""
+        fields: dict[str, Any] = dict(
+            activations=dict(self._acts), labels=self.labels, clean=dict(self.clean), clean_last_logits=self.clean_last_logits,
+            tokens=self.tokens, last_positions=self.last_positions, str_tokens=self.str_tokens, W_U=self._W_U,
+            b_U=self._b_U, group_size=self.group_size, start_hook=self.start_hook, mlp_rule=self.mlp_rule,
+            logits_soft_capped=self.logits_soft_capped, to_single_token=self._to_single_token,
+            completeness=self.completeness, precision=self.precision,
+        )
+        return DePassCache(**{**fields, **changes})

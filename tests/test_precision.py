@@ -91,6 +91,16 @@ def test_the_replay_runs_with_the_mode_flag(restore_flag) -> None:  # type: igno
     torch.testing.assert_close(fast["unembed.hook_in"], exact["unembed.hook_in"], rtol=0, atol=0)
 
 
+def test_derived_caches_keep_the_precision_and_its_completeness() -> None:
+    """``to()`` and ``group()`` build new caches: they keep the mode the replay ran in and what it measured."""
+    model = make_model("gpt2", dtype=torch.float32)
+    _, dc = depass_tl.run_with_depass(model, random_tokens(model), precision="fast")
+    for derived in (dc.to("cpu"), dc.group({"first": ["tok0", "tok1"]})):
+        assert derived.precision == "fast"
+        assert derived.completeness == dc.completeness and derived.completeness.rtol == 1e-2
+        assert derived.mlp_rule == dc.mlp_rule and derived.start_hook == dc.start_hook
+
+
 @pytest.mark.parametrize("turns, second_cuda", [(True, None), (False, None), (True, False)])
 def test_blocks_take_turns_across_threads(turns: bool, second_cuda: bool | None, monkeypatch: pytest.MonkeyPatch,
                                           restore_flag) -> None:  # type: ignore[no-untyped-def]
