@@ -18,6 +18,7 @@ from depass_tl.compare import LAYOUTS, Comparison, compare
 from depass_tl.compare import depass_layout, layout_hooks
 from depass_tl.stats import rank, spearman, top_k_overlap
 from depass_tl.viz.compare import heatmap_panels, plot_comparison
+from tests._tl_version import HAS_HOOKED
 from tests.models import config_model, make_model, random_tokens, word_tokenizer
 
 ATTN_LAYOUTS = ["resid_pre", "attn_out", "attn_head_out_by_pos", "attn_head_out_all_pos"]
@@ -189,6 +190,83 @@ def test_head_cells_add_up_to_module_cells_under_the_linear_rule() -> None:
         torch.testing.assert_close(getattr(by_pos, arr).sum(-1), getattr(cmp["attn_out"], arr), atol=1e-9, rtol=0)
         torch.testing.assert_close(getattr(by_pos, arr).sum(1), getattr(cmp["attn_head_out_all_pos"], arr),
                                    atol=1e-9, rtol=0)
+
+
+def _parallel_model() -> Any:
+    """Parallel attention and MLP (GPT-J / NeoX): no hook_resid_mid; the MLP reads hook_resid_pre."""
+    if HAS_HOOKED:
+        return make_model("gpt2", n_layers=2, n_heads=2, d_model=8, d_mlp=16, parallel_attn_mlp=True)
+    from tests.bridge_models import build_bridge  # TL 4: HF's GPT-NeoX as a Bridge
+
+    return build_bridge("neox")[0]
+
+
+def _post_norm_model() -> Any:
+    """A post-attention norm (Gemma-2/3: ``ln1_post``, ``ln2_post``), no biases, no logit soft cap."""
+    if HAS_HOOKED:
+        model = make_model("llama", n_layers=2, n_heads=2, d_model=8, d_mlp=16, use_normalization_before_and_after=True)
+        with torch.no_grad():  # Gemma has no output biases (a post-norm over a bias is refused)
+            for block in model.blocks:
+                block.attn.b_O.zero_()
+                block.mlp.b_out.zero_()
+        return model
+    import transformers as tr
+
+    from tests.bridge_models import _gemma2, _randomise_hf, boot_folder, save_hf_model
+
+    cfg = _gemma2(2, 32, 4, 64)
+    cfg.final_logit_softcapping = None  # compare() refuses soft-capped logits
+    cfg.architectures = ["Gemma2ForCausalLM"]
+    torch.manual_seed(0)
+    hf = tr.Gemma2ForCausalLM(cfg)
+    _randomise_hf(hf, seed=0)
+    return boot_folder(save_hf_model(hf))
+
+
+@pytest.mark.parametrize("build", [_parallel_model, _post_norm_model], ids=["parallel", "post_norm"])
+def test_head_cells_are_the_heads_components(build: Any) -> None:
+    # under the linear rule each head's cell is its heads(l) logit attribution (one replay per component,
+    # whatever else is split off): also in parallel blocks (heads split off at hook_resid_post) and through a
+    # post-attention norm at its frozen scale
+    model = build()
+    clean, corrupted = _clean_corrupted(model)
+    cmp = compare(model, clean, corrupted, answer_tokens=ANSWER, incorrect_tokens=WRONG, mlp_rule="ratio",
+                  progress=False)
+    assert list(cmp.layouts) == ["resid_pre", "attn_out", "mlp_out", "attn_head_out_by_pos", "attn_head_out_all_pos"]
+    H = cmp["attn_head_out_all_pos"].shape[1]
+    for layer in range(model.cfg.n_layers):
+        _, dc = depass_tl.run_with_depass(model, clean, components=depass_tl.heads(layer), mlp_rule="ratio")
+        heads = dc.logit_attrs(torch.tensor(ANSWER), incorrect_tokens=WRONG).mean(1)[:H].double()
+        torch.testing.assert_close(cmp["attn_head_out_all_pos"].depass_clean[layer], heads, atol=1e-5, rtol=1e-5)
+    metric = _logit_diff(model(clean), ANSWER, WRONG)
+    for name, lay in cmp.layouts.items():
+        total = lay.depass_clean.flatten(1).sum(1) + lay.rest_clean
+        torch.testing.assert_close(total, torch.full_like(total, metric), atol=1e-4, rtol=1e-5, msg=name)
+
+
+def test_parallel_blocks_have_no_resid_mid_layout() -> None:
+    model = _parallel_model()
+    clean, corrupted = _clean_corrupted(model)
+    with pytest.raises(DePassError, match=r"layout 'resid_mid' patches blocks\.0\.hook_resid_mid, which this model "
+                                          r"does not have \(parallel blocks"):
+        compare(model, clean, corrupted, answer_tokens=3, layouts=["resid_mid"], progress=False)
+    run = depass_tl.capture(model, clean)  # depass_layout on its own says the same
+    with pytest.raises(DePassError, match="layout 'resid_mid' needs hook_resid_mid, which parallel blocks"):
+        depass_layout(run, "resid_mid", 3)
+
+
+def test_prompts_of_different_lengths_are_refused() -> None:
+    # TL's patching runs the padded batch without a mask and the metric reads one position for every prompt
+    words = ["When", " Mary", " and", " John", " went", ",", " gave", " to"]
+    tok = word_tokenizer(words)
+    model = config_model(n_layers=1, d_model=8, n_ctx=16, d_head=4, n_heads=2, d_mlp=16, d_vocab=len(tok),
+                         act_fn="gelu", seed=0, dtype=torch.float64, tokenizer=tok).eval()
+    with pytest.raises(DePassError, match="different token lengths, so they were padded"):
+        compare(model, ["When Mary and John went", "When Mary"], ["When John and John went", "When John"],
+                answer_tokens=" Mary", layouts=["resid_pre"], progress=False)
+    same = compare(model, ["When Mary went", "When John went"], ["When John went", "When Mary went"],
+                   answer_tokens=" Mary", layouts=["resid_pre"], progress=False)  # one length: fine
+    assert same["resid_pre"].shape == (1, 4)
 
 
 def test_single_logit_metric_and_no_hooks_left() -> None:

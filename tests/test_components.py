@@ -120,6 +120,29 @@ def test_neuron_top_k_picks_the_largest_writes() -> None:
     assert dc.labels[:3] == tuple(f"L1N{n}" for n in expected)
 
 
+def test_neuron_top_k_reads_each_prompts_last_real_token_in_a_padded_batch() -> None:
+    # pos=-1 means each prompt's last real token (as in logit_attrs); right padding puts a pad at the literal -1,
+    # and the pad token here drives neuron 0 of layer 1 hard (its embedding is that neuron's input direction)
+    model = make_model("gpt2")
+    toks = random_tokens(model, batch=2, pos=8, seed=3).clamp(min=1)
+    pad = 0
+    toks[1, 3:] = pad
+    mask = torch.ones_like(toks)
+    mask[1, 3:] = 0
+    with torch.no_grad():
+        w = model.W_in[1][:, 0]
+        model.W_E[pad] = 20 * w / w.norm()
+    _, dc = depass_tl.run_with_depass(model, toks, attention_mask=mask, components=depass_tl.neurons(1, top_k=3))
+    # each prompt run alone, unpadded: its last position is its last real token
+    last = [model.run_with_cache(t[None])[1]["blocks.1.mlp.hook_post"][0, -1] for t in (toks[0], toks[1, :3])]
+    size = (last[0].abs() + last[1].abs()) * model.W_out[1].norm(dim=-1)
+    expected = sorted(torch.topk(size, 3).indices.tolist())
+    _, padded = model.run_with_cache(toks, attention_mask=mask)
+    at_pad = padded["blocks.1.mlp.hook_post"][:, -1].abs().sum(0) * model.W_out[1].norm(dim=-1)
+    assert 0 in torch.topk(at_pad, 3).indices.tolist() and 0 not in expected  # the pad position would pick 0
+    assert dc.labels[:3] == tuple(f"L1N{n}" for n in expected)
+
+
 def test_subspace_with_full_basis_is_the_identity() -> None:
     """A full orthonormal basis puts everything in the subspace: same numbers as one whole component."""
     model = make_model("llama")

@@ -14,11 +14,12 @@ from torch import Tensor
 
 from depass_tl._checks import checked
 from depass_tl._types import TOKENS_HINT, Model, TextOrTokens
-from depass_tl.capture import capture, to_tokens
+from depass_tl.capture import capture
 from depass_tl.compare.layouts import LAYOUTS, depass_layout, layout_hooks, layout_shape
 from depass_tl.errors import DePassError
 from depass_tl.replay.rules import DEFAULT_TEMPERATURE, RuleLike, get_rule
 from depass_tl.stats import spearman, top_k_overlap
+from depass_tl.tokenization import tokens_and_mask
 
 __all__ = ["LAYOUTS", "Comparison", "LayoutComparison", "compare", "logit_diff_metric"]
 
@@ -281,7 +282,7 @@ def compare(
 
     Args:
         model: a ``HookedTransformer``.
-        clean: the clean input (string, list of strings, or ``[batch, pos]`` ids).
+        clean: the clean input (string, list of strings of one token length, or ``[batch, pos]`` ids).
         corrupted: the corrupted input; must tokenise to the same shape as ``clean``.
         answer_tokens: the answer: an id, a single-token string, or one per prompt.
         incorrect_tokens: the wrong answer(s) for a logit difference; None: the answer logit alone.
@@ -302,7 +303,7 @@ def compare(
         A :class:`Comparison`.
 
     Raises:
-        DePassError: inputs of different shapes, unknown or unavailable layouts, bad answer tokens,
+        DePassError: inputs of different shapes, padded prompts, unknown or unavailable layouts, bad answer tokens,
             a position out of range, a soft-capped model, or anything ``capture`` rejects.
 
     Examples:
@@ -323,8 +324,15 @@ def compare(
 
     if not hasattr(model, "cfg") or not hasattr(model, "hook_dict"):
         raise DePassError(f"compare needs a transformer_lens HookedTransformer; got {type(model).__name__}.")
-    clean_toks = to_tokens(model, clean, prepend_bos=prepend_bos)
-    corrupt_toks = to_tokens(model, corrupted, prepend_bos=prepend_bos)
+    clean_toks, clean_mask = tokens_and_mask(model, clean, prepend_bos=prepend_bos)
+    corrupt_toks, corrupt_mask = tokens_and_mask(model, corrupted, prepend_bos=prepend_bos)
+    if clean_mask is not None or corrupt_mask is not None:
+        raise DePassError(
+            "the clean or corrupted prompts have different token lengths, so they were padded; TransformerLens's "
+            "patching functions run the model without an attention mask and the metric reads one position for "
+            "every prompt, so padded prompts would be patched and measured at padding. Give prompts of one token "
+            "length (compare() each length group separately), or run_with_depass(..., attention_mask=...) alone."
+        )
     if clean_toks.shape != corrupt_toks.shape:
         raise DePassError(
             f"clean and corrupted inputs have token shapes {tuple(clean_toks.shape)} and "
@@ -353,6 +361,13 @@ def compare(
     names = [n for n in names if has_mlp or not LAYOUTS[n].needs_mlp]
 
     # the hooks TL's patching reads from the clean cache (the head layouts also read hook_z)
+    for name in names:
+        absent = [h for h in layout_hooks(name, cfg.n_layers) if h not in model.hook_dict]
+        if absent:
+            why = (" (parallel blocks, as in GPT-J and NeoX, have no hook_resid_mid: attention and MLP both read "
+                   "hook_resid_pre)" if name == "resid_mid" else "")
+            raise DePassError(f"layout {name!r} patches {absent[0]}, which this model does not have{why}; "
+                              f"use another layout from {[n for n in LAYOUTS if n != name]}.")
     needed = {hook for n in names for hook in layout_hooks(n, cfg.n_layers)}
     run_clean = capture(model, clean_toks, extra_hooks=needed)
     run_corrupt = capture(model, corrupt_toks, extra_hooks=needed)

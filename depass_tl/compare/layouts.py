@@ -8,12 +8,12 @@ this equals the patching effect. Layouts (keys of :data:`LAYOUTS`):
 * ``resid_pre`` / ``resid_mid`` ``[n_layers, pos]``: position p of ``blocks.L.hook_resid_pre``
   (``hook_resid_mid``), one component per position.
 * ``attn_out`` ``[n_layers, pos]``: ``hook_attn_out − b_O`` at position p, split off
-  ``blocks.L.hook_resid_mid`` (``hook_resid_post`` for attention-only blocks).
+  ``blocks.L.hook_resid_mid`` (``hook_resid_post`` for attention-only and parallel blocks: GPT-J, NeoX).
 * ``mlp_out`` ``[n_layers, pos]``: ``hook_mlp_out − b_out`` at position p, split off
   ``blocks.L.hook_resid_post``.
 * ``attn_head_out_by_pos`` ``[n_layers, pos, n_heads]``: ``z_h W_O[h]`` at position p, ``z`` from
-  ``blocks.L.attn.hook_z`` (the hook TL patches), so ``b_V`` rides with the head; split off the
-  residual as for ``attn_out``. ``attn_head_out_all_pos`` ``[n_layers, n_heads]``: at every position.
+  ``blocks.L.attn.hook_z`` (the hook TL patches), so ``b_V`` rides with the head (through a
+  post-attention norm at its frozen scale: Gemma-2/3); split off the residual as for ``attn_out``. ``attn_head_out_all_pos`` ``[n_layers, n_heads]``: at every position.
 
 Each replay (one per layer) also carries ``rest`` (the residual at the start hook minus the cells;
 it holds ``b_O`` / ``b_out`` and everything written earlier) and the ``bias`` component (constants
@@ -33,6 +33,7 @@ from torch import Tensor
 from depass_tl.api import replay
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components import custom
+from depass_tl.components.module_specs import attn_start, head_results
 from depass_tl.errors import DePassError
 from depass_tl.replay.rules import DEFAULT_TEMPERATURE, RuleLike
 
@@ -66,6 +67,11 @@ def _check_layout(layout: str, run: FrozenRun) -> _Layout:
     lay = LAYOUTS[layout]
     if lay.needs_mlp and run.view.attn_only:
         raise DePassError(f"layout {layout!r} needs MLP blocks, but this model is attention-only (cfg.attn_only=True).")
+    if layout == "resid_mid" and any(b.parallel for b in run.view.blocks):
+        raise DePassError(
+            "layout 'resid_mid' needs hook_resid_mid, which parallel blocks (GPT-J, NeoX: attention and MLP both "
+            "read hook_resid_pre) do not have; use 'resid_pre', 'attn_out' or 'mlp_out'."
+        )
     return lay
 
 
@@ -106,16 +112,10 @@ def _act(run: FrozenRun, name: str) -> Tensor:
 
 
 def _head_outputs(run: FrozenRun, layer: int, dtype: torch.dtype) -> Tensor:
-    """Per-head outputs ``z_h W_O[h]``: ``[head, batch, pos, d_model]`` (``b_V`` included, ``b_O`` not)."""
-    z = _act(run, f"blocks.{layer}.attn.hook_z").to(dtype)  # [batch, pos, head, d_head]
-    W_O = run.view.blocks[layer].attn.W_O.to(device=z.device, dtype=dtype)  # [head, d_head, d_model]
-    return torch.einsum("bphe,hed->hbpd", z, W_O)
-
-
-def _attn_side_hook(run: FrozenRun, layer: int) -> str:
-    """Where attention's output has just been added: ``hook_resid_mid`` (``resid_post`` if attn-only)."""
-    has_mlp = run.view.blocks[layer].mlp is not None
-    return f"blocks.{layer}.hook_resid_{'mid' if has_mlp else 'post'}"
+    """Per-head outputs ``[head, batch, pos, d_model]`` as :func:`~depass_tl.heads` starts them: ``z_h W_O[h]``
+    (``b_V`` included, ``b_O`` not), through a post-attention norm (Gemma-2/3) at its frozen scale."""
+    _act(run, f"blocks.{layer}.attn.hook_z")  # captured? (else: how to capture it)
+    return head_results(run, layer, dtype, f"compare (layer {layer}'s heads)")
 
 
 def _layer_components(run: FrozenRun, layout: str, layer: int, dtype: torch.dtype) -> tuple[str, Tensor, list[str]]:
@@ -129,7 +129,7 @@ def _layer_components(run: FrozenRun, layout: str, layer: int, dtype: torch.dtyp
         out = _act(run, p + "hook_attn_out").to(dtype)
         b_O = run.view.blocks[layer].attn.b_O
         out = out if b_O is None else out - b_O.to(out)
-        return _attn_side_hook(run, layer), _by_pos(out), [f"L{layer}P{q}.attn" for q in range(P)]
+        return attn_start(run, layer), _by_pos(out), [f"L{layer}P{q}.attn" for q in range(P)]
     if layout == "mlp_out":
         out = _act(run, p + "hook_mlp_out").to(dtype)
         mlp = run.view.blocks[layer].mlp
@@ -140,9 +140,9 @@ def _layer_components(run: FrozenRun, layout: str, layer: int, dtype: torch.dtyp
     H = heads.shape[0]
     if layout == "attn_head_out_by_pos":
         comps = _by_pos(heads).flatten(0, 1)  # [(pos, head), batch, pos, d_model], pos-major like TL's axes
-        return _attn_side_hook(run, layer), comps, [f"L{layer}H{h}P{q}" for q in range(P) for h in range(H)]
+        return attn_start(run, layer), comps, [f"L{layer}H{h}P{q}" for q in range(P) for h in range(H)]
     assert layout == "attn_head_out_all_pos"
-    return _attn_side_hook(run, layer), heads, [f"L{layer}H{h}" for h in range(H)]
+    return attn_start(run, layer), heads, [f"L{layer}H{h}" for h in range(H)]
 
 
 def depass_layout(

@@ -53,6 +53,26 @@ def _bias_label(layer: int, several: bool) -> str:
     return f"L{layer}.bias" if several else "bias"
 
 
+def head_results(run: FrozenRun, layer: int, dtype: torch.dtype, what: str) -> Tensor:
+    """What each head of ``layer`` adds to the residual stream, ``[head, batch, pos, d_model]``: ``z_h W_O[h]``
+    (``b_V`` included, ``b_O`` not), through a post-attention norm (Gemma-2/3) with its frozen scale."""
+    block = run.view.blocks[layer]
+    z = run.get(f"blocks.{layer}.attn.hook_z").to(dtype)  # [batch, pos, head, d_head]
+    results = torch.einsum("bphe,hed->hbpd", z, block.attn.W_O.to(device=z.device, dtype=dtype))
+    if block.ln1_post is not None:  # what is added is ln1_post(Σ_h result_h + b_O), linear at the frozen scale
+        _refuse_post_norm_bias(block.ln1_post, block.attn.b_O, layer, what)
+        scale = run.get(f"blocks.{layer}.ln1_post.hook_scale").to(dtype)
+        results = apply_norm(results, scale, _cast_norm(block.ln1_post, dtype), torch.tensor([], dtype=torch.long))
+    return results
+
+
+def attn_start(run: FrozenRun, layer: int) -> str:
+    """The first hook after attention's output is added: ``hook_resid_mid``, or ``hook_resid_post`` in an
+    attention-only block or a parallel one (GPT-J, NeoX: its MLP reads ``hook_resid_pre``, not attention's output)."""
+    block = run.view.blocks[layer]
+    return f"blocks.{layer}.hook_resid_{'post' if block.mlp is None or block.parallel else 'mid'}"
+
+
 @dataclass(frozen=True)
 class HeadSpec(ComponentSpec):
     """Each head of the chosen layer(s) + the rest of the residual stream (+ bias = ``b_O``)."""
@@ -71,22 +91,12 @@ class HeadSpec(ComponentSpec):
         groups = []
         for l in layers:
             p, block = f"blocks.{l}.", run.view.blocks[l]
-            attn = block.attn
-            z = run.get(p + "attn.hook_z").to(dtype)  # [batch, pos, head, d_head]
-            results = torch.einsum("bphe,hed->hbpd", z, attn.W_O.to(dtype))  # [head, batch, pos, d_model]
+            results = head_results(run, l, dtype, "heads()")  # [head, batch, pos, d_model]
             rest = run.get(p + "hook_resid_pre").to(dtype)
-            b_O = _zeros_or(attn.b_O, rest[0, 0])
-            if block.ln1_post is not None:  # Gemma-2/3: what is added is ln1_post(Σ_h result_h + b_O)
-                _refuse_post_norm_bias(block.ln1_post, attn.b_O, l, "heads()")
-                scale = run.get(p + "ln1_post.hook_scale").to(dtype)
-                results = apply_norm(results, scale, _cast_norm(block.ln1_post, dtype), torch.tensor([], dtype=torch.long))
-            if block.mlp is None:
-                start = p + "hook_resid_post"
-            elif block.parallel:  # the MLP reads resid_pre, not the heads: its output joins the rest
-                start = p + "hook_resid_post"
+            b_O = _zeros_or(block.attn.b_O, rest[0, 0])
+            start = attn_start(run, l)
+            if block.mlp is not None and block.parallel:  # the MLP reads resid_pre, not the heads: its output joins the rest
                 rest = rest + run.get(p + "hook_mlp_out").to(dtype)
-            else:
-                start = p + "hook_resid_mid"
             x = torch.cat([results, rest[None]])
             check_complete(torch.cat([x, b_O.expand_as(rest)[None]]), run.get(start).to(dtype), start, _RTOL,
                            "head outputs + rest", model_dtype=run.view.dtype)
@@ -181,8 +191,12 @@ class NeuronSpec(ComponentSpec):
             return list(self.idx)
         assert self.top_k is not None
         post = run.get(f"blocks.{l}.mlp.hook_post")  # [batch, pos, d_mlp]
-        # size of each neuron's write at `pos`, summed over the batch
-        score = post[:, self.pos].abs().sum(0) * W_out.norm(dim=-1)
+        # size of each neuron's write at `pos` (-1: each prompt's last real token), summed over the batch
+        if self.pos == -1:
+            at = post[torch.arange(post.shape[0], device=post.device), run.last_real_positions.to(post.device)]
+        else:
+            at = post[:, self.pos]
+        score = at.abs().sum(0) * W_out.norm(dim=-1)
         return sorted(torch.topk(score, min(self.top_k, d_mlp)).indices.tolist())
 
     def init(self, run: FrozenRun, dtype: torch.dtype) -> InitialState:
@@ -228,7 +242,8 @@ def neurons(
     """Chosen MLP neurons of ``layer`` as components: ``L{l}N{n}`` = ``post_n · W_out[n]``.
 
     Give either ``idx`` (neuron indices) or ``top_k`` (the k neurons with the largest write
-    ``|post_n| · ‖W_out[n]‖`` at position ``pos``, summed over the batch). The rest of the MLP output
+    ``|post_n| · ‖W_out[n]‖`` at position ``pos``, summed over the batch; ``pos=-1``: each prompt's last
+    real token in a padded batch). The rest of the MLP output
     is ``L{l}.mlp_rest``, the residual before the MLP is ``rest``, and ``b_out`` starts in ``bias``;
     the replay starts at ``blocks.{l}.hook_resid_post``.
 
