@@ -316,7 +316,7 @@ def capture(
         if getattr(model, "tokenizer", None) is not None:
             str_tokens = [model.to_str_tokens(row) for row in tokens]
     _unflatten_positions(acts, tokens.shape)
-    check_finite(logits, acts, sorted(acts, key=_forward_order))
+    check_finite(logits, acts, sorted(acts, key=_forward_order), model)
     _place_on_block_devices(acts, view)
     _check_residual_identity(acts, view, edited)
     with torch.no_grad():

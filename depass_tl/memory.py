@@ -60,6 +60,8 @@ def parse_memory(budget: int | float | str) -> int:
         raise DePassError(f"max_memory must be a size such as '4GB' or a number of bytes; got {type(budget).__name__}.")
     if not value > 0:
         raise DePassError(f"max_memory must be positive; got {budget!r}.")
+    if value == float("inf"):
+        raise DePassError(f"max_memory must be a finite size; got {budget!r}. Leave it out (None) for no budget.")
     return int(value)
 
 

@@ -172,19 +172,28 @@ def _check_finite_weights(model: torch.nn.Module) -> None:
         pass
 
 
-def check_finite(logits: Tensor, acts: dict[str, Tensor], order: list[str]) -> None:
+def check_finite(logits: Tensor, acts: dict[str, Tensor], order: list[str], model: torch.nn.Module | None = None) -> None:
     """Refuse a clean run with NaN or inf in its logits or any captured activation.
 
     Args:
         logits: the clean logits.
         acts: the captured activations.
         order: hook names in forward order (the message names the first non-finite one).
+        model: the model that ran: its weights are scanned again before the run is blamed (a write through
+            ``p.data`` does not change the version the weight check remembers).
 
     Raises:
-        ModelStateError: names the first non-finite hook.
+        ModelStateError: names the non-finite parameters, or the first non-finite hook.
     """
     if all_finite([logits, *acts.values()]):
         return
+    if model is not None:
+        try:
+            with _LOCKS_GUARD:
+                _FINITE.pop(model, None)
+        except TypeError:
+            pass
+        _check_finite_weights(model)
     bad = _non_finite((name, acts[name]) for name in order if name in acts)
     first = f"first at {bad[0]}" if bad else "in the logits"
     raise ModelStateError(

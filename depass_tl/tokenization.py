@@ -10,6 +10,7 @@ ids (:func:`answer_ids`). Tokenizer calls hold the model's lock
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -57,10 +58,12 @@ def _string_tokens(
         )
     if any(len(p) == 0 for p in prompts):
         raise DePassValueError("got an empty prompt; pass at least one character of text.")
-    kwargs: dict[str, Any] = {} if prepend_bos is None else {"prepend_bos": prepend_bos}
-    lengths = {int(model.to_tokens(p, **kwargs).shape[-1]) for p in prompts}
-    if len(lengths) == 1:
-        return torch.cat([model.to_tokens(p, **kwargs) for p in prompts], dim=0), None
+    # truncate=False: TL cuts prompts at n_ctx by default; an over-long prompt is refused by the caller instead
+    kwargs: dict[str, Any] = {"truncate": False} if prepend_bos is None else {"prepend_bos": prepend_bos, "truncate": False}
+    each = [model.to_tokens(p, **kwargs) for p in prompts]
+    _check_known_words(model, prompts, each)
+    if len({int(t.shape[-1]) for t in each}) == 1:
+        return torch.cat(each, dim=0), None
     side = padding_side if padding_side is not None else model.tokenizer.padding_side
     if side not in ("left", "right"):
         raise DePassValueError(f"padding_side must be 'left' or 'right'; got {side!r}.")
@@ -69,6 +72,27 @@ def _string_tokens(
     bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
     mask = get_attention_mask(model.tokenizer, tokens, bos, padding_side=side)
     return tokens, mask
+
+
+def _check_known_words(model: Any, prompts: list[str], each: list[Tensor]) -> None:
+    """Refuse a prompt with a word the tokenizer does not know (it would become the unknown token), naming
+    the word. Tokenizers whose unknown token is also a special token (GPT-2's ``<|endoftext|>``: its
+    byte-level BPE knows every string) are not checked."""
+    tokenizer = model.tokenizer
+    unk = getattr(tokenizer, "unk_token_id", None)
+    specials = {getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "pad")}
+    if unk is None or unk in specials:
+        return
+    for prompt, ids in zip(prompts, each):
+        if not bool((ids == unk).any()) or str(tokenizer.unk_token) in prompt:
+            continue
+        words = re.findall(r"\s*\S+", prompt)
+        unknown = [w for w in words if bool((model.to_tokens(w, prepend_bos=False, truncate=False) == unk).any())]
+        raise DePassValueError(
+            f"word {(unknown or [prompt])[0]!r} in {prompt!r} is not in the tokenizer's vocabulary (it would become "
+            f"the unknown token {tokenizer.unk_token!r}); use words the model knows (mind the leading space), or "
+            "pass token ids."
+        )
 
 
 def single_token_fn(model: Any) -> Callable[[str], int] | None:

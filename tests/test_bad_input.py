@@ -66,6 +66,14 @@ def _with_nan(c: Ctx, value: float) -> Any:
     return depass_tl.run_with_depass(model, c.toks)
 
 
+def _nan_through_data(c: Ctx) -> Any:
+    """NaN written through ``.data`` after a call found the weights finite (``.data`` writes keep the version)."""
+    model = c.fresh
+    depass_tl.run_with_depass(model, c.toks)
+    next(p for name, p in model.named_parameters() if ".1." in name and "mlp" in name and p.ndim == 2).data[0, 0] = float("nan")
+    return depass_tl.run_with_depass(model, c.toks)
+
+
 def _meta(c: Ctx) -> Any:
     return depass_tl.run_with_depass(c.fresh.to("meta"), c.toks)
 
@@ -126,6 +134,15 @@ CASES: list[tuple[str, Callable[[Ctx], Any], type[Exception], str]] = [
     ("negative id", lambda c: depass_tl.run_with_depass(c.model, c.toks - 100), DePassError, r"ids must lie in"),
     ("no tokens", lambda c: depass_tl.run_with_depass(c.model, c.toks[:, :0]), DePassError, "non-empty"),
     ("list of ints", lambda c: depass_tl.run_with_depass(c.model, [1, 2, 3]), DePassTypeError, "input must be"),
+    # TL's to_tokens truncates strings at n_ctx by default: the prompt's end would be silently lost
+    ("string longer than n_ctx", lambda c: depass_tl.run_with_depass(c.model, known_word(c.model) * (c.model.cfg.n_ctx + 3)),
+     DePassValueError, r"longer than the model's context \(cfg.n_ctx="),
+    ("one of two strings longer than n_ctx", lambda c: depass_tl.run_with_depass(
+        c.model, [known_word(c.model), known_word(c.model) * (c.model.cfg.n_ctx + 3)]),
+     DePassValueError, r"longer than the model's context"),
+    ("unknown word in a prompt", lambda c: depass_tl.run_with_depass(
+        c.model, [known_word(c.model, 1), known_word(c.model, 1) + " zzz" + known_word(c.model, 2)]),
+     DePassValueError, r"word ' zzz' in ' \w+ zzz \w+' is not in the tokenizer's vocabulary"),
     ("longer than n_ctx", lambda c: depass_tl.run_with_depass(c.model, c.toks[:1, :1].repeat(1, c.model.cfg.n_ctx + 1)),
      DePassValueError, r"longer than the model's context \(cfg.n_ctx="),
     ("empty prompt", lambda c: depass_tl.run_with_depass(c.model, ""), DePassError, "empty prompt"),
@@ -154,6 +171,8 @@ CASES: list[tuple[str, Callable[[Ctx], Any], type[Exception], str]] = [
     ("chunk_size 1.5", _run(chunk_size=1.5), DePassTypeError, "chunk_size must be"),
     ("max_memory 'lots'", _run(max_memory="lots"), DePassError, "is not a size"),
     ("negative max_memory", _run(max_memory=-5), DePassError, "must be positive"),
+    ("infinite max_memory", _run(max_memory=float("inf")), DePassError, r"finite size.*Leave it out"),
+    ("chunk_size True", _run(chunk_size=True), DePassError, "chunk_size must be a positive number"),
     ("max_memory too small", _run(max_memory=100), DePassError, "max_memory"),
     ("components as a string", _run(components="tokens"), DePassTypeError, "components must be a spec"),
     ("head= on a decoder", _run(head=object()), DePassTypeError, "head must be"),
@@ -187,6 +206,8 @@ CASES: list[tuple[str, Callable[[Ctx], Any], type[Exception], str]] = [
     ("NaN weight", lambda c: _with_nan(c, float("nan")), ModelStateError,
      r"weights hold NaN or inf values \(non-finite parameters: \S*\.1\.\S*mlp"),
     ("inf weight", lambda c: _with_nan(c, float("inf")), ModelStateError, "NaN or inf"),
+    ("NaN weight written through .data after a call", _nan_through_data, ModelStateError,
+     r"weights hold NaN or inf values \(non-finite parameters: \S*\.1\.\S*mlp"),
     ("meta weights", _meta, ModelStateError, "'meta' device"),
     ("dropout in training mode", _with_dropout_in_training, ModelStateError, r"training mode.*model\.eval\(\)"),
     ("foreign edit of hook_mlp_out", lambda c: _foreign_edit(c, B + "hook_mlp_out"), ForeignHookError,

@@ -195,7 +195,7 @@ def plan_chunks(
             :mod:`~depass_tl.replay.matmul`): their parts are budgeted.
     """
     rule = get_rule(rule)
-    if chunk_size is not None and chunk_size < 1:
+    if isinstance(chunk_size, bool) or (chunk_size is not None and chunk_size < 1):  # True is not a size
         raise DePassError(f"chunk_size must be a positive number of components; got {chunk_size}.")
     G, K = len(starts), len(starts[0])
     C, D, B, P = G * K, view.d_model, batch, n_pos
