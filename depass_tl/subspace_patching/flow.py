@@ -37,7 +37,7 @@ from torch import Tensor
 from depass_tl.errors import DePassError
 from depass_tl.subspace_patching.linalg import as_basis
 from depass_tl.subspace_patching.setters import Positions, position_mask
-from depass_tl.tokenization import AnswerTokens, answer_ids
+from depass_tl.tokenization import AnswerTokens, answer_ids, single_token_fn
 
 __all__ = ["DORMANT_UNIT_REL_STD", "FlowCheck", "subspace_flow"]
 
@@ -111,8 +111,9 @@ def subspace_flow(
         hook_name: ``blocks.L.mlp.hook_post`` or ``blocks.L.hook_resid_pre|mid|post``.
         basis: Orthonormal ``[d, k]`` basis or unit vector.
         logit_tokens: ``(answer, other)``: the credit is to ``logit[answer] − logit[other]`` at the
-            last position. Each is one token id for every example, or one id per example (a list or
-            a ``[batch]`` integer tensor), e.g. each prompt's own pair of names.
+            last position. Each is one token id (or a single-token string, looked up with the model's
+            tokenizer) for every example, or one per example (a list or a ``[batch]`` integer tensor),
+            e.g. each prompt's own pair of names.
         pos: The site positions that are split (others stay in the complement's ``rest``).
 
     Returns:
@@ -141,9 +142,10 @@ def subspace_flow(
             f"got {hook_name!r}"
         )
     if not isinstance(logit_tokens, (tuple, list)) or len(logit_tokens) != 2:
-        raise DePassError(f"logit_tokens must be (answer, other) token ids, got {logit_tokens!r}")
+        raise DePassError(f"logit_tokens must be (answer, other) token ids or single-token strings, got {logit_tokens!r}")
     d_vocab = int(model.W_U.shape[-1])
-    answer, other = (answer_ids(t, tokens.shape[0], d_vocab, None) for t in logit_tokens)
+    lookup = single_token_fn(model)  # strings through the model's tokenizer, as logit_attrs takes them
+    answer, other = (answer_ids(t, tokens.shape[0], d_vocab, lookup) for t in logit_tokens)
     layer = int((mlp or resid).group(1))  # type: ignore[union-attr]
     start_hook = f"blocks.{layer}.hook_resid_post" if mlp is not None else hook_name
     names = [hook_name, start_hook] + ([f"blocks.{layer}.hook_mlp_out"] if mlp is not None else [])

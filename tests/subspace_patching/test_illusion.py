@@ -369,3 +369,21 @@ def test_per_example_logit_tokens_match_one_example_at_a_time() -> None:
     both = subspace_flow(model, torch.cat([toks, source]), site, v,
                          logit_tokens=(answer.repeat(2), other.repeat(2)))
     assert rep.flow == both
+
+
+def test_logit_tokens_may_be_words_of_the_models_tokenizer() -> None:
+    """As in logit_attrs: single-token strings are looked up with the model's tokenizer (the message said the
+    model had none); the check then equals the one given the ids."""
+    from depass_tl import toy
+
+    model, _ = toy.load("ioi")
+    toks = model.to_tokens(["When Mary and John went to the store, John gave a drink to",
+                            "When Mary and John went to the store, Mary gave a drink to"])
+    v = torch.zeros(model.cfg.d_model)
+    v[0] = 1.0
+    mary, john = (int(model.to_tokens(w, prepend_bos=False)[0, 0]) for w in (" Mary", " John"))
+    by_word = subspace_flow(model, toks, "blocks.1.hook_resid_pre", v, logit_tokens=(" Mary", " John"))
+    by_id = subspace_flow(model, toks, "blocks.1.hook_resid_pre", v, logit_tokens=(mary, john))
+    assert by_word == by_id
+    with pytest.raises(DePassError, match="' Maryx' is not in the tokenizer's vocabulary"):
+        subspace_flow(model, toks, "blocks.1.hook_resid_pre", v, logit_tokens=(" Maryx", " John"))
