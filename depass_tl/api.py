@@ -337,11 +337,18 @@ def run_with_depass(
     if backend_for(model).method == "decompx":
         from depass_tl.decompx import run_decompx
 
-        if components is not None or get_rule(mlp_rule) != DEFAULT_RULE:
+        if components is not None or get_rule(mlp_rule) != DEFAULT_RULE or temperature != DEFAULT_TEMPERATURE:
             raise DePassError(
-                "an encoder (BERT) is decomposed by DecompX into token components; components= and mlp_rule= "
-                "do not apply (the FFN's linearisation is ffn_approx=). Drop them, or use "
+                "an encoder (BERT) is decomposed by DecompX into token components; components=, mlp_rule= and "
+                "temperature= do not apply (the FFN's linearisation is ffn_approx=). Drop them, or use "
                 "depass_tl.decompx.run_decompx."
+            )
+        decoder_only = {"prepend_bos": prepend_bos is not None, "padding_side": padding_side is not None,
+                        "precision": precision != "exact"}
+        if any(decoder_only.values()):
+            raise DePassError(
+                f"{', '.join(n + '=' for n, set_ in decoder_only.items() if set_)} apply to the decoder replay; DecompX "
+                "tokenises with the encoder's tokenizer and computes in the model's precision (dtype=). Drop them."
             )
         if chunk_size is not None or max_memory is not None:
             raise DePassError("chunk_size= and max_memory= apply to the decoder replay; DecompX runs unchunked.")

@@ -43,8 +43,14 @@ def test_encoder_errors(clf64) -> None:
     if clf64.backend == "HookedEncoder":
         with pytest.raises(DePassError, match="needs a head"):
             depass_tl.run_with_depass(clf64.encoder, clf64.tokens)
-    with pytest.raises(DePassError, match="components= and mlp_rule= do not apply"):
+    with pytest.raises(DePassError, match="components=, mlp_rule= and temperature= do not apply"):
         depass_tl.run_with_depass(clf64.encoder, clf64.tokens, head=clf64.head, mlp_rule="ratio")
+    with pytest.raises(DePassError, match="components=, mlp_rule= and temperature= do not apply"):  # was ignored
+        depass_tl.run_with_depass(clf64.encoder, clf64.tokens, head=clf64.head, temperature=5.0)
+    with pytest.raises(DePassError, match="padding_side=, precision= apply to the decoder replay"):  # were ignored
+        depass_tl.run_with_depass(clf64.encoder, clf64.tokens, head=clf64.head, precision="fast", padding_side="left")
+    with pytest.raises(DePassError, match="prepend_bos= apply to the decoder replay"):
+        depass_tl.run_with_depass(clf64.encoder, clf64.tokens, head=clf64.head, prepend_bos=False)
     with pytest.raises(DePassError, match="chunk_size= and max_memory= apply to the decoder replay"):
         depass_tl.run_with_depass(clf64.encoder, clf64.tokens, head=clf64.head, chunk_size=2)
 
