@@ -101,11 +101,11 @@ def matmul_precision(precision: str, *, cuda: bool | None = None) -> Iterator[No
     process, so on a machine with CUDA these blocks take turns across threads (a re-entrant lock): a
     call in one thread never computes with another call's setting. ``cuda=False`` says the block
     computes on no CUDA device (a CPU model on a GPU machine): there it neither touches the setting nor
-    waits for its turn, so CPU calls run beside CUDA ones. Code outside depass_tl that changes the
-    setting from another thread during a call is not covered."""
+    waits for its turn, so CPU calls run beside CUDA ones. On a machine without CUDA nothing reads the
+    setting, and it is left alone (threads flipping it without turns could leave it changed). Code outside
+    depass_tl that changes the setting from another thread during a call is not covered."""
     check_precision(precision)
-    turns = _take_turns()
-    touch = not (cuda is False and turns)  # else nothing here reads the setting CUDA calls in other threads use
-    with _TURNS if turns and touch else nullcontext(), cuda_tf32(precision == "fast") if touch else nullcontext(), \
+    touch = _take_turns() and cuda is not False  # only CUDA matmuls read the setting: take turns to change it
+    with _TURNS if touch else nullcontext(), cuda_tf32(precision == "fast") if touch else nullcontext(), \
             split_products(precision == "tf32x3"):
         yield

@@ -197,7 +197,10 @@ def test_on_a_cpu_tf32x3_computes_the_exact_numbers() -> None:
         assert torch.equal(same[name], exact[name]), name
 
 
-def test_matmul_precision_leaves_ieee_on_and_splits_inside() -> None:
+def test_matmul_precision_leaves_ieee_on_and_splits_inside(monkeypatch: pytest.MonkeyPatch) -> None:
+    from depass_tl import precision
+
+    monkeypatch.setattr(precision, "_take_turns", lambda: True)  # as with CUDA, where the setting is read
     cuda = torch.backends.cuda.matmul
     with matmul_precision("tf32x3"):  # every product but the replay's split ones stays IEEE
         assert matmul._ON.get()

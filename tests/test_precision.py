@@ -45,8 +45,14 @@ def restore_flag():  # type: ignore[no-untyped-def]
     _set(old)
 
 
+@pytest.fixture
+def cuda_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a machine with CUDA, where matmuls read the TF32 setting (so calls set it, taking turns)."""
+    monkeypatch.setattr(precision, "_take_turns", lambda: True)
+
+
 @pytest.mark.parametrize("globally", ["ieee", "tf32"])
-def test_matmul_precision_sets_and_restores(globally: str, restore_flag) -> None:  # type: ignore[no-untyped-def]
+def test_matmul_precision_sets_and_restores(globally: str, restore_flag, cuda_machine) -> None:  # type: ignore[no-untyped-def]
     _set(globally)
     with matmul_precision("exact"):
         assert _flag() == "ieee"
@@ -60,8 +66,23 @@ def test_matmul_precision_sets_and_restores(globally: str, restore_flag) -> None
     assert _flag() == globally
 
 
-def test_the_replay_runs_with_the_mode_flag(restore_flag) -> None:  # type: ignore[no-untyped-def]
-    """A rule sees TF32 off inside an exact call even when it is on globally, and on inside a fast call."""
+def test_without_cuda_the_setting_is_left_alone(monkeypatch: pytest.MonkeyPatch, restore_flag) -> None:  # type: ignore[no-untyped-def]
+    """Nothing reads the TF32 setting without CUDA: calls leave it as it is (threads flipping and restoring it
+    without turns left it changed, and torch.get_float32_matmul_precision() then raised)."""
+    monkeypatch.setattr(precision, "_take_turns", lambda: False)
+    before = _flag()
+    for mode in ("exact", "fast", "tf32x3"):
+        with matmul_precision(mode):
+            assert _flag() == before
+    assert _flag() == before
+
+
+def test_the_replay_runs_with_the_mode_flag(restore_flag, cuda_machine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A rule sees TF32 off inside an exact call even when it is on globally, and on inside a fast call (as
+    with a CUDA model: the setting is what its matmuls read)."""
+    from depass_tl import api
+
+    monkeypatch.setattr(api, "all_on_cpu", lambda tensors: False)
     seen: list[str] = []
 
     class Spy(Ratio):
@@ -107,8 +128,9 @@ def test_blocks_take_turns_across_threads(turns: bool, second_cuda: bool | None,
     """The TF32 setting is one per process: where CUDA reads it, a block in another thread waits for the
     running one to end (here a fast call would otherwise run inside an exact call's window); the same
     thread re-enters. Without turns (no CUDA: nothing reads the setting) the blocks overlap, and so does
-    a block that says it computes on no CUDA device (``cuda=False``), which then leaves the setting alone."""
+    a block that says it computes on no CUDA device (``cuda=False``); neither touches the setting then."""
     monkeypatch.setattr(precision, "_take_turns", lambda: turns)
+    before = _flag()
     events: list[str] = []
     inside, second_in = threading.Event(), threading.Event()
     overlap = not turns or second_cuda is False
@@ -135,8 +157,10 @@ def test_blocks_take_turns_across_threads(turns: bool, second_cuda: bool | None,
         t.join(30)
     if not overlap:
         assert events == ["first in", "first out", "second in (tf32)"]
-    else:  # the CPU-only block does not switch TF32 on under the exact one
-        assert events == ["first in", f"second in ({'ieee' if second_cuda is False else 'tf32'})", "first out"]
+    elif turns:  # the CPU-only block does not switch TF32 on under the exact one
+        assert events == ["first in", "second in (ieee)", "first out"]
+    else:  # no CUDA: neither block touches the setting
+        assert events == ["first in", f"second in ({before})", "first out"]
 
 
 def test_a_cpu_model_does_not_wait_for_cuda_calls(monkeypatch: pytest.MonkeyPatch) -> None:
