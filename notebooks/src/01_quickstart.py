@@ -101,7 +101,7 @@ for label, tok, a in sorted(zip(dc.labels, str_tokens + ["(bias)"], attrs[:, 0].
     print(f"{label:>6} {tok!r:>10} {a:+.3f}")
 
 # %%
-viz.token_heatmap(dc, io, incorrect_tokens=s, str_tokens=str_tokens)
+viz.token_heatmap(dc, " Mary", incorrect_tokens=" John", str_tokens=str_tokens)  # one-token strings work like ids
 
 # %% [markdown]
 # The heatmap colours each token by its signed share of *logit(Mary) − logit(John)* (blue pushes
@@ -206,7 +206,7 @@ ranked = sorted(head_shares, key=lambda lab: -abs(head_shares[lab]))
 top3 = sum(abs(head_shares[lab]) for lab in ranked[:3]) / sum(abs(v) for v in head_shares.values())
 print("largest heads:", {lab: round(head_shares[lab], 2) for lab in ranked[:3]}, f"({top3:.0%} of the total |share|)")
 assert top3 > 0.6
-viz.head_grid(dc_heads, io, incorrect_tokens=s)
+viz.head_grid(dc_heads, " Mary", incorrect_tokens=" John")
 
 # %% [markdown]
 # The grid has one row per layer and one cell per head, coloured by the head's share of

@@ -91,12 +91,11 @@ mean_attrs = attrs.mean(1, keepdim=True)
 head_labels = [lab for lab in dc.labels if "H" in lab]
 depass_rank = sorted(head_labels, key=lambda lab: -float(mean_attrs[dc.component(lab)]))
 print("heads ranked by DePass share:", depass_rank)
-viz.head_grid(dc, attrs=mean_attrs.expand(-1, batch), target="mean logit(A13) − logit(X)")  # same mean in every column
-
 share = {lab: float(mean_attrs[dc.component(lab)]) for lab in head_labels}
 layer0 = [v for lab, v in share.items() if lab.startswith("L0")]
 layer1 = [v for lab, v in share.items() if lab.startswith("L1")]
 assert min(layer1) > max(layer0) and min(layer0) < 0.1 * max(layer0)
+viz.head_grid(dc, attrs=mean_attrs.expand(-1, batch), target="mean logit(A13) − logit(X)")  # same mean in every column
 
 # %% [markdown]
 # Read the grid by rows (one row per layer, one cell per head; blue pushes towards `A13`): every

@@ -192,14 +192,17 @@ assert hit_rate(result) > max(0.5, 2 * chance)
 # The paper's code has switches for how the nonlinearities are linearised; each is an option here,
 # under the same name in lower case:
 #
-# * `ffn_approx`: the FFN's GELU as the line through the origin (`"zo"`, the paper's), as its tangent
+# * `ffn_approx`: the FFN's GELU as the line through the origin (`"zo"`, the paper's) or as its tangent
 #   line at the real pre-activation (`"gelu_la"`; the tangent's offset is shared among the tokens
-#   like a bias), or with ReLU's slope (`"relu"`, which misses `GELU(x) − ReLU(x)`);
-# * `tanh_approx`: the pooler's tanh, `"zo"` or its tangent line `"la"`;
+#   like a bias);
+# * `tanh_approx`: the pooler's tanh, `"zo"` (the paper's) or its tangent line `"la"`;
+# * `ffn_approx="relu"`: the FFN's GELU with ReLU's slope, which misses `GELU(x) − ReLU(x)`;
 # * `include_ffn=False`: leave the FFNs out (the paper's "w/o FFN").
 #
-# The first four keep the shares adding up to the logits; the last two cannot. They are never hidden:
-# `result.exact` says so, and `result.residual("logits")` is what the tokens' shares miss.
+# The table below has one row per variant, in this order. The first three (the paper's choices and the
+# two tangent lines) keep the shares adding up to the logits; the last two (ReLU's slope and no FFNs)
+# cannot. They are never hidden: `result.exact` says so, and `result.residual("logits")` is what the
+# tokens' shares miss.
 
 # %%
 variants = {
