@@ -28,11 +28,12 @@ from torch import Tensor
 from depass_tl._checks import checked
 from depass_tl._types import TOKENS_HINT, Model, TextOrTokens
 from depass_tl.backends import backend_for, read_model_view
+from depass_tl.clean_checks import apply_norm_clean, check_mlp_inputs, check_residual_identity
 from depass_tl.coefficients import FrozenRun
 from depass_tl.errors import DePassError, UnsupportedModelError
 from depass_tl.foreign_hooks import hook_position
 from depass_tl.model_state import check_finite, check_model_state, check_real_weights, model_lock
-from depass_tl.model_view import ModelView, MoEView, NormView
+from depass_tl.model_view import ModelView, MoEView
 from depass_tl.replay.device import block_device, norm_device
 from depass_tl.tokenization import single_token_fn, to_tokens, tokens_and_mask
 
@@ -173,19 +174,6 @@ def _frozen_coefficients(acts: dict[str, Tensor], view: ModelView, model: Any, t
             acts[p + "mlp.solu_softmax"] = torch.softmax(acts[p + "mlp.hook_pre"], dim=-1)
 
 
-def _apply_norm_clean(x: Tensor, scale: Tensor | None, norm: NormView) -> Tensor:
-    if norm.kind in ("LN", "LNPre"):
-        x = x - x.mean(-1, keepdim=True)
-    if norm.kind != "none":
-        assert scale is not None
-        x = x / scale
-    if norm.w is not None:
-        x = x * norm.w
-    if norm.b is not None:
-        x = x + norm.b
-    return x
-
-
 def _place_on_block_devices(acts: dict[str, Tensor], view: ModelView) -> None:
     """Move each frozen tensor to the device of the weights that read it (no-op on one device).
 
@@ -208,47 +196,6 @@ def _place_on_block_devices(acts: dict[str, Tensor], view: ModelView) -> None:
             continue
         if t.device != dev:
             acts[name] = t.to(dev)
-
-
-_IDENTITY_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
-
-
-def _check_residual_identity(acts: dict[str, Tensor], view: ModelView, edited: Iterable[str] = ()) -> None:
-    """The clean cache must satisfy resid_pre + attn_out (+ mlp_out) = resid_post (TL issue #1639).
-
-    A layer where the user's hooks edited one of these is skipped: the edit explains the gap, and
-    whether a replay can follow it is decided per replay (:func:`depass_tl.foreign_hooks.check_edits`).
-    """
-    edited = set(edited)
-    layers, gaps = [], []
-    for l, block in enumerate(view.blocks):
-        p = f"blocks.{l}."
-        if any(p + h in edited for h in _IDENTITY_HOOKS):
-            continue
-        terms = [acts[p + "hook_resid_pre"], acts[p + "hook_attn_out"]]
-        if block.mlp is not None:
-            terms.append(acts[p + "hook_mlp_out"])
-        ref = acts[p + "hook_resid_post"]
-        wide = torch.promote_types(ref.dtype, torch.float32)  # our sum adds no rounding of the model's dtype
-        total = sum(t.to(wide) for t in terms)
-        size = torch.stack([t.abs().max().to(wide) for t in (*terms, ref)]).max()
-        layers.append(l)
-        gaps.append(torch.stack([(total - ref.to(wide)).abs().max(), size]).float().to(view.device))
-    if not layers:
-        return
-    # the model adds the same terms in its own order and dtype: a few roundings at the largest term's magnitude
-    # (one bfloat16 unit is 2**-7 of it); a hook that means something else is off by far more
-    rel = max(1e-3, 4 * torch.finfo(view.dtype).eps)
-    for l, (err, size) in zip(layers, torch.stack(gaps).tolist()):  # one host sync for every layer
-        tol = rel * max(1.0, size)
-        if not err <= tol:
-            raise UnsupportedModelError(
-                f"layer {l}: hook_resid_pre + hook_attn_out (+ hook_mlp_out) differs from hook_resid_post by "
-                f"{err:.3g}; the model's residual stream is not the sum its hooks report, so it cannot be "
-                "decomposed. Either a PyTorch hook on one of the model's modules (module.register_forward_hook) "
-                "changes an output after TransformerLens's hook point saw it (remove it), or the model class's "
-                "hooks mean something else (check its hook semantics)."
-            )
 
 
 @checked(hints={
@@ -318,12 +265,13 @@ def capture(
     _unflatten_positions(acts, tokens.shape)
     check_finite(logits, acts, sorted(acts, key=_forward_order), model)
     _place_on_block_devices(acts, view)
-    _check_residual_identity(acts, view, edited)
+    check_residual_identity(acts, view, edited)
+    check_mlp_inputs(acts, view, edited)
     with torch.no_grad():
         _frozen_coefficients(acts, view, model, tokens)
     if "unembed.hook_in" not in acts:  # TL 2.x has no unembed hooks: rebuild from the frozen final scale
         final = acts[f"blocks.{view.n_layers - 1}.hook_resid_post"]
-        acts["unembed.hook_in"] = _apply_norm_clean(final, acts.get("ln_final.hook_scale"), view.ln_final)
+        acts["unembed.hook_in"] = apply_norm_clean(final, acts.get("ln_final.hook_scale"), view.ln_final)
     return FrozenRun.build(
         tokens=tokens, logits=logits.detach(), acts=acts, view=view, str_tokens=str_tokens, attention_mask=mask,
         foreign_hooks=tuple(foreign), edited_hooks=tuple(n for n in foreign if n in edited),

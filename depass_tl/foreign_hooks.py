@@ -18,8 +18,8 @@ with the fixes (docs/reliability.md has the table). The completeness guard (:mod
 checks every replay afterwards in any case.
 
 Examples:
-    >>> hook_position("blocks.2.hook_mlp_out"), hook_position("blocks.2.hook_resid_post")
-    (11, 12)
+    >>> hook_position("blocks.2.hook_mlp_out"), hook_position("blocks.2.hook_resid_post"), hook_position("blocks.3.hook_resid_pre")
+    (22, 24, 25)
     >>> is_frozen("blocks.0.attn.hook_pattern"), is_frozen("blocks.0.hook_mlp_out")
     (True, False)
 """
@@ -75,9 +75,11 @@ def is_frozen(name: str, view: ModelView | None = None, rule: MLPRule | None = N
 
 
 def hook_position(name: str) -> int | None:
-    """Where a hook sits in the forward pass: ``4l`` (``blocks.l.hook_resid_pre``), ``4l + 1`` (layer l's
-    attention), ``4l + 2`` (``hook_resid_mid``), ``4l + 3`` (its MLP), ``4l + 4`` (``hook_resid_post``);
-    ``-1`` for the embeddings; None for hooks after the last block or of unknown place."""
+    """Where a hook sits in the forward pass: ``8l + 1`` (``blocks.l.hook_resid_pre``), ``8l + 2`` (layer l's
+    attention), ``8l + 4`` (``hook_resid_mid``), ``8l + 6`` (its MLP), ``8l + 8`` (``hook_resid_post``);
+    ``-1`` for the embeddings; None for hooks after the last block or of unknown place. Layer l + 1's
+    ``hook_resid_pre`` (``8l + 9``) comes after layer l's ``hook_resid_post``: it is a hook point of its own,
+    applied to the tensor ``hook_resid_post`` recorded, so an edit there is after a start at ``hook_resid_post``."""
     if name.startswith(_EMBEDDING):
         return -1
     m = _BLOCK.match(name)
@@ -85,15 +87,15 @@ def hook_position(name: str) -> int | None:
         return None
     l, rest = int(m.group(1)), m.group(2)
     if rest in ("hook_resid_pre", "hook_in"):
-        return 4 * l
+        return 8 * l + 1
     if rest == "hook_resid_mid":
-        return 4 * l + 2
+        return 8 * l + 4
     if rest in ("hook_resid_post", "hook_out"):
-        return 4 * l + 4
+        return 8 * l + 8
     if rest.startswith(_AT_ATTN):
-        return 4 * l + 1
+        return 8 * l + 2
     if rest.startswith(_AT_MLP):
-        return 4 * l + 3
+        return 8 * l + 6
     return None
 
 
@@ -101,7 +103,7 @@ def start_position(start_hook: str) -> int:
     """:func:`hook_position` of a start hook (``blocks.l.hook_resid_pre|mid|post``)."""
     m = _START.match(start_hook)
     assert m is not None, start_hook
-    return 4 * int(m.group(1)) + {"pre": 0, "mid": 2, "post": 4}[m.group(2)]
+    return 8 * int(m.group(1)) + {"pre": 1, "mid": 4, "post": 8}[m.group(2)]
 
 
 def _position(names: Sequence[str]) -> int | None:
@@ -115,11 +117,13 @@ def _later_start(names: Sequence[str], view: ModelView) -> str | None:
     position = _position(names)
     if position is None:
         return None
-    l, where = divmod(max(position, 0), 4)
+    if position < 1:  # the embeddings
+        return "blocks.0.hook_resid_pre"
+    l, where = divmod(position - 1, 8)  # 0: hook_resid_pre, 1: attention, 3: hook_resid_mid, 5: MLP, 7: hook_resid_post
     if where == 0:
-        return f"blocks.{l}.hook_resid_pre" if l < view.n_layers else f"blocks.{view.n_layers - 1}.hook_resid_post"
+        return f"blocks.{l}.hook_resid_pre"
     block = view.blocks[l]
-    if where in (1, 2) and block.mlp is not None and not block.parallel:
+    if where in (1, 3) and block.mlp is not None and not block.parallel:
         return f"blocks.{l}.hook_resid_mid"
     return f"blocks.{l}.hook_resid_post"
 

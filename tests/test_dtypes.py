@@ -108,7 +108,7 @@ def test_residual_identity_allows_the_models_own_addition_order_in_bfloat16() ->
     """Known answer: a model that adds ``resid_pre + (attn_out + mlp_out)`` in bfloat16 (HF's GPT-NeoX does)
     lands one bfloat16 unit (2**-5 at 6.0) from ``(resid_pre + attn_out) + mlp_out``; the capture check must
     take that for rounding, and still refuse a gap that is not rounding."""
-    from depass_tl.capture import _check_residual_identity
+    from depass_tl.clean_checks import check_residual_identity
     from depass_tl.errors import UnsupportedModelError
 
     model, toks = _model("gpt2", torch.bfloat16)
@@ -120,10 +120,10 @@ def test_residual_identity_allows_the_models_own_addition_order_in_bfloat16() ->
     assert float(((pre + attn) + mlp - post).abs().max()) == 2.0 ** -5  # the orders do differ here
     acts.update({p + "hook_resid_pre": pre, p + "hook_attn_out": attn, p + "hook_mlp_out": mlp,
                  p + "hook_resid_post": post})
-    _check_residual_identity(acts, run.view)  # rounding: accepted
+    check_residual_identity(acts, run.view)  # rounding: accepted
     acts[p + "hook_resid_post"] = post + 0.5  # 8 % of the stream: not rounding
     with pytest.raises(UnsupportedModelError, match="layer 0: hook_resid_pre"):
-        _check_residual_identity(acts, run.view)
+        check_residual_identity(acts, run.view)
 
 
 @requires_bridge

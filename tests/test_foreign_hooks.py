@@ -20,7 +20,7 @@ from torch import nn
 
 import depass_tl
 from depass_tl.backends.bridge import is_bridge
-from depass_tl.errors import ForeignHookError, ModelStateError
+from depass_tl.errors import ForeignHookError, ModelStateError, UnsupportedModelError
 from tests._tl_version import requires_bridge
 from tests.model_classes import CLASSES, model_of, n_hooks
 
@@ -134,6 +134,45 @@ def test_edits_before_the_start_are_part_of_the_starting_state(kind: str, suffix
 
 
 @pytest.mark.parametrize("kind", CLASSES)
+@pytest.mark.parametrize("suffix", VALUE)
+def test_layer_specs_hold_the_edits_before_their_start(kind: str, suffix: str) -> None:
+    """modules(l) starts after layer l and heads(l) after its attention: an edit before that start is part of the
+    starting state (in the heads' own outputs, or in the rest), as for tokens(start=...). They were refused with
+    a CompletenessError or an advice to add a remainder component."""
+    model, toks = model_of(kind)
+    edit = f"blocks.1.{suffix}"
+    before_mid = suffix in ("hook_resid_pre", "attn.hook_v", "attn.hook_z", "hook_attn_out") or (
+        suffix == "hook_resid_mid" and not is_bridge(model)
+    )
+    with model.hooks(fwd_hooks=[(edit, lambda x, hook: x * 0.7 + 0.05)]):
+        assert float(_attributed(model, toks, components=depass_tl.modules(1)).abs().max()) < 1e-4
+        if before_mid:
+            assert float(_attributed(model, toks, components=depass_tl.heads(1)).abs().max()) < 1e-4
+        else:
+            with pytest.raises(ForeignHookError, match=r"tokens\(start='blocks\.1\.hook_resid_post'\)"):
+                depass_tl.run_with_depass(model, toks, components=depass_tl.heads(1))
+    assert n_hooks(model) == 0
+
+
+@pytest.mark.parametrize("kind", CLASSES)
+def test_the_next_layers_resid_pre_comes_after_this_layers_resid_post(kind: str) -> None:
+    """blocks.1.hook_resid_pre is its own hook point, applied to what blocks.0.hook_resid_post recorded: a
+    start there misses its edit (refused by name, with the start that holds it), and sources(), which starts
+    from the embeddings, cannot hold an edit of blocks.0.hook_resid_pre (named, not 'add a remainder')."""
+    model, toks = model_of(kind)
+    with _attached(model, "blocks.1.hook_resid_pre"):
+        with pytest.raises(ForeignHookError, match=r"edit blocks\.1\.hook_resid_pre, which the replay recomputes.*"
+                                                   r"tokens\(start='blocks\.1\.hook_resid_pre'\)"):
+            depass_tl.run_with_depass(model, toks, components=depass_tl.modules(0))
+        assert float(_attributed(model, toks, components=depass_tl.tokens(start="blocks.1.hook_resid_pre"))
+                     .abs().max()) < 1e-4
+    with _attached(model, "blocks.0.hook_resid_pre"):
+        with pytest.raises(ForeignHookError, match=r"hook_embed.* because your hooks edit blocks\.0\.hook_resid_pre"):
+            depass_tl.run_with_depass(model, toks, components=depass_tl.sources())
+    assert n_hooks(model) == 0
+
+
+@pytest.mark.parametrize("kind", CLASSES)
 def test_read_only_and_in_place_hooks(kind: str) -> None:
     model, toks = model_of(kind)
     seen: list[str] = []
@@ -149,6 +188,47 @@ def test_read_only_and_in_place_hooks(kind: str) -> None:
     with _attached(model, "blocks.1.hook_attn_out", fn=in_place):
         with pytest.raises(ForeignHookError, match=r"edit blocks\.1\.hook_attn_out"):
             depass_tl.run_with_depass(model, toks)
+
+
+@pytest.mark.parametrize("kind", CLASSES)
+@pytest.mark.parametrize("mlp", ["dense", "gated"])
+@pytest.mark.parametrize("rule", ["softmax", "max", "ratio"])
+def test_a_pytorch_hook_on_what_the_mlp_reads_is_refused(kind: str, mlp: str, rule: str) -> None:
+    """A module hook on ln2's output changes the MLP's input past every hook point: the softmax and max rules
+    split the captured hook_post by keys of the unedited input, so the shares still summed to the clean run
+    and the guard passed while the attributions were another model's. The capture's key check refuses it."""
+    model, toks = _model(kind, mlp)
+    with torch.no_grad():
+        clean = model(toks)
+    handle = model.blocks[0].ln2.register_forward_hook(lambda module, args, out: out * 0.7 + 0.05)
+    try:
+        with torch.no_grad():
+            assert not torch.allclose(model(toks), clean)  # the hook does change the model
+        with pytest.raises(UnsupportedModelError, match=r"blocks\.0\.mlp\.hook_pre(_linear)? is not what "
+                                                        r"ln2\(blocks\.0\.hook_resid_mid\) gives"):
+            depass_tl.run_with_depass(model, toks, mlp_rule=rule)
+    finally:
+        handle.remove()
+    assert n_hooks(model) == 0
+    depass_tl.run_with_depass(model, toks, mlp_rule=rule)  # without it: accepted
+
+
+@pytest.mark.parametrize("name", ["mlp.hook_pre", "mlp.hook_pre_linear"])
+def test_the_mlp_key_check_allows_rounding_and_refuses_more(name: str) -> None:
+    """Known answers on a captured gated model: its own pre-activations pass; moved by 1e-6 of the product's
+    size (rounding) they pass; moved by 5 % they are refused, naming the hook."""
+    from depass_tl.clean_checks import check_mlp_inputs
+
+    model, toks = _gated("random_model")
+    run = depass_tl.capture(model, toks)
+    acts = dict(run.acts)
+    check_mlp_inputs(acts, run.view)
+    ref = acts[f"blocks.1.{name}"]
+    size = float(ref.abs().max())
+    check_mlp_inputs({**acts, f"blocks.1.{name}": ref + 1e-6 * size}, run.view)
+    with pytest.raises(UnsupportedModelError, match=f"layer 1: the MLP's captured pre-activation blocks.1.{name} "):
+        check_mlp_inputs({**acts, f"blocks.1.{name}": ref + 0.05 * size}, run.view)
+    check_mlp_inputs({**acts, f"blocks.1.{name}": ref + 0.05 * size}, run.view, edited=[f"blocks.1.{name}"])
 
 
 @pytest.mark.parametrize("kind", CLASSES)

@@ -227,15 +227,15 @@ def test_zero_biases_are_found_with_one_check() -> None:
 def test_residual_identity_is_checked_for_every_layer_at_once() -> None:
     """The clean cache's resid_pre + attn_out + mlp_out = resid_post check (one host sync for all layers)
     names the first layer where it fails, and skips layers whose hooks the user edited."""
-    from depass_tl.capture import _check_residual_identity
+    from depass_tl.clean_checks import check_residual_identity
     from depass_tl.errors import UnsupportedModelError
 
     model = make_model("gpt2", n_layers=3)
     run = capture(model, random_tokens(model, pos=7))
     acts = dict(run.acts)
-    _check_residual_identity(acts, run.view)
+    check_residual_identity(acts, run.view)
     for bad in (1, 2):
         broken = {**acts, f"blocks.{bad}.hook_mlp_out": acts[f"blocks.{bad}.hook_mlp_out"] + 0.5}
         with pytest.raises(UnsupportedModelError, match=f"layer {bad}: hook_resid_pre"):
-            _check_residual_identity(broken, run.view)
-        _check_residual_identity(broken, run.view, edited=[f"blocks.{bad}.hook_mlp_out"])
+            check_residual_identity(broken, run.view)
+        check_residual_identity(broken, run.view, edited=[f"blocks.{bad}.hook_mlp_out"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -9,7 +10,7 @@ from torch import Tensor
 
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components.base import ComponentSpec, check_labels, group_with_bias
-from depass_tl.errors import DePassError, DePassValueError
+from depass_tl.errors import DePassError, DePassValueError, ForeignHookError
 from depass_tl.replay.state import InitialState, parse_start_hook
 
 __all__ = ["CustomSpec", "custom", "check_complete"]
@@ -17,12 +18,14 @@ __all__ = ["CustomSpec", "custom", "check_complete"]
 
 def check_complete(
     x: Tensor, clean: Tensor, hook: str, rtol: float, what: str = "custom components",
-    model_dtype: torch.dtype | None = None,
+    model_dtype: torch.dtype | None = None, edited: Sequence[str] = (),
 ) -> None:
     """Raise if ``x.sum(0)`` differs from ``clean``; the message shows where and by how much.
 
     ``model_dtype``: the dtype the clean run was computed in; for half precision the tolerance grows to
     ``8 * eps`` of that dtype (the clean activation was rounded there, the components were not).
+    ``edited``: hooks the user's hooks edited that would explain a gap (then a
+    :class:`~depass_tl.errors.ForeignHookError` names them instead of advising a remainder).
     """
     residual = x.sum(0) - clean
     err = float(residual.abs().max())
@@ -31,6 +34,12 @@ def check_complete(
     tol = rtol * max(1.0, float(clean.abs().max()))
     if not err <= tol:
         b, p, d = (int(i) for i in torch.unravel_index(residual.abs().argmax(), residual.shape))
+        if edited:
+            raise ForeignHookError(
+                f"{what} do not sum to the clean activation at {hook!r} (max |Σ_c x_c - clean| = {err:.4g}) because "
+                f"your hooks edit {', '.join(edited)}, which these components cannot hold. Remove the hook, or "
+                "choose components that start after the edit (tokens(start=...) or custom())."
+            )
         raise DePassError(
             f"{what} do not sum to the clean activation at {hook!r}: max |Σ_c x_c - clean| = "
             f"{err:.4g} (tolerance {tol:.3g}) at batch {b}, pos {p}, dim {d} (sum {float(x.sum(0)[b, p, d]):.6g}, "

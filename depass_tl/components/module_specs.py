@@ -92,14 +92,24 @@ class HeadSpec(ComponentSpec):
         for l in layers:
             p, block = f"blocks.{l}.", run.view.blocks[l]
             results = head_results(run, l, dtype, "heads()")  # [head, batch, pos, d_model]
-            rest = run.get(p + "hook_resid_pre").to(dtype)
-            b_O = _zeros_or(block.attn.b_O, rest[0, 0])
             start = attn_start(run, l)
-            if block.mlp is not None and block.parallel:  # the MLP reads resid_pre, not the heads: its output joins the rest
-                rest = rest + run.get(p + "hook_mlp_out").to(dtype)
+            clean = run.get(start).to(dtype)
+            b_O = _zeros_or(block.attn.b_O, clean[0, 0])
+            # the heads must make up hook_attn_out (unless the user's hooks edit it after them: the rest holds that)
+            after = [h for h in (p + "hook_attn_out", p + "attn.hook_result", p + "ln1_post.hook_normalized")
+                     if h in run.edited_hooks]
+            if not after:
+                check_complete(torch.cat([results, b_O.expand_as(clean)[None]]), run.get(p + "hook_attn_out").to(dtype),
+                               p + "hook_attn_out", _RTOL, "head outputs + b_O", model_dtype=run.view.dtype)
+            # the rest: what the start holds besides the heads: resid_pre (parallel blocks: + the MLP's output, which
+            # does not read the heads); where the user's hooks edited the run, whatever the start holds besides them
+            if run.edited_hooks:
+                rest = clean - results.sum(0) - b_O
+            else:
+                rest = run.get(p + "hook_resid_pre").to(dtype)
+                if block.mlp is not None and block.parallel:
+                    rest = rest + run.get(p + "hook_mlp_out").to(dtype)
             x = torch.cat([results, rest[None]])
-            check_complete(torch.cat([x, b_O.expand_as(rest)[None]]), run.get(start).to(dtype), start, _RTOL,
-                           "head outputs + rest", model_dtype=run.view.dtype)
             labels = [f"L{l}H{h}" for h in range(results.shape[0])] + multi_labels([REST], l, several)
             groups.append(group_with_bias(x, labels, start, b_O, bias_label=_bias_label(l, several)))
         return InitialState(tuple(groups))
@@ -141,15 +151,17 @@ class ModuleSpec(ComponentSpec):
             p, block = f"blocks.{l}.", run.view.blocks[l]
             _refuse_post_norm_bias(block.ln1_post, block.attn.b_O, l, "modules()")
             _refuse_post_norm_bias(block.ln2_post, getattr(block.mlp, "b_out", None), l, "modules()")
-            rest = run.get(p + "hook_resid_pre").to(dtype)
-            bias = _zeros_or(block.attn.b_O, rest[0, 0])
+            clean = run.get(p + "hook_resid_post").to(dtype)
+            bias = _zeros_or(block.attn.b_O, clean[0, 0])
             comps = [run.get(p + "hook_attn_out").to(dtype) - bias]
             labels = [f"L{l}.attn"]
             if block.mlp is not None:
-                b_out = _zeros_or(getattr(block.mlp, "b_out", None), rest[0, 0])
+                b_out = _zeros_or(getattr(block.mlp, "b_out", None), clean[0, 0])
                 comps.append(run.get(p + "hook_mlp_out").to(dtype) - b_out)
                 labels.append(f"L{l}.mlp")
                 bias = bias + b_out
+            # the rest: resid_pre; where the user's hooks edited the run, whatever resid_post holds besides the modules
+            rest = clean - sum(comps) - bias if run.edited_hooks else run.get(p + "hook_resid_pre").to(dtype)
             x = torch.stack(comps + [rest])
             labels += multi_labels([REST], l, several)
             groups.append(group_with_bias(x, labels, p + "hook_resid_post", bias, bias_label=_bias_label(l, several)))

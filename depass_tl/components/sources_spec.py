@@ -42,7 +42,7 @@ class SourcesSpec(ComponentSpec):
         x = torch.zeros((len(labels),) + tuple(resid.shape), dtype=dtype, device=resid.device)
         x[:n_src] = torch.stack(rows)
         check_complete(x, resid, "blocks.0.hook_resid_pre", 1e-4, "hook_embed + hook_pos_embed",
-                       model_dtype=run.view.dtype)
+                       model_dtype=run.view.dtype, edited=[h for h in run.edited_hooks if h == "blocks.0.hook_resid_pre"])
         plan = SourcesPlan(tuple(range(n_src)) + (len(labels) - 1,), tuple(head_rows), tuple(mlp_rows))
         return InitialState((Group("blocks.0.hook_resid_pre", x, tuple(labels)),), plan)
 

@@ -1,0 +1,137 @@
+"""Checks of the clean run's own consistency: the sums and products its hooks report must be what the
+replay assumes, or the model computes something its hooks do not show (a PyTorch hook on a module
+between two hook points, or a model class whose hooks mean something else).
+
+* :func:`check_residual_identity`: ``resid_pre + attn_out (+ mlp_out) = resid_post`` per layer.
+* :func:`check_mlp_inputs`: each MLP's captured pre-activation is ``ln2(x) W_in + b_in`` (gated:
+  ``ln2(x) W_gate`` and ``ln2(x) W_in``) of the stream ``x`` it reads, ``ln2`` at its captured scale. The
+  ``softmax`` and ``max`` rules split the captured ``hook_post`` by these keys, so the shares sum to the
+  clean output whatever the keys are: the completeness guard cannot see keys of another model.
+
+A layer where the user's TransformerLens hooks edited one of the hooks involved is skipped: the edit
+explains the gap, and whether a replay can follow it is decided per replay
+(:func:`depass_tl.foreign_hooks.check_edits`). Both checks compare in float32 (float64 for float64
+models) and allow a few roundings of the model's dtype; each synchronises with the device once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from depass_tl.errors import UnsupportedModelError
+from depass_tl.model_view import MLPView, ModelView, NormView
+
+__all__ = ["check_residual_identity", "check_mlp_inputs", "apply_norm_clean"]
+
+_IDENTITY_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
+_MLP_INPUT_HOOKS = ("hook_resid_pre", "hook_resid_mid", "ln2.hook_scale", "ln2.hook_normalized", "hook_mlp_in",
+                    "mlp.hook_pre", "mlp.hook_pre_linear")
+_HOOK_HINT = (
+    "Either a PyTorch hook on one of the model's modules (module.register_forward_hook) changes an output after "
+    "TransformerLens's hook point saw it (remove it, or make the edit at a TransformerLens hook point, where "
+    "depass_tl follows it or refuses it by name), or the model class's hooks mean something else (check its hook "
+    "semantics)."
+)
+
+
+def _rel(view: ModelView) -> float:
+    """The relative gap a few roundings of the model's dtype explain (one bfloat16 unit is 2**-7)."""
+    return max(1e-3, 4 * torch.finfo(view.dtype).eps)
+
+
+def _wide(t: Tensor) -> torch.dtype:
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def apply_norm_clean(x: Tensor, scale: Tensor | None, norm: NormView) -> Tensor:
+    """``norm(x)`` of clean activations ``[..., d]`` with the captured ``scale`` (bias included)."""
+    if norm.kind in ("LN", "LNPre"):
+        x = x - x.mean(-1, keepdim=True)
+    if norm.kind != "none":
+        assert scale is not None
+        x = x / scale
+    if norm.w is not None:
+        x = x * norm.w
+    if norm.b is not None:
+        x = x + norm.b
+    return x
+
+
+def check_residual_identity(acts: dict[str, Tensor], view: ModelView, edited: Iterable[str] = ()) -> None:
+    """The clean cache must satisfy resid_pre + attn_out (+ mlp_out) = resid_post (TL issue #1639).
+
+    The model adds the same terms in its own order and dtype (HF's GPT-NeoX: ``pre + (attn + mlp)``), so
+    the gap allowed is a few roundings at the largest term's magnitude."""
+    edited = set(edited)
+    layers, gaps = [], []
+    for l, block in enumerate(view.blocks):
+        p = f"blocks.{l}."
+        if any(p + h in edited for h in _IDENTITY_HOOKS):
+            continue
+        terms = [acts[p + "hook_resid_pre"], acts[p + "hook_attn_out"]]
+        if block.mlp is not None:
+            terms.append(acts[p + "hook_mlp_out"])
+        ref = acts[p + "hook_resid_post"]
+        wide = _wide(ref)  # our sum adds no rounding of the model's dtype
+        total = sum(t.to(wide) for t in terms)
+        size = torch.stack([t.abs().max().to(wide) for t in (*terms, ref)]).max()
+        layers.append(l)
+        gaps.append(torch.stack([(total - ref.to(wide)).abs().max(), size]).float().to(view.device))
+    if not layers:
+        return
+    rel = _rel(view)
+    for l, (err, size) in zip(layers, torch.stack(gaps).tolist()):  # one host sync for every layer
+        if not err <= rel * max(1.0, size):
+            raise UnsupportedModelError(
+                f"layer {l}: hook_resid_pre + hook_attn_out (+ hook_mlp_out) differs from hook_resid_post by "
+                f"{err:.3g}; the model's residual stream is not the sum its hooks report, so it cannot be "
+                f"decomposed. {_HOOK_HINT}"
+            )
+
+
+def check_mlp_inputs(acts: dict[str, Tensor], view: ModelView, edited: Iterable[str] = ()) -> None:
+    """Each MLP's captured pre-activations must be its keys of the clean stream (see the module docstring).
+
+    Compared elementwise against ``|ln2(x)| @ |W| + |b|``, the size a rounding error of the product can
+    reach (a dot product may cancel far below it); mixture-of-experts blocks are not checked."""
+    edited = set(edited)
+    found: list[tuple[int, str]] = []
+    ratios: list[Tensor] = []
+    for l, block in enumerate(view.blocks):
+        mlp, p = block.mlp, f"blocks.{l}."
+        if not isinstance(mlp, MLPView) or any(p + h in edited for h in _MLP_INPUT_HOOKS):
+            continue
+        x = acts[p + ("hook_resid_pre" if block.parallel else "hook_resid_mid")]
+        wide = _wide(x)
+        x = x.to(wide)
+        if block.ln2 is not None:
+            scale = acts.get(p + "ln2.hook_scale")
+            norm = NormView(block.ln2.kind, *(None if t is None else t.to(wide) for t in (block.ln2.w, block.ln2.b)))
+            x = apply_norm_clean(x, None if scale is None else scale.to(wide), norm)
+        keys = [(mlp.W_in, mlp.b_in, "mlp.hook_pre")] if mlp.kind == "standard" else \
+            [(mlp.W_gate, None, "mlp.hook_pre"), (mlp.W_in, None, "mlp.hook_pre_linear")]
+        for W, b, name in keys:
+            ref = acts.get(p + name)
+            if ref is None or W is None:
+                continue
+            W = W.to(device=x.device, dtype=wide)
+            got, size = x @ W, x.abs() @ W.abs()
+            if b is not None:
+                got, size = got + b.to(got), size + b.abs().to(got)
+            found.append((l, name))
+            ratios.append(((got - ref.to(wide)).abs() / (size + torch.finfo(wide).tiny)).max().float().to(view.device))
+    if not found:
+        return
+    rel = _rel(view)
+    for (l, name), ratio in zip(found, torch.stack(ratios).tolist()):  # one host sync for every layer
+        if not ratio <= rel:
+            src = "hook_resid_pre" if view.blocks[l].parallel else "hook_resid_mid"
+            raise UnsupportedModelError(
+                f"layer {l}: the MLP's captured pre-activation blocks.{l}.{name} is not what ln2(blocks.{l}.{src}) "
+                f"gives with the captured norm scale and the MLP's weights (off by {ratio:.3g} of the size of the "
+                "product); the MLP reads something its hooks do not show, and the MLP rule's split of it would be "
+                f"that of another model. {_HOOK_HINT}"
+            )
