@@ -61,7 +61,6 @@ def _string_tokens(
     # truncate=False: TL cuts prompts at n_ctx by default; an over-long prompt is refused by the caller instead
     kwargs: dict[str, Any] = {"truncate": False} if prepend_bos is None else {"prepend_bos": prepend_bos, "truncate": False}
     each = [model.to_tokens(p, **kwargs) for p in prompts]
-    _check_known_words(model, prompts, each)
     if len({int(t.shape[-1]) for t in each}) == 1:
         return torch.cat(each, dim=0), None
     side = padding_side if padding_side is not None else model.tokenizer.padding_side
@@ -74,25 +73,19 @@ def _string_tokens(
     return tokens, mask
 
 
-def _check_known_words(model: Any, prompts: list[str], each: list[Tensor]) -> None:
-    """Refuse a prompt with a word the tokenizer does not know (it would become the unknown token), naming
-    the word. Tokenizers whose unknown token is also a special token (GPT-2's ``<|endoftext|>``: its
-    byte-level BPE knows every string) are not checked."""
+def _unknown_word(model: Any, prompts: list[str]) -> str | None:
+    """The first word of ``prompts`` the tokenizer does not know (it becomes the unknown token), or None."""
     tokenizer = model.tokenizer
     unk = getattr(tokenizer, "unk_token_id", None)
-    specials = {getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "pad")}
-    if unk is None or unk in specials:
-        return
-    for prompt, ids in zip(prompts, each):
-        if not bool((ids == unk).any()) or str(tokenizer.unk_token) in prompt:
+    if unk is None:
+        return None
+    for prompt in prompts:
+        if str(tokenizer.unk_token) in prompt:
             continue
-        words = re.findall(r"\s*\S+", prompt)
-        unknown = [w for w in words if bool((model.to_tokens(w, prepend_bos=False, truncate=False) == unk).any())]
-        raise DePassValueError(
-            f"word {(unknown or [prompt])[0]!r} in {prompt!r} is not in the tokenizer's vocabulary (it would become "
-            f"the unknown token {tokenizer.unk_token!r}); use words the model knows (mind the leading space), or "
-            "pass token ids."
-        )
+        for word in re.findall(r"\s*\S+", prompt):
+            if bool((model.to_tokens(word, prepend_bos=False, truncate=False) == unk).any()):
+                return f"word {word!r} in {prompt!r}"
+    return None
 
 
 def single_token_fn(model: Any) -> Callable[[str], int] | None:
@@ -193,6 +186,13 @@ def tokens_and_mask(
         mask = None if attention_mask is None else _check_mask(attention_mask, tokens)
     d_vocab = model.cfg.d_vocab
     if int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab:
+        unknown = _unknown_word(model, prompts) if is_text else None
+        if unknown is not None:  # a tokenizer whose unknown token lies outside the model's vocabulary (the toys')
+            raise DePassValueError(
+                f"{unknown} is not in the tokenizer's vocabulary (it would become the unknown token "
+                f"{model.tokenizer.unk_token!r}, which this model has no embedding for); use words the model knows "
+                "(mind the leading space), or pass token ids."
+            )
         raise DePassValueError(
             f"token ids must lie in [0, {d_vocab}); got min {int(tokens.min())}, max {int(tokens.max())}."
         )
