@@ -138,6 +138,21 @@ def _error_line(message: str, args: argparse.Namespace | None) -> str:
     return f"{PROG}: error: {line}\n"
 
 
+def _check_contrast(target: str | None, contrast: str | None, ids: tuple[int, int | None] | None = None) -> None:
+    """Refuse a ``--contrast`` that is the ``--target`` token: the logit difference, and every component's share of it,
+    would be 0. Compared as text before any model work, and again as token ids (``ids``) once they are known."""
+    from depass_tl.errors import DePassError
+
+    if contrast is None or (contrast != target if ids is None else ids[1] != ids[0]):
+        return
+    same = "" if ids is None else f" (both are token {ids[0]})"
+    raise DePassError(
+        f"--contrast {contrast!r} is the same token as --target {target!r}{same}; the contrast must be a different "
+        "token (logit(t) − logit(t) is 0 for every component), e.g. --target \" Mary\" --contrast \" John\", or leave "
+        "--contrast out to attribute the target's logit alone."
+    )
+
+
 def _check_args(args: argparse.Namespace) -> None:
     from depass_tl._checks import check_device
     from depass_tl.errors import DePassError
@@ -148,6 +163,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise DePassError("--target is empty; pass one token, e.g. --target \" Mary\".")
     if args.contrast is not None and not args.contrast:
         raise DePassError("--contrast is empty; pass one token, e.g. --contrast \" John\", or leave it out.")
+    _check_contrast(args.target, args.contrast)
     if args.top < 1:
         raise DePassError(f"--top must be at least 1, got {args.top}.")
     if not args.temperature > 0:
@@ -247,7 +263,9 @@ def _load_tl(args: argparse.Namespace) -> _Loaded:
             raise DePassError(f"{flag} {text!r} is {ids.numel()} tokens {pieces}, not one; pick a single token.")
         return int(ids[0])
 
-    tokens = model.to_tokens(args.prompt)
+    from depass_tl.tokenization import to_tokens
+
+    tokens = to_tokens(model, args.prompt)  # not TL's to_tokens: it would cut a prompt longer than n_ctx silently
     target = token("--target", args.target)
     contrast = None if args.contrast is None else token("--contrast", args.contrast)
     strs = tuple(model.to_str_tokens(tokens[0]))
@@ -260,6 +278,7 @@ def _load(args: argparse.Namespace) -> _Loaded:
     from depass_tl.toy import available
 
     loaded = _load_toy(args) if args.model in available() else _load_tl(args)
+    _check_contrast(args.target, args.contrast, (loaded.target, loaded.contrast))  # two spellings of one token
     n_ctx = int(loaded.model.cfg.n_ctx)
     if loaded.tokens.shape[1] > n_ctx:
         raise DePassError(
@@ -464,6 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "dataset":
             from depass_tl.cli_dataset import dataset
 
+            _check_contrast(args.target, args.contrast)  # one pair for every prompt (None where read per record)
             lines = dataset(args)
         else:
             lines = attribute(args)

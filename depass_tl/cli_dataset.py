@@ -144,11 +144,18 @@ def dataset(args: argparse.Namespace) -> list[str]:
     fields = {"prompt": args.prompt_field, "target": args.target_field, "contrast": args.contrast_field,
               "id": args.id_field}
     data = _read_jsonl(args.prompts, fields)
+    n = len(data["prompt"])
+    targets, contrasts = data.get("target", [args.target] * n), data.get("contrast", [args.contrast] * n)
+    same = [i for i, (t, c) in enumerate(zip(targets, contrasts)) if c is not None and c == t]
+    if same:  # its logit difference, and every attribution of it, would be 0: a data error, like a missing field
+        raise DePassError(
+            f"{args.prompts}: the contrast of record {same[0]} is its target {targets[same[0]]!r} ({len(same)} of {n} "
+            "records); the contrast must be a different token."
+        )
     device, started = _init_distributed(args.device)
     try:
         model, description = _load_model(args.model, device)
         specs = {"tokens": depass_tl.tokens, "heads": depass_tl.heads, "sources": depass_tl.sources}
-        n = len(data["prompt"])
         contrast = data.get("contrast", args.contrast)
         done = depass_tl.run_dataset(
             model, data["prompt"], target=data.get("target", args.target), contrast=contrast,

@@ -169,6 +169,46 @@ def test_bad_input_is_one_line_and_status_2(capsys, argv: list[str], message: st
     assert re.search(message, err), err
 
 
+SAME_TOKEN = "depass-tl: error: --contrast ' Mary' is the same token as --target ' Mary'; the contrast must be a "
+
+
+def test_a_contrast_equal_to_the_target_is_refused_before_any_work(capsys, monkeypatch, tmp_path) -> None:
+    """It would print tables of zeros (and --html failed later, in explorer_data); the same line for each command."""
+    import depass_tl.toy
+
+    def no_model_work(*args, **kwargs):
+        raise AssertionError("a model was loaded or run")
+
+    monkeypatch.setattr(depass_tl.toy, "load", no_model_work)
+    monkeypatch.setattr(depass_tl, "capture", no_model_work)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": PROMPT}) + "\n", encoding="utf-8")
+    same = ["--target", " Mary", "--contrast", " Mary"]
+    errors = []
+    for argv in (["attribute", PROMPT, *same], ["attribute", PROMPT, *same, "--html", str(tmp_path / "page.html")],
+                 ["dataset", str(prompts), *same, "--out", str(tmp_path / "out.parquet")]):
+        rc = main(argv)
+        out, err = capsys.readouterr()
+        assert rc == 2 and out == "" and err.count("\n") == 1, argv
+        errors.append(err)
+    assert errors[0] == errors[1] == errors[2] and errors[0].startswith(SAME_TOKEN), errors[0]
+    assert "different token" in errors[0] and "leave --contrast out" in errors[0]
+    assert list(tmp_path.iterdir()) == [prompts]  # no page, no dataset folder
+
+
+def test_two_spellings_of_the_target_token_are_refused_as_a_contrast(capsys, monkeypatch) -> None:
+    """Texts that differ can still be one token id (tokenizers normalise); checked once the ids are known."""
+    from depass_tl.toy.encoder import ToyEncoder
+
+    token_id = ToyEncoder.token_id
+    monkeypatch.setattr(ToyEncoder, "token_id", lambda self, t: token_id(self, " Mary" if t == " Marie" else t))
+    rc, out, err = _run(capsys, PROMPT, "--target", " Mary", "--contrast", " Marie")
+    mary = toy.load("ioi")[1].token_id(" Mary")
+    assert rc == 2 and out == ""
+    assert err.startswith(f"depass-tl: error: --contrast ' Marie' is the same token as --target ' Mary' (both are "
+                          f"token {mary}); the contrast must be a different token"), err
+
+
 def test_missing_viz_extra_is_reported_before_any_work(capsys, monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(_backend, "_installed", lambda name: False)
     rc, out, err = _run(capsys, PROMPT, "--target", " Mary", "--png", str(tmp_path / "f.png"))
@@ -216,3 +256,6 @@ def test_a_local_hugging_face_folder_loads_as_a_bridge(capsys) -> None:
     assert "(TransformerBridge.boot_transformers)" in out and "Heads: top 3 of" in out
     errs = [float(e) for e in re.findall(r"\|sum - clean\| = (\S+);", out)]
     assert len(errs) == 2 and max(errs) < 1e-4
+    # a prompt longer than the model's context is refused, not cut at n_ctx (TL's to_tokens truncates by default)
+    rc, out, err = _run(capsys, " t5" * 40, "--target", " t3", "--model", str(folder))
+    assert rc == 2 and "longer than the model's context (cfg.n_ctx=32)" in err, (rc, err)

@@ -72,6 +72,17 @@ def test_bad_files_end_with_one_line(tmp_path: Path, capsys, content: str, messa
     assert err.startswith("depass-tl: error: ") and message in err and err.count("\n") == 1
 
 
+def test_a_record_whose_contrast_is_its_target_is_refused(tmp_path: Path, capsys) -> None:
+    """Its logit difference and every attribution would be 0: a data error, refused like a missing field."""
+    file = _jsonl(tmp_path / "p.jsonl", [RECORDS[0], dict(RECORDS[1], wrong=" John")])
+    out = tmp_path / "o"
+    assert main(["dataset", str(file), "--target-field", "answer", "--contrast-field", "wrong", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"depass-tl: error: {file}: the contrast of record 1 is its target "
+                                                   "' John' (1 of 2 records); the contrast must be a different token")
+    assert not out.exists()
+
+
 def test_missing_file_and_bad_sizes(tmp_path: Path, capsys) -> None:
     assert main(["dataset", str(tmp_path / "none.jsonl"), "--target", " Mary", "--out", str(tmp_path / "o")]) == 2
     assert "is not a file" in capsys.readouterr().err

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 
 import pytest
 import torch
 
 import depass_tl
-from depass_tl import DePassError, UnsupportedModelError, viz
+from depass_tl import DePassError, UnsupportedModelError, toy, viz
 from depass_tl.replay.rules import get_rule, rule_names
 
 MLP_RULES = rule_names()
 from tests._tl_version import HAS_BRIDGE, HAS_HOOKED, TL_MAJOR, TL_VERSION
+from tests.browser import INSTALL, Browser, find_browser
 from tests.explorer_cases import KINDS, explorer_case
 
 TOL = 1e-5  # the data is rounded to 6 decimals; float32 caches differ from float64 sums by ~1e-6
@@ -171,6 +173,74 @@ def test_page_text_cannot_break_out_of_its_script() -> None:
     assert "</script><script>alert(1)" not in text and "<!--" not in text.split("<body>", 1)[1]
     blob = re.search(r'<script type="application/json" id="depass-data">(.*?)</script>', text, re.S)
     assert json.loads(blob.group(1))["prompt"] == evil  # the data still holds it exactly
+
+
+# ------------------------------------------------------------------------------ model structure
+def _ioi_explorer():
+    """The explorer data of the shipped ioi toy (attention-only, LayerNorm), as ``depass-tl attribute --html``."""
+    model, enc = toy.load("ioi")
+    toks = enc.encode("When Mary and John went to the store, John gave a drink to")
+    run = depass_tl.capture(model, toks, extra_hooks=viz.explorer_hooks(model.cfg.n_layers))
+    caches = viz.explorer_caches(run, progress=False)
+    return viz.explorer_data(caches, target=enc.token_id(" Mary"), contrast=enc.token_id(" John"), top_k=3)
+
+
+def _no_norm_explorer(attn_only: bool):
+    from depass_tl.toy import random_model
+
+    model = random_model(n_layers=2, d_model=8, n_ctx=8, d_head=4, n_heads=2, d_mlp=16, d_vocab=20, act_fn="gelu",
+                         normalization_type=None, attn_only=attn_only, seed=0)
+    run = depass_tl.capture(model, torch.tensor([[1, 2, 3, 4]]), extra_hooks=viz.explorer_hooks(2))
+    return viz.explorer_data(viz.explorer_caches(run, progress=False), target=5, contrast=7, top_k=3)
+
+
+def test_structure_says_what_the_page_may_claim(case) -> None:
+    """The page words its notes by data["structure"]; what each word claims holds in the numbers."""
+    assert case.data["structure"] == {"mlp": True, "norms": True, "final_norm": True}
+    data = _ioi_explorer()
+    assert data["structure"] == {"mlp": False, "norms": True, "final_norm": True}
+    # no MLPs: every rule gives the same numbers, and a head's parts add up to it (the page says so for every rule)
+    first = data["by_rule"][data["rules"][0]]
+    for rule in data["rules"]:
+        got = data["by_rule"][rule]
+        assert got["tokens"] == first["tokens"] and got["heads"] == first["heads"], rule
+        parts = _minus(got["sources"], 0, 1).sum(-1) + _minus(got["sources_earlier"], 0, 1)
+        torch.testing.assert_close(parts, _minus(got["heads"], 0, 1), atol=1e-4, rtol=0, msg=rule)
+    # no final norm: the token's projection after the last layer is its logit contribution (the page says so)
+    for attn_only in (True, False):
+        data = _no_norm_explorer(attn_only)
+        assert data["structure"] == {"mlp": not attn_only, "norms": False, "final_norm": False}
+        got = data["by_rule"]["softmax"]
+        torch.testing.assert_close(_minus(got["token_proj"], 0, 1)[:, -1], _minus(got["tokens"], 0, 1), atol=1e-5,
+                                   rtol=0)
+    with pytest.raises(DePassError, match="takes the dict returned by explorer_data"):
+        viz.explorer_html({k: v for k, v in case.data.items() if k != "structure"})
+
+
+@pytest.mark.skipif(find_browser() is None and not os.environ.get("CI"),
+                    reason=f"needs Chromium and chromedriver: {INSTALL}")
+def test_page_words_follow_the_model_structure(tmp_path) -> None:
+    """An attention-only model's page mentions no MLP (and hides the rule switch); a model without a final norm
+    is not told that a final norm turns the stream into logits."""
+    pages = {"ioi": _ioi_explorer(), "no_norm_attn": _no_norm_explorer(True),
+             "no_norm_mlp": _no_norm_explorer(False), "gpt2": explorer_case("gpt2").data}
+    with Browser() as b:
+        for name, data in pages.items():
+            b.open(viz.save_explorer(data, tmp_path / f"{name}.html"))
+            s = data["structure"]
+            token_note, footer = b.text("#details-note"), b.text("#footer")
+            b.click('td.head[data-layer="0"][data-head="1"]')
+            head_note = b.text("#details-note")
+            words = " ".join((token_note, footer, head_note))
+            assert ("MLP activations" in footer) == ("attention and MLP" in token_note) == s["mlp"], name
+            assert b.js("return document.querySelector('.rules').hidden") is (not s["mlp"]), name
+            if not s["mlp"]:
+                assert "The model has no MLPs" in footer and "MLP activations" not in words, name
+                assert "each MLP's activation" not in head_note and data["rule"] not in footer, name
+                assert "parts add up exactly to the head's value" in head_note, name
+            assert ("the final norm turns the last value" in token_note) == s["final_norm"], name
+            assert ("norm scales" in footer) == s["norms"], name
+            assert [e for e in b.log() if e["level"] in ("SEVERE", "ERROR")] == [], name
 
 
 # ---------------------------------------------------------------------------------------- errors

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ import depass_tl
 from depass_tl import DePassError, toy, viz
 from depass_tl.compare import compare
 from depass_tl.viz import _backend
+from depass_tl.viz.compare import PANELS
 from tests.models import make_model, random_tokens, word_tokenizer
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
@@ -342,6 +344,64 @@ def test_side_by_side_draws_compare_plot_panels() -> None:
     assert fig.layout.width is None
     with pytest.raises(DePassError, match="expected a Comparison"):
         viz.side_by_side("resid_pre", "resid_pre")  # type: ignore[arg-type]
+
+
+def _readable_print_size(fig, name: str) -> None:
+    """At most 7.2 in wide (as viz documents) and no text under 7 pt."""
+    width, height = fig.get_size_inches()
+    assert width <= 7.2 + 1e-9 and height <= 9.0 + 1e-9, (name, width, height)
+    texts = [t for t in fig.findobj(lambda o: hasattr(o, "get_fontsize") and hasattr(o, "get_text")) if t.get_text()]
+    assert min(t.get_fontsize() for t in texts) >= 7, name
+
+
+@needs_mpl
+def test_matplotlib_comparison_figures_fit_the_print_width() -> None:
+    model, enc = toy.load("ioi")
+    corrupted = PROMPT.replace("John gave", "Mary gave")
+    cmp = compare(model, enc.encode(PROMPT), enc.encode(corrupted), answer_tokens=" Mary", incorrect_tokens=" John",
+                  progress=False)
+    for layout in cmp.layouts:
+        for panels in (("depass_diff", "patching"), tuple(PANELS)):
+            fig = viz.side_by_side(cmp, layout, panels=panels, backend="matplotlib")
+            _readable_print_size(fig, f"{layout} {len(panels)}")
+            data = viz.heatmap_panels(cmp, layout, panels=panels)
+            axes = [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
+            assert [ax.get_title() for ax in axes] == list(data.titles)
+            for ax, z in zip(axes, data.z):
+                assert torch.equal(torch.as_tensor(ax.images[0].get_array().data), z)
+                # the ioi toy's 15 positions and 8 heads all keep their labels
+                assert [t.get_text() for t in ax.get_xticklabels()] == list(data.x_labels)
+            assert [t.get_text() for t in axes[0].get_yticklabels()] == list(data.y_labels)
+
+
+@needs_mpl
+def test_matplotlib_comparison_of_a_big_model_thins_its_labels() -> None:
+    """144 heads by 40 positions (GPT-2 small's grid): the figure stays on a page and labels every k-th row and
+    column, so the labels do not overlap."""
+    n_layers, n_pos, n_heads = 12, 40, 12
+    gen = torch.Generator().manual_seed(0)
+    maps = {name: torch.randn(n_layers, n_pos, n_heads, dtype=torch.float64, generator=gen) for name in PANELS}
+
+    class BigComparison:  # what the plots read of a Comparison (viz.compare.ComparisonLike)
+        layouts = {"attn_head_out_by_pos": SimpleNamespace(axis_names=("layer", "pos", "head"),
+                                                           shape=(n_layers, n_pos, n_heads), **maps)}
+        pos_labels = tuple(f"{p}: w{p}" for p in range(n_pos))
+        metric_clean, metric_corrupted, incorrect_tokens = 1.0, -1.0, 5
+
+        def __getitem__(self, layout: str):
+            return self.layouts[layout]
+
+    cmp = BigComparison()
+    fig = viz.side_by_side(cmp, "attn_head_out_by_pos", backend="matplotlib")
+    _readable_print_size(fig, "big")
+    data = viz.heatmap_panels(cmp, "attn_head_out_by_pos")
+    left, right = fig.axes[:2]  # the right panel shares the left one's rows (and their labels)
+    for ticks, got, labels in ((left.get_xticks(), left.get_xticklabels(), data.x_labels),
+                               (right.get_xticks(), right.get_xticklabels(), data.x_labels),
+                               (left.get_yticks(), left.get_yticklabels(), data.y_labels)):
+        step = int(ticks[1] - ticks[0])
+        assert step > 1 and list(ticks) == list(range(0, len(labels), step))
+        assert [t.get_text() for t in got] == list(labels[::step])
 
 
 # --------------------------------------------------------------------------------------- saving

@@ -27,6 +27,8 @@ INSTALL_HINT = 'pip install "depass_tl[viz]"'
 COLORSCALE = "RdBu"  # red < 0 < blue, as in TransformerLens's tutorials
 UNITS = "logit contribution"  # the colour-bar and axis label of every attribution
 FONT = {"title": 10, "subtitle": 8.5, "label": 9, "cell": 8}  # matplotlib points: readable in print at 100% size
+MAX_WIDTH = 7.2  # inches: the widest matplotlib figure (a two-column page's text width; documented in viz)
+MAX_HEIGHT = 9.0  # inches: the tallest grid (a layer-by-head map of a big model would outgrow a page)
 OTHER_NAMES = {"bias": "biases", "pos_embed": "position embeddings", "embed": "token embeddings", "rest": "the rest"}
 """Plain names of the components that are not tokens or heads (titles, legends, the explorer)."""
 STATIC_SUFFIXES = (".png", ".svg", ".pdf")
@@ -56,6 +58,13 @@ def resolve_backend(backend: str | None, *, fallback_hint: str = "") -> str:
             + (f" {fallback_hint}" if fallback_hint else "")
         )
     raise DePassError(f"backend={backend!r} is not installed; run `{INSTALL_HINT}` (or `pip install {backend}`).")
+
+
+def static_figure(width: float, height: float) -> Any:
+    """A matplotlib figure (constrained layout) ``width`` inches wide, capped at :data:`MAX_WIDTH`."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(min(MAX_WIDTH, width), height), layout="constrained")
 
 
 # ------------------------------------------------------------------------------- attributions

@@ -116,6 +116,7 @@ _JS = r"""
   const D = JSON.parse(document.getElementById("depass-data").textContent);
   const DEC = __DECIMALS__;
   const P = D.str_tokens.length, L = D.n_layers, H = D.n_heads;
+  const S = D.structure;  // mlp, norms, final_norm: the notes describe this model, not every model
   const state = { target: D.target, contrast: D.contrast, rule: D.rule, pick: null };
   const $ = (id) => document.getElementById(id);
   const SVG = "http://www.w3.org/2000/svg";
@@ -163,6 +164,9 @@ _JS = r"""
   function show(s) { const t = s.trim(); return t.length ? t : JSON.stringify(s); }
   function quoted(s) { return "\u201c" + show(s) + "\u201d"; }
   function cand(i) { return D.candidates[i]; }
+  function listing(words) {  // ["a", "b", "c"] -> "a, b and c"
+    return words.length < 2 ? words.join("") : words.slice(0, -1).join(", ") + " and " + words[words.length - 1];
+  }
   function R() { return D.by_rule[state.rule]; }
   function quantity() {
     const t = "logit(" + quoted(cand(state.target).text) + ")";
@@ -190,6 +194,7 @@ _JS = r"""
       render();
     });
     c.addEventListener("change", () => { state.contrast = c.value === "" ? null : Number(c.value); render(); });
+    $("rule-buttons").parentElement.hidden = !S.mlp;  // without MLPs every rule gives the same numbers
     $("rule-buttons").replaceChildren(...D.rules.map((r) => {
       const b = el("button", { type: "button", "data-rule": r, text: r });
       b.addEventListener("click", () => { state.rule = r; render(); });
@@ -292,16 +297,19 @@ _JS = r"""
     $("details-title").textContent = "Token " + quoted(D.str_tokens[p]) + " (position " + p + ") through the layers";
     $("details-note").textContent = "Its share of the residual stream at the predicting position, read along the"
       + " answer direction (the unembedding of the answer minus that of the compared token), after each layer's"
-      + " attention and MLP. These are residual-stream units, not logits: the final layer norm turns the last"
-      + " value into the token's logit contribution. The dashed line is the whole stream.";
+      + (S.mlp ? " attention and MLP." : " attention (the model has no MLPs).")
+      + (S.final_norm ? " These are residual-stream units, not logits: the final norm turns the last value into"
+        + " the token's logit contribution." : " The model has no final norm, so these are already logits: the"
+        + " last value is the token's logit contribution.")
+      + " The dashed line is the whole stream.";
     lineChart($("details-chart"), D.hook_labels, [
       { name: show(D.str_tokens[p]), values: proj, color: "#0969da" },
       { name: "whole stream", values: total, color: "#59636e", dash: true }],
       "residual stream after", "projection on the answer direction");
     const rows = proj.map((x, j) => row("hook-" + j, [[D.hook_labels[j], "text"], [fmt(x, DEC.detail), "value"],
       [j === 0 ? "" : fmt(x - proj[j - 1], DEC.detail), "change"], [fmt(total[j], DEC.detail), "whole"]]));
-    rows.push(row("logit", [["logit contribution (after the final norm)", "text"], [fmt(logit, DEC.detail), "value"],
-      ["", ""], [fmt(clean(), DEC.detail), "whole"]], "total"));
+    rows.push(row("logit", [["logit contribution" + (S.final_norm ? " (after the final norm)" : ""), "text"],
+      [fmt(logit, DEC.detail), "value"], ["", ""], [fmt(clean(), DEC.detail), "whole"]], "total"));
     table([["residual stream after", true], ["this token"], ["change"], ["whole stream"]], rows);
   }
   function headDetails(l, h) {
@@ -312,7 +320,8 @@ _JS = r"""
       + " position (attention weight \u00d7 the value there), followed through every later layer to " + quantity()
       + ". The last row is what it writes at the earlier positions, which reaches the answer only through later"
       + " layers' attention."
-      + ((D.linear_rules || ["ratio"]).includes(state.rule)
+      + (!S.mlp ? " The model has no MLPs, so the parts add up exactly to the head's value in the grid."
+        : (D.linear_rules || ["ratio"]).includes(state.rule)
         ? " With the " + state.rule + " rule the parts add up exactly to the head's value in the grid."
         : " With the " + state.rule + " rule each MLP's activation is shared among the parts present, so their"
           + " sum can differ from the head's value in the grid; the ratio rule makes them add up exactly.");
@@ -409,10 +418,12 @@ _JS = r"""
       max: "max: each neuron's activation goes to the part with the largest input to it",
       taylor: "taylor: each neuron's activation is split in proportion to the parts' inputs to it (to its gate in"
         + " a gated MLP), as the official DePass code's taylor (linear: parts add up exactly)" };
-    $("footer").textContent = "Every number is exact: the contributions add up to the model's own output."
-      + " Attention patterns, layer-norm scales and MLP activations are frozen at this run's values and each part"
-      + " of the stream is carried through the model on its own (a decomposed forward pass). MLP rule "
-      + (rule[state.rule] || state.rule) + ".";
+    const frozen = ["Attention patterns"].concat(S.norms ? ["norm scales"] : [], S.mlp ? ["MLP activations"] : []);
+    $("footer").textContent = "Every number is exact: the contributions add up to the model's own output. "
+      + listing(frozen) + " are frozen at this run's values and each part of the stream is carried through the"
+      + " model on its own (a decomposed forward pass). "
+      + (S.mlp ? "MLP rule " + (rule[state.rule] || state.rule) + "."
+        : "The model has no MLPs, so every MLP rule gives the same numbers.");
   }
   function render() {
     syncControls(); header(); tokens(); heads(); details(); footer();

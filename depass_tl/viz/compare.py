@@ -11,6 +11,7 @@ This module reads a comparison through :class:`ComparisonLike` and never imports
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -18,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 from torch import Tensor
 
 from depass_tl.errors import DePassError
-from depass_tl.viz._backend import COLORSCALE, resolve_backend
+from depass_tl.viz._backend import COLORSCALE, FONT, MAX_HEIGHT, resolve_backend, static_figure
 
 __all__ = ["PANELS", "ComparisonLike", "HeatmapPanels", "heatmap_panels", "plot_comparison", "side_by_side"]
 
@@ -53,6 +54,11 @@ LAYOUT_TITLES: dict[str, str] = {
     "attn_head_out_all_pos": "each head's output at every position",
 }
 """Layout -> what its cells are, in words (figure titles)."""
+
+# matplotlib: panels side by side in rows of two (more would squeeze the labels into MAX_WIDTH inches)
+_PANELS_PER_ROW = 2
+_LABEL_PITCH = 1.4 * FONT["cell"] / 72  # inches per tick label
+_MARGIN = (1.6, 1.5)  # inches a figure spends beside (y labels, colour bar) and below (titles, x labels) its panels
 
 
 @dataclass(frozen=True)
@@ -156,7 +162,10 @@ def plot_comparison(
         backend: ``"plotly"``, ``"matplotlib"`` or None (plotly if installed, else matplotlib).
 
     Returns:
-        A ``plotly.graph_objects.Figure`` or a ``matplotlib.figure.Figure`` (show it in a notebook).
+        A ``plotly.graph_objects.Figure`` or a ``matplotlib.figure.Figure`` (show it in a notebook). A
+        matplotlib figure is at most 7.2 in wide like every static plot of :mod:`depass_tl.viz`: more
+        than two panels wrap onto a second row, and rows or columns too many to label each are
+        labelled every k-th.
 
     Raises:
         DePassError: the plotting library is missing (the message names the ``pip install``), or a
@@ -199,23 +208,37 @@ def _plotly(data: HeatmapPanels) -> Any:
     return fig
 
 
-def _matplotlib(data: HeatmapPanels) -> Any:
-    from matplotlib.figure import Figure
+def _tick_step(n_labels: int, inches: float) -> int:
+    """Label every k-th row or column so that labels of ``FONT["cell"]`` points do not overlap in ``inches``."""
+    return max(1, math.ceil(n_labels * _LABEL_PITCH / max(inches, _LABEL_PITCH)))
 
+
+def _matplotlib(data: HeatmapPanels) -> Any:
     n = len(data.z)
     rows, cols = data.z[0].shape
-    fig = Figure(figsize=(max(4.0, 0.35 * cols + 1.5) * n, max(2.5, 0.3 * rows + 1.2)), layout="constrained")
-    axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
+    across = min(n, _PANELS_PER_ROW)
+    down = math.ceil(n / across)
+    fig = static_figure(max(4.0, 0.35 * cols + 1.5) * across, min(MAX_HEIGHT, down * max(3.0, 0.3 * rows + 1.5)))
+    width, height = fig.get_size_inches()
+    x_step = _tick_step(cols, (width - _MARGIN[0]) / across)
+    y_step = _tick_step(rows, height / down - _MARGIN[1])
+    grid = fig.subplots(down, across, sharey=True, squeeze=False).ravel()
+    axes = list(grid[:n])
+    for spare in grid[n:]:  # an odd number of panels leaves the last row's second slot empty
+        spare.remove()
     image = None
     for ax, z, title in zip(axes, data.z, data.titles):
         image = ax.imshow(z.numpy(), cmap=COLORSCALE, vmin=-data.zmax, vmax=data.zmax, aspect="auto")
-        ax.set_title(title, fontsize=9)
-        ax.set_xticks(range(cols), list(data.x_labels), rotation=90)
-        ax.set_xlabel(data.x_title)
-    axes[0].set_yticks(range(rows), list(data.y_labels))
-    axes[0].set_ylabel(data.y_title)
-    fig.colorbar(image, ax=list(axes), label=data.units)
-    fig.suptitle(data.title, fontsize=10)
+        ax.set_title(title, fontsize=FONT["label"])
+        ax.set_xticks(range(0, cols, x_step), list(data.x_labels[::x_step]), rotation=90, fontsize=FONT["cell"])
+        ax.set_yticks(range(0, rows, y_step), list(data.y_labels[::y_step]), fontsize=FONT["cell"])
+        ax.set_xlabel(data.x_title, fontsize=FONT["label"])
+    for ax in axes[::across]:
+        ax.set_ylabel(data.y_title, fontsize=FONT["label"])
+    bar = fig.colorbar(image, ax=axes)
+    bar.set_label(data.units, fontsize=FONT["label"])
+    bar.ax.tick_params(labelsize=FONT["cell"])
+    fig.suptitle(data.title, fontsize=FONT["title"], wrap=True)
     return fig
 
 

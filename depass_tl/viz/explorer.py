@@ -84,11 +84,15 @@ class ExplorerCaches:
         attention: ``[batch, n_layers, n_heads, pos]``: each head's attention from each prompt's last
             real position (the captured pattern).
         temperature: the ``softmax`` rule's temperature.
+        structure: what the page's words depend on: ``mlp`` (the model has MLPs; without them every
+            rule gives the same numbers), ``norms`` (it has norm layers, whose scales are frozen) and
+            ``final_norm`` (a norm before the unembedding).
     """
 
     rules: Mapping[str, RuleCaches]
     attention: Tensor = field(repr=False)
     temperature: float
+    structure: Mapping[str, bool]
 
 
 def explorer_hooks(n_layers: int) -> set[str]:
@@ -157,7 +161,16 @@ def explorer_caches(
     attention = torch.stack(
         [run.acts[f"blocks.{l}.attn.hook_pattern"][rows, :, last, : run.n_pos] for l in range(n_layers)], dim=1
     )
-    return ExplorerCaches(rules=out, attention=attention.detach().double().cpu(), temperature=float(temperature))
+    return ExplorerCaches(rules=out, attention=attention.detach().double().cpu(), temperature=float(temperature),
+                          structure=_structure(run.view))
+
+
+def _structure(view: Any) -> dict[str, bool]:
+    """:attr:`ExplorerCaches.structure` of a model view."""
+    norms = [view.ln_final] + [n for b in view.blocks for n in (b.ln1, b.ln2, b.ln1_post, b.ln2_post,
+                                                                getattr(b.mlp, "ln", None)) if n is not None]
+    return {"mlp": not view.attn_only, "norms": any(n.kind != "none" for n in norms),
+            "final_norm": view.ln_final.kind != "none"}
 
 
 # ------------------------------------------------------------------------------------- the data
@@ -260,6 +273,8 @@ def explorer_data(
       ``rest`` + ``bias``.
 
     Every value is rounded to 6 decimals; ``null`` marks a position without a token component.
+    ``structure`` is :attr:`ExplorerCaches.structure`: the page words its notes by it (no MLPs, no
+    final norm).
 
     Args:
         caches: from :func:`explorer_caches`.
@@ -344,6 +359,7 @@ def explorer_data(
         "linear_rules": [r for r in rules if get_rule(r).linear],
         "rule": rule,
         "temperature": caches.temperature,
+        "structure": dict(caches.structure),
         "clean_proj": _rows(directions @ clean_proj),
         "attention": _rows(caches.attention[b]),
         "by_rule": by_rule,
@@ -355,7 +371,7 @@ def explorer_html(data: Mapping[str, Any], *, title: str | None = None) -> str:
     """The page as one HTML string (inline CSS, JavaScript and data; it loads nothing)."""
     from depass_tl.viz._explorer_page import render
 
-    if not isinstance(data, Mapping) or data.get("format") != "depass_tl explorer 1":
+    if not isinstance(data, Mapping) or data.get("format") != "depass_tl explorer 1" or "structure" not in data:
         raise DePassError("explorer_html() takes the dict returned by explorer_data().")
     return render(data, title=title)
 

@@ -30,8 +30,8 @@ from torch import Tensor
 from depass_tl.cache import DePassCache
 from depass_tl.errors import DePassError
 from depass_tl.viz._backend import (
-    FONT, OTHER_NAMES, UNITS, attrs_from, check_batch, describe_target, resolve_backend, resolve_pos, str_tokens_of,
-    token_text,
+    FONT, MAX_WIDTH, OTHER_NAMES, UNITS, attrs_from, check_batch, describe_target, resolve_backend, resolve_pos,
+    static_figure, str_tokens_of, token_text,
 )
 
 __all__ = ["FlowData", "flow", "flow_data", "plain_hook_labels", "residual_hooks"]
@@ -306,9 +306,7 @@ def _plotly(data: FlowData) -> Any:
 
 
 def _matplotlib(data: FlowData) -> Any:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.2, 3.9), layout="constrained")
+    fig = static_figure(MAX_WIDTH, 3.9)
     left, right = fig.subplots(1, 2, width_ratios=[1.7, 1.0])
     x = range(len(data.hooks))
     colors = [f"C{i % 10}" for i in range(len(data.series))]

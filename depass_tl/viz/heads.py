@@ -24,7 +24,8 @@ from torch import Tensor
 from depass_tl.cache import DePassCache
 from depass_tl.errors import DePassError
 from depass_tl.viz._backend import (
-    COLORSCALE, FONT, UNITS, attrs_from, check_batch, describe_target, resolve_backend, symmetric_max,
+    COLORSCALE, FONT, MAX_HEIGHT, UNITS, attrs_from, check_batch, describe_target, resolve_backend, static_figure,
+    symmetric_max,
 )
 
 __all__ = ["HeadGridData", "head_grid", "head_grid_data"]
@@ -186,11 +187,8 @@ def _plotly(data: HeadGridData) -> Any:
 
 
 def _matplotlib(data: HeadGridData) -> Any:
-    from matplotlib.figure import Figure
-
     rows, cols = data.values.shape
-    fig = Figure(figsize=(min(7.2, max(4.2, 0.5 * cols + 2.2)), min(9.0, max(2.8, 0.36 * rows + 1.7))),
-                 layout="constrained")
+    fig = static_figure(max(4.2, 0.5 * cols + 2.2), min(MAX_HEIGHT, max(2.8, 0.36 * rows + 1.7)))
     ax = fig.subplots()
     image = ax.imshow(data.values.numpy(), cmap=COLORSCALE, vmin=-data.zmax, vmax=data.zmax, aspect="auto")
     if rows * cols <= _ANNOTATE_MAX:

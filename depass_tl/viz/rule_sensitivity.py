@@ -15,7 +15,7 @@ from typing import Any
 from torch import Tensor
 
 from depass_tl.errors import DePassError
-from depass_tl.viz._backend import COLORSCALE, FONT, resolve_backend
+from depass_tl.viz._backend import COLORSCALE, FONT, MAX_WIDTH, resolve_backend, static_figure
 
 __all__ = ["RuleSensitivityData", "rule_sensitivity_data", "rule_sensitivity_plot"]
 
@@ -107,10 +107,8 @@ def _plotly(data: RuleSensitivityData) -> Any:
 
 
 def _matplotlib(data: RuleSensitivityData) -> Any:
-    from matplotlib.figure import Figure
-
     n = len(data.variants)
-    fig = Figure(figsize=(7.2, min(7.0, max(3.2, 0.42 * n + 1.8))), layout="constrained")
+    fig = static_figure(MAX_WIDTH, min(7.0, max(3.2, 0.42 * n + 1.8)))
     axes = fig.subplots(1, 2)
     panels = ((data.spearman, "Spearman correlation", COLORSCALE, -1.0), (data.overlap, f"top-{data.k} overlap",
                                                                           "Blues", 0.0))

@@ -22,7 +22,7 @@ from depass_tl.cache import DePassCache
 from depass_tl.errors import DePassError
 from depass_tl.viz._backend import (
     COLORSCALE, FONT, OTHER_NAMES, UNITS, attrs_from, check_batch, describe_target, resolve_backend, resolve_pos,
-    str_tokens_of, symmetric_max, token_text,
+    static_figure, str_tokens_of, symmetric_max, token_text,
 )
 
 __all__ = ["TokenHeatmapData", "token_heatmap", "token_heatmap_data"]
@@ -205,11 +205,9 @@ def _plotly(data: TokenHeatmapData, wrap: int) -> Any:
 
 
 def _matplotlib(data: TokenHeatmapData, wrap: int) -> Any:
-    from matplotlib.figure import Figure
-
     z, text, _ = _grid(data, wrap)
     grid = torch.tensor([[math.nan if v is None else v for v in row] for row in z]).numpy()
-    fig = Figure(figsize=(min(7.2, 0.58 * wrap + 1.3), 0.62 * len(z) + 1.1), layout="constrained")
+    fig = static_figure(0.58 * wrap + 1.3, 0.62 * len(z) + 1.1)
     ax = fig.subplots()
     image = ax.imshow(grid, cmap=COLORSCALE, vmin=-data.zmax, vmax=data.zmax, aspect="auto")
     for r, row in enumerate(text):
