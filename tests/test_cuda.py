@@ -102,9 +102,14 @@ def test_chunked_equals_unchunked(rule: str) -> None:
             assert (got[name] - ref[name]).abs().max() <= 1e-5 * scale, (kw, name)
 
 
-def test_exact_mode_turns_tf32_off_and_restores_it() -> None:
+def test_exact_mode_turns_tf32_off_and_restores_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """With TF32 enabled globally, precision="exact" computes with IEEE float32 matmuls (the rule sees the
     flag off during the call) and gives the numbers of a run with TF32 off; the global setting survives."""
+    if DEVICE == "cpu":  # the CPU smoke run: where nothing reads the setting it is left alone, so act as on CUDA
+        from depass_tl import api, precision
+
+        monkeypatch.setattr(precision, "_take_turns", lambda: True)
+        monkeypatch.setattr(api, "all_on_cpu", lambda tensors: False)
     seen: list[str] = []
 
     class Spy(Ratio):
