@@ -95,8 +95,9 @@ def check_residual_identity(acts: dict[str, Tensor], view: ModelView, edited: It
 def check_mlp_inputs(acts: dict[str, Tensor], view: ModelView, edited: Iterable[str] = ()) -> None:
     """Each MLP's captured pre-activations must be its keys of the clean stream (see the module docstring).
 
-    Compared elementwise against ``|ln2(x)| @ |W| + |b|``, the size a rounding error of the product can
-    reach (a dot product may cancel far below it); mixture-of-experts blocks are not checked."""
+    Compared elementwise against ``‖ln2(x)‖ ‖W_:j‖ + |b_j|``, at least the size a rounding error of the
+    product can reach (``Σ_k |x_k| |W_kj|``; a dot product may cancel far below it); mixture-of-experts
+    blocks are not checked."""
     edited = set(edited)
     found: list[tuple[int, str]] = []
     ratios: list[Tensor] = []
@@ -118,7 +119,9 @@ def check_mlp_inputs(acts: dict[str, Tensor], view: ModelView, edited: Iterable[
             if ref is None or W is None:
                 continue
             W = W.to(device=x.device, dtype=wide)
-            got, size = x @ W, x.abs() @ W.abs()
+            # the size a rounding error of x_k W_kj can reach, Σ_k |x_k| |W_kj|, bounded by ‖x‖ ‖W_:j‖ (one
+            # matrix product instead of two)
+            got, size = x @ W, x.norm(dim=-1, keepdim=True) * W.norm(dim=0)
             if b is not None:
                 got, size = got + b.to(got), size + b.abs().to(got)
             found.append((l, name))
