@@ -171,6 +171,23 @@ def test_subspace_split_parts_are_projections() -> None:
         torch.testing.assert_close(dc["blocks.1.hook_resid_pre"][i], (h @ V[:, i])[..., None] * V[:, i])
 
 
+def test_a_full_basis_of_float32_precision_splits_a_float64_model_exactly() -> None:
+    """A full basis is valid to max |VᵀV − I| <= 1e-4: split=True used the projections h·v_i, which sum to
+    h V Vᵀ, not h (a float32 QR basis: 3e-8 off, refused by the float64 guard). The coordinates are now
+    V⁻¹h, so the parts sum to h; they are the projections up to the basis's own error."""
+    model = make_model("gpt2")
+    toks = random_tokens(model)
+    hook = "blocks.1.hook_resid_pre"
+    V = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)).Q.float()
+    assert float((V.double().T @ V.double() - torch.eye(16, dtype=torch.float64)).abs().max()) > 1e-9
+    _, dc = depass_tl.run_with_depass(model, toks, components=depass_tl.subspace(hook, V, split=True))
+    assert dc.completeness.worst[1] <= 1e-9
+    h = model.run_with_cache(toks)[1][hook]
+    for i in range(16):
+        projection = (h @ V[:, i].double())[..., None] * V[:, i].double()
+        torch.testing.assert_close(dc[hook][i], projection, rtol=0, atol=1e-6)
+
+
 def test_subspace_basis_is_validated() -> None:
     with pytest.raises(DePassError, match="not orthonormal"):
         depass_tl.subspace("blocks.0.hook_resid_pre", torch.ones(16, 2))

@@ -39,7 +39,11 @@ class SubspaceSpec(ComponentSpec):
         V = self.basis.to(device=h.device, dtype=dtype)
         if V.shape[0] != h.shape[-1]:
             raise DePassError(f"subspace basis has {V.shape[0]} rows but {self.hook!r} has d_model={h.shape[-1]}.")
-        coeffs = h @ V  # [batch, pos, k]
+        full = V.shape[1] == V.shape[0]
+        if full and self.split:  # h = V c exactly (V V^T = I only to the basis's tolerance): the parts sum to h
+            coeffs = torch.linalg.solve(V, h.reshape(-1, h.shape[-1]).T).T.reshape(h.shape)
+        else:
+            coeffs = h @ V  # [batch, pos, k]
         if self.split:
             parts = coeffs.permute(2, 0, 1)[..., None] * V.T[:, None, None, :]  # [k, batch, pos, d_model]
             default = [f"subspace.{i}" for i in range(V.shape[1])]
@@ -49,7 +53,7 @@ class SubspaceSpec(ComponentSpec):
         labels = list(self.labels) if self.labels is not None else default + ["complement"]
         if len(labels) != parts.shape[0] + 1:
             raise DePassError(f"subspace(): expected {parts.shape[0] + 1} labels (parts + complement), got {len(labels)}.")
-        if V.shape[1] == V.shape[0]:
+        if full:
             # a full basis spans everything: the complement is exactly zero (not rounding noise, which
             # the softmax / max rules would otherwise treat as an active component)
             if not self.split:
