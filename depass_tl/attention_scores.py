@@ -66,6 +66,7 @@ from depass_tl.backends import read_model_view
 from depass_tl.backends.bridge import is_bridge, optional_tensor
 from depass_tl.cache import DePassCache
 from depass_tl.errors import CompletenessError, DePassError, HookNotFoundError
+from depass_tl.positions import per_prompt_positions
 from depass_tl.replay.norm import apply_norm
 
 __all__ = ["ScoreAttribution", "attention_score_attrs"]
@@ -140,27 +141,6 @@ def _refuse_nonlinear(cfg: Any, model: Any) -> None:
                 f"attention_score_attrs cannot split the scores of a model with {what}: the score is not "
                 "linear in the layer input there. Attribute the logits (run_with_depass) instead."
             )
-
-
-def _positions(pos: int | Tensor, n_pos: int, last: Tensor, what: str) -> Tensor:
-    """One position per prompt (on the CPU); negative values count back from each prompt's last real token."""
-    batch = last.shape[0]
-    if isinstance(pos, Tensor) and not pos.is_floating_point():
-        out = pos.detach().cpu().to(torch.long).reshape(-1)
-        out = out.expand(batch).clone() if out.numel() == 1 else out
-    elif isinstance(pos, int) and not isinstance(pos, bool):
-        out = torch.full((batch,), pos, dtype=torch.long)
-    else:
-        raise DePassError(f"{what} must be an int or a [batch] integer tensor of positions; got {pos!r}")
-    if out.shape != (batch,):
-        raise DePassError(f"{what} must give one position per prompt (batch {batch}); got shape {tuple(out.shape)}")
-    out = torch.where(out < 0, last + 1 + out, out)  # -1 = each prompt's last real token
-    if bool((out < 0).any()) or bool((out > last).any()):
-        raise DePassError(
-            f"{what} must point at real tokens: positions 0..last real token {last.tolist()} (negative values count "
-            f"back from it); got {out.tolist()}"
-        )
-    return out
 
 
 def _rotary_matrix(attn: Any, pos: int, n_pos: int, dtype: torch.dtype) -> Tensor:
@@ -359,6 +339,13 @@ def _layer_input(dc: DePassCache, layer: int) -> Tensor:
     for name in names:
         if name in dc:
             return dc[name]
+    if dc.group_size != len(dc.labels):  # several groups (heads() / modules() of several layers)
+        raise HookNotFoundError(
+            f"the DePassCache has no decomposition of layer {layer}'s input ({' or '.join(names)}): it holds "
+            f"{len(dc.labels) // dc.group_size} groups of components, and a cache of several groups stores only the "
+            f"hooks after the last group's start ({dc.start_hook}). Use one group that starts before layer {layer}"
+            + (f" (e.g. depass_tl.heads({layer - 1}))" if layer > 0 else " (e.g. depass_tl.tokens())") + "."
+        )
     raise HookNotFoundError(
         f"the DePassCache has no decomposition of layer {layer}'s input ({' or '.join(names)}). Start the "
         "components before that layer ("
@@ -421,8 +408,8 @@ def attention_score_attrs(
     x_all = _layer_input(dc, layer)  # [component, batch, pos, d_model]
     n_comp, batch, n_pos, _ = x_all.shape
     last = dc.last_positions.detach().cpu().to(torch.long)
-    q_pos = _positions(query_pos, n_pos, last, "query_pos")
-    k_pos = _positions(key_pos, n_pos, last, "key_pos")
+    q_pos = per_prompt_positions(query_pos, last, n_pos, "query_pos", real_only=True)
+    k_pos = per_prompt_positions(key_pos, last, n_pos, "key_pos", real_only=True)
     if getattr(cfg, "attention_dir", "causal") == "causal" and bool((k_pos > q_pos).any()):
         raise DePassError(f"key_pos {k_pos.tolist()} is after query_pos {q_pos.tolist()}: causal attention never "
                           "looks ahead, so that score is masked.")

@@ -18,6 +18,7 @@ from depass_tl._checks import check_device
 from depass_tl.decomposition import Decomposition
 from depass_tl.errors import DePassError, DePassTypeError, DePassValueError, HookNotFoundError
 from depass_tl.guard import Completeness
+from depass_tl.positions import per_prompt_positions
 from depass_tl.tokenization import AnswerTokens, answer_ids
 
 __all__ = ["DePassCache"]
@@ -106,14 +107,10 @@ class DePassCache(Decomposition):
         return {"logits": (self._logits_last(), self.clean_last_logits)}
 
     def _final_at(self, pos: int) -> Tensor:
-        """``unembed.hook_in`` at ``pos`` per prompt (``-1``: each prompt's last real token): ``[C, B, d]``."""
+        """``unembed.hook_in`` at ``pos`` per prompt (negative: counted back from each prompt's last real token,
+        :mod:`depass_tl.positions`): ``[C, B, d]``."""
         final = self._acts["unembed.hook_in"]
-        P = final.shape[2]
-        if not -P <= pos < P:
-            raise DePassValueError(f"pos {pos} is out of range for {P} positions.")
-        if pos != -1:
-            return final[:, :, pos]
-        idx = self.last_positions.to(final.device)
+        idx = per_prompt_positions(pos, self.last_positions.to(final.device), final.shape[2], "pos")
         return final[:, torch.arange(final.shape[1], device=final.device), idx]
 
     def _logits_last(self) -> Tensor:

@@ -33,6 +33,7 @@ from depass_tl.errors import DePassError, DePassTypeError, DePassValueError
 from depass_tl.foreign_hooks import check_edits
 from depass_tl.guard import check_values, tolerance
 from depass_tl.memory import parse_memory
+from depass_tl.positions import per_prompt_positions
 from depass_tl.replay.engine import replay_components
 from depass_tl.replay.reverse import forward_cost, project, reverse_token_values, reverse_values
 from depass_tl.replay.rules import DEFAULT_TEMPERATURE, MLPRule, RuleLike, get_rule, iter_rules
@@ -141,13 +142,8 @@ class _Resolved:
 def _resolve(
     run: FrozenRun, target: ScalarTarget, dtype: torch.dtype, to_single_token: Callable[[str], int] | None
 ) -> _Resolved:
-    B, P = run.batch, run.n_pos
-    if target.pos == -1:
-        pos = run.last_real_positions
-    elif -P <= target.pos < P:
-        pos = torch.full((B,), target.pos % P, dtype=torch.long, device=run.tokens.device)
-    else:
-        raise DePassValueError(f"pos {target.pos} is out of range for {P} positions.")
+    B = run.batch
+    pos = per_prompt_positions(target.pos, run.last_real_positions, run.n_pos, "pos")  # negative: back from the last real token
     view = run.view
     if target.direction is not None:
         d = target.direction.to(dtype)

@@ -292,3 +292,17 @@ def test_half_precision_models_pass_the_check(dtype: torch.dtype) -> None:
     half, full = results
     scale = float(full.values.abs().max())
     assert float((half.values.double() - full.values).abs().max()) < 0.1 * scale
+
+
+def test_a_cache_of_several_groups_says_why_it_lacks_a_layers_input() -> None:
+    """heads() of every layer replays one group per layer and stores only the hooks after the last group's
+    start: the error says so (it advised starting before the layer, which these groups already do)."""
+    from tests.models import make_model, random_tokens
+
+    model = make_model("gpt2", n_layers=3)
+    toks = random_tokens(model)
+    _, cache = model.run_with_cache(toks)
+    _, dc = depass_tl.run_with_depass(model, toks, components=depass_tl.heads())
+    with pytest.raises(HookNotFoundError, match=r"holds 3 groups .* after the last group's start "
+                                                r"\(blocks\.2\.hook_resid_mid\)\. Use one group .*heads\(0\)"):
+        attention_score_attrs(model, dc, cache, 1, key_pos=0)

@@ -138,3 +138,27 @@ def test_bad_masks(mask: torch.Tensor, match: str) -> None:
 def test_bad_padding_side() -> None:
     with pytest.raises(DePassError, match="padding_side must be 'left' or 'right'"):
         capture(_model("right"), PROMPTS, padding_side="middle")
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_negative_positions_count_back_from_each_prompts_last_real_token(side: str) -> None:
+    """pos=-2 in a padded batch is each prompt's second-to-last real token, as when the prompt runs alone (right
+    padding put a pad column there: every token component 0, the whole logit in bias), for logit_attrs, the
+    reverse mode's logit_target; a position before the first column is refused."""
+    from depass_tl.reverse import attribute, logit_target
+
+    model = _model(side)
+    answer = model.to_single_token(" drink")
+    _, dc = depass_tl.run_with_depass(model, PROMPTS, mlp_rule="ratio")
+    back = attribute(model, PROMPTS, target=logit_target(" drink", pos=-2)).values
+    for b, prompt in enumerate(PROMPTS):
+        _, alone = depass_tl.run_with_depass(model, prompt, mlp_rule="ratio")
+        n = len(alone.labels) - 1  # the prompt's tokens
+        want = alone.logit_attrs(answer, pos=-2)[:, 0]
+        got = dc.logit_attrs(answer, pos=-2)[:, b]
+        tok = [dc.labels.index(f"tok{p}") for p in range(dc.tokens.shape[1])]
+        real = [t for t, m in zip(tok, (dc.tokens[b] != model.tokenizer.pad_token_id).tolist()) if m]
+        torch.testing.assert_close(got[real[:n]], want[:n], rtol=0, atol=1e-10)
+        torch.testing.assert_close(back[:, b].sum(), want.sum(), rtol=0, atol=1e-10)
+    with pytest.raises(DePassError, match=r"pos -10 is out of range for 9 positions: columns 0 \.\. 8"):
+        dc.logit_attrs(answer, pos=-10)

@@ -23,6 +23,7 @@ from depass_tl.components.base import (
 from depass_tl.components.custom_spec import check_complete
 from depass_tl.errors import DePassError
 from depass_tl.model_view import NormView
+from depass_tl.positions import per_prompt_positions
 from depass_tl.replay.state import Group, InitialState
 from depass_tl.replay.norm import apply_norm
 
@@ -203,11 +204,9 @@ class NeuronSpec(ComponentSpec):
             return list(self.idx)
         assert self.top_k is not None
         post = run.get(f"blocks.{l}.mlp.hook_post")  # [batch, pos, d_mlp]
-        # size of each neuron's write at `pos` (-1: each prompt's last real token), summed over the batch
-        if self.pos == -1:
-            at = post[torch.arange(post.shape[0], device=post.device), run.last_real_positions.to(post.device)]
-        else:
-            at = post[:, self.pos]
+        # size of each neuron's write at `pos` (negative: back from each prompt's last real token), summed over the batch
+        at = post[torch.arange(post.shape[0], device=post.device),
+                  per_prompt_positions(self.pos, run.last_real_positions.to(post.device), run.n_pos, "neurons(): pos")]
         score = at.abs().sum(0) * W_out.norm(dim=-1)
         return sorted(torch.topk(score, min(self.top_k, d_mlp)).indices.tolist())
 
@@ -222,8 +221,6 @@ class NeuronSpec(ComponentSpec):
             if not hasattr(mlp, "W_out"):
                 raise DePassError(f"neurons(): layer {l} is a mixture of experts; its neurons belong to experts. "
                                   "Use modules() or tokens() on this model.")
-            if not -run.n_pos <= self.pos < run.n_pos:
-                raise DePassError(f"neurons(): pos {self.pos} is out of range for {run.n_pos} positions.")
             W_out = mlp.W_out.to(dtype)
             chosen = self._neurons(run, l, W_out.shape[0], W_out)
             post = run.get(p + "mlp.hook_post").to(dtype)
@@ -254,8 +251,8 @@ def neurons(
     """Chosen MLP neurons of ``layer`` as components: ``L{l}N{n}`` = ``post_n · W_out[n]``.
 
     Give either ``idx`` (neuron indices) or ``top_k`` (the k neurons with the largest write
-    ``|post_n| · ‖W_out[n]‖`` at position ``pos``, summed over the batch; ``pos=-1``: each prompt's last
-    real token in a padded batch). The rest of the MLP output
+    ``|post_n| · ‖W_out[n]‖`` at position ``pos``, summed over the batch; negative positions count back from
+    each prompt's last real token in a padded batch, :mod:`depass_tl.positions`). The rest of the MLP output
     is ``L{l}.mlp_rest``, the residual before the MLP is ``rest``, and ``b_out`` starts in ``bias``;
     the replay starts at ``blocks.{l}.hook_resid_post``.
 
