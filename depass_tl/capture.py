@@ -265,8 +265,9 @@ def capture(
     _unflatten_positions(acts, tokens.shape)
     check_finite(logits, acts, sorted(acts, key=_forward_order), model)
     _place_on_block_devices(acts, view)
-    check_residual_identity(acts, view, edited)
-    check_mlp_inputs(acts, view, edited)
+    every_name = {alias for name in edited for alias in foreign[name][1]}  # a Bridge's hook points have several
+    check_residual_identity(acts, view, every_name)
+    check_mlp_inputs(acts, view, every_name)
     with torch.no_grad():
         _frozen_coefficients(acts, view, model, tokens)
     if "unembed.hook_in" not in acts:  # TL 2.x has no unembed hooks: rebuild from the frozen final scale

@@ -10,7 +10,8 @@ between two hook points, or a model class whose hooks mean something else).
 
 A layer where the user's TransformerLens hooks edited one of the hooks involved is skipped: the edit
 explains the gap, and whether a replay can follow it is decided per replay
-(:func:`depass_tl.foreign_hooks.check_edits`). Both checks compare in float32 (float64 for float64
+(:func:`depass_tl.foreign_hooks.check_edits`). ``edited`` holds every name of an edited hook point (a
+TransformerBridge registers some under several). Both checks compare in float32 (float64 for float64
 models) and allow a few roundings of the model's dtype; each synchronises with the device once.
 """
 
@@ -27,8 +28,6 @@ from depass_tl.model_view import MLPView, ModelView, NormView
 __all__ = ["check_residual_identity", "check_mlp_inputs", "apply_norm_clean"]
 
 _IDENTITY_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
-_MLP_INPUT_HOOKS = ("hook_resid_pre", "hook_resid_mid", "ln2.hook_scale", "ln2.hook_normalized", "hook_mlp_in",
-                    "mlp.hook_pre", "mlp.hook_pre_linear")
 _HOOK_HINT = (
     "Either a PyTorch hook on one of the model's modules (module.register_forward_hook) changes an output after "
     "TransformerLens's hook point saw it (remove it, or make the edit at a TransformerLens hook point, where "
@@ -92,6 +91,17 @@ def check_residual_identity(acts: dict[str, Tensor], view: ModelView, edited: It
             )
 
 
+def _edits_mlp_input(name: str, p: str) -> bool:
+    """Whether an edit of hook ``name`` lies between block ``p``'s stream and its MLP's pre-activations: its
+    norm (``ln2.*``; on a Bridge also ``ln2.hook_out``), ``hook_mlp_in``, and the MLP's own hooks up to the
+    activation (a Bridge's ``mlp.hook_in``, ``mlp.in.*``, ``mlp.gate.*``; ``mlp.hook_pre``). The stream
+    hooks themselves (``hook_resid_pre`` / ``hook_resid_mid``) are not: the check reads their edited value."""
+    if name.startswith(p + "ln2.") or name == p + "hook_mlp_in":
+        return True
+    return name.startswith(p + "mlp.") and name not in (p + "mlp.hook_post", p + "mlp.hook_out") \
+        and not name.startswith(p + "mlp.out.")
+
+
 def check_mlp_inputs(acts: dict[str, Tensor], view: ModelView, edited: Iterable[str] = ()) -> None:
     """Each MLP's captured pre-activations must be its keys of the clean stream (see the module docstring).
 
@@ -103,7 +113,7 @@ def check_mlp_inputs(acts: dict[str, Tensor], view: ModelView, edited: Iterable[
     ratios: list[Tensor] = []
     for l, block in enumerate(view.blocks):
         mlp, p = block.mlp, f"blocks.{l}."
-        if not isinstance(mlp, MLPView) or any(p + h in edited for h in _MLP_INPUT_HOOKS):
+        if not isinstance(mlp, MLPView) or any(_edits_mlp_input(name, p) for name in edited):
             continue
         x = acts[p + ("hook_resid_pre" if block.parallel else "hook_resid_mid")]
         wide = _wide(x)

@@ -186,7 +186,8 @@ def tokens_and_mask(
         mask = None if attention_mask is None else _check_mask(attention_mask, tokens)
     d_vocab = model.cfg.d_vocab
     if int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab:
-        unknown = _unknown_word(model, prompts) if is_text else None
+        unk = getattr(getattr(model, "tokenizer", None), "unk_token_id", None)
+        unknown = _unknown_word(model, prompts) if is_text and unk is not None and not 0 <= unk < d_vocab else None
         if unknown is not None:  # a tokenizer whose unknown token lies outside the model's vocabulary (the toys')
             raise DePassValueError(
                 f"{unknown} is not in the tokenizer's vocabulary (it would become the unknown token "

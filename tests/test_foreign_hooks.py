@@ -213,6 +213,35 @@ def test_a_pytorch_hook_on_what_the_mlp_reads_is_refused(kind: str, mlp: str, ru
     depass_tl.run_with_depass(model, toks, mlp_rule=rule)  # without it: accepted
 
 
+@pytest.mark.parametrize("kind", CLASSES)
+def test_an_edit_at_the_start_does_not_hide_a_pytorch_hook_on_the_mlp_input(kind: str) -> None:
+    """The key check reads the stream hooks' edited values, so an edit there (followed by the replay) must not
+    switch the check off for its layer (it did: the ln2 module hook below then passed)."""
+    model, toks = model_of(kind, fresh=True)
+    model.blocks[0].ln2.register_forward_hook(lambda module, args, out: out * 1.3)
+    with _attached(model, "blocks.0.hook_resid_pre", fn=lambda x, hook: x + 0.01):
+        with pytest.raises(UnsupportedModelError, match=r"blocks\.0\.mlp\.hook_pre is not what"):
+            depass_tl.run_with_depass(model, toks)
+
+
+@requires_bridge
+@pytest.mark.parametrize("family, hook", [("gpt2", "mlp.hook_in"), ("gpt2", "ln2.hook_out"), ("gpt2", "mlp.in.hook_in"),
+                                          ("llama", "mlp.gate.hook_in"), ("neox", "ln2.hook_in")])
+def test_bridge_hook_points_into_the_mlp_are_edits_not_tampering(family: str, hook: str) -> None:
+    """A Bridge has hook points of its own between the stream and the MLP's pre-activations: their edits are
+    the user's (named by check_edits, followed from a later start), not a hidden module hook; the key check
+    skips their layer (it refused them as 'a PyTorch hook')."""
+    from tests.bridge_models import bridge_tokens, build_bridge
+
+    model, _ = build_bridge(family, fresh=True)
+    toks = bridge_tokens(batch=2, pos=6)
+    with _attached(model, f"blocks.0.{hook}", fn=lambda x, hook: x * 1.5):
+        with pytest.raises(ForeignHookError, match=r"tokens\(start="):
+            depass_tl.run_with_depass(model, toks)
+        gap = _attributed(model, toks, components=depass_tl.tokens(start="blocks.1.hook_resid_pre"))
+        assert float(gap.abs().max()) < 1e-4
+
+
 @pytest.mark.parametrize("name", ["mlp.hook_pre", "mlp.hook_pre_linear"])
 def test_the_mlp_key_check_allows_rounding_and_refuses_more(name: str) -> None:
     """Known answers on a captured gated model: its own pre-activations pass; moved by 1e-6 of the product's
