@@ -12,8 +12,9 @@ of whole rows, and ``_depass_dataset.json`` with the run's settings. Each file i
 temporary name and renamed once complete, so an interrupted run leaves only whole files behind.
 
 **Resuming.** Running again on the same ``out`` skips the prompts whose rows are already there (each
-row records its prompt's index and a hash of the prompt, checked against the prompts given; different
-settings or prompts are refused, never mixed). At most ``rows_per_file`` prompts of work are lost to
+row records its prompt's index and a hash of the prompt with its target and contrast, checked against
+those given; different settings are refused, never mixed: the model's shape and weights (a fingerprint),
+the component spec with its tensors' values, the rule, the dtype, ``prepend_bos`` and ``padding_side``). At most ``rows_per_file`` prompts of work are lost to
 an interruption.
 
 **Several processes.** Under ``torch.distributed`` (started with ``torchrun``; the process group
@@ -26,7 +27,7 @@ of processes.
 Columns (one row per prompt):
 
 * ``index`` (int64): the prompt's position in ``prompts``; ``id`` (string): ``ids[index]`` or the index;
-  ``key`` (string): a hash of the prompt (what resuming checks);
+  ``key`` (string): a hash of the prompt, its target and contrast (what resuming checks);
 * ``prompt`` (string; null for token-id input), ``tokens`` (list of int64: the prompt's own tokens,
   without padding), ``str_tokens`` (list of string; null without a tokenizer);
 * ``target`` / ``contrast`` (int64 token ids; ``contrast`` null without one), ``clean`` (float64: the
@@ -46,7 +47,7 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ from depass_tl.replay.rules import DEFAULT_TEMPERATURE, RuleLike, get_rule
 __all__ = ["DatasetRun", "run_dataset", "read_results", "SETTINGS_FILE"]
 
 SETTINGS_FILE = "_depass_dataset.json"
-FORMAT = "depass_tl.dataset/1"
+FORMAT = "depass_tl.dataset/2"  # 2: row keys hash the target and contrast; settings hold the weights' fingerprint
 _PART = re.compile(r"^part-(\d+)-r(\d+)\.parquet$")
 _TOKEN_LABEL = re.compile(r"^tok(\d+)$")
 
@@ -148,8 +149,27 @@ def _per_prompt(value: Any, n: int, what: str) -> list[Any]:
     return items
 
 
-def _key(prompt: str | list[int]) -> str:
+def _key(prompt: str | list[int], target: Any, contrast: Any) -> str:
+    """A row's identity: its prompt and what is attributed (the target and contrast as given)."""
     text = "s:" + prompt if isinstance(prompt, str) else "t:" + ",".join(map(str, prompt))
+    text += f"|target:{target!r}|contrast:{contrast!r}"
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _fingerprint(tensors: Sequence[Tensor]) -> str:
+    """A hash of tensors' values: each one's float64 sum and sum of absolute values (one host sync per
+    device); two sets of weights that differ almost surely differ here, at the cost of one read of each."""
+    if not tensors:
+        return ""
+    per_device: dict[Any, list[Tensor]] = {}
+    for t in tensors:
+        t = t.detach()
+        if t.is_meta:  # offloaded (an HF device_map): no values here, its shape and dtype count below
+            continue
+        stats = torch.stack([t.sum(dtype=torch.float64), t.abs().sum(dtype=torch.float64)])
+        per_device.setdefault(t.device, []).append(stats)
+    values = [v for group in per_device.values() for v in torch.stack(group).flatten().tolist()]
+    text = ",".join(f"{v:.12e}" for v in values) + "|" + ",".join(f"{tuple(t.shape)}{t.dtype}" for t in tensors)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
@@ -163,14 +183,22 @@ def _token_id(token: Any, to_id: Any, what: str, index: int) -> int:
     return int(to_id(token))
 
 
-def _settings(model: Any, spec: ComponentSpec, rule: Any, dtype: torch.dtype | None, contrast: bool) -> dict[str, Any]:
-    """What the rows' numbers depend on (a resumed run must match it)."""
+def _settings(model: Any, spec: ComponentSpec, rule: Any, dtype: torch.dtype | None, contrast: bool,
+              prepend_bos: bool | None, padding_side: str | None) -> dict[str, Any]:
+    """What the rows' numbers depend on (a resumed run must match it): the model's shape and weights, the
+    component spec with the values of its tensors (a subspace's basis), the rule, the dtype and the
+    tokenisation options."""
     cfg = model.cfg
     shape = {k: getattr(cfg, k, None) for k in ("n_layers", "d_model", "n_heads", "d_mlp", "d_vocab", "n_ctx")}
+    spec_tensors = [getattr(spec, f.name) for f in fields(spec) if isinstance(getattr(spec, f.name), Tensor)] \
+        if is_dataclass(spec) else []
     return {
-        "format": FORMAT, "model": {"class": type(model).__name__, **shape}, "components": repr(spec),
+        "format": FORMAT,
+        "model": {"class": type(model).__name__, **shape, "weights": _fingerprint(list(model.parameters()))},
+        "components": repr(spec) + (f" tensors {_fingerprint(spec_tensors)}" if spec_tensors else ""),
         "mlp_rule": repr(rule), "dtype": None if dtype is None else str(dtype),
         "quantity": "logit difference" if contrast else "logit",
+        "prepend_bos": prepend_bos, "padding_side": padding_side,
     }
 
 
@@ -220,8 +248,9 @@ def _prepare(out: Path, settings: dict[str, Any], keys: list[str], resume: bool)
     wrong = [i for i, k in done.items() if i >= len(keys) or keys[i] != k]
     if wrong:
         raise DePassError(
-            f"{out} holds rows for other prompts (e.g. index {wrong[0]}: not the prompt given at that position); "
-            "resume with the same prompt list (new prompts may be appended), or use a new out folder."
+            f"{out} holds rows for other prompts (e.g. index {wrong[0]}: not the prompt, target and contrast given at "
+            "that position); resume with the same prompts and targets (new prompts may be appended), or use a new "
+            "out folder."
         )
     return set(done)
 
@@ -391,9 +420,10 @@ def run_dataset(
     spec = TokenSpec() if components is None else components
     rule = get_rule(mlp_rule, temperature=temperature)
     to_id = single_token_fn(model)
-    keys = [_key(p) for p in items]
+    keys = [_key(p, t, c) for p, t, c in zip(items, targets_in, contrasts_in)]
     out_dir = Path(out)
-    done = _shared_done(where, out_dir, _settings(model, spec, rule, dtype, contrast is not None), keys, resume)
+    settings = _settings(model, spec, rule, dtype, contrast is not None, prepend_bos, padding_side)
+    done = _shared_done(where, out_dir, settings, keys, resume)
     todo = [i for i in range(n) if i not in done]
     batches = [todo[a : a + batch_size] for a in range(0, len(todo), batch_size)][where.rank :: where.size]
     extra = spec.required_hooks(int(model.cfg.n_layers))

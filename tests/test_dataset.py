@@ -8,6 +8,8 @@ by tests/test_distributed.py (2 gloo processes).
 
 from __future__ import annotations
 
+import copy
+
 import json
 import warnings
 from pathlib import Path
@@ -176,6 +178,33 @@ def test_another_runs_folder_is_refused(model: Any, tmp_path: Path) -> None:
     with pytest.raises(DePassError, match="resume=False"):
         depass_tl.run_dataset(model, prompts, target=7, out=out, resume=False, progress=False)
     assert json.loads((out / ds.SETTINGS_FILE).read_text())["mlp_rule"] == "Softmax(temperature=0.1)"
+
+
+def test_a_resume_with_other_targets_weights_tokenisation_or_basis_is_refused(tmp_path: Path) -> None:
+    """Each of these changes the rows' numbers; they were not recorded, so a resume kept the old rows beside
+    new ones (found by a review): the target (row keys), prepend_bos, a subspace basis, the weights."""
+    model = _text_model("right")
+    out = tmp_path / "t"
+    depass_tl.run_dataset(model, TEXTS[:2], target=" Mary", out=out, progress=False)
+    with pytest.raises(DePassError, match=r"rows for other prompts .*index 0: not the prompt, target and contrast"):
+        depass_tl.run_dataset(model, TEXTS[:3], target=" John", out=out, progress=False)
+    with pytest.raises(DePassError, match=r"different prepend_bos: prepend_bos was None, now False"):
+        depass_tl.run_dataset(model, TEXTS[:3], target=" Mary", out=out, progress=False, prepend_bos=False)
+    edited = copy.deepcopy(model)
+    with torch.no_grad():
+        edited.blocks[0].mlp.W_in[0, 0] += 1e-3
+    with pytest.raises(DePassError, match=r"different model: .*'weights'"):
+        depass_tl.run_dataset(edited, TEXTS[:3], target=" Mary", out=out, progress=False)
+    assert depass_tl.run_dataset(model, TEXTS[:3], target=" Mary", out=out, progress=False).skipped == 2  # same: resumes
+    g = torch.Generator().manual_seed(0)
+    V1, V2 = (torch.linalg.qr(torch.randn(16, 2, generator=g, dtype=torch.float64)).Q for _ in range(2))
+    out = tmp_path / "s"
+    hook = "blocks.1.hook_resid_pre"
+    depass_tl.run_dataset(model, TEXTS[:2], target=" Mary", out=out, progress=False,
+                          components=depass_tl.subspace(hook, V1))
+    with pytest.raises(DePassError, match=r"different components: .*tensors"):
+        depass_tl.run_dataset(model, TEXTS[:3], target=" Mary", out=out, progress=False,
+                              components=depass_tl.subspace(hook, V2))
 
 
 def test_bad_input(model: Any, tmp_path: Path) -> None:
