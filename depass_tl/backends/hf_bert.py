@@ -186,7 +186,7 @@ def read_hf_bert(model: Any, *, backend: str = "transformers") -> EncoderSource:
     )
 
     def forward(tokens: Tensor, token_type_ids: Tensor | None, mask: Tensor | None, with_head: bool) -> Tensor | None:
-        out = model(input_ids=tokens, token_type_ids=token_type_ids, attention_mask=mask)
+        out = model(input_ids=tokens, token_type_ids=token_type_ids, attention_mask=mask, return_dict=True)
         return out.logits if with_head else None
 
     return EncoderSource(view=view, sites=_sites(bert), forward=forward)

@@ -183,7 +183,7 @@ def run_decompx(
     elif callable(names_filter):
         keep = names_filter
     else:
-        wanted = set(names_filter)
+        wanted = {names_filter} if isinstance(names_filter, str) else set(names_filter)  # one name, or several
         known = {"hook_full_embed"} | {f"blocks.{l}.{h}" for l in range(n_layers) for h in RESID_HOOKS}
         unknown = sorted(wanted - known)
         if unknown:

@@ -62,15 +62,17 @@ def hooked_encoder_from_hf_bert(
     """Convert the ``bert.*`` weights of a BERT checkpoint into a ``HookedEncoder``, without the hub.
 
     Args:
-        state_dict: ``model.state_dict()`` of a ``BertForSequenceClassification`` (or any model
-            whose encoder keys start with ``bert.``).
+        state_dict: ``model.state_dict()`` of a ``BertForSequenceClassification``, ``BertForMaskedLM``
+            (or any model whose encoder keys start with ``bert.``).
         hf_config: the matching ``transformers.BertConfig`` (or its ``to_dict()``).
         dtype: dtype of the returned encoder.
         device: device of the returned encoder.
 
     Returns:
         A ``HookedEncoder`` in eval mode whose ``encoder_output`` equals the HF encoder's last
-        hidden state. Its MLM head, NSP head and unembedding are zero (the checkpoint has none).
+        hidden state. Its MLM head and unembedding come from ``cls.predictions.*`` and its NSP head
+        from ``cls.seq_relationship.*`` where the checkpoint has them (``BertForMaskedLM``,
+        ``BertForPreTraining``); else they are zero, and :meth:`MLMHead.from_encoder` refuses them.
 
     Raises:
         DePassError: a key is missing or the config uses something ``HookedEncoder`` cannot run
@@ -165,6 +167,17 @@ def hooked_encoder_from_hf_bert(
     if "bert.pooler.dense.weight" in state_dict:
         sd["pooler.W"] = _get(state_dict, "bert.pooler.dense.weight").T
         sd["pooler.b"] = _get(state_dict, "bert.pooler.dense.bias")
+    mlm = "cls.predictions."
+    if mlm + "transform.dense.weight" in state_dict:  # BertForMaskedLM / BertForPreTraining: the MLM head
+        sd["mlm_head.W"] = _get(state_dict, mlm + "transform.dense.weight").T
+        sd["mlm_head.b"] = _get(state_dict, mlm + "transform.dense.bias")
+        sd["mlm_head.ln.w"] = _get(state_dict, mlm + "transform.LayerNorm.weight")
+        sd["mlm_head.ln.b"] = _get(state_dict, mlm + "transform.LayerNorm.bias")
+        sd["unembed.W_U"] = _get(state_dict, mlm + "decoder.weight").T  # [d_model, d_vocab] (tied to W_E in BERT)
+        sd["unembed.b_U"] = state_dict.get(mlm + "decoder.bias", _get(state_dict, mlm + "bias"))
+    if "cls.seq_relationship.weight" in state_dict:  # BertForPreTraining: the next-sentence head
+        sd["nsp_head.W"] = _get(state_dict, "cls.seq_relationship.weight").T
+        sd["nsp_head.b"] = _get(state_dict, "cls.seq_relationship.bias")
 
     encoder = HookedEncoder(cfg, move_to_device=False)
     if torch.device(device).type != "cpu":

@@ -171,8 +171,8 @@ class MLMHead:
             The head, with tensors copied (the encoder is not modified).
 
         Raises:
-            DePassError: no ids, or an id outside ``[0, d_vocab)``, or the encoder has no MLM head, or its
-                activation is not the exact (erf) GELU.
+            DePassError: no ids, or an id outside ``[0, d_vocab)``, or the encoder has no MLM head (or an
+                all-zero one), or its activation is not the exact (erf) GELU.
         """
         ids = tuple(int(t) for t in token_ids)
         view = read_encoder(encoder).view
@@ -183,6 +183,12 @@ class MLMHead:
                 "MLMHead.from_encoder needs a BertForMaskedLM, a Bridge wrapping one, or a HookedEncoder"
             )
         d_vocab = int(mlm.W_U.shape[1])
+        if not bool(mlm.W_U.any()) or not bool(mlm.W.any()):
+            raise DePassError(
+                f"{type(encoder).__name__}'s MLM head or unembedding is all zeros (e.g. a HookedEncoder converted "
+                "from a checkpoint without cls.predictions, such as a BertForSequenceClassification); its logits "
+                "would be constants. Use an encoder with a trained MLM head (BertForMaskedLM)."
+            )
         if len(ids) == 0 or any(t < 0 or t >= d_vocab for t in ids):
             raise DePassError(
                 f"token_ids must be a non-empty list of ids in [0, {d_vocab}), got {list(ids)}"

@@ -58,7 +58,7 @@ from depass_tl.subspace_patching.dormancy import DormancyStats, dormancy_stats
 from depass_tl.subspace_patching.flow import FlowCheck, subspace_flow
 from depass_tl.subspace_patching.linalg import as_basis, row_null_split
 from depass_tl.subspace_patching.setters import Positions, position_mask, subspace_patch
-from depass_tl.tokenization import AnswerTokens, answer_ids
+from depass_tl.tokenization import AnswerTokens, answer_ids, single_token_fn
 
 __all__ = [
     "CANCELLATION_MIN",
@@ -282,7 +282,7 @@ def illusion_report(
         reader: Downstream weights ``[d, n_read]`` (row convention); required unless the site is
             ``blocks.L.mlp.hook_post`` (default ``model.W_out[L]``).
         logit_tokens: ``(answer, other)`` for the DePass flow check; ``None`` skips it. Each is one
-            token id, or one id per example (``[batch]``, e.g. each prompt's own names; the flow
+            token id (or a single-token string of the model's tokenizer), or one id per example (``[batch]``, e.g. each prompt's own names; the flow
             check runs on base and source, so each example's pair is used for both of its runs).
         rtol: Relative SVD rank tolerance for ``W``.
         thresholds: Verdict thresholds (default: the module constants).
@@ -379,9 +379,10 @@ def illusion_report(
         both = torch.cat([base_tokens, source_tokens])
         both_pos = torch.cat([pos, pos]) if isinstance(pos, Tensor) and pos.ndim == 1 else pos
         if not isinstance(logit_tokens, (tuple, list)) or len(logit_tokens) != 2:
-            raise DePassError(f"logit_tokens must be (answer, other) token ids, got {logit_tokens!r}")
+            raise DePassError(f"logit_tokens must be (answer, other) token ids or single-token strings, got {logit_tokens!r}")
         n, d_vocab = base_tokens.shape[0], int(model.W_U.shape[-1])
-        pair = tuple(answer_ids(t, n, d_vocab, None).repeat(2) for t in logit_tokens)
+        lookup = single_token_fn(model)  # single-token strings through the model's tokenizer
+        pair = tuple(answer_ids(t, n, d_vocab, lookup).repeat(2) for t in logit_tokens)
         flow = subspace_flow(model, both, hook_name, v, logit_tokens=pair, pos=both_pos)
 
     rho = None if e_v == 0.0 else e_row / e_v

@@ -95,3 +95,26 @@ def test_relu_variant_is_exact_on_a_relu_model():
     torch.testing.assert_close(relu.class_logits, zo.class_logits, rtol=0, atol=1e-12)
     _, gelu_model = run_decompx(make_classifier(dtype=torch.float64).hf, clf.tokens, ffn_approx="relu", **kw)
     assert not gelu_model.exact and gelu_model.completeness_error()["logits"] > 1e-3
+
+
+@requires_hooked_encoder
+def test_a_converted_masked_lm_keeps_its_mlm_head():
+    """hooked_encoder_from_hf_bert read only bert.*: a BertForMaskedLM's head and unembedding became zeros and
+    DecompX explained all-zero logits as exact. They are converted now (same logits and decomposition as the
+    HF model), and an all-zero head (a converted classifier) is refused."""
+    from depass_tl import DePassError
+
+    hf = random_bert("BertForMaskedLM", n_layers=2, dtype=torch.float64)
+    encoder = hooked_encoder_from_hf_bert(hf.state_dict(), hf.config, dtype=torch.float64)
+    tokens = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(tokens), hf(input_ids=tokens).logits, rtol=0, atol=1e-10)
+    ids = [4, 11, 42]
+    _, a = run_decompx(hf, tokens, head=MLMHead.from_encoder(hf, token_ids=ids))
+    _, b = run_decompx(encoder, tokens, head=MLMHead.from_encoder(encoder, token_ids=ids))
+    assert float(a.token_logits.abs().max()) > 0.1
+    torch.testing.assert_close(b.token_logits, a.token_logits, rtol=0, atol=1e-10)
+    classifier = hooked_encoder_from_hf_bert(make_classifier(dtype=torch.float64).hf.state_dict(), hf.config,
+                                             dtype=torch.float64)
+    with pytest.raises(DePassError, match="MLM head or unembedding is all zeros"):
+        MLMHead.from_encoder(classifier, token_ids=ids)

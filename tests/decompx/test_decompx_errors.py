@@ -250,3 +250,23 @@ def test_no_hooks_left_and_model_untouched(clf32, mlm32):
         after = model.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before)
         assert not model.training
+
+
+def test_queries_and_options_that_were_refused_by_mistake(clf64):
+    """Found by a review: completeness_error('logits') said 'logits' was not decomposed (the dict form had it);
+    names_filter='one hook' was split into its characters."""
+    _, result = run_decompx(clf64.encoder, clf64.tokens, **_kw(clf64))
+    assert result.completeness_error("logits") == result.completeness_error()["logits"] < 1e-8
+    assert result.completeness_error("pooler") == result.completeness_error()["pooler"]
+    _, one = run_decompx(clf64.encoder, clf64.tokens, names_filter="blocks.1.hook_resid_post", **_kw(clf64))
+    assert list(one) == ["blocks.1.hook_resid_post"]
+
+
+def test_a_transformers_bert_configured_to_return_tuples_runs():
+    """config.return_dict=False made the model return a tuple and DecompX failed on `.logits`."""
+    hf = random_bert(dtype=torch.float64, return_dict=False)
+    tokens = torch.tensor([[1, 5, 7, 2]])
+    logits, result = depass_tl.run_with_depass(hf, tokens)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, hf(tokens)[0], rtol=0, atol=0)
+    assert result.exact and result.completeness_error("logits") < 1e-8

@@ -385,5 +385,10 @@ def test_logit_tokens_may_be_words_of_the_models_tokenizer() -> None:
     by_word = subspace_flow(model, toks, "blocks.1.hook_resid_pre", v, logit_tokens=(" Mary", " John"))
     by_id = subspace_flow(model, toks, "blocks.1.hook_resid_pre", v, logit_tokens=(mary, john))
     assert by_word == by_id
+    metric = lambda logits: logits[:, -1, mary] - logits[:, -1, john]  # noqa: E731
+    reader = model.W_Q[1, 0].detach()
+    reports = [illusion_report(model, toks[:1], toks[1:], "blocks.1.hook_resid_pre", v, metric, reader=reader,
+                               logit_tokens=lt) for lt in ((" Mary", " John"), (mary, john))]  # it said: no tokenizer
+    assert reports[0].flow == reports[1].flow and reports[0].verdict == reports[1].verdict
     with pytest.raises(DePassError, match="' Maryx' is not in the tokenizer's vocabulary"):
         subspace_flow(model, toks, "blocks.1.hook_resid_pre", v, logit_tokens=(" Maryx", " John"))
