@@ -2,7 +2,7 @@
 
 >>> import depass_tl
 >>> sorted(depass_tl.__all__)[:3]
-['ComponentSpec', 'DePassCache', 'DePassError']
+['CompletenessError', 'ComponentSpec', 'DePassCache']
 """
 
 from __future__ import annotations
@@ -15,17 +15,26 @@ from depass_tl.coefficients import FrozenRun
 from depass_tl.dataset import read_results, run_dataset
 from depass_tl.components import ComponentSpec, custom, heads, modules, neurons, sources, subspace, tokens
 from depass_tl.decomposition import Decomposition
-from depass_tl.errors import DePassError, UnsupportedModelError
+from depass_tl.errors import (
+    CompletenessError, DePassError, DePassTypeError, DePassValueError, ForeignHookError, HookNotFoundError,
+    ModelStateError, UnsupportedModelError,
+)
 from depass_tl.reverse import ScalarAttribution, attribute, attribute_run, direction_target, logit_target
 from depass_tl import subspace_patching
 from depass_tl.install import install_methods
 
 __all__ = [
+    "CompletenessError",
     "ComponentSpec",
     "DePassCache",
     "DePassError",
+    "DePassTypeError",
+    "DePassValueError",
     "Decomposition",
+    "ForeignHookError",
     "FrozenRun",
+    "HookNotFoundError",
+    "ModelStateError",
     "ScalarAttribution",
     "ScoreAttribution",
     "UnsupportedModelError",

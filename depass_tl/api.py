@@ -73,13 +73,13 @@ def _official_edits(rule: MLPRule, spec: ComponentSpec, init: InitialState, run:
     if not (ignore_special_token or official_position0):
         return rule
     if ignore_special_token and not isinstance(spec, TokenSpec):
-        raise DePassError(
+        raise DePassValueError(
             f"ignore_special_token=True applies to token components (tokens()), as in the official DePass code, "
             f"whose module, head, neuron and subspace paths never set it; got {type(spec).__name__}. For the official "
             "position-0 convention of those paths pass official_position0=True instead."
         )
     if run.pad is not None and bool(run.pad[:, 0].any()):
-        raise DePassError(
+        raise DePassValueError(
             "ignore_special_token= / official_position0= act on position 0, which is padding in a left-padded "
             "row here; pad on the right (padding_side='right') or run the prompts one at a time."
         )
@@ -155,8 +155,10 @@ def replay(
         acts = replay_components(run, init, mlp_rule=rule, dtype=dtype, keep=keep, chunk_size=chunk_size,
                                  max_memory=budget, held_bytes=held, shard=shard)
 
+    lookup = run.to_single_token if to_single_token is None else to_single_token  # the capture's tokenizer
+
     def assemble(acts: dict[str, Tensor]) -> DePassCache:
-        return _cache(run, init, rule, acts, dtype, to_single_token, precision)
+        return _cache(run, init, rule, acts, dtype, lookup, precision)
 
     if shard is None:
         return assemble(acts)
@@ -263,7 +265,7 @@ def run_with_depass(
 
     Args:
         model: a ``transformer_lens.HookedTransformer`` or ``TransformerBridge`` (or a BERT encoder, below).
-        input: a string, a list of equal-length strings, or ``[batch, pos]`` token ids.
+        input: a string, a list of strings (padded when their token lengths differ), or ``[batch, pos]`` token ids.
         components: what to attribute to (default :func:`depass_tl.tokens`: one per input token).
         mlp_rule: how an MLP's activation is split among components: ``softmax`` (DePass default),
             ``ratio`` (frozen post/pre slope; linear), ``max``, ``taylor`` (the official DePass

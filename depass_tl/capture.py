@@ -277,6 +277,7 @@ def capture(
         tokens=tokens, logits=logits.detach(), acts=acts, view=view, str_tokens=str_tokens, attention_mask=mask,
         foreign_hooks=tuple(foreign), edited_hooks=tuple(n for n in foreign if n in edited),
         hook_aliases={name: tuple(names) for name, (_, names) in foreign.items()},
+        to_single_token=single_token_fn(model),
     )
 
 

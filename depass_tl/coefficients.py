@@ -37,7 +37,7 @@ likely cause when a sum misses.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -65,6 +65,8 @@ class FrozenRun:
         edited_hooks: those of ``foreign_hooks`` whose hooks changed the activation (output != input).
         hook_aliases: every name of each of ``foreign_hooks`` (a ``TransformerBridge`` registers some hook
             points under several names, e.g. ``blocks.0.hook_resid_mid`` is ``blocks.0.ln2.hook_in``).
+        to_single_token: the model tokenizer's lookup of a single-token string (None without a
+            tokenizer): what caches replayed from this run use for string answers.
     """
 
     tokens: Tensor
@@ -76,6 +78,7 @@ class FrozenRun:
     foreign_hooks: tuple[str, ...] = ()
     edited_hooks: tuple[str, ...] = ()
     hook_aliases: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    to_single_token: Callable[[str], int] | None = field(default=None, compare=False, repr=False)
 
     @staticmethod
     def build(
@@ -89,10 +92,12 @@ class FrozenRun:
         foreign_hooks: tuple[str, ...] = (),
         edited_hooks: tuple[str, ...] = (),
         hook_aliases: Mapping[str, tuple[str, ...]] | None = None,
+        to_single_token: Callable[[str], int] | None = None,
     ) -> "FrozenRun":
         frozen_strs = None if str_tokens is None else tuple(tuple(s) for s in str_tokens)
         return FrozenRun(tokens, logits, MappingProxyType(dict(acts)), view, frozen_strs, attention_mask,
-                         tuple(foreign_hooks), tuple(edited_hooks), MappingProxyType(dict(hook_aliases or {})))
+                         tuple(foreign_hooks), tuple(edited_hooks), MappingProxyType(dict(hook_aliases or {})),
+                         to_single_token)
 
     @property
     def pad(self) -> Tensor | None:

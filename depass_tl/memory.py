@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from depass_tl.errors import DePassError
+from depass_tl.errors import DePassError, DePassTypeError, DePassValueError
 
 __all__ = ["parse_memory", "format_bytes", "storage_bytes", "PeakMemory"]
 
@@ -45,23 +45,23 @@ def parse_memory(budget: int | float | str) -> int:
         (4000000000, 1610612736, 1000)
     """
     if isinstance(budget, bool):
-        raise DePassError(f"max_memory must be a size such as '4GB' or a number of bytes; got {budget!r}.")
+        raise DePassTypeError(f"max_memory must be a size such as '4GB' or a number of bytes; got {budget!r}.")
     if isinstance(budget, (int, float)):
         value = float(budget)
     elif isinstance(budget, str):
         m = _PATTERN.match(budget)
         unit = m.group(2).lower() if m else None
         if m is None or unit not in _UNITS:
-            raise DePassError(
+            raise DePassValueError(
                 f"max_memory={budget!r} is not a size; write e.g. '4GB', '512MB', '2GiB' or a number of bytes."
             )
         value = float(m.group(1)) * _UNITS[unit]
     else:
-        raise DePassError(f"max_memory must be a size such as '4GB' or a number of bytes; got {type(budget).__name__}.")
+        raise DePassTypeError(f"max_memory must be a size such as '4GB' or a number of bytes; got {type(budget).__name__}.")
     if not value > 0:
-        raise DePassError(f"max_memory must be positive; got {budget!r}.")
+        raise DePassValueError(f"max_memory must be positive; got {budget!r}.")
     if value == float("inf"):
-        raise DePassError(f"max_memory must be a finite size; got {budget!r}. Leave it out (None) for no budget.")
+        raise DePassValueError(f"max_memory must be a finite size; got {budget!r}. Leave it out (None) for no budget.")
     return int(value)
 
 

@@ -42,6 +42,19 @@ def test_string_input_and_method(text_model: Any) -> None:
     torch.testing.assert_close(dc.logit_diff_attrs(" Mary", " John"), diff)
 
 
+def test_a_replayed_cache_reads_string_answers_with_the_captures_tokenizer(text_model: Any) -> None:
+    """capture once, replay many: the caches from replay() said the model had no tokenizer for ' Mary'
+    (only run_with_depass passed the lookup); the capture now carries it."""
+    prompt = "When Mary and John went to the store, John gave a drink to"
+    spec = depass_tl.heads(1)
+    run = depass_tl.capture(text_model, prompt, extra_hooks=spec.required_hooks(text_model.cfg.n_layers))
+    _, whole = depass_tl.run_with_depass(text_model, prompt, components=spec)
+    replayed = depass_tl.replay(run, spec)
+    torch.testing.assert_close(replayed.logit_attrs(" Mary"), whole.logit_attrs(" Mary"), rtol=0, atol=1e-12)
+    with pytest.raises(depass_tl.errors.DePassValueError, match=r"captured without \['blocks\.1\.attn\.hook_z'\]"):
+        depass_tl.replay(depass_tl.capture(text_model, prompt), spec)
+
+
 def test_batch_of_strings_and_per_prompt_answers(text_model: Any) -> None:
     prompts = ["When Mary and John went to", "When John and Mary went to"]
     logits, dc = depass_tl.run_with_depass(text_model, prompts)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from depass_tl.errors import DePassError
+from depass_tl.errors import DePassError, DePassValueError
 from depass_tl.memory import format_bytes
 from depass_tl.model_view import MLPView, ModelView, MoEView
 from depass_tl.replay.rules import MLPRule, RuleLike, get_rule
@@ -196,7 +196,7 @@ def plan_chunks(
     """
     rule = get_rule(rule)
     if isinstance(chunk_size, bool) or (chunk_size is not None and chunk_size < 1):  # True is not a size
-        raise DePassError(f"chunk_size must be a positive number of components; got {chunk_size}.")
+        raise DePassValueError(f"chunk_size must be a positive number of components; got {chunk_size}.")
     G, K = len(starts), len(starts[0])
     C, D, B, P = G * K, view.d_model, batch, n_pos
     dense = C * B * P * D * itemsize

@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from depass_tl.errors import DePassError
+from depass_tl.errors import DePassError, DePassValueError
 from depass_tl.model_view import ModelView
 
 __all__ = [
@@ -198,15 +198,15 @@ def parse_start_hook(hook: str, view: ModelView) -> tuple[int, Stage]:
     """
     m = _START.match(hook)
     if m is None:
-        raise DePassError(
+        raise DePassValueError(
             f"start hook {hook!r} is not a residual-stream hook; use 'blocks.{{l}}.hook_resid_pre', "
             "'blocks.{l}.hook_resid_mid' or 'blocks.{l}.hook_resid_post'."
         )
     layer, where = int(m.group(1)), m.group(2)
     if layer >= view.n_layers:
-        raise DePassError(f"start hook {hook!r}: the model has {view.n_layers} layers (0..{view.n_layers - 1}).")
+        raise DePassValueError(f"start hook {hook!r}: the model has {view.n_layers} layers (0..{view.n_layers - 1}).")
     if where == "mid" and (view.blocks[layer].mlp is None or view.blocks[layer].parallel):
-        raise DePassError(
+        raise DePassValueError(
             f"start hook {hook!r}: this model has no hook_resid_mid (attention-only blocks, or attention and "
             "MLP in parallel); start at hook_resid_pre or hook_resid_post."
         )

@@ -88,7 +88,7 @@ from collections.abc import Iterator
 from typing import TypeAlias
 
 from depass_tl._registry import Registry
-from depass_tl.errors import DePassError
+from depass_tl.errors import DePassError, DePassTypeError, DePassValueError
 from depass_tl.replay.rules.base import DEFAULT_TEMPERATURE, MLPRule, Neurons, RuleStats
 from depass_tl.replay.rules.argmax import Max, MaxStats
 from depass_tl.replay.rules.official import OfficialKeyEdits, official_key_edits
@@ -155,20 +155,20 @@ def get_rule(rule: RuleLike, *, temperature: float = DEFAULT_TEMPERATURE) -> MLP
     """
     if isinstance(rule, MLPRule):
         if temperature != DEFAULT_TEMPERATURE:
-            raise DePassError(
+            raise DePassValueError(
                 f"temperature={temperature} was given next to the rule object {rule!r}; set the temperature on "
                 "the rule instead, e.g. mlp_rule=depass_tl.replay.rules.Softmax(temperature=...)."
             )
         return rule
     if not isinstance(rule, str):
-        raise DePassError(
+        raise DePassTypeError(
             f"mlp_rule must be a rule name ({', '.join(rule_names())}) or an MLPRule object; got {type(rule).__name__}."
         )
     found = _REGISTRY.get(rule)
     if found is None:
-        raise DePassError(f"unknown mlp_rule {rule!r}; choose one of {', '.join(rule_names())}.")
+        raise DePassValueError(f"unknown mlp_rule {rule!r}; choose one of {', '.join(rule_names())}.")
     if not temperature > 0:
-        raise DePassError(f"temperature must be > 0, got {temperature}.")
+        raise DePassValueError(f"temperature must be > 0, got {temperature}.")
     return found.with_temperature(temperature)
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from depass_tl.errors import DePassError
+from depass_tl.errors import DePassError, DePassValueError
 from depass_tl.replay.rules.base import MLPRule, RuleStats
 
 __all__ = ["OfficialKeyEdits", "official_key_edits"]
@@ -93,7 +93,7 @@ class OfficialKeyEdits(MLPRule):
 
     def __post_init__(self) -> None:
         if self.inner.linear:
-            raise DePassError(
+            raise DePassValueError(
                 f"ignore_special_token= / official_position0= edit the keys of a competitive MLP rule; "
                 f"{self.inner.name!r} is linear (the official code's taylor makes no such edit, and editing a "
                 "linear rule's keys would break completeness). Use mlp_rule='softmax' or 'max', or drop the option."

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from depass_tl.errors import DePassError
+from depass_tl.errors import DePassError, DePassValueError
 from depass_tl.replay.kernels import softmax_share_, use_fused
 from depass_tl.replay.rules.base import DEFAULT_TEMPERATURE, MLPRule, RuleStats
 
@@ -79,7 +79,7 @@ class Softmax(MLPRule):
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
-            raise DePassError(f"temperature must be > 0, got {self.temperature}.")
+            raise DePassValueError(f"temperature must be > 0, got {self.temperature}.")
 
     def with_temperature(self, temperature: float) -> MLPRule:
         return self if temperature == self.temperature else Softmax(temperature)
