@@ -156,6 +156,9 @@ def _key(prompt: str | list[int], target: Any, contrast: Any) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
+_FINGERPRINT_CHUNK = 1 << 22  # elements per step: 32 MB of float64 temporaries at most
+
+
 def _fingerprint(tensors: Sequence[Tensor]) -> str:
     """A hash of tensors' values: each one's float64 sum and sum of absolute values (one host sync per
     device); two sets of weights that differ almost surely differ here, at the cost of one read of each."""
@@ -166,7 +169,11 @@ def _fingerprint(tensors: Sequence[Tensor]) -> str:
         t = t.detach()
         if t.is_meta:  # offloaded (an HF device_map): no values here, its shape and dtype count below
             continue
-        stats = torch.stack([t.sum(dtype=torch.float64), t.abs().sum(dtype=torch.float64)])
+        flat, sums = t.reshape(-1), []
+        for a in range(0, flat.numel(), _FINGERPRINT_CHUNK):  # bounded temporaries (float64 copies of a chunk)
+            part = flat[a : a + _FINGERPRINT_CHUNK].to(torch.float64)
+            sums.append(torch.stack([part.sum(), part.abs().sum()]))
+        stats = torch.stack(sums).sum(0) if sums else torch.zeros(2, dtype=torch.float64, device=t.device)
         per_device.setdefault(t.device, []).append(stats)
     values = [v for group in per_device.values() for v in torch.stack(group).flatten().tolist()]
     text = ",".join(f"{v:.12e}" for v in values) + "|" + ",".join(f"{tuple(t.shape)}{t.dtype}" for t in tensors)

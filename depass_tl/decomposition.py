@@ -98,10 +98,13 @@ class Decomposition(Mapping[str, Tensor]):
             relative: divide by the max absolute clean value at that hook.
         """
         if hook is not None:
-            outputs = self._outputs() if hook not in self._acts else {}
-            if hook in outputs:  # "logits", "pooler": decomposed outputs, not stored hooks
+            try:
+                name = self._resolve(hook)
+            except KeyError:  # "logits", "pooler": decomposed outputs, not stored hooks
+                outputs = self._outputs() if isinstance(hook, str) else {}
+                if hook not in outputs:
+                    raise
                 return self._error(*outputs[hook], relative)
-            name = self._resolve(hook)
             return self._error(self._acts[name], self.clean[name], relative)
         errors = {name: self._error(v, self.clean[name], relative) for name, v in self._acts.items()}
         for name, (comps, clean) in self._outputs().items():

@@ -18,6 +18,8 @@ Examples:
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import Tensor
 
@@ -45,8 +47,8 @@ def per_prompt_positions(pos: int | Tensor, last: Tensor, n_pos: int, what: str,
     if isinstance(pos, Tensor) and not pos.is_floating_point() and pos.dtype != torch.bool:
         out = pos.detach().to(device=last.device, dtype=torch.long).reshape(-1)
         out = out.expand(batch).clone() if out.numel() == 1 else out
-    elif isinstance(pos, int) and not isinstance(pos, bool):
-        out = torch.full((batch,), pos, dtype=torch.long, device=last.device)
+    elif not isinstance(pos, (bool, Tensor)) and hasattr(pos, "__index__"):  # int, numpy integers
+        out = torch.full((batch,), operator.index(pos), dtype=torch.long, device=last.device)
     else:
         raise DePassTypeError(f"{what} must be an int or a [batch] integer tensor of positions; got {pos!r}")
     if out.shape != (batch,):
@@ -54,7 +56,7 @@ def per_prompt_positions(pos: int | Tensor, last: Tensor, n_pos: int, what: str,
     out = torch.where(out < 0, last + 1 + out, out)  # -1: each prompt's last real token
     end = last if real_only else torch.full_like(last, n_pos - 1)
     if bool((out < 0).any()) or bool((out > end).any()):
-        given = pos if isinstance(pos, int) else pos.tolist()
+        given = pos.tolist() if isinstance(pos, Tensor) else operator.index(pos)
         where = (f"must point at real tokens: columns 0 .. each prompt's last real token {last.tolist()}" if real_only
                  else f"is out of range for {n_pos} positions: columns 0 .. {n_pos - 1}")
         raise DePassValueError(

@@ -188,6 +188,16 @@ def test_a_full_basis_of_float32_precision_splits_a_float64_model_exactly() -> N
         torch.testing.assert_close(dc[hook][i], projection, rtol=0, atol=1e-6)
 
 
+def test_a_full_basis_splits_in_half_precision_accumulation() -> None:
+    """The full-basis coordinates are solved in float32 (torch has no half-precision solve) and cast back."""
+    model = make_model("gpt2", dtype=torch.float32)
+    toks = random_tokens(model)
+    V = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(0))).Q
+    spec = depass_tl.subspace("blocks.1.hook_resid_pre", V, split=True)
+    _, dc = depass_tl.run_with_depass(model, toks, components=spec, dtype=torch.bfloat16)
+    assert dc["blocks.1.hook_resid_pre"].dtype == torch.bfloat16 and dc.completeness.worst[1] <= dc.completeness.rtol
+
+
 def test_subspace_basis_is_validated() -> None:
     with pytest.raises(DePassError, match="not orthonormal"):
         depass_tl.subspace("blocks.0.hook_resid_pre", torch.ones(16, 2))

@@ -207,6 +207,18 @@ def test_a_resume_with_other_targets_weights_tokenisation_or_basis_is_refused(tm
                               components=depass_tl.subspace(hook, V2))
 
 
+def test_the_weights_fingerprint_reads_big_tensors_in_chunks(monkeypatch) -> None:
+    """The fingerprint's float64 temporaries are bounded by chunks; chunked or not, the same fingerprint,
+    and any changed value changes it."""
+    t = torch.randn(1000, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(0))
+    whole = ds._fingerprint([t])
+    monkeypatch.setattr(ds, "_FINGERPRINT_CHUNK", 7)
+    assert ds._fingerprint([t]) == whole
+    changed = t.clone()
+    changed[500] += 1
+    assert ds._fingerprint([changed]) != whole
+
+
 def test_bad_input(model: Any, tmp_path: Path) -> None:
     with pytest.raises(DePassError, match="one token or one per prompt"):
         depass_tl.run_dataset(model, _id_prompts(3), target=[1, 2], out=tmp_path / "b", progress=False)

@@ -162,3 +162,6 @@ def test_negative_positions_count_back_from_each_prompts_last_real_token(side: s
         torch.testing.assert_close(back[:, b].sum(), want.sum(), rtol=0, atol=1e-10)
     with pytest.raises(DePassError, match=r"pos -10 is out of range for 9 positions: columns 0 \.\. 8"):
         dc.logit_attrs(answer, pos=-10)
+    import numpy as np  # numpy integers are positions too (an index from an array)
+
+    torch.testing.assert_close(dc.logit_attrs(answer, pos=np.int64(-2)), dc.logit_attrs(answer, pos=-2), rtol=0, atol=0)

@@ -207,7 +207,7 @@ def test_flow_token_names_and_errors(ioi) -> None:
         viz.flow_data(caches["heads"], mary)
     with pytest.raises(DePassError, match="top_k must be a positive int"):
         viz.flow_data(dc, mary, top_k=0)
-    with pytest.raises(DePassError, match="pos must be"):
+    with pytest.raises(DePassError, match=r"pos 99 is out of range for 15 positions"):
         viz.flow_data(dc, mary, pos=99)
 
 
@@ -479,3 +479,18 @@ def test_plot_data_needs_no_plotting_library(ioi, monkeypatch) -> None:
     model = ioi[0]
     assert viz.head_grid_data(caches["heads"], mary, incorrect_tokens=john).values.shape == (model.cfg.n_layers, model.cfg.n_heads)
     assert viz.flow_data(caches["tokens"], mary).hooks
+
+
+def test_a_plot_reads_the_position_its_numbers_come_from() -> None:
+    """pos=-2 in a right-padded batch: logit_attrs counts back from each prompt's last real token; the plot's
+    position (its label and marker) used the column, a pad, while its total came from the real token."""
+    from tests.models import make_model, random_tokens
+
+    model = make_model("gpt2", n_layers=2)
+    toks = random_tokens(model, batch=2, pos=6)
+    mask = torch.ones_like(toks)
+    mask[1, 4:] = 0
+    logits, dc = depass_tl.run_with_depass(model, toks, attention_mask=mask)
+    data = viz.token_heatmap_data(dc, 5, batch=1, pos=-2)
+    assert data.pos == 2  # prompt 1's last real token is column 3
+    assert data.total == pytest.approx(float(logits[1, 2, 5]), abs=1e-9)

@@ -41,7 +41,8 @@ class SubspaceSpec(ComponentSpec):
             raise DePassError(f"subspace basis has {V.shape[0]} rows but {self.hook!r} has d_model={h.shape[-1]}.")
         full = V.shape[1] == V.shape[0]
         if full and self.split:  # h = V c exactly (V V^T = I only to the basis's tolerance): the parts sum to h
-            coeffs = torch.linalg.solve(V, h.reshape(-1, h.shape[-1]).T).T.reshape(h.shape)
+            wide = torch.promote_types(dtype, torch.float32)  # linalg.solve has no half-precision kernels
+            coeffs = torch.linalg.solve(V.to(wide), h.reshape(-1, h.shape[-1]).T.to(wide)).T.reshape(h.shape).to(dtype)
         else:
             coeffs = h @ V  # [batch, pos, k]
         if self.split:

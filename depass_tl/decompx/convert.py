@@ -173,8 +173,11 @@ def hooked_encoder_from_hf_bert(
         sd["mlm_head.b"] = _get(state_dict, mlm + "transform.dense.bias")
         sd["mlm_head.ln.w"] = _get(state_dict, mlm + "transform.LayerNorm.weight")
         sd["mlm_head.ln.b"] = _get(state_dict, mlm + "transform.LayerNorm.bias")
-        sd["unembed.W_U"] = _get(state_dict, mlm + "decoder.weight").T  # [d_model, d_vocab] (tied to W_E in BERT)
-        sd["unembed.b_U"] = state_dict.get(mlm + "decoder.bias", _get(state_dict, mlm + "bias"))
+        # [d_model, d_vocab]; BERT ties it to the word embeddings, and save_pretrained drops the tied copy
+        decoder = state_dict.get(mlm + "decoder.weight")
+        sd["unembed.W_U"] = (sd["embed.embed.W_E"] if decoder is None else decoder).T
+        bias = state_dict.get(mlm + "decoder.bias")
+        sd["unembed.b_U"] = _get(state_dict, mlm + "bias") if bias is None else bias
     if "cls.seq_relationship.weight" in state_dict:  # BertForPreTraining: the next-sentence head
         sd["nsp_head.W"] = _get(state_dict, "cls.seq_relationship.weight").T
         sd["nsp_head.b"] = _get(state_dict, "cls.seq_relationship.bias")

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from depass_tl.cache import DePassCache
 from depass_tl.errors import DePassError
+from depass_tl.positions import per_prompt_positions
 
 __all__ = ["BACKENDS", "INSTALL_HINT", "resolve_backend", "save", "save_html_page"]
 
@@ -110,13 +111,11 @@ def check_batch(dc: DePassCache, batch: int, what: str) -> int:
 
 
 def resolve_pos(dc: DePassCache, pos: int, batch: int, what: str) -> int:
-    """The absolute position ``pos`` means for prompt ``batch`` (``-1``: its last real token)."""
-    P = dc.tokens.shape[1]
-    if isinstance(pos, bool) or not isinstance(pos, int) or not -P <= pos < P:
-        raise DePassError(f"{what}: pos must be an int in [-{P}, {P}); got {pos!r}.")
-    if pos == -1:
-        return int(dc.last_positions[batch])
-    return pos % P
+    """The column ``pos`` means for prompt ``batch``, as ``logit_attrs`` reads it (negative: counted back
+    from its last real token; :mod:`depass_tl.positions`), so a plot's labels and numbers agree."""
+    if isinstance(pos, Tensor):
+        raise DePassError(f"{what}: pos must be an int; got a tensor.")
+    return int(per_prompt_positions(pos, dc.last_positions, dc.tokens.shape[1], f"{what}: pos")[batch])
 
 
 def str_tokens_of(dc: DePassCache, batch: int, str_tokens: Sequence[str] | None, what: str) -> tuple[str, ...]:

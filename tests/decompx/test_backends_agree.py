@@ -114,6 +114,17 @@ def test_a_converted_masked_lm_keeps_its_mlm_head():
     _, b = run_decompx(encoder, tokens, head=MLMHead.from_encoder(encoder, token_ids=ids))
     assert float(a.token_logits.abs().max()) > 0.1
     torch.testing.assert_close(b.token_logits, a.token_logits, rtol=0, atol=1e-10)
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    folder = tempfile.mkdtemp()
+    hf.save_pretrained(folder)  # drops the decoder weight tied to the word embeddings
+    on_disk = load_file(f"{folder}/model.safetensors")
+    assert "cls.predictions.decoder.weight" not in on_disk
+    loaded = hooked_encoder_from_hf_bert(on_disk, hf.config, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens), hf(input_ids=tokens).logits, rtol=0, atol=1e-10)
     classifier = hooked_encoder_from_hf_bert(make_classifier(dtype=torch.float64).hf.state_dict(), hf.config,
                                              dtype=torch.float64)
     with pytest.raises(DePassError, match="MLM head or unembedding is all zeros"):
