@@ -28,6 +28,15 @@ from depass_tl.errors import DePassTypeError, DePassValueError
 __all__ = ["per_prompt_positions"]
 
 
+def _is_index(value: object) -> bool:
+    """Whether ``value`` is one integer (``int``, a numpy integer or 0-d integer array), not an array or float."""
+    try:
+        operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return True
+
+
 def per_prompt_positions(pos: int | Tensor, last: Tensor, n_pos: int, what: str, *, real_only: bool = False) -> Tensor:
     """``[batch]`` long positions (on ``last``'s device) for ``pos``: an int, or one integer per prompt.
 
@@ -47,7 +56,7 @@ def per_prompt_positions(pos: int | Tensor, last: Tensor, n_pos: int, what: str,
     if isinstance(pos, Tensor) and not pos.is_floating_point() and pos.dtype != torch.bool:
         out = pos.detach().to(device=last.device, dtype=torch.long).reshape(-1)
         out = out.expand(batch).clone() if out.numel() == 1 else out
-    elif not isinstance(pos, (bool, Tensor)) and hasattr(pos, "__index__"):  # int, numpy integers
+    elif not isinstance(pos, (bool, Tensor)) and _is_index(pos):  # int, numpy integers
         out = torch.full((batch,), operator.index(pos), dtype=torch.long, device=last.device)
     else:
         raise DePassTypeError(f"{what} must be an int or a [batch] integer tensor of positions; got {pos!r}")

@@ -207,6 +207,7 @@ def attribute_run(
     max_memory: int | float | str | None = None,
 ) -> ScalarAttribution:
     """:func:`attribute` on a captured run (capture once, attribute many targets)."""
+    to_single_token = run.to_single_token if to_single_token is None else to_single_token  # the capture's tokenizer
     spec = TokenSpec() if components is None else components
     rule = get_rule(mlp_rule, temperature=temperature)
     if not isinstance(target, ScalarTarget):

@@ -147,3 +147,15 @@ def test_right_padded_batch_reads_each_prompts_last_real_token(text_model: Any) 
     john = text_model.to_single_token(" John")
     torch.testing.assert_close(dc.logit_attrs(" John").sum(0), logits[torch.arange(2), dc.last_positions, john])
     assert max(dc.completeness_error().values()) < 1e-10
+
+
+def test_attribute_run_reads_string_answers_with_the_captures_tokenizer(text_model: Any) -> None:
+    """As replay(): attribute_run on a capture said the model had no tokenizer for ' Mary'."""
+    from depass_tl.reverse import attribute_run
+
+    prompt = "When Mary and John went to the store, John gave a drink to"
+    run = depass_tl.capture(text_model, prompt)
+    mary = text_model.to_single_token(" Mary")
+    for mode in ("reverse", "forward"):
+        by_word = attribute_run(run, " Mary", mlp_rule="ratio", mode=mode).values
+        torch.testing.assert_close(by_word, attribute_run(run, mary, mlp_rule="ratio", mode=mode).values, rtol=0, atol=0)

@@ -165,3 +165,5 @@ def test_negative_positions_count_back_from_each_prompts_last_real_token(side: s
     import numpy as np  # numpy integers are positions too (an index from an array)
 
     torch.testing.assert_close(dc.logit_attrs(answer, pos=np.int64(-2)), dc.logit_attrs(answer, pos=-2), rtol=0, atol=0)
+    with pytest.raises(DePassError, match=r"pos must be an int or a \[batch\] integer tensor"):  # an array is not one
+        dc.logit_attrs(answer, pos=np.array([2, 1, 0]))

@@ -494,3 +494,6 @@ def test_a_plot_reads_the_position_its_numbers_come_from() -> None:
     data = viz.token_heatmap_data(dc, 5, batch=1, pos=-2)
     assert data.pos == 2  # prompt 1's last real token is column 3
     assert data.total == pytest.approx(float(logits[1, 2, 5]), abs=1e-9)
+    # only the plotted prompt's length limits a negative position (attrs computed by hand for prompt 0)
+    attrs = dc.logit_attrs(5, pos=torch.tensor([1, 0]))
+    assert viz.token_heatmap_data(dc, attrs=attrs, batch=0, pos=-5).pos == 1

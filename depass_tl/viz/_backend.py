@@ -115,7 +115,8 @@ def resolve_pos(dc: DePassCache, pos: int, batch: int, what: str) -> int:
     from its last real token; :mod:`depass_tl.positions`), so a plot's labels and numbers agree."""
     if isinstance(pos, Tensor):
         raise DePassError(f"{what}: pos must be an int; got a tensor.")
-    return int(per_prompt_positions(pos, dc.last_positions, dc.tokens.shape[1], f"{what}: pos")[batch])
+    last = dc.last_positions[batch : batch + 1]  # only the plotted prompt's length limits it
+    return int(per_prompt_positions(pos, last, dc.tokens.shape[1], f"{what}: pos")[0])
 
 
 def str_tokens_of(dc: DePassCache, batch: int, str_tokens: Sequence[str] | None, what: str) -> tuple[str, ...]:
