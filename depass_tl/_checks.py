@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import random
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -57,6 +58,16 @@ def describe(value: Any) -> str:
 def _readable(hint: Any) -> str:
     text = getattr(hint, "__name__", None) if isinstance(hint, type) else None
     return text or str(hint).replace("typing.", "").replace("collections.abc.", "").replace("torch.", "")
+
+
+def _bearable(value: Any, hint: Any) -> bool:
+    """``is_bearable`` without touching Python's global ``random`` state: beartype checks one item of a
+    container drawn with ``random.getrandbits``, which would shift a caller's seeded sequence."""
+    state = random.getstate()
+    try:
+        return is_bearable(value, hint, conf=_CONF)
+    finally:
+        random.setstate(state)
 
 
 def checked(*, hints: Mapping[str, str] | None = None) -> Callable[[F], F]:
@@ -108,11 +119,11 @@ def checked(*, hints: Mapping[str, str] | None = None) -> Callable[[F], F]:
                     kind = signature.parameters[name].kind
                     if hint is Any or kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
                         continue
-                    if not is_bearable(value, hint, conf=_CONF):
+                    if not _bearable(value, hint):
                         start = messages.get(name, f"{fn.__name__}(): {name} must be {_readable(hint)}")
                         raise DePassTypeError(f"{start}; got {describe(value)}.")
                 result = fn(*args, **kwargs)
-                if types["return"] is not Any and not is_bearable(result, types["return"], conf=_CONF):
+                if types["return"] is not Any and not _bearable(result, types["return"]):
                     raise TypeError(
                         f"depass_tl bug: {fn.__name__}() returned {describe(result)}, not {_readable(types['return'])}."
                     )

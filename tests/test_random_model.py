@@ -69,3 +69,27 @@ def test_tokenizer_and_padding_side() -> None:
     assert tok.padding_side == side  # the caller's tokenizer is not modified
     with pytest.raises(DePassError, match="default_padding_side must be 'left' or 'right'"):
         random_model(**BASE, act_fn="gelu", default_padding_side="middle")
+
+
+def test_building_and_running_leave_the_callers_generators_and_logging_alone() -> None:
+    """TL 3.x's config seeds torch, random and numpy globally and TL logs through the root logger when given a
+    padding side without a tokenizer; beartype's container checks draw from random. A seeded script's
+    sequence is unchanged by random_model + run_with_depass, and logging is not configured."""
+    import logging
+    import random
+
+    import numpy as np
+
+    import depass_tl
+
+    def draws() -> tuple[float, float, float]:
+        return random.random(), float(torch.rand(1)), float(np.random.rand())
+
+    handlers = list(logging.getLogger().handlers)
+    random.seed(1), torch.manual_seed(1), np.random.seed(1)
+    want = draws()
+    random.seed(1), torch.manual_seed(1), np.random.seed(1)
+    model = random_model(**BASE, act_fn="gelu")
+    depass_tl.run_with_depass(model, torch.tensor([[1, 2, 3]]))
+    assert draws() == want
+    assert logging.getLogger().handlers == handlers

@@ -308,6 +308,9 @@ def component_faithfulness(
         methods = component_methods(level=level, attn_only=bool(model.cfg.attn_only))
     if not methods:
         raise DePassError("methods is empty; give at least one ranking method.")
+    if not ablations or not directions:
+        raise DePassError(f"ablations and directions must each name at least one; got ablations={tuple(ablations)!r}, "
+                          f"directions={tuple(directions)!r}.")
     if means is None:
         means = mean_activations(model, tokens if reference_tokens is None else reference_tokens, level=level)
     report: ComponentReport | None = None

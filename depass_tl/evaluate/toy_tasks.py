@@ -130,6 +130,11 @@ def load_task(name: str, *, n: int, seed: int = 0) -> ToyTask:
         raise DePassError(f"no faithfulness task for toy {name!r}; tasks: ioi, induction, facts.")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise DePassError(f"n must be a positive integer; got {n!r}.")
+    if name == "facts":
+        from depass_tl.toy.data import FACTS
+
+        if n > len(FACTS):
+            raise DePassError(f"the facts task has {len(FACTS)} distinct facts; got n={n}. Ask for at most that many.")
     model, enc = toy.load(name)
     bos = int(enc.bos_token_id)
     if name == "ioi":

@@ -72,6 +72,8 @@ PORTABLE_DEFAULTS: dict[str, Any] = {
     "gated_mlp": False, "final_rms": False, "n_key_value_heads": None, "parallel_attn_mlp": False,
     "use_attn_scale": True, "scale_attn_by_inverse_layer_idx": False, "use_local_attn": False,
     "post_embedding_ln": False, "use_normalization_before_and_after": False, "eps": 1e-5,
+    "output_logits_soft_cap": -1.0, "attn_scores_soft_cap": -1.0, "attention_dir": "causal",  # not stored: refused
+    "default_prepend_bos": True,
 }
 _NORMS = ("LN", "RMS", None)
 _ACTS = ("gelu", "gelu_new", "relu", "silu")

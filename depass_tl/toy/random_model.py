@@ -30,8 +30,11 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import random
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -145,12 +148,29 @@ def random_model(*, tokenizer: Any = None, default_padding_side: str = "right", 
     if _has_hooked_transformer():
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-        with warnings.catch_warnings():
+        # TL's config seeds torch, random and numpy globally (set_seed_everywhere): the caller's generators
+        # are restored afterwards; and the padding side goes only with a tokenizer (else TL logs through the
+        # root logger, which configures logging behind the caller's back)
+        padding = {} if tokenizer is None else {"default_padding_side": default_padding_side}
+        with warnings.catch_warnings(), _global_rng_kept():
             warnings.simplefilter("ignore")
-            model = HookedTransformer(HookedTransformerConfig(**config), tokenizer=tokenizer,
-                                      default_padding_side=default_padding_side)
+            model = HookedTransformer(HookedTransformerConfig(**config), tokenizer=tokenizer, **padding)
         return model.eval()
     return _native_bridge(config, tokenizer, default_padding_side)
+
+
+@contextlib.contextmanager
+def _global_rng_kept() -> Iterator[None]:
+    """The global torch (CPU and CUDA), ``random`` and numpy generators as they were before the block."""
+    import numpy as np
+
+    py, npy = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []):
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
 
 
 def _native_bridge(config: dict[str, Any], tokenizer: Any, default_padding_side: str) -> Any:

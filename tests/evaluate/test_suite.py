@@ -78,3 +78,18 @@ def test_suite_end_to_end_on_the_ioi_toy_model():
     # zero-ablating the head whose single ablation hurts most lowers the logit difference
     exact, _ = comp.results[("exact ablation (zero)", "top", "zero")]
     assert float(exact[:, 0].mean()) < float(comp.clean_metric.mean())
+
+
+def test_empty_ablations_directions_and_too_many_facts_are_refused():
+    """They ended in a bare AssertionError and Python's 'Sample larger than population'."""
+    from depass_tl.evaluate.toy_tasks import load_task
+    from depass_tl.toy.data import FACTS
+
+    model, enc = toy.load("ioi")
+    tokens = enc.encode(["When Mary and John went to the store, John gave a drink to"])
+    heads = component_methods(captum=False, ablations=("zero",))
+    for kw in (dict(ablations=()), dict(directions=())):
+        with pytest.raises(DePassError, match="must each name at least one"):
+            component_faithfulness(model, tokens, torch.tensor([2]), methods=heads, progress=False, **kw)
+    with pytest.raises(DePassError, match=f"has {len(FACTS)} distinct facts; got n={len(FACTS) + 1}"):
+        load_task("facts", n=len(FACTS) + 1)

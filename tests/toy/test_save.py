@@ -62,6 +62,10 @@ def test_round_trip_gives_the_same_function_on_every_class(tmp_path: Path, overr
         ({"act_fn": "solu_ln"}, "act_fn='solu_ln'"),
         ({"n_key_value_heads": 1}, "n_key_value_heads=1"),
         ({"final_rms": True}, "final_rms=True"),
+        # not among the stored fields: they were dropped, and the loaded model computed something else
+        ({"output_logits_soft_cap": 1.0}, "output_logits_soft_cap=1.0"),
+        ({"attn_scores_soft_cap": 0.5}, "attn_scores_soft_cap=0.5"),
+        ({"attention_dir": "bidirectional"}, "attention_dir='bidirectional'"),
     ],
 )
 def test_configs_the_bridge_would_compute_differently_are_refused(tmp_path: Path, overrides: dict, field: str) -> None:
