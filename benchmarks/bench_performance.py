@@ -35,22 +35,23 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import depass_tl  # noqa: E402
 from depass_tl.memory import PeakMemory  # noqa: E402
 from depass_tl.reverse import attribute_run  # noqa: E402
-from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
+from depass_tl.toy import random_model  # noqa: E402
 
 
-def build(name: str, layers: int | None, device: str) -> HookedTransformer:
+def build(name: str, layers: int | None, device: str) -> object:
+    """A random model of the shape (a HookedTransformer on TL <= 3, TL's native TransformerBridge on TL 4)."""
     if name == "gpt2":
-        cfg = HookedTransformerConfig(
+        cfg = dict(
             n_layers=layers or 12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257, n_ctx=1024,
             act_fn="gelu_new", normalization_type="LN", seed=0, device=device,
         )
     else:  # the 4-layer random LLaMA of reference/depass.md §5 (official code: 15.4 s at 128 tokens, 2 threads)
-        cfg = HookedTransformerConfig(
+        cfg = dict(
             n_layers=layers or 4, d_model=512, n_heads=8, d_head=64, d_mlp=1376, d_vocab=32000, n_ctx=1024,
             act_fn="silu", normalization_type="RMS", gated_mlp=True, positional_embedding_type="rotary",
             rotary_dim=64, final_rms=True, seed=0, device=device,
         )
-    return HookedTransformer(cfg).eval()
+    return random_model(**cfg)
 
 
 def sync(device: str) -> None:

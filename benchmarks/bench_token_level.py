@@ -27,7 +27,7 @@ warnings.filterwarnings("ignore")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import depass_tl  # noqa: E402
-from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
+from depass_tl.toy import random_model  # noqa: E402
 
 
 class PeakRSS:
@@ -77,11 +77,11 @@ def main() -> None:
     ap.add_argument("--rule", default="softmax")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = HookedTransformerConfig(
+    model = random_model(  # a HookedTransformer on TL <= 3, TL's native TransformerBridge on TL 4
         n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257, n_ctx=1024,
         act_fn="gelu_new", normalization_type="LN", seed=0,
     )
-    model = HookedTransformer(cfg).eval()
+    cfg = model.cfg
     print(f"GPT-2-small-shaped random model, float32, {args.threads} threads, mlp_rule={args.rule}")
     print(f"{'tokens':>6} {'components':>10} {'depass s':>9} {'depass GB':>9} {'fwd s':>7} {'fwd GB':>7} {'time ratio':>10}")
     for n in args.lengths:
