@@ -12,7 +12,7 @@ from depass_tl._checks import checked
 from depass_tl._types import COMPONENTS_HINT, TOKENS_HINT, ClassLogits, Logits, Model, TextOrTokens
 from depass_tl.backends import backend_for
 from depass_tl.cache import DePassCache
-from depass_tl.capture import capture, single_token_fn
+from depass_tl.capture import capture
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components import ComponentSpec, TokenSpec
 from depass_tl.components.base import REST
@@ -391,7 +391,6 @@ def run_with_depass(
         mlp_rule=rule,
         names_filter=names_filter,
         dtype=dtype,
-        to_single_token=single_token_fn(model),
         chunk_size=chunk_size,
         max_memory=max_memory,
         ignore_special_token=ignore_special_token,

@@ -28,13 +28,14 @@ from torch import Tensor
 from depass_tl._checks import checked
 from depass_tl._types import TOKENS_HINT, Model, TextOrTokens
 from depass_tl.backends import backend_for, read_model_view
-from depass_tl.clean_checks import apply_norm_clean, check_mlp_inputs, check_residual_identity
+from depass_tl.clean_checks import check_mlp_inputs, check_residual_identity
 from depass_tl.coefficients import FrozenRun
 from depass_tl.errors import DePassError, UnsupportedModelError
 from depass_tl.foreign_hooks import hook_position
 from depass_tl.model_state import check_finite, check_model_state, check_real_weights, model_lock
 from depass_tl.model_view import ModelView, MoEView
 from depass_tl.replay.device import block_device, norm_device
+from depass_tl.replay.norm import apply_norm
 from depass_tl.tokenization import single_token_fn, to_tokens, tokens_and_mask
 
 __all__ = ["capture", "to_tokens", "tokens_and_mask", "single_token_fn"]  # the last three: depass_tl.tokenization
@@ -272,7 +273,8 @@ def capture(
         _frozen_coefficients(acts, view, model, tokens)
     if "unembed.hook_in" not in acts:  # TL 2.x has no unembed hooks: rebuild from the frozen final scale
         final = acts[f"blocks.{view.n_layers - 1}.hook_resid_post"]
-        acts["unembed.hook_in"] = apply_norm_clean(final, acts.get("ln_final.hook_scale"), view.ln_final)
+        acts["unembed.hook_in"] = apply_norm(final[None], acts.get("ln_final.hook_scale"), view.ln_final,
+                                             torch.tensor([0]))[0]  # the clean stream as one component
     return FrozenRun.build(
         tokens=tokens, logits=logits.detach(), acts=acts, view=view, str_tokens=str_tokens, attention_mask=mask,
         foreign_hooks=tuple(foreign), edited_hooks=tuple(n for n in foreign if n in edited),

@@ -23,10 +23,12 @@ import torch
 from torch import Tensor
 
 from depass_tl.errors import UnsupportedModelError
-from depass_tl.model_view import MLPView, ModelView, NormView
+from depass_tl.model_view import MLPView, ModelView
+from depass_tl.replay.norm import apply_norm
 
-__all__ = ["check_residual_identity", "check_mlp_inputs", "apply_norm_clean"]
+__all__ = ["check_residual_identity", "check_mlp_inputs"]
 
+_ONE = torch.tensor([0])  # the bias row of a single component
 _IDENTITY_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
 _HOOK_HINT = (
     "Either a PyTorch hook on one of the model's modules (module.register_forward_hook) changes an output after "
@@ -43,20 +45,6 @@ def _rel(view: ModelView) -> float:
 
 def _wide(t: Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
-
-
-def apply_norm_clean(x: Tensor, scale: Tensor | None, norm: NormView) -> Tensor:
-    """``norm(x)`` of clean activations ``[..., d]`` with the captured ``scale`` (bias included)."""
-    if norm.kind in ("LN", "LNPre"):
-        x = x - x.mean(-1, keepdim=True)
-    if norm.kind != "none":
-        assert scale is not None
-        x = x / scale
-    if norm.w is not None:
-        x = x * norm.w
-    if norm.b is not None:
-        x = x + norm.b
-    return x
 
 
 def check_residual_identity(acts: dict[str, Tensor], view: ModelView, edited: Iterable[str] = ()) -> None:
@@ -118,10 +106,9 @@ def check_mlp_inputs(acts: dict[str, Tensor], view: ModelView, edited: Iterable[
         x = acts[p + ("hook_resid_pre" if block.parallel else "hook_resid_mid")]
         wide = _wide(x)
         x = x.to(wide)
-        if block.ln2 is not None:
+        if block.ln2 is not None:  # the clean stream as one component holding the norm's bias
             scale = acts.get(p + "ln2.hook_scale")
-            norm = NormView(block.ln2.kind, *(None if t is None else t.to(wide) for t in (block.ln2.w, block.ln2.b)))
-            x = apply_norm_clean(x, None if scale is None else scale.to(wide), norm)
+            x = apply_norm(x[None], None if scale is None else scale.to(wide), block.ln2.to(wide), _ONE)[0]
         keys = [(mlp.W_in, mlp.b_in, "mlp.hook_pre")] if mlp.kind == "standard" else \
             [(mlp.W_gate, None, "mlp.hook_pre"), (mlp.W_in, None, "mlp.hook_pre_linear")]
         for W, b, name in keys:

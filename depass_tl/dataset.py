@@ -452,7 +452,7 @@ def run_dataset(
                     else:
                         tokens, mask = _pad([items[i] for i in batch], model.cfg.device)  # type: ignore[misc]
                         run = capture(model, tokens, attention_mask=mask, extra_hooks=extra)
-                    dc = replay(run, spec, mlp_rule=rule, names_filter=[], dtype=dtype, to_single_token=to_id,
+                    dc = replay(run, spec, mlp_rule=rule, names_filter=[], dtype=dtype,
                                 chunk_size=chunk_size, max_memory=max_memory)
                     rows = _rows(batch, items, is_text, id_strs, keys, run, dc, targets, contrasts, per_position)
             except DePassError as e:

@@ -33,6 +33,10 @@ class NormView:
     w: Tensor | None
     b: Tensor | None
 
+    def to(self, dtype: torch.dtype) -> NormView:
+        """The same norm with its weights in ``dtype`` (no copy where they already are)."""
+        return NormView(self.kind, None if self.w is None else self.w.to(dtype), None if self.b is None else self.b.to(dtype))
+
 
 @dataclass(frozen=True)
 class AttnView:

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from depass_tl._checks import checked
 from depass_tl._types import COMPONENTS_HINT, TOKENS_HINT, Model, TextOrTokens
-from depass_tl.capture import capture, single_token_fn
+from depass_tl.capture import capture
 from depass_tl.coefficients import FrozenRun
 from depass_tl.components import ComponentSpec, TokenSpec
 from depass_tl.errors import DePassError, DePassTypeError, DePassValueError
@@ -343,5 +343,5 @@ def attribute(
     )
     return attribute_run(
         run, target, spec, mlp_rule=mlp_rule, temperature=temperature, mode=mode, dtype=dtype,
-        to_single_token=single_token_fn(model), chunk_size=chunk_size, max_memory=max_memory,
+        chunk_size=chunk_size, max_memory=max_memory,
     )

@@ -36,11 +36,6 @@ def _zeros_or(t: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if t is None else t.to(like)
 
 
-def _cast_norm(norm: NormView, dtype: torch.dtype) -> NormView:
-    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
-    return NormView(norm.kind, cast(norm.w), cast(norm.b))
-
-
 def _refuse_post_norm_bias(norm: NormView | None, bias: Tensor | None, layer: int, what: str) -> None:
     """A post-norm over a sublayer with a bias would mix the bias into every component's share."""
     if norm is not None and (bias is not None or norm.b is not None):
@@ -63,7 +58,7 @@ def head_results(run: FrozenRun, layer: int, dtype: torch.dtype, what: str) -> T
     if block.ln1_post is not None:  # what is added is ln1_post(Σ_h result_h + b_O), linear at the frozen scale
         _refuse_post_norm_bias(block.ln1_post, block.attn.b_O, layer, what)
         scale = run.get(f"blocks.{layer}.ln1_post.hook_scale").to(dtype)
-        results = apply_norm(results, scale, _cast_norm(block.ln1_post, dtype), torch.tensor([], dtype=torch.long))
+        results = apply_norm(results, scale, block.ln1_post.to(dtype), torch.tensor([], dtype=torch.long))
     return results
 
 
@@ -230,7 +225,7 @@ class NeuronSpec(ComponentSpec):
             if post_norm is not None:  # Gemma-2/3: what is added is ln2_post(Σ_n write_n + b_out)
                 _refuse_post_norm_bias(post_norm, mlp.b_out, l, "neurons()")
                 scale = run.get(p + "ln2_post.hook_scale").to(dtype)
-                writes = apply_norm(writes, scale, _cast_norm(post_norm, dtype), torch.tensor([], dtype=torch.long))
+                writes = apply_norm(writes, scale, post_norm.to(dtype), torch.tensor([], dtype=torch.long))
             mlp_rest = run.get(p + "hook_mlp_out").to(dtype) - b_out - writes.sum(0)
             before_mlp = run.get(p + "hook_resid_post").to(dtype) - run.get(p + "hook_mlp_out").to(dtype)
             x = torch.cat([writes, mlp_rest[None], before_mlp[None]])  # rest: resid_mid (parallel: pre + attn)

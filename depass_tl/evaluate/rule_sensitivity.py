@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from depass_tl.api import replay
 from depass_tl.backends import backend_for
-from depass_tl.capture import capture, single_token_fn
+from depass_tl.capture import capture
 from depass_tl.components import ComponentSpec, TokenSpec
 from depass_tl.components.base import BIAS
 from depass_tl.errors import DePassError
@@ -221,13 +221,11 @@ def rule_sensitivity(
     spec = TokenSpec() if components is None else components
     n_layers = int(getattr(getattr(model, "cfg", None), "n_layers", 0))
     run = capture(model, input, prepend_bos=prepend_bos, extra_hooks=spec.required_hooks(n_layers))
-    to_single_token = single_token_fn(model)
     rules, temps, scores, complete = [], [], [], []
     labels: tuple[str, ...] = ()
     keep: list[int] = []
     for name, s in tqdm(list(zip(names, settings)), desc="rules", disable=not progress, leave=False):
-        dc = replay(run, spec, mlp_rule=s["mlp_rule"], temperature=s["temperature"], names_filter=[], dtype=dtype,
-                    to_single_token=to_single_token)
+        dc = replay(run, spec, mlp_rule=s["mlp_rule"], temperature=s["temperature"], names_filter=[], dtype=dtype)
         if not keep:
             keep = [c for c, label in enumerate(dc.labels)
                     if include_bias or not (label == BIAS or label.endswith("." + BIAS))]
